@@ -1,0 +1,55 @@
+"""Shared test helpers: every app is checked for WSGI compliance on both sides of the middleware."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.validate import validator
+
+import pytest
+from werkzeug.middleware.lint import LintMiddleware
+from werkzeug.test import Client, TestResponse
+
+from wsgi_memopt import MemoryOptimizer
+
+WSGIApp = Callable[..., Iterable[bytes]]
+
+
+def checked(app: WSGIApp) -> WSGIApp:
+    """``app`` behind werkzeug's lint and wsgiref's validator (lint warnings are errors)."""
+    return validator(LintMiddleware(app))  # type: ignore[no-any-return]
+
+
+def wrap(app: WSGIApp, **settings: Any) -> tuple[MemoryOptimizer, Client]:
+    """The optimizer around a checked app, and a cookie-less client for it behind the checks.
+
+    Settings not given get test-friendly values: no single-flight wait and no env leakage.
+    """
+    settings.setdefault("cache_lock_timeout_s", 0)
+    optimizer = MemoryOptimizer(checked(app), **settings)
+    return optimizer, Client(checked(optimizer), use_cookies=False)
+
+
+def get(client: Client, path: str = "/", **kwargs: Any) -> TestResponse:
+    """A GET whose response is read to its end and closed, as a server does."""
+    return client.get(path, buffered=True, **kwargs)
+
+
+def require_peer(executable: str) -> str:
+    """The path of a real peer program; skip without it, but fail under CI (which installs it)."""
+    path = shutil.which(executable)
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{executable} is not installed; .ci/run must install it")
+        pytest.skip(f"{executable} is not installed")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _no_env_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep a developer's WSGI_MEMOPT_* variables out of the tests."""
+    for name in list(os.environ):
+        if name.startswith("WSGI_MEMOPT_"):
+            monkeypatch.delenv(name)

@@ -1,0 +1,243 @@
+"""The response of a cache miss: streamed to the client as the app yields it, copied on the side.
+
+:class:`Capture` is one request's state. The middleware passes :meth:`Capture.start_response`
+to the app and returns the capture itself to the server as the response iterable:
+
+    capture = Capture(rules, environ, start_response, base_key=..., path=..., credentials=...)
+    capture.app_iter = app(environ, capture.start_response)
+    return capture
+
+Each chunk goes to the server unchanged; a copy is kept until it passes the item limit, then
+dropped. When the server calls :meth:`Capture.close` (the real end of a WSGI request) the app's
+iterable is closed exactly once and, if the response ran to its end and may be stored, the
+copy is joined into one ``bytes`` object and stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .policy import ResponseVerdict, assess_response, vary_suffix
+from .store import Entry, ResponseStore
+
+if TYPE_CHECKING:
+    from _typeshed import OptExcInfo
+    from _typeshed.wsgi import StartResponse
+
+__all__ = ["Capture", "CaptureRules", "cache_status"]
+
+log = logging.getLogger("wsgi_memopt")
+
+
+def cache_status(forward: str, *params: str) -> list[tuple[str, str]]:
+    """``Cache-Status`` (RFC 9211) and ``X-Cache`` for a response not served from the cache."""
+    value = "; ".join(("wsgi-memopt", f"fwd={forward}", *params))
+    return [("Cache-Status", value), ("X-Cache", "MISS")]
+
+
+@dataclass(frozen=True)
+class CaptureRules:
+    """What a capture needs from the middleware's settings."""
+
+    store: ResponseStore
+    statuses: frozenset[int]
+    item_limit: int  # bytes of body beyond which the copy is dropped
+    ttl_cap: float
+    on_close: Callable[[], None] = lambda: None  # the middleware's end-of-request hook
+
+
+class Capture:
+    """One miss: records the app's ``start_response``, tees its body, stores it on ``close()``."""
+
+    __slots__ = (
+        "_chunks",
+        "_closed",
+        "_complete",
+        "_headers",
+        "_rules",
+        "_server_start_response",
+        "_size",
+        "_status",
+        "app_iter",
+        "base_key",
+        "credentials",
+        "environ",
+        "fill_key",
+        "forward",
+        "path",
+        "reason",
+        "verdict",
+    )
+
+    def __init__(
+        self,
+        rules: CaptureRules,
+        environ: Mapping[str, Any],
+        start_response: StartResponse,
+        *,
+        base_key: str,
+        path: str,
+        credentials: bool,
+        forward: str = "miss",
+        fill_key: str | None = None,
+    ) -> None:
+        self._rules = rules
+        self._server_start_response = start_response
+        self.environ = environ
+        self.base_key = base_key
+        self.path = path
+        self.credentials = credentials
+        self.forward = forward
+        self.fill_key = fill_key  # set when this request leads a single-flight fill
+        self.app_iter: Iterable[bytes] = ()
+        self.verdict: ResponseVerdict | None = None
+        self.reason: str | None = "no-response"  # why the response will not be stored
+        self._status = ""
+        self._headers: list[tuple[str, str]] = []
+        self._chunks: list[bytes] | None = []
+        self._size = 0
+        self._complete = False
+        self._closed = False
+
+    # -- what the app sees
+
+    def start_response(
+        self,
+        status: str,
+        headers: list[tuple[str, str]],
+        exc_info: OptExcInfo | None = None,
+    ) -> Callable[[bytes], object]:
+        """Record the response, decide whether it may be stored, and pass it to the server."""
+        if exc_info is not None:
+            self._refuse("app-error")
+        else:
+            self._assess(status, headers)
+        params = (
+            ["stored"]
+            if self.reason is None and self.verdict and (self.verdict.content_length is not None)
+            else []
+        )
+        if self.reason is not None:
+            params.append(f"detail={self.reason}")
+        write = self._server_start_response(
+            status, headers + cache_status(self.forward, *params), exc_info
+        )
+
+        def write_and_forget(data: bytes) -> object:
+            # The legacy write() callable bypasses the iterable: what it sends is never
+            # seen whole, so the response is not stored.
+            self._refuse("write-callable")
+            return write(data)
+
+        return write_and_forget
+
+    def _assess(self, status: str, headers: list[tuple[str, str]]) -> None:
+        try:
+            self.verdict = assess_response(
+                status,
+                headers,
+                credentials=self.credentials,
+                statuses=self._rules.statuses,
+                item_limit=self._rules.item_limit,
+                ttl_cap=self._rules.ttl_cap,
+            )
+        except Exception:
+            log.warning("[CACHE] could not assess a response; not storing it", exc_info=True)
+            self._refuse("cache-error")
+            return
+        self._status = status
+        self._headers = headers
+        self.reason = self.verdict.reason
+        if self.reason is not None:
+            self._chunks = None
+
+    def _refuse(self, reason: str) -> None:
+        self.reason = reason
+        self._chunks = None
+
+    # -- what the server sees
+
+    def __iter__(self) -> Iterator[bytes]:
+        limit = self._rules.item_limit
+        for chunk in self.app_iter:
+            chunks = self._chunks
+            if chunks is not None:
+                self._size += len(chunk)
+                if self._size > limit:
+                    self._refuse("too-large")  # drop the copy now: the client still gets all
+                else:
+                    chunks.append(chunk)
+            yield chunk
+        self._complete = True
+
+    def close(self) -> None:
+        """Close the app's iterable exactly once, then store the copy if it is whole."""
+        if self._closed:
+            return
+        self._closed = True
+        close = getattr(self.app_iter, "close", None)
+        try:
+            if close is not None:
+                close()
+        except BaseException:
+            self._complete = False
+            raise
+        finally:
+            self.finish()
+
+    def finish(self) -> None:
+        """Store the response if it may be, release single-flight waiters, run the hook.
+
+        Never raises: a failing cache must not fail the request it served.
+        """
+        rules = self._rules
+        try:
+            self._store()
+        except Exception:
+            log.warning("[CACHE] storing a response failed; it was served uncached", exc_info=True)
+            rules.store.reject("cache-error")
+        finally:
+            if self.fill_key is not None:
+                rules.store.end_fill(self.fill_key)
+            try:
+                rules.on_close()
+            except Exception:
+                log.warning("[CACHE] end-of-request housekeeping failed", exc_info=True)
+
+    def _store(self) -> None:
+        store = self._rules.store
+        if self.reason is None and not self._complete:
+            self._refuse("incomplete")
+        verdict = self.verdict
+        if self.reason is not None or verdict is None or self._chunks is None:
+            store.reject(self.reason or "no-response")
+            return
+        body = b"".join(self._chunks)
+        self._chunks = None
+        headers = self._headers
+        if verdict.content_length is None:
+            headers = [*headers, ("Content-Length", str(len(body)))]
+        elif verdict.content_length != len(body):
+            store.reject("content-length")  # a body that disagrees with its header is broken
+            return
+        # The lookup key knew only the Vary of an earlier response, if any: use this one's.
+        key = self.base_key
+        if verdict.vary:
+            key += vary_suffix(verdict.vary, self.environ)
+        entry = Entry(
+            key=key,
+            base_key=self.base_key,
+            path=self.path,
+            status=self._status,
+            headers=tuple((str(name), str(value)) for name, value in headers),
+            body=body,
+            created=store.clock(),
+            lifetime=verdict.lifetime,
+            shareable_with_credentials=verdict.shareable_with_credentials,
+            etag=verdict.etag,
+            last_modified=verdict.last_modified,
+        )
+        store.put(entry, verdict.vary)

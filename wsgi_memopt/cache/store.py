@@ -1,0 +1,406 @@
+"""The in-process response store: a thread-safe LRU with TTL, capped in items and in bytes.
+
+Sizes are measured, not guessed: an entry's size is the ``sys.getsizeof`` of every object it
+holds (body, key, each header name and value and the tuples around them) plus the shell of
+the entry itself, which is measured once with ``pympler.asizeof``. The test suite checks the
+total against ``pympler.asizeof`` of the stored entries.
+
+    store = ResponseStore(max_items=500, max_bytes=25 << 20, item_max_bytes=2 << 20)
+    key, entry = store.lookup(base_key, environ)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from .policy import vary_suffix
+
+__all__ = ["Entry", "ResponseStore"]
+
+log = logging.getLogger("wsgi_memopt")
+
+Headers = tuple[tuple[str, str], ...]
+
+
+class Entry:
+    """One stored response: status, headers and the whole body as one ``bytes`` object."""
+
+    __slots__ = (
+        "_hit_headers",
+        "base_key",
+        "body",
+        "created",
+        "etag",
+        "expires",
+        "headers",
+        "key",
+        "last_modified",
+        "lifetime",
+        "not_modified_headers",
+        "path",
+        "shareable_with_credentials",
+        "size",
+        "status",
+    )
+
+    def __init__(
+        self,
+        *,
+        key: str,
+        base_key: str,
+        path: str,
+        status: str,
+        headers: Headers,
+        body: bytes,
+        created: float,
+        lifetime: float,
+        shareable_with_credentials: bool = False,
+        etag: str | None = None,
+        last_modified: float | None = None,
+    ) -> None:
+        self.key = key
+        self.base_key = base_key
+        self.path = path
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.created = created
+        self.lifetime = lifetime
+        self.expires = created + lifetime
+        self.shareable_with_credentials = shareable_with_credentials
+        self.etag = etag
+        self.last_modified = last_modified
+        # RFC 9110 §15.4.5: a 304 carries the validators and caching headers, not the body's.
+        self.not_modified_headers: Headers = tuple(
+            (name, value) for name, value in headers if name.lower() in _KEPT_ON_304
+        )
+        # Built once per whole second of age, so that a hit copies a list instead of
+        # formatting three headers; kept from the start so its memory is always accounted.
+        self._hit_headers: tuple[int, list[tuple[str, str]]] = self._headers_at(0)
+        self.size = 0
+
+    def _headers_at(self, age: int) -> tuple[int, list[tuple[str, str]]]:
+        ttl = max(int(self.lifetime) - age, 0)
+        return age, [
+            *self.headers,
+            ("Age", str(age)),
+            ("Cache-Status", f"wsgi-memopt; hit; ttl={ttl}"),
+            ("X-Cache", "HIT"),
+        ]
+
+    def hit_headers(self, now: float) -> list[tuple[str, str]]:
+        """A fresh list of the headers to replay at ``now`` (the server may change it)."""
+        age = int(now - self.created)
+        cached = self._hit_headers
+        if cached[0] != age:
+            cached = self._hit_headers = self._headers_at(age)
+        return cached[1][:]
+
+    def not_modified_headers_at(self, now: float) -> list[tuple[str, str]]:
+        """The headers of a ``304`` answered from this entry at ``now``."""
+        return [*self.not_modified_headers, *self.hit_headers(now)[-3:]]
+
+
+_KEPT_ON_304 = frozenset({"cache-control", "content-location", "date", "etag", "expires", "vary"})
+
+
+def _aligned(size: int) -> int:
+    # pympler rounds every object up to the allocator's 8-byte alignment; so do we.
+    return (size + 7) & ~7
+
+
+def _sizeof_headers(headers: Iterable[tuple[str, str]], container: object) -> int:
+    size = _aligned(sys.getsizeof(container))
+    for pair in headers:
+        size += _aligned(sys.getsizeof(pair))
+        size += _aligned(sys.getsizeof(pair[0])) + _aligned(sys.getsizeof(pair[1]))
+    return size
+
+
+_shell_size: int | None = None
+
+
+def entry_shell_size() -> int:
+    """Bytes of an entry with no key, body or headers, measured once with pympler."""
+    global _shell_size
+    if _shell_size is None:
+        from pympler import asizeof
+
+        # Distinct floats and a large size, as a stored entry holds: asizeof counts each.
+        empty = Entry(
+            key="",
+            base_key="",
+            path="",
+            status="",
+            headers=(),
+            body=b"",
+            created=1.5,
+            lifetime=2.5,
+        )
+        empty.size = 1 << 20
+        # The shell is everything but the variable parts measured per entry.
+        whole = int(asizeof.asizeof(empty))  # type: ignore[no-untyped-call]
+        _shell_size = whole - _variable_size(empty, shared=set())
+    return _shell_size
+
+
+def _variable_size(entry: Entry, shared: set[int]) -> int:
+    size = 0
+    # The key and path strings may be one object (a key without Vary is the base key).
+    for text in (entry.key, entry.base_key, entry.path, entry.status):
+        if id(text) not in shared:
+            shared.add(id(text))
+            size += _aligned(sys.getsizeof(text))
+    size += _aligned(sys.getsizeof(entry.body))
+    size += _sizeof_headers(entry.headers, entry.headers)
+    # Header pairs of the 304 tuple are the same objects as in ``headers``: count the tuple.
+    size += _aligned(sys.getsizeof(entry.not_modified_headers))
+    age, hit = entry._hit_headers
+    size += _aligned(sys.getsizeof(entry._hit_headers)) + _aligned(sys.getsizeof(age))
+    size += _aligned(sys.getsizeof(hit)) + _sizeof_headers(hit[-3:], ())
+    if entry.etag is not None:
+        size += _aligned(sys.getsizeof(entry.etag))
+    if entry.last_modified is not None:
+        size += _aligned(sys.getsizeof(entry.last_modified))
+    return size
+
+
+def measure_entry(entry: Entry) -> int:
+    """Bytes held by ``entry``: its variable parts plus the measured shell."""
+    return entry_shell_size() + _variable_size(entry, shared=set())
+
+
+class ResponseStore:
+    """Thread-safe LRU + TTL store of :class:`Entry`, bounded by item count and by bytes.
+
+    Reaching a cap evicts ``evict_fraction`` of the entries, least recently used first (and
+    more if the new entry still does not fit); an entry over ``item_max_bytes`` is refused.
+    Expired entries are dropped when looked up and swept at most every ``cleanup_interval_s``.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_items: int,
+        max_bytes: int,
+        item_max_bytes: int,
+        evict_fraction: float = 0.3,
+        cleanup_interval_s: float = 120.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self.item_max_bytes = min(item_max_bytes, max_bytes)
+        self.evict_fraction = evict_fraction
+        self.cleanup_interval_s = cleanup_interval_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, Entry] = OrderedDict()
+        # base key -> [environ keys named by Vary, number of entries under that base]
+        self._vary: dict[str, list[Any]] = {}
+        self._filling: dict[str, tuple[threading.Event, float]] = {}
+        self._bytes = 0
+        self._next_sweep = clock() + cleanup_interval_s
+        self.hits = self.misses = self.stores = self.evictions = self.expirations = 0
+        self.rejected: dict[str, int] = {}
+        self.bypassed: dict[str, int] = {}
+
+    # -- the request path
+
+    def lookup(
+        self, base_key: str, environ: Mapping[str, object], *, credentials: bool = False
+    ) -> tuple[str, Entry | None]:
+        """The full key for this request and its fresh entry, if any; counts a hit or a miss."""
+        vary = self._vary.get(base_key)
+        key = base_key if vary is None or not vary[0] else base_key + vary_suffix(vary[0], environ)
+        now = self.clock()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                if entry.expires <= now:
+                    self._remove(entry)
+                    self.expirations += 1
+                    entry = None
+                elif credentials and not entry.shareable_with_credentials:
+                    entry = None
+                else:
+                    self._entries.move_to_end(key)
+                    self.hits += 1
+                    return key, entry
+            self.misses += 1
+        return key, None
+
+    def put(self, entry: Entry, vary: tuple[str, ...] = ()) -> bool:
+        """Store ``entry`` (replacing one under the same key); False when it is too large.
+
+        ``vary`` holds the environ keys of the response's ``Vary`` headers: they name the
+        request values that select this variant of ``entry.base_key``.
+        """
+        entry.size = measure_entry(entry)
+        if entry.size > self.item_max_bytes:
+            self.reject("too-large")
+            return False
+        with self._lock:
+            old = self._entries.get(entry.key)
+            if old is not None:
+                self._remove(old)
+            if len(self._entries) >= self.max_items or self._bytes + entry.size > self.max_bytes:
+                self._evict_for(entry.size)
+            known = self._vary.get(entry.base_key)
+            if known is None:
+                self._vary[entry.base_key] = [vary, 1]
+            else:
+                known[0] = vary  # the newest response's Vary names the variants to look up
+                known[1] += 1
+            self._entries[entry.key] = entry
+            self._bytes += entry.size
+            self.stores += 1
+        return True
+
+    def reject(self, reason: str) -> None:
+        """Count a response that was not stored, by reason."""
+        with self._lock:
+            self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def bypass(self, reason: str) -> None:
+        """Count a request that did not use the cache, by reason."""
+        with self._lock:
+            self.bypassed[reason] = self.bypassed.get(reason, 0) + 1
+
+    # -- single flight
+
+    def begin_fill(self, key: str, wait_s: float) -> threading.Event | None:
+        """None when the caller should fetch ``key``; else an event set when the fetch ends.
+
+        A fill older than ``wait_s`` is taken over, so a response whose iterable was never
+        closed cannot make every later miss of its key wait.
+        """
+        now = self.clock()
+        with self._lock:
+            current = self._filling.get(key)
+            if current is not None and now - current[1] < wait_s:
+                return current[0]
+            self._filling[key] = (threading.Event(), now)
+            return None
+
+    def end_fill(self, key: str) -> None:
+        """Wake the requests waiting for ``key``."""
+        with self._lock:
+            current = self._filling.pop(key, None)
+        if current is not None:
+            current[0].set()
+
+    # -- housekeeping
+
+    def sweep_due(self) -> bool:
+        """Whether the expired-entry sweep is due (a float compare, for the request path)."""
+        return self.clock() >= self._next_sweep
+
+    def sweep(self) -> int:
+        """Drop every expired entry; returns how many."""
+        now = self.clock()
+        with self._lock:
+            self._next_sweep = now + self.cleanup_interval_s
+            expired = [entry for entry in self._entries.values() if entry.expires <= now]
+            for entry in expired:
+                self._remove(entry)
+            self.expirations += len(expired)
+        if expired:
+            log.debug("[CACHE] swept %d expired entries", len(expired))
+        return len(expired)
+
+    def evict(self, fraction: float | None = None) -> int:
+        """Drop ``fraction`` (default ``evict_fraction``) of the entries, LRU first."""
+        with self._lock:
+            return self._evict_count(
+                math.ceil(
+                    len(self._entries) * (self.evict_fraction if fraction is None else fraction)
+                )
+            )
+
+    def clear(self) -> tuple[int, int]:
+        """Drop everything; returns ``(items, bytes)`` dropped."""
+        with self._lock:
+            dropped = len(self._entries), self._bytes
+            self._entries.clear()
+            self._vary.clear()
+            self._bytes = 0
+        return dropped
+
+    def invalidate(self, path_prefix: str) -> int:
+        """Drop every entry whose path starts with ``path_prefix``; returns how many."""
+        with self._lock:
+            doomed = [
+                entry for entry in self._entries.values() if entry.path.startswith(path_prefix)
+            ]
+            for entry in doomed:
+                self._remove(entry)
+        return len(doomed)
+
+    def entries(self) -> list[Entry]:
+        """A snapshot of the stored entries, least recently used first."""
+        with self._lock:
+            return list(self._entries.values())
+
+    @property
+    def bytes(self) -> int:
+        """Bytes held by the stored entries, as measured at store time."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and sizes, read under the lock so they agree with each other."""
+        with self._lock:
+            lookups = self.hits + self.misses
+            return {
+                "items": len(self._entries),
+                "bytes": self._bytes,
+                "size_mb": round(self._bytes / 2**20, 3),
+                "max_items": self.max_items,
+                "max_bytes": self.max_bytes,
+                "hits": self.hits,
+                "misses": self.misses,
+                "hit_rate": round(self.hits / lookups, 4) if lookups else 0.0,
+                "stores": self.stores,
+                "evictions": self.evictions,
+                "expirations": self.expirations,
+                "rejected": dict(self.rejected),
+                "bypassed": dict(self.bypassed),
+            }
+
+    # -- under the lock
+
+    def _remove(self, entry: Entry) -> None:
+        del self._entries[entry.key]
+        self._bytes -= entry.size
+        vary = self._vary.get(entry.base_key)
+        if vary is not None:
+            vary[1] -= 1
+            if vary[1] <= 0:
+                del self._vary[entry.base_key]
+
+    def _evict_count(self, count: int) -> int:
+        evicted = 0
+        while evicted < count and self._entries:
+            _, entry = next(iter(self._entries.items()))
+            self._remove(entry)
+            evicted += 1
+        self.evictions += evicted
+        return evicted
+
+    def _evict_for(self, size: int) -> None:
+        self._evict_count(max(1, math.ceil(len(self._entries) * self.evict_fraction)))
+        # A large entry may need more room than the fraction made.
+        while self._entries and (
+            len(self._entries) >= self.max_items or self._bytes + size > self.max_bytes
+        ):
+            self._evict_count(1)

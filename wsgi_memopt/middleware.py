@@ -1,0 +1,243 @@
+"""``MemoryOptimizer``: the WSGI middleware that caches responses under hard memory caps.
+
+Wrap any WSGI app; every setting of :class:`~wsgi_memopt.Settings` may be given as a keyword:
+
+    from wsgi_memopt import MemoryOptimizer
+
+    app.wsgi_app = MemoryOptimizer(app.wsgi_app, cache_max_mb=10)
+
+The request flow (SPEC §5): a GET or HEAD that may use the cache and finds a fresh entry is
+replayed from ``environ`` alone, without calling the app or building any framework object;
+anything else calls the app, streams its response through unchanged, and keeps a copy that is
+stored when the server closes the response. The rules are listed in
+:mod:`wsgi_memopt.cache.policy`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from .cache.capture import Capture, CaptureRules, cache_status
+from .cache.policy import (
+    BYPASS_HEADERS,
+    FORWARDED_KEY_HEADERS,
+    environ_key,
+    is_not_modified,
+    request_directives,
+    vary_suffix,
+)
+from .cache.store import Entry, ResponseStore
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from _typeshed import OptExcInfo
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+__all__ = ["MemoryOptimizer"]
+
+log = logging.getLogger("wsgi_memopt")
+
+_MB = 1 << 20
+_SEP = "\x00"
+_NO_BODY: list[bytes] = []  # shared and never mutated: servers only iterate it
+
+
+class MemoryOptimizer:
+    """A WSGI middleware with an in-process, byte-capped, RFC 9111-minded response cache.
+
+    :param app: the WSGI application to wrap.
+    :param settings: a :class:`Settings`; when omitted, defaults overridden by the
+        ``WSGI_MEMOPT_*`` environment variables.
+    :param overrides: settings given as keywords; they win over both of the above.
+    :raises SettingsError: for an unknown setting name or a value it does not allow.
+
+    ``.cache`` is the :class:`~wsgi_memopt.cache.store.ResponseStore`
+    (``stats()``, ``clear()``, ``invalidate(path_prefix)``).
+    """
+
+    def __init__(
+        self, app: WSGIApplication, settings: Settings | None = None, **overrides: Any
+    ) -> None:
+        if settings is None:
+            settings = Settings.from_env(**overrides)
+        elif overrides:
+            settings = settings.replace(**overrides)
+        self.app = app
+        self.settings = settings
+        item_limit = int(min(settings.cache_item_max_mb, settings.cache_max_mb) * _MB)
+        self.cache = ResponseStore(
+            max_items=settings.cache_max_items,
+            max_bytes=int(settings.cache_max_mb * _MB),
+            item_max_bytes=item_limit,
+            evict_fraction=settings.cache_evict_fraction,
+            cleanup_interval_s=settings.cache_cleanup_interval_s,
+        )
+        self._rules = CaptureRules(
+            store=self.cache,
+            statuses=frozenset(settings.cache_statuses),
+            item_limit=item_limit,
+            ttl_cap=settings.cache_ttl_s,
+            on_close=self._end_of_request,
+        )
+        keyed = set(settings.cache_key_headers)
+        self._key_environ = tuple(
+            environ_key(name) for name in sorted(keyed.union(FORWARDED_KEY_HEADERS))
+        )
+        self._bypass_environ = tuple(
+            environ_key(name) for name in BYPASS_HEADERS if name not in keyed
+        )
+        self._path_allowed = _path_filter(settings.cache_paths, settings.cache_exclude_paths)
+        self._lock_wait = settings.cache_lock_timeout_s
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        """Serve from the cache when allowed and fresh; otherwise call the app and capture."""
+        if not self.settings.cache_enabled:
+            return self.app(environ, start_response)
+        try:
+            plan = self._plan(environ)
+        except Exception:
+            # A broken cache costs the request its caching, never its response.
+            log.warning("[CACHE] lookup failed; passing the request through", exc_info=True)
+            self.cache.bypass("cache-error")
+            return self.app(environ, start_response)
+        if type(plan) is Entry:
+            return self._replay(plan, environ, start_response)
+        if type(plan) is _Miss:
+            return self._fetch(plan, environ, start_response)
+        return self._pass(plan, environ, start_response)  # type: ignore[arg-type]
+
+    # -- deciding
+
+    def _plan(self, environ: WSGIEnvironment) -> Entry | _Miss | tuple[str, str]:
+        """A fresh entry to replay, a miss to fetch, or ``(forward, reason)`` to pass."""
+        method = environ.get("REQUEST_METHOD")
+        if method != "GET" and method != "HEAD":
+            return "method", "method"
+        refresh = False
+        if "HTTP_CACHE_CONTROL" in environ or "HTTP_PRAGMA" in environ:
+            no_store, refresh = request_directives(environ)
+            if no_store:
+                return "bypass", "request-no-store"
+        for name in self._bypass_environ:
+            if name in environ:
+                return "bypass", "forwarding-header"
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        if self._path_allowed is not None and not self._path_allowed(path):
+            return "bypass", "path"
+        credentials = "HTTP_AUTHORIZATION" in environ or "HTTP_COOKIE" in environ
+        host = environ.get("HTTP_HOST") or f"{environ['SERVER_NAME']}:{environ['SERVER_PORT']}"
+        base_key = (
+            f"GET{_SEP}{environ['wsgi.url_scheme']}{_SEP}{host.lower()}{_SEP}{path}{_SEP}"
+            f"{environ.get('QUERY_STRING', '')}{vary_suffix(self._key_environ, environ)}"
+        )
+        if refresh:
+            return _Miss(base_key, path, credentials, "request", None)
+        key, entry = self.cache.lookup(base_key, environ, credentials=credentials)
+        if entry is not None:
+            return entry
+        if method == "HEAD":
+            return "miss", "head"  # a HEAD response has no body to store
+        # Single flight: the first miss of a key fetches it; the others wait for its result.
+        fill_key = None
+        if self._lock_wait > 0 and not credentials:
+            event = self.cache.begin_fill(key, self._lock_wait)
+            if event is not None:
+                event.wait(self._lock_wait)
+                key, entry = self.cache.lookup(base_key, environ)
+                if entry is not None:
+                    return entry
+            else:
+                fill_key = key
+        return _Miss(base_key, path, credentials, "miss", fill_key)
+
+    # -- answering
+
+    def _replay(
+        self, entry: Entry, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        now = self.cache.clock()
+        if (
+            ("HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ)
+            and entry.status.startswith("200")
+            and is_not_modified(environ, entry.etag, entry.last_modified)
+        ):
+            start_response("304 Not Modified", entry.not_modified_headers_at(now))
+            return _NO_BODY
+        start_response(entry.status, entry.hit_headers(now))
+        if environ["REQUEST_METHOD"] == "HEAD":
+            return _NO_BODY
+        return [entry.body]
+
+    def _fetch(
+        self, miss: _Miss, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        capture = Capture(
+            self._rules,
+            environ,
+            start_response,
+            base_key=miss.base_key,
+            path=miss.path,
+            credentials=miss.credentials,
+            forward=miss.forward,
+            fill_key=miss.fill_key,
+        )
+        try:
+            capture.app_iter = self.app(environ, capture.start_response)
+        except BaseException:
+            capture.finish()  # releases single-flight waiters; nothing is stored
+            raise
+        return capture
+
+    def _pass(
+        self, plan: tuple[str, str], environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        forward, reason = plan
+        self.cache.bypass(reason)
+        extra = (
+            cache_status(forward)
+            if forward == "method"
+            else cache_status(forward, f"detail={reason}")
+        )
+
+        def start_with_status(
+            status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None, /
+        ) -> Callable[[bytes], object]:
+            return start_response(status, headers + extra, exc_info)
+
+        return self.app(environ, start_with_status)
+
+    def _end_of_request(self) -> None:
+        """Runs after the server closed a miss's response: between-request housekeeping."""
+        if self.cache.sweep_due():
+            self.cache.sweep()
+
+
+class _Miss(NamedTuple):
+    """What a cache miss needs to fetch the response and maybe store it."""
+
+    base_key: str
+    path: str
+    credentials: bool
+    forward: str  # RFC 9211 fwd= value: "miss", or "request" when the client asked to refresh
+    fill_key: str | None  # the single-flight key this request leads, if any
+
+
+def _path_filter(
+    include: tuple[str, ...], exclude: tuple[str, ...]
+) -> Callable[[str], bool] | None:
+    """A predicate over the path from ``cache_paths`` / ``cache_exclude_paths`` globs."""
+    if not include and not exclude:
+        return None
+    included = re.compile("|".join(map(fnmatch.translate, include))).match if include else None
+    excluded = re.compile("|".join(map(fnmatch.translate, exclude))).match if exclude else None
+
+    def allowed(path: str) -> bool:
+        if included is not None and included(path) is None:
+            return False
+        return excluded is None or excluded(path) is None
+
+    return allowed

@@ -1,0 +1,479 @@
+"""Settings of the middleware: one frozen dataclass, parsed from keywords, ini strings or env.
+
+Every setting of SPEC §4 lives here with its default, its parser and its rule, so that the
+dataclass is the one place the README table, the env names and the validation come from::
+
+    Settings(cache_max_mb=10)                         # defaults + what you write
+    Settings.from_mapping({"cache_max_mb": "10"})     # ini / PasteDeploy strings
+    Settings.from_env(cache_max_mb=10)                # defaults < WSGI_MEMOPT_* < keywords
+
+A bad name or value raises :class:`SettingsError`, a ``ValueError`` that names the setting, the
+value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import ipaddress
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar
+
+__all__ = ["ENV_PREFIX", "Settings", "SettingsError"]
+
+ENV_PREFIX = "WSGI_MEMOPT_"
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+_NONE = frozenset({"", "none", "null"})
+_LOOPBACK = ("127.0.0.0/8", "::1/128")
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # an HTTP field name (RFC 9110 §5.1)
+
+
+class SettingsError(ValueError):
+    """A setting has an unknown name or a value outside what it allows."""
+
+    def __init__(self, setting: str, value: object, allowed: str, origin: str | None = None):
+        self.setting = setting
+        self.value = value
+        self.allowed = allowed
+        self.origin = origin
+        where = f" (from {origin})" if origin and origin != setting else ""
+        super().__init__(f"setting {setting}{where}: {value!r} is not allowed; {allowed}")
+
+
+class _Invalid(Exception):
+    """Raised by a parser; turned into a SettingsError that names the setting."""
+
+
+# -- parsers: each takes a native value or an ini/env string and returns the normalised value
+
+
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise _Invalid("expected a boolean: true/false, yes/no, on/off or 1/0")
+
+
+def _number(
+    kind: type[int] | type[float], low: float, high: float, *, low_open: bool = False
+) -> Callable[[object], Any]:
+    """A parser for an int or float within [low, high] (or (low, high] when ``low_open``)."""
+    lower = f"> {low:g}" if low_open else f">= {low:g}"
+    rule = f"expected {'an integer' if kind is int else 'a number'} {lower}"
+    if high != math.inf:
+        rule += f" and <= {high:g}"
+
+    def parse(value: object) -> int | float:
+        if isinstance(value, bool):
+            raise _Invalid(rule)
+        try:
+            if isinstance(value, str):
+                number = kind(value.strip())
+            elif isinstance(value, int) or (kind is float and isinstance(value, float)):
+                number = kind(value)
+            else:
+                raise _Invalid(rule)
+        except ValueError:
+            raise _Invalid(rule) from None
+        if math.isnan(number) or number > high or (number <= low if low_open else number < low):
+            raise _Invalid(rule)
+        return number
+
+    return parse
+
+
+def _optional(parse: Callable[[object], Any]) -> Callable[[object], Any]:
+    def optional(value: object) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() in _NONE):
+            return None
+        return parse(value)
+
+    return optional
+
+
+def _choice(*choices: str) -> Callable[[object], str]:
+    def parse(value: object) -> str:
+        if isinstance(value, str) and value.strip().lower() in choices:
+            return value.strip().lower()
+        raise _Invalid(f"expected one of {', '.join(choices)}")
+
+    return parse
+
+
+def _items(value: object) -> list[object]:
+    """Split ``"a, b"`` ini strings; accept any non-string iterable as is."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, Iterable):
+        return list(value)
+    raise _Invalid("expected a comma-separated list")
+
+
+def _statuses(value: object) -> tuple[int, ...]:
+    rule = "expected status codes from 200 to 599 except 206 and 304, e.g. '200,203,301'"
+    codes = []
+    for item in _items(value):
+        try:
+            code = int(item) if isinstance(item, (int, str)) and not isinstance(item, bool) else 0
+        except ValueError:
+            raise _Invalid(rule) from None
+        # 206 needs range handling and 304 has no body to replay: neither can be stored.
+        if not 200 <= code <= 599 or code in (206, 304):
+            raise _Invalid(rule)
+        codes.append(code)
+    if not codes:
+        raise _Invalid(rule)
+    return tuple(sorted(set(codes)))
+
+
+def _globs(value: object) -> tuple[str, ...]:
+    globs = _items(value)
+    if not all(isinstance(glob, str) and glob and not glob.isspace() for glob in globs):
+        raise _Invalid("expected glob patterns on the path, e.g. '/static/*, /api/*'")
+    return tuple(str(glob) for glob in globs)
+
+
+def _header_names(value: object) -> tuple[str, ...]:
+    names = _items(value)
+    if not all(isinstance(name, str) and _TOKEN.match(name) for name in names):
+        raise _Invalid("expected HTTP header names, e.g. 'X-Forwarded-Host, Accept-Language'")
+    return tuple(sorted({str(name).lower() for name in names}))
+
+
+def _gc_threshold(value: object) -> tuple[int, ...]:
+    rule = "expected 1 to 3 non-negative integers for gc.set_threshold, e.g. '700,10,10'"
+    try:
+        numbers = tuple(int(str(item)) for item in _items(value))
+    except ValueError:
+        raise _Invalid(rule) from None
+    if not 1 <= len(numbers) <= 3 or any(number < 0 for number in numbers):
+        raise _Invalid(rule)
+    return numbers
+
+
+def _networks(value: object) -> tuple[str, ...]:
+    rule = "expected networks such as '127.0.0.0/8, 10.0.0.0/8', 'loopback' or 'none'"
+    if isinstance(value, str) and value.strip().lower() in _NONE:
+        return ()
+    networks: list[str] = []
+    for item in _items(value):
+        if isinstance(item, str) and item.lower() == "loopback":
+            networks.extend(_LOOPBACK)
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(str(item), strict=False)))
+        except ValueError:
+            raise _Invalid(rule) from None
+    return tuple(dict.fromkeys(networks))
+
+
+def _prefix(value: object) -> str:
+    rule = "expected a path such as '/api/v1/memory': starting with '/', no spaces, not '/'"
+    if not isinstance(value, str):
+        raise _Invalid(rule)
+    prefix = value.strip().rstrip("/")
+    if not prefix.startswith("/") or any(char.isspace() for char in prefix):
+        raise _Invalid(rule)
+    return prefix
+
+
+def _token(value: object) -> str:
+    if not isinstance(value, str) or not value or value != value.strip():
+        raise _Invalid("expected a non-empty token without surrounding spaces")
+    return value
+
+
+def _setting(default: Any, parse: Callable[[object], Any], doc: str) -> Any:
+    """A dataclass field carrying its parser and its one-line documentation."""
+    return dataclasses.field(default=default, metadata={"parse": parse, "doc": doc})
+
+
+_percent = _number(float, 0, 100, low_open=True)
+_seconds = _number(float, 0, math.inf)
+_positive = _number(float, 0, math.inf, low_open=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every setting of the middleware, validated on construction (see SPEC §4).
+
+    Build it with keywords, :meth:`from_mapping` (ini strings) or :meth:`from_env`.
+    """
+
+    cache_enabled: bool = _setting(True, _bool, "response cache on/off")
+    cache_max_items: int = _setting(500, _number(int, 1, math.inf), "entries held at most")
+    cache_max_mb: float = _setting(
+        25.0, _positive, "bytes held by the cache at most, measured (body + headers + entry)"
+    )
+    cache_item_max_mb: float = _setting(
+        2.0, _positive, "a larger response is never stored (it still streams to the client)"
+    )
+    cache_ttl_s: float = _setting(
+        1800.0, _positive, "longest life of an entry; a shorter max-age/s-maxage/Expires wins"
+    )
+    cache_evict_fraction: float = _setting(
+        0.3,
+        _number(float, 0, 1, low_open=True),
+        "share of entries dropped, least recently used first, when a cap is hit",
+    )
+    cache_cleanup_interval_s: float = _setting(
+        120.0, _seconds, "expired entries are swept at most this often, between requests"
+    )
+    cache_statuses: tuple[int, ...] = _setting((200,), _statuses, "status codes that may be stored")
+    cache_paths: tuple[str, ...] = _setting(
+        (), _globs, "glob patterns on the path that may be cached (empty: all)"
+    )
+    cache_exclude_paths: tuple[str, ...] = _setting(
+        (), _globs, "glob patterns on the path that are never cached"
+    )
+    cache_key_headers: tuple[str, ...] = _setting(
+        (),
+        _header_names,
+        "request headers added to every cache key; a forwarding header named here stops "
+        "bypassing the cache",
+    )
+    cache_lock_timeout_s: float = _setting(
+        5.0,
+        _seconds,
+        "concurrent misses of one key wait this long for the first one's response (0: no wait)",
+    )
+    max_memory_percent: float = _setting(
+        65.0, _percent, "above it, optimize between requests (trim cache, collect)"
+    )
+    critical_percent: float = _setting(
+        85.0, _percent, "above it, emergency cleanup between requests"
+    )
+    restart_percent: float = _setting(
+        90.0, _percent, "sustained above it for restart_after_s: recycle the worker gracefully"
+    )
+    restart_after_s: float = _setting(
+        300.0, _seconds, "how long memory must stay above restart_percent before a recycle"
+    )
+    pressure_source: str = _setting(
+        "auto",
+        _choice("auto", "host", "container", "process"),
+        "auto (container limit if set, else host), host, container or process",
+    )
+    process_limit_mb: float | None = _setting(
+        None, _optional(_positive), "with pressure_source=process: the RSS that counts as 100%"
+    )
+    sample_interval_s: float = _setting(
+        0.5, _seconds, "between requests, memory is measured at most this often"
+    )
+    monitor_interval_s: float = _setting(
+        10.0, _seconds, "background sampling while idle; 0 turns the thread off"
+    )
+    gc_threshold: tuple[int, ...] | None = _setting(
+        None, _optional(_gc_threshold), "gc.set_threshold values, e.g. 700,10,10 (none: unchanged)"
+    )
+    gc_freeze: bool = _setting(True, _bool, "collect, then gc.freeze() the startup heap once")
+    gc_mode: str = _setting(
+        "between",
+        _choice("between", "auto"),
+        "between (automatic collection deferred to between requests) or auto (CPython's own)",
+    )
+    trim_threshold_mb: float = _setting(
+        32.0, _seconds, "RSS growth that triggers malloc_trim between requests (0: off)"
+    )
+    min_worker_lifetime_s: float = _setting(60.0, _seconds, "no recycle before this age")
+    tracemalloc_frames: int = _setting(
+        0, _number(int, 0, 65535), "0 = off (it slows allocation-heavy code); N = trace N frames"
+    )
+    api_enabled: bool = _setting(True, _bool, "the memory API on/off")
+    api_prefix: str = _setting("/api/v1/memory", _prefix, "where the memory API is mounted")
+    api_token: str | None = _setting(
+        None, _optional(_token), "bearer token that opens the API from anywhere"
+    )
+    api_allow_networks: tuple[str, ...] = _setting(
+        _LOOPBACK, _networks, "networks allowed without a token (only with no forwarding headers)"
+    )
+    api_min_interval_s: float = _setting(
+        1.0, _seconds, "mutating and expensive endpoints run at most this often per process"
+    )
+
+    _sources: dict[str, str] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    NAMES: ClassVar[tuple[str, ...]]
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            if field.init:
+                value = _parse(field, getattr(self, field.name), field.name)
+                object.__setattr__(self, field.name, value)
+                if field.name not in self._sources:
+                    self._sources[field.name] = "default" if value == field.default else "explicit"
+        self._check_together()
+
+    def _check_together(self) -> None:
+        if not self.max_memory_percent <= self.critical_percent <= self.restart_percent:
+            raise SettingsError(
+                "critical_percent",
+                self.critical_percent,
+                "expected max_memory_percent <= critical_percent <= restart_percent, got "
+                f"{self.max_memory_percent:g} / {self.critical_percent:g} / "
+                f"{self.restart_percent:g}",
+            )
+        if self.pressure_source == "process" and self.process_limit_mb is None:
+            raise SettingsError(
+                "process_limit_mb",
+                None,
+                "pressure_source=process needs process_limit_mb, the RSS that counts as 100%",
+            )
+
+    # -- construction from strings
+
+    @classmethod
+    def from_mapping(
+        cls,
+        values: Mapping[str, object],
+        *,
+        origins: Mapping[str, str] | None = None,
+        **explicit: Any,
+    ) -> Settings:
+        """Parse ini/env style values (``{"cache_max_mb": "25"}``); keywords override them.
+
+        ``origins`` maps a setting name to where its value came from (an env variable, an ini
+        key), so that an error names what the user actually wrote.
+        """
+        parsed: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for raw_name, value in values.items():
+            origin = (origins or {}).get(raw_name, raw_name)
+            name = _known_name(raw_name.strip().lower(), origin, value)
+            parsed[name] = _parse(_FIELDS[name], value, name, origin)
+            sources[name] = origin if origins else "mapping"
+        for name, value in explicit.items():
+            _known_name(name, name, value)
+            parsed[name] = value
+            sources[name] = "explicit"
+        return cls._with_sources(parsed, sources)
+
+    @classmethod
+    def from_env(
+        cls, prefix: str = ENV_PREFIX, environ: Mapping[str, str] | None = None, **explicit: Any
+    ) -> Settings:
+        """Read ``WSGI_MEMOPT_<NAME>`` variables; keywords override them, they override defaults.
+
+        A variable with the prefix whose name is not a setting is an error, so a typo in a
+        deployment does not go unnoticed.
+        """
+        environ = os.environ if environ is None else environ
+        found = {
+            key[len(prefix) :].lower(): value
+            for key, value in environ.items()
+            if key.startswith(prefix) and key[len(prefix) :].lower() not in _ENV_IGNORED
+        }
+        origins = {name: f"{prefix}{name.upper()}" for name in found}
+        settings = cls.from_mapping(found, origins=origins, **explicit)
+        settings._sources.update(
+            {
+                name: "env"
+                for name, origin in settings._sources.items()
+                if origin in origins.values()
+            }
+        )
+        return settings
+
+    @classmethod
+    def _with_sources(cls, values: dict[str, Any], sources: dict[str, str]) -> Settings:
+        settings = cls.__new__(cls)
+        object.__setattr__(settings, "_sources", dict(sources))
+        for field in dataclasses.fields(cls):
+            if field.init:
+                object.__setattr__(settings, field.name, values.get(field.name, field.default))
+        for field in dataclasses.fields(cls):
+            if field.init and field.name not in sources:
+                settings._sources[field.name] = "default"
+        settings.__post_init__()
+        return settings
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied as explicit values, validated like the constructor."""
+        for name, value in changes.items():
+            _known_name(name, name, value)
+        values = {name: getattr(self, name) for name in self.NAMES}
+        values.update(changes)
+        sources = dict(self._sources)
+        sources.update(dict.fromkeys(changes, "explicit"))
+        return self._with_sources(values, sources)
+
+    def source_of(self, name: str) -> str:
+        """Where a setting's value came from: ``default``, ``env``, ``explicit`` or an origin."""
+        _known_name(name, name, None)
+        return self._sources.get(name, "default")
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str, str]]:
+        """``(name, env variable, default as ini text, meaning)`` for every setting."""
+        rows = []
+        for field in dataclasses.fields(cls):
+            if field.init:
+                rows.append(
+                    (
+                        field.name,
+                        ENV_PREFIX + field.name.upper(),
+                        _as_text(field.default),
+                        field.metadata["doc"],
+                    )
+                )
+        return rows
+
+    def as_text(self) -> dict[str, str]:
+        """Every setting as the ini/env text that parses back to the same value."""
+        return {name: _as_text(getattr(self, name)) for name in self.NAMES}
+
+
+_FIELDS = {field.name: field for field in dataclasses.fields(Settings) if field.init}
+Settings.NAMES = tuple(_FIELDS)
+_dataclass_init = Settings.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _checked_init(self: Settings, *args: Any, **values: Any) -> None:
+    # The generated __init__ would raise a bare TypeError for a misspelt keyword; a user
+    # deserves the same SettingsError, with a suggestion, as for a misspelt ini key.
+    for name, value in values.items():
+        _known_name(name, name, value)
+    _dataclass_init(self, *args, **values)
+
+
+Settings.__init__ = _checked_init  # type: ignore[method-assign]
+# Variables that share the prefix but belong to other parts of the package (SPEC §9).
+_ENV_IGNORED = frozenset({"lazy_eager"})
+
+
+def _known_name(name: str, origin: str, value: object) -> str:
+    if name in _FIELDS:
+        return name
+    close = difflib.get_close_matches(name, _FIELDS, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else "see Settings.NAMES for the known settings"
+    raise SettingsError(name, value, f"there is no such setting; {hint}", origin)
+
+
+def _parse(
+    field: dataclasses.Field[Any], value: object, name: str, origin: str | None = None
+) -> Any:
+    try:
+        return field.metadata["parse"](value)
+    except _Invalid as error:
+        raise SettingsError(name, value, str(error), origin) from None
+
+
+def _as_text(value: object) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(str(item) for item in value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
