@@ -80,9 +80,11 @@ def _number(
                 number = kind(value)
             else:
                 raise _Invalid(rule)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise _Invalid(rule) from None
-        if math.isnan(number) or number > high or (number <= low if low_open else number < low):
+        if isinstance(number, float) and not math.isfinite(number):
+            raise _Invalid(rule + " (finite)")
+        if number > high or (number <= low if low_open else number < low):
             raise _Invalid(rule)
         return number
 
@@ -113,6 +115,8 @@ def _items(value: object) -> list[object]:
         return [part.strip() for part in value.split(",") if part.strip()]
     if isinstance(value, Iterable):
         return list(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]  # cache_statuses=200 means (200,)
     raise _Invalid("expected a comma-separated list")
 
 
@@ -142,7 +146,7 @@ def _globs(value: object) -> tuple[str, ...]:
 
 def _header_names(value: object) -> tuple[str, ...]:
     names = _items(value)
-    if not all(isinstance(name, str) and _TOKEN.match(name) for name in names):
+    if not all(isinstance(name, str) and _TOKEN.fullmatch(name) for name in names):
         raise _Invalid("expected HTTP header names, e.g. 'X-Forwarded-Host, Accept-Language'")
     return tuple(sorted({str(name).lower() for name in names}))
 
@@ -153,7 +157,8 @@ def _gc_threshold(value: object) -> tuple[int, ...]:
         numbers = tuple(int(str(item)) for item in _items(value))
     except ValueError:
         raise _Invalid(rule) from None
-    if not 1 <= len(numbers) <= 3 or any(number < 0 for number in numbers):
+    # gc.set_threshold takes C ints: a larger value would only fail later, at start-up.
+    if not 1 <= len(numbers) <= 3 or any(not 0 <= number < 2**31 for number in numbers):
         raise _Invalid(rule)
     return numbers
 
@@ -208,7 +213,7 @@ class Settings:
     """
 
     cache_enabled: bool = _setting(True, _bool, "response cache on/off")
-    cache_max_items: int = _setting(500, _number(int, 1, math.inf), "entries held at most")
+    cache_max_items: int = _setting(500, _number(int, 1, 10**9), "entries held at most")
     cache_max_mb: float = _setting(
         25.0, _positive, "bytes held by the cache at most, measured (body + headers + entry)"
     )
