@@ -28,7 +28,6 @@ from .cache.policy import (
     environ_key,
     is_not_modified,
     request_directives,
-    vary_suffix,
 )
 from .cache.store import Entry, ResponseStore
 from .settings import Settings
@@ -92,51 +91,77 @@ class MemoryOptimizer:
         )
         self._path_allowed = _path_filter(settings.cache_paths, settings.cache_exclude_paths)
         self._lock_wait = settings.cache_lock_timeout_s
+        self._cache_enabled = settings.cache_enabled
+        self._rule_headers = frozenset(
+            (
+                "HTTP_CACHE_CONTROL",
+                "HTTP_PRAGMA",
+                "HTTP_AUTHORIZATION",
+                "HTTP_COOKIE",
+                *self._bypass_environ,
+                *self._key_environ,
+            )
+        )
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Serve from the cache when allowed and fresh; otherwise call the app and capture."""
-        if not self.settings.cache_enabled:
+        if not self._cache_enabled:
             return self.app(environ, start_response)
+        now = self.cache.clock()
         try:
-            plan = self._plan(environ)
+            plan = self._plan(environ, now)
         except Exception:
             # A broken cache costs the request its caching, never its response.
             log.warning("[CACHE] lookup failed; passing the request through", exc_info=True)
             self.cache.bypass("cache-error")
             return self.app(environ, start_response)
         if type(plan) is Entry:
-            return self._replay(plan, environ, start_response)
+            # The hit, inline: the path where every call counts (SPEC §11).
+            if ("HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ) and (
+                plan.status.startswith("200")
+                and is_not_modified(environ, plan.etag, plan.last_modified)
+            ):
+                start_response("304 Not Modified", plan.not_modified_headers_at(now))
+                return _NO_BODY
+            start_response(plan.status, plan.hit_headers(now))
+            return _NO_BODY if environ["REQUEST_METHOD"] == "HEAD" else [plan.body]
         if type(plan) is _Miss:
             return self._fetch(plan, environ, start_response)
         return self._pass(plan, environ, start_response)  # type: ignore[arg-type]
 
     # -- deciding
 
-    def _plan(self, environ: WSGIEnvironment) -> Entry | _Miss | tuple[str, str]:
+    def _plan(self, environ: WSGIEnvironment, now: float) -> Entry | _Miss | tuple[str, str]:
         """A fresh entry to replay, a miss to fetch, or ``(forward, reason)`` to pass."""
         method = environ.get("REQUEST_METHOD")
         if method != "GET" and method != "HEAD":
             return "method", "method"
-        refresh = False
-        if "HTTP_CACHE_CONTROL" in environ or "HTTP_PRAGMA" in environ:
-            no_store, refresh = request_directives(environ)
-            if no_store:
-                return "bypass", "request-no-store"
-        for name in self._bypass_environ:
-            if name in environ:
-                return "bypass", "forwarding-header"
         path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        base_key = (
+            f"{environ['wsgi.url_scheme']}{_SEP}"
+            f"{environ.get('HTTP_HOST') or environ['SERVER_NAME'] + ':' + environ['SERVER_PORT']}"
+            f"{_SEP}{path}{_SEP}{environ.get('QUERY_STRING', '')}"
+        )
+        refresh = credentials = False
+        # Most requests carry none of the headers that change the rules: one C-level check.
+        if not environ.keys().isdisjoint(self._rule_headers):
+            if "HTTP_CACHE_CONTROL" in environ or "HTTP_PRAGMA" in environ:
+                no_store, refresh = request_directives(environ)
+                if no_store:
+                    return "bypass", "request-no-store"
+            for name in self._bypass_environ:
+                if name in environ:
+                    return "bypass", "forwarding-header"
+            credentials = "HTTP_AUTHORIZATION" in environ or "HTTP_COOKIE" in environ
+            for name in self._key_environ:
+                # Only present headers lengthen the key: absent still differs from empty.
+                if name in environ:
+                    base_key += f"{_SEP}{name}={environ[name]}"
         if self._path_allowed is not None and not self._path_allowed(path):
             return "bypass", "path"
-        credentials = "HTTP_AUTHORIZATION" in environ or "HTTP_COOKIE" in environ
-        host = environ.get("HTTP_HOST") or f"{environ['SERVER_NAME']}:{environ['SERVER_PORT']}"
-        base_key = (
-            f"GET{_SEP}{environ['wsgi.url_scheme']}{_SEP}{host.lower()}{_SEP}{path}{_SEP}"
-            f"{environ.get('QUERY_STRING', '')}{vary_suffix(self._key_environ, environ)}"
-        )
         if refresh:
             return _Miss(base_key, path, credentials, "request", None)
-        key, entry = self.cache.lookup(base_key, environ, credentials=credentials)
+        key, entry = self.cache.lookup(base_key, environ, now, credentials=credentials)
         if entry is not None:
             return entry
         if method == "HEAD":
@@ -147,7 +172,7 @@ class MemoryOptimizer:
             event = self.cache.begin_fill(key, self._lock_wait)
             if event is not None:
                 event.wait(self._lock_wait)
-                key, entry = self.cache.lookup(base_key, environ)
+                key, entry = self.cache.lookup(base_key, environ, self.cache.clock())
                 if entry is not None:
                     return entry
             else:
@@ -155,22 +180,6 @@ class MemoryOptimizer:
         return _Miss(base_key, path, credentials, "miss", fill_key)
 
     # -- answering
-
-    def _replay(
-        self, entry: Entry, environ: WSGIEnvironment, start_response: StartResponse
-    ) -> Iterable[bytes]:
-        now = self.cache.clock()
-        if (
-            ("HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ)
-            and entry.status.startswith("200")
-            and is_not_modified(environ, entry.etag, entry.last_modified)
-        ):
-            start_response("304 Not Modified", entry.not_modified_headers_at(now))
-            return _NO_BODY
-        start_response(entry.status, entry.hit_headers(now))
-        if environ["REQUEST_METHOD"] == "HEAD":
-            return _NO_BODY
-        return [entry.body]
 
     def _fetch(
         self, miss: _Miss, environ: WSGIEnvironment, start_response: StartResponse

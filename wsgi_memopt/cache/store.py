@@ -11,6 +11,8 @@ total against ``pympler.asizeof`` of the stored entries.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import math
 import sys
@@ -83,12 +85,14 @@ class Entry:
         )
         # Built once per whole second of age, so that a hit copies a list instead of
         # formatting three headers; kept from the start so its memory is always accounted.
-        self._hit_headers: tuple[int, list[tuple[str, str]]] = self._headers_at(0)
+        self._hit_headers: tuple[float, list[tuple[str, str]]] = self._headers_at(created)
         self.size = 0
 
-    def _headers_at(self, age: int) -> tuple[int, list[tuple[str, str]]]:
+    def _headers_at(self, now: float) -> tuple[float, list[tuple[str, str]]]:
+        # A request that waited for another's fetch read the clock before the entry existed.
+        age = max(int(now - self.created), 0)
         ttl = max(int(self.lifetime) - age, 0)
-        return age, [
+        return self.created + age + 1, [
             *self.headers,
             ("Age", str(age)),
             ("Cache-Status", f"wsgi-memopt; hit; ttl={ttl}"),
@@ -97,10 +101,10 @@ class Entry:
 
     def hit_headers(self, now: float) -> list[tuple[str, str]]:
         """A fresh list of the headers to replay at ``now`` (the server may change it)."""
-        age = int(now - self.created)
         cached = self._hit_headers
-        if cached[0] != age:
-            cached = self._hit_headers = self._headers_at(age)
+        # Rebuilt once per second of age; ``now`` below ``created`` (a waiter's clock) too.
+        if not self.created <= now < cached[0]:
+            cached = self._hit_headers = self._headers_at(now)
         return cached[1][:]
 
     def not_modified_headers_at(self, now: float) -> list[tuple[str, str]]:
@@ -162,8 +166,8 @@ def _variable_size(entry: Entry, shared: set[int]) -> int:
     size += _sizeof_headers(entry.headers, entry.headers)
     # Header pairs of the 304 tuple are the same objects as in ``headers``: count the tuple.
     size += _aligned(sys.getsizeof(entry.not_modified_headers))
-    age, hit = entry._hit_headers
-    size += _aligned(sys.getsizeof(entry._hit_headers)) + _aligned(sys.getsizeof(age))
+    valid_until, hit = entry._hit_headers
+    size += _aligned(sys.getsizeof(entry._hit_headers)) + _aligned(sys.getsizeof(valid_until))
     size += _aligned(sys.getsizeof(hit)) + _sizeof_headers(hit[-3:], ())
     if entry.etag is not None:
         size += _aligned(sys.getsizeof(entry.etag))
@@ -208,32 +212,43 @@ class ResponseStore:
         self._filling: dict[str, tuple[threading.Event, float]] = {}
         self._bytes = 0
         self._next_sweep = clock() + cleanup_interval_s
-        self.hits = self.misses = self.stores = self.evictions = self.expirations = 0
+        # next() on an itertools.count is one C call: the lock-free hit path counts with it.
+        self._hits = itertools.count()
+        self.misses = self.stores = self.evictions = self.expirations = 0
         self.rejected: dict[str, int] = {}
         self.bypassed: dict[str, int] = {}
 
     # -- the request path
 
     def lookup(
-        self, base_key: str, environ: Mapping[str, object], *, credentials: bool = False
+        self,
+        base_key: str,
+        environ: Mapping[str, object],
+        now: float,
+        *,
+        credentials: bool = False,
     ) -> tuple[str, Entry | None]:
-        """The full key for this request and its fresh entry, if any; counts a hit or a miss."""
+        """The full key for this request and its entry fresh at ``now``; counts a hit or miss.
+
+        A hit takes no lock: ``dict.get`` and ``OrderedDict.move_to_end`` are single C calls,
+        atomic under the GIL, and every writer holds the lock. A key removed between the two
+        calls just raises ``KeyError``, which is a hit on an entry that is on its way out.
+        """
         vary = self._vary.get(base_key)
         key = base_key if vary is None or not vary[0] else base_key + vary_suffix(vary[0], environ)
-        now = self.clock()
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                if entry.expires <= now:
-                    self._remove(entry)
-                    self.expirations += 1
-                    entry = None
-                elif credentials and not entry.shareable_with_credentials:
-                    entry = None
-                else:
+        entry = self._entries.get(key)
+        if entry is not None:
+            if entry.expires <= now:
+                with self._lock:
+                    if self._entries.get(key) is entry:
+                        self._remove(entry)
+                        self.expirations += 1
+            elif not credentials or entry.shareable_with_credentials:
+                with contextlib.suppress(KeyError):
                     self._entries.move_to_end(key)
-                    self.hits += 1
-                    return key, entry
+                next(self._hits)
+                return key, entry
+        with self._lock:
             self.misses += 1
         return key, None
 
@@ -308,7 +323,8 @@ class ResponseStore:
         now = self.clock()
         with self._lock:
             self._next_sweep = now + self.cleanup_interval_s
-            expired = [entry for entry in self._entries.values() if entry.expires <= now]
+            # list() first: a lock-free hit may reorder the dict while we look at it.
+            expired = [entry for entry in list(self._entries.values()) if entry.expires <= now]
             for entry in expired:
                 self._remove(entry)
             self.expirations += len(expired)
@@ -338,7 +354,9 @@ class ResponseStore:
         """Drop every entry whose path starts with ``path_prefix``; returns how many."""
         with self._lock:
             doomed = [
-                entry for entry in self._entries.values() if entry.path.startswith(path_prefix)
+                entry
+                for entry in list(self._entries.values())
+                if entry.path.startswith(path_prefix)
             ]
             for entry in doomed:
                 self._remove(entry)
@@ -348,6 +366,12 @@ class ResponseStore:
         """A snapshot of the stored entries, least recently used first."""
         with self._lock:
             return list(self._entries.values())
+
+    @property
+    def hits(self) -> int:
+        """Lookups that found a fresh entry."""
+        # The count's repr is "count(N)": reading it does not advance it.
+        return int(repr(self._hits)[6:-1])
 
     @property
     def bytes(self) -> int:
@@ -360,14 +384,15 @@ class ResponseStore:
     def stats(self) -> dict[str, Any]:
         """Counters and sizes, read under the lock so they agree with each other."""
         with self._lock:
-            lookups = self.hits + self.misses
+            hits = self.hits
+            lookups = hits + self.misses
             return {
                 "items": len(self._entries),
                 "bytes": self._bytes,
                 "size_mb": round(self._bytes / 2**20, 3),
                 "max_items": self.max_items,
                 "max_bytes": self.max_bytes,
-                "hits": self.hits,
+                "hits": hits,
                 "misses": self.misses,
                 "hit_rate": round(self.hits / lookups, 4) if lookups else 0.0,
                 "stores": self.stores,
@@ -381,6 +406,10 @@ class ResponseStore:
 
     def _remove(self, entry: Entry) -> None:
         del self._entries[entry.key]
+        self._forget(entry)
+
+    def _forget(self, entry: Entry) -> None:
+        """Account for ``entry`` having left ``_entries``."""
         self._bytes -= entry.size
         vary = self._vary.get(entry.base_key)
         if vary is not None:
@@ -391,8 +420,9 @@ class ResponseStore:
     def _evict_count(self, count: int) -> int:
         evicted = 0
         while evicted < count and self._entries:
-            _, entry = next(iter(self._entries.items()))
-            self._remove(entry)
+            # popitem is one C call, safe against a lock-free hit reordering the dict.
+            _, entry = self._entries.popitem(last=False)
+            self._forget(entry)
             evicted += 1
         self.evictions += evicted
         return evicted
