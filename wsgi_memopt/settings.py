@@ -431,6 +431,15 @@ class Settings:
                 )
         return rows
 
+    @classmethod
+    def markdown_table(cls) -> str:
+        """The README's settings table, generated here so the two cannot drift apart."""
+        lines = ["| setting | env variable | default | meaning |", "|---|---|---|---|"]
+        for name, env, default, doc in cls.describe():
+            shown = f"`{default}`" if default else "*(empty)*"
+            lines.append(f"| `{name}` | `{env}` | {shown} | {doc} |")
+        return "\n".join(lines)
+
     def as_text(self) -> dict[str, str]:
         """Every setting as the ini/env text that parses back to the same value."""
         return {name: _as_text(getattr(self, name)) for name in self.NAMES}
