@@ -195,10 +195,18 @@ class MemoryOptimizer:
             fill_key=miss.fill_key,
         )
         try:
-            capture.app_iter = self.app(environ, capture.start_response)
+            app_iter = self.app(environ, capture.start_response)
         except BaseException:
             capture.finish()  # releases single-flight waiters; nothing is stored
             raise
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        if isinstance(file_wrapper, type) and isinstance(app_iter, file_wrapper):
+            # A file the server can sendfile(): the page cache already holds it, and wrapping
+            # it would cost the server its zero-copy path. Hand it over untouched.
+            capture.reason = "file-wrapper"
+            capture.finish()
+            return app_iter
+        capture.app_iter = app_iter
         return capture
 
     def _pass(

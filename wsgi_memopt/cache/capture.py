@@ -150,13 +150,21 @@ class Capture:
             return
         self._status = status
         self._headers = headers
-        self.reason = self.verdict.reason
-        if self.reason is not None:
-            self._chunks = None
+        self.reason = None
+        if self.verdict.reason is not None:
+            self._refuse(self.verdict.reason)
 
     def _refuse(self, reason: str) -> None:
         self.reason = reason
         self._chunks = None
+        self._release_waiters()
+
+    def _release_waiters(self) -> None:
+        # Requests waiting for this response need not wait for a body that will not be
+        # stored (a 10 MB stream, say): let them go to the app now.
+        if self.fill_key is not None:
+            self._rules.store.end_fill(self.fill_key)
+            self.fill_key = None
 
     # -- what the server sees
 
@@ -200,8 +208,7 @@ class Capture:
             log.warning("[CACHE] storing a response failed; it was served uncached", exc_info=True)
             rules.store.reject("cache-error")
         finally:
-            if self.fill_key is not None:
-                rules.store.end_fill(self.fill_key)
+            self._release_waiters()
             try:
                 rules.on_close()
             except Exception:
