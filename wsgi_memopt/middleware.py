@@ -15,6 +15,7 @@ stored when the server closes the response. The rules are listed in
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import re
@@ -25,6 +26,7 @@ from .cache.capture import Capture, CaptureRules, cache_status
 from .cache.policy import (
     BYPASS_HEADERS,
     FORWARDED_KEY_HEADERS,
+    CacheKey,
     environ_key,
     is_not_modified,
     request_directives,
@@ -41,7 +43,6 @@ __all__ = ["MemoryOptimizer"]
 log = logging.getLogger("wsgi_memopt")
 
 _MB = 1 << 20
-_SEP = "\x00"
 _NO_BODY: list[bytes] = []  # shared and never mutated: servers only iterate it
 
 
@@ -92,6 +93,7 @@ class MemoryOptimizer:
         self._path_allowed = _path_filter(settings.cache_paths, settings.cache_exclude_paths)
         self._lock_wait = settings.cache_lock_timeout_s
         self._cache_enabled = settings.cache_enabled
+        self._no_keyed_values = (None,) * len(self._key_environ)
         self._rule_headers = frozenset(
             (
                 "HTTP_CACHE_CONTROL",
@@ -110,10 +112,13 @@ class MemoryOptimizer:
         now = self.cache.clock()
         try:
             plan = self._plan(environ, now)
+            if type(plan) is tuple:
+                self.cache.bypass(plan[1])
         except Exception:
             # A broken cache costs the request its caching, never its response.
             log.warning("[CACHE] lookup failed; passing the request through", exc_info=True)
-            self.cache.bypass("cache-error")
+            with contextlib.suppress(Exception):
+                self.cache.bypass("cache-error")
             return self.app(environ, start_response)
         if type(plan) is Entry:
             # The hit, inline: the path where every call counts (SPEC §11).
@@ -137,10 +142,11 @@ class MemoryOptimizer:
         if method != "GET" and method != "HEAD":
             return "method", "method"
         path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-        base_key = (
-            f"{environ['wsgi.url_scheme']}{_SEP}"
-            f"{environ.get('HTTP_HOST') or environ['SERVER_NAME'] + ':' + environ['SERVER_PORT']}"
-            f"{_SEP}{path}{_SEP}{environ.get('QUERY_STRING', '')}"
+        base_key: CacheKey = (
+            environ["wsgi.url_scheme"],
+            environ.get("HTTP_HOST") or f"{environ['SERVER_NAME']}:{environ['SERVER_PORT']}",
+            path,
+            environ.get("QUERY_STRING", ""),
         )
         refresh = credentials = False
         # Most requests carry none of the headers that change the rules: one C-level check.
@@ -153,13 +159,14 @@ class MemoryOptimizer:
                 if name in environ:
                     return "bypass", "forwarding-header"
             credentials = "HTTP_AUTHORIZATION" in environ or "HTTP_COOKIE" in environ
-            for name in self._key_environ:
-                # Only present headers lengthen the key: absent still differs from empty.
-                if name in environ:
-                    base_key += f"{_SEP}{name}={environ[name]}"
+            keyed = tuple(map(environ.get, self._key_environ))
+            if keyed != self._no_keyed_values:
+                base_key = (*base_key, keyed)
         if self._path_allowed is not None and not self._path_allowed(path):
             return "bypass", "path"
         if refresh:
+            if method == "HEAD":
+                return "request", "head"  # nothing to refresh the entry with
             return _Miss(base_key, path, credentials, "request", None)
         key, entry = self.cache.lookup(base_key, environ, now, credentials=credentials)
         if entry is not None:
@@ -213,7 +220,6 @@ class MemoryOptimizer:
         self, plan: tuple[str, str], environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
         forward, reason = plan
-        self.cache.bypass(reason)
         extra = (
             cache_status(forward)
             if forward == "method"
@@ -236,11 +242,11 @@ class MemoryOptimizer:
 class _Miss(NamedTuple):
     """What a cache miss needs to fetch the response and maybe store it."""
 
-    base_key: str
+    base_key: CacheKey
     path: str
     credentials: bool
     forward: str  # RFC 9211 fwd= value: "miss", or "request" when the client asked to refresh
-    fill_key: str | None  # the single-flight key this request leads, if any
+    fill_key: CacheKey | None  # the single-flight key this request leads, if any
 
 
 def _path_filter(

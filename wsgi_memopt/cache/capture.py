@@ -15,12 +15,13 @@ copy is joined into one ``bytes`` object and stored.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .policy import ResponseVerdict, assess_response, vary_suffix
+from .policy import CacheKey, ResponseVerdict, assess_response, variant_key
 from .store import Entry, ResponseStore
 
 if TYPE_CHECKING:
@@ -78,11 +79,11 @@ class Capture:
         environ: Mapping[str, Any],
         start_response: StartResponse,
         *,
-        base_key: str,
+        base_key: CacheKey,
         path: str,
         credentials: bool,
         forward: str = "miss",
-        fill_key: str | None = None,
+        fill_key: CacheKey | None = None,
     ) -> None:
         self._rules = rules
         self._server_start_response = start_response
@@ -162,9 +163,13 @@ class Capture:
     def _release_waiters(self) -> None:
         # Requests waiting for this response need not wait for a body that will not be
         # stored (a 10 MB stream, say): let them go to the app now.
-        if self.fill_key is not None:
-            self._rules.store.end_fill(self.fill_key)
-            self.fill_key = None
+        fill_key, self.fill_key = self.fill_key, None
+        if fill_key is not None:
+            try:
+                self._rules.store.end_fill(fill_key)
+            except Exception:
+                # Runs inside the response stream: a broken store must not cut it short.
+                log.warning("[CACHE] could not release single-flight waiters", exc_info=True)
 
     # -- what the server sees
 
@@ -206,7 +211,8 @@ class Capture:
             self._store()
         except Exception:
             log.warning("[CACHE] storing a response failed; it was served uncached", exc_info=True)
-            rules.store.reject("cache-error")
+            with contextlib.suppress(Exception):
+                rules.store.reject("cache-error")
         finally:
             self._release_waiters()
             try:
@@ -233,7 +239,7 @@ class Capture:
         # The lookup key knew only the Vary of an earlier response, if any: use this one's.
         key = self.base_key
         if verdict.vary:
-            key += vary_suffix(verdict.vary, self.environ)
+            key = variant_key(key, verdict.vary, self.environ)
         entry = Entry(
             key=key,
             base_key=self.base_key,

@@ -28,20 +28,21 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from werkzeug.datastructures import RequestCacheControl, ResponseCacheControl
-from werkzeug.http import parse_cache_control_header, parse_date, parse_etags, unquote_etag
+from werkzeug.http import parse_date, parse_dict_header, parse_etags, unquote_etag
 
 __all__ = [
-    "ABSENT",
     "BYPASS_HEADERS",
     "FORWARDED_KEY_HEADERS",
+    "CacheKey",
     "ResponseVerdict",
     "assess_response",
+    "cache_directives",
     "environ_key",
     "is_not_modified",
     "request_directives",
-    "vary_suffix",
+    "variant_key",
 ]
 
 # Headers that make an app behind a proxy-fixing middleware build another URL for the same
@@ -52,10 +53,10 @@ BYPASS_HEADERS = ("forwarded", "x-forwarded-host", "x-original-url", "x-rewrite-
 # keyed instead of bypassed, so a cache behind a TLS proxy still works and still cannot hand
 # an http:// page to an https:// client.
 FORWARDED_KEY_HEADERS = ("x-forwarded-port", "x-forwarded-prefix", "x-forwarded-proto")
-# Stands for "header absent" in a key, distinct from any real value (SPEC §6: absent != empty).
-ABSENT = "\x01"
-
-_SEP = "\x00"
+# A key is a tuple, never a joined string: no header value or path can be crafted to spell
+# another request's key. (scheme, host, path, query[, keyed header values]) is a base key;
+# (base key, Vary values) the key of one variant. An absent header is None, unlike "".
+CacheKey = tuple[Any, ...]
 
 
 def environ_key(header: str) -> str:
@@ -66,10 +67,12 @@ def environ_key(header: str) -> str:
     return "HTTP_" + name
 
 
-def vary_suffix(environ_keys: Iterable[str], environ: Mapping[str, object]) -> str:
-    """The part of a key made of the request's values of the ``Vary`` headers."""
+def variant_key(
+    base_key: CacheKey, environ_keys: Iterable[str], environ: Mapping[str, object]
+) -> CacheKey:
+    """The key of the variant of ``base_key`` selected by the request's ``Vary`` values."""
     get = environ.get
-    return "".join(_SEP + str(get(name, ABSENT)) for name in environ_keys)
+    return (base_key, tuple(get(name) for name in environ_keys))
 
 
 def request_directives(environ: Mapping[str, object]) -> tuple[bool, bool]:
@@ -82,9 +85,24 @@ def request_directives(environ: Mapping[str, object]) -> tuple[bool, bool]:
         # RFC 9111 §5.4: Pragma counts only when Cache-Control is absent.
         pragma = str(environ.get("HTTP_PRAGMA", "")).lower()
         return False, "no-cache" in pragma
-    directives = parse_cache_control_header(str(value), cls=RequestCacheControl)
-    refresh = bool(directives.no_cache) or directives.max_age == 0
-    return bool(directives.no_store), refresh
+    directives = cache_directives(str(value))
+    refresh = "no-cache" in directives or _seconds(directives, "max-age") == 0
+    return "no-store" in directives, refresh
+
+
+def cache_directives(value: str) -> dict[str, str | None]:
+    """``Cache-Control`` directives by lower-cased name (RFC 9111 §5.2: case-insensitive)."""
+    return parse_dict_header(value.lower())
+
+
+def _seconds(directives: Mapping[str, str | None], name: str) -> int | None:
+    """A delta-seconds directive; -1 when present but not a non-negative integer."""
+    if name not in directives:
+        return None
+    raw = directives[name]
+    if raw is None or not raw.isdigit():
+        return -1  # RFC 9111 §4.2.1: an invalid freshness value is treated as stale
+    return int(raw)
 
 
 @dataclass(frozen=True)
@@ -137,14 +155,12 @@ def assess_response(
         elif lower == "content-length":
             length = value
 
-    directives = parse_cache_control_header(cache_control, cls=ResponseCacheControl)
-    if directives.no_store:
-        return ResponseVerdict("no-store")
-    if directives.private:
-        return ResponseVerdict("private")
-    if directives.no_cache:
-        return ResponseVerdict("no-cache")
-    shareable = bool(directives.public) or directives.s_maxage is not None
+    directives = cache_directives(cache_control) if cache_control is not None else {}
+    for refusal in ("no-store", "private", "no-cache"):
+        if refusal in directives:
+            return ResponseVerdict(refusal)
+    s_maxage = _seconds(directives, "s-maxage")
+    shareable = "public" in directives or s_maxage is not None
     if credentials and not shareable:
         return ResponseVerdict("credentials")
 
@@ -157,14 +173,14 @@ def assess_response(
 
     content_length = None
     if length is not None:
-        try:
-            content_length = int(length)
-        except ValueError:
+        if not length.strip().isdigit():
             return ResponseVerdict("content-length")
+        content_length = int(length)
         if content_length > item_limit:
             return ResponseVerdict("too-large")
 
-    lifetime = _lifetime(directives, expires, date, ttl_cap, time.time() if now is None else now)
+    max_age = _seconds(directives, "max-age")
+    lifetime = _lifetime(s_maxage, max_age, expires, date, ttl_cap, now)
     if lifetime <= 0:
         return ResponseVerdict("stale")
     modified = parse_date(last_modified) if last_modified else None
@@ -180,23 +196,24 @@ def assess_response(
 
 
 def _lifetime(
-    directives: ResponseCacheControl,
+    s_maxage: int | None,
+    max_age: int | None,
     expires: str | None,
     date: str | None,
     ttl_cap: float,
-    now: float,
+    now: float | None,
 ) -> float:
     """RFC 9111 §4.2.1 freshness lifetime, capped by ``cache_ttl_s``."""
-    if directives.s_maxage is not None:
-        return min(float(directives.s_maxage), ttl_cap)
-    if directives.max_age is not None:
-        return min(float(directives.max_age), ttl_cap)
+    if s_maxage is not None:
+        return min(float(s_maxage), ttl_cap)
+    if max_age is not None:
+        return min(float(max_age), ttl_cap)
     if expires is not None:
         expires_at = parse_date(expires)
         if expires_at is None:
             return 0.0  # RFC 9111 §5.3: an invalid Expires means "already expired"
         date_at = parse_date(date) if date else None
-        origin = date_at.timestamp() if date_at else now
+        origin = date_at.timestamp() if date_at else (time.time() if now is None else now)
         return min(expires_at.timestamp() - origin, ttl_cap)
     return ttl_cap
 

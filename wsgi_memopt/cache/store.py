@@ -19,10 +19,10 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from .policy import vary_suffix
+from .policy import CacheKey, variant_key
 
 __all__ = ["Entry", "ResponseStore"]
 
@@ -55,8 +55,8 @@ class Entry:
     def __init__(
         self,
         *,
-        key: str,
-        base_key: str,
+        key: CacheKey,
+        base_key: CacheKey,
         path: str,
         status: str,
         headers: Headers,
@@ -120,72 +120,75 @@ def _aligned(size: int) -> int:
     return (size + 7) & ~7
 
 
-def _sizeof_headers(headers: Iterable[tuple[str, str]], container: object) -> int:
-    size = _aligned(sys.getsizeof(container))
-    for pair in headers:
-        size += _aligned(sys.getsizeof(pair))
-        size += _aligned(sys.getsizeof(pair[0])) + _aligned(sys.getsizeof(pair[1]))
+def _deep_size(obj: object, seen: set[int]) -> int:
+    """``sys.getsizeof`` of ``obj`` and, for tuples and lists, of what they hold, once each."""
+    if obj is None or id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    size = _aligned(sys.getsizeof(obj))
+    if type(obj) is tuple or type(obj) is list:
+        for item in obj:
+            size += _deep_size(item, seen)
     return size
+
+
+def _variable_size(entry: Entry) -> int:
+    """Bytes of what differs from entry to entry; shared objects are counted once."""
+    seen: set[int] = set()
+    return sum(
+        _deep_size(part, seen)
+        for part in (
+            entry.key,
+            entry.base_key,
+            entry.path,
+            entry.status,
+            entry.headers,
+            entry.body,
+            entry.not_modified_headers,
+            entry._hit_headers,
+            entry.etag,
+            entry.last_modified,
+        )
+    )
 
 
 _shell_size: int | None = None
 
 
 def entry_shell_size() -> int:
-    """Bytes of an entry with no key, body or headers, measured once with pympler."""
+    """Bytes of an entry's fixed part (the object, its floats), measured once with pympler."""
     global _shell_size
     if _shell_size is None:
         from pympler import asizeof
 
         # Distinct floats and a large size, as a stored entry holds: asizeof counts each.
-        empty = Entry(
-            key="",
-            base_key="",
-            path="",
-            status="",
-            headers=(),
+        sample = Entry(
+            key=("http", "example", "/", ""),
+            base_key=("http", "example", "/", ""),
+            path="/",
+            status="200 OK",
+            headers=(("Content-Length", "0"),),
             body=b"",
             created=1.5,
             lifetime=2.5,
         )
-        empty.size = 1 << 20
-        # The shell is everything but the variable parts measured per entry.
-        whole = int(asizeof.asizeof(empty))  # type: ignore[no-untyped-call]
-        _shell_size = whole - _variable_size(empty, shared=set())
+        sample.size = 1 << 20
+        whole = int(asizeof.asizeof(sample))  # type: ignore[no-untyped-call]
+        _shell_size = whole - _variable_size(sample)
     return _shell_size
 
 
-def _variable_size(entry: Entry, shared: set[int]) -> int:
-    size = 0
-    # The key and path strings may be one object (a key without Vary is the base key).
-    for text in (entry.key, entry.base_key, entry.path, entry.status):
-        if id(text) not in shared:
-            shared.add(id(text))
-            size += _aligned(sys.getsizeof(text))
-    size += _aligned(sys.getsizeof(entry.body))
-    size += _sizeof_headers(entry.headers, entry.headers)
-    # Header pairs of the 304 tuple are the same objects as in ``headers``: count the tuple.
-    size += _aligned(sys.getsizeof(entry.not_modified_headers))
-    valid_until, hit = entry._hit_headers
-    size += _aligned(sys.getsizeof(entry._hit_headers)) + _aligned(sys.getsizeof(valid_until))
-    size += _aligned(sys.getsizeof(hit)) + _sizeof_headers(hit[-3:], ())
-    if entry.etag is not None:
-        size += _aligned(sys.getsizeof(entry.etag))
-    if entry.last_modified is not None:
-        size += _aligned(sys.getsizeof(entry.last_modified))
-    return size
-
-
 def measure_entry(entry: Entry) -> int:
-    """Bytes held by ``entry``: its variable parts plus the measured shell."""
-    return entry_shell_size() + _variable_size(entry, shared=set())
+    """Bytes held by ``entry``: its variable parts plus the measured fixed part."""
+    return entry_shell_size() + _variable_size(entry)
 
 
 class ResponseStore:
     """Thread-safe LRU + TTL store of :class:`Entry`, bounded by item count and by bytes.
 
     Reaching a cap evicts ``evict_fraction`` of the entries, least recently used first (and
-    more if the new entry still does not fit); an entry over ``item_max_bytes`` is refused.
+    more if the new entry still does not fit). An entry whose body is over ``item_max_bytes``,
+    or that is larger than the whole cache, is refused.
     Expired entries are dropped when looked up and swept at most every ``cleanup_interval_s``.
     """
 
@@ -206,10 +209,10 @@ class ResponseStore:
         self.cleanup_interval_s = cleanup_interval_s
         self.clock = clock
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, Entry] = OrderedDict()
+        self._entries: OrderedDict[CacheKey, Entry] = OrderedDict()
         # base key -> [environ keys named by Vary, number of entries under that base]
-        self._vary: dict[str, list[Any]] = {}
-        self._filling: dict[str, tuple[threading.Event, float]] = {}
+        self._vary: dict[CacheKey, list[Any]] = {}
+        self._filling: dict[CacheKey, tuple[threading.Event, float]] = {}
         self._bytes = 0
         self._next_sweep = clock() + cleanup_interval_s
         # next() on an itertools.count is one C call: the lock-free hit path counts with it.
@@ -222,12 +225,12 @@ class ResponseStore:
 
     def lookup(
         self,
-        base_key: str,
+        base_key: CacheKey,
         environ: Mapping[str, object],
         now: float,
         *,
         credentials: bool = False,
-    ) -> tuple[str, Entry | None]:
+    ) -> tuple[CacheKey, Entry | None]:
         """The full key for this request and its entry fresh at ``now``; counts a hit or miss.
 
         A hit takes no lock: ``dict.get`` and ``OrderedDict.move_to_end`` are single C calls,
@@ -235,7 +238,7 @@ class ResponseStore:
         calls just raises ``KeyError``, which is a hit on an entry that is on its way out.
         """
         vary = self._vary.get(base_key)
-        key = base_key if vary is None or not vary[0] else base_key + vary_suffix(vary[0], environ)
+        key = base_key if vary is None or not vary[0] else variant_key(base_key, vary[0], environ)
         entry = self._entries.get(key)
         if entry is not None:
             if entry.expires <= now:
@@ -259,7 +262,9 @@ class ResponseStore:
         request values that select this variant of ``entry.base_key``.
         """
         entry.size = measure_entry(entry)
-        if entry.size > self.item_max_bytes:
+        # The item limit bounds the body, as the capture does while streaming and as the
+        # "stored" promise of Cache-Status assumes; the whole entry must fit in the cache.
+        if len(entry.body) > self.item_max_bytes or entry.size > self.max_bytes:
             self.reject("too-large")
             return False
         with self._lock:
@@ -291,7 +296,7 @@ class ResponseStore:
 
     # -- single flight
 
-    def begin_fill(self, key: str, wait_s: float) -> threading.Event | None:
+    def begin_fill(self, key: CacheKey, wait_s: float) -> threading.Event | None:
         """None when the caller should fetch ``key``; else an event set when the fetch ends.
 
         A fill older than ``wait_s`` is taken over, so a response whose iterable was never
@@ -305,7 +310,7 @@ class ResponseStore:
             self._filling[key] = (threading.Event(), now)
             return None
 
-    def end_fill(self, key: str) -> None:
+    def end_fill(self, key: CacheKey) -> None:
         """Wake the requests waiting for ``key``."""
         with self._lock:
             current = self._filling.pop(key, None)
@@ -351,12 +356,16 @@ class ResponseStore:
         return dropped
 
     def invalidate(self, path_prefix: str) -> int:
-        """Drop every entry whose path starts with ``path_prefix``; returns how many."""
+        """Drop the entries at ``path_prefix`` and below it; returns how many.
+
+        Whole path segments: ``/a`` drops ``/a`` and ``/a/b``, not ``/about``.
+        """
+        below = path_prefix if path_prefix.endswith("/") else path_prefix + "/"
         with self._lock:
             doomed = [
                 entry
                 for entry in list(self._entries.values())
-                if entry.path.startswith(path_prefix)
+                if entry.path == path_prefix or entry.path.startswith(below)
             ]
             for entry in doomed:
                 self._remove(entry)

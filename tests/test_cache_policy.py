@@ -1,0 +1,526 @@
+"""Tests of wsgi_memopt.cache.policy: the pure functions behind the rules of SPEC §6.
+
+Each function is called directly, with well-formed and with malformed input (garbage
+``Cache-Control``, non-numeric ``Content-Length``, unparsable dates, a status like ``abc``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from werkzeug.http import http_date
+
+from wsgi_memopt.cache.policy import (
+    ResponseVerdict,
+    assess_response,
+    environ_key,
+    is_not_modified,
+    request_directives,
+    variant_key,
+)
+
+DATE = datetime(2030, 1, 1, tzinfo=timezone.utc)
+NOW = DATE.timestamp()
+TTL_CAP = 100.0
+ITEM_LIMIT = 1000
+
+
+def assess(
+    headers: list[tuple[str, str]],
+    status: str = "200 OK",
+    *,
+    credentials: bool = False,
+    statuses: tuple[int, ...] = (200,),
+) -> ResponseVerdict:
+    return assess_response(
+        status,
+        headers,
+        credentials=credentials,
+        statuses=frozenset(statuses),
+        item_limit=ITEM_LIMIT,
+        ttl_cap=TTL_CAP,
+        now=NOW,
+    )
+
+
+# -- assess_response: what is not stored, and why
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "statuses", "credentials", "reason"),
+    [
+        ("abc", [], (200,), False, "status"),
+        ("", [], (200,), False, "status"),
+        ("2xx OK", [], (200,), False, "status"),
+        ("404 Not Found", [], (200,), False, "status"),
+        ("500 Internal Server Error", [], (200, 404), False, "status"),
+        ("200 OK", [("Cache-Control", "no-store")], (200,), False, "no-store"),
+        ("200 OK", [("Cache-Control", "public, no-store")], (200,), False, "no-store"),
+        ("200 OK", [("Cache-Control", "private")], (200,), False, "private"),
+        ("200 OK", [("Cache-Control", 'private="X-User"')], (200,), False, "private"),
+        ("200 OK", [("Cache-Control", "max-age=60, private")], (200,), False, "private"),
+        ("200 OK", [("Cache-Control", "no-cache")], (200,), False, "no-cache"),
+        ("200 OK", [("Cache-Control", 'no-cache="Set-Cookie"')], (200,), False, "no-cache"),
+        (
+            "200 OK",
+            [("Cache-Control", "public"), ("cache-control", "no-store")],
+            (200,),
+            False,
+            "no-store",
+        ),
+        ("200 OK", [("Set-Cookie", "a=1")], (200,), False, "set-cookie"),
+        ("200 OK", [("set-cookie", "a=1")], (200,), False, "set-cookie"),
+        ("200 OK", [("Vary", "*")], (200,), False, "vary-star"),
+        ("200 OK", [("Vary", "Accept"), ("Vary", " * ")], (200,), False, "vary-star"),
+        ("200 OK", [], (200,), True, "credentials"),
+        ("200 OK", [("Cache-Control", "max-age=60")], (200,), True, "credentials"),
+        ("200 OK", [("Content-Length", "abc")], (200,), False, "content-length"),
+        ("200 OK", [("Content-Length", "1e3")], (200,), False, "content-length"),
+        ("200 OK", [("Content-Length", "")], (200,), False, "content-length"),
+        ("200 OK", [("Content-Length", str(ITEM_LIMIT + 1))], (200,), False, "too-large"),
+        ("200 OK", [("Cache-Control", "max-age=0")], (200,), False, "stale"),
+        ("200 OK", [("Cache-Control", "max-age=-5")], (200,), False, "stale"),
+        ("200 OK", [("Cache-Control", "s-maxage=0, max-age=60")], (200,), False, "stale"),
+        ("200 OK", [("Expires", "0")], (200,), False, "stale"),
+        ("200 OK", [("Expires", "not a date")], (200,), False, "stale"),
+        ("200 OK", [("Expires", http_date(DATE - timedelta(seconds=1)))], (200,), False, "stale"),
+        (
+            "200 OK",
+            [("Date", http_date(DATE)), ("Expires", http_date(DATE))],
+            (200,),
+            False,
+            "stale",
+        ),
+    ],
+    ids=[
+        "status-abc",
+        "status-empty",
+        "status-not-a-number",
+        "status-404-default",
+        "status-500-not-listed",
+        "no-store",
+        "no-store-with-public",
+        "private",
+        "private-qualified",
+        "private-with-max-age",
+        "no-cache",
+        "no-cache-qualified",
+        "no-store-in-second-header",
+        "set-cookie",
+        "set-cookie-lowercase",
+        "vary-star",
+        "vary-star-second-header",
+        "credentials",
+        "credentials-max-age",
+        "content-length-garbage",
+        "content-length-float",
+        "content-length-empty",
+        "too-large",
+        "max-age-0",
+        "max-age-negative",
+        "s-maxage-0",
+        "expires-0",
+        "expires-garbage",
+        "expires-past",
+        "expires-equals-date",
+    ],
+)
+def test_assess_response_refuses(
+    status: str,
+    headers: list[tuple[str, str]],
+    statuses: tuple[int, ...],
+    credentials: bool,
+    reason: str,
+) -> None:
+    verdict = assess(headers, status, credentials=credentials, statuses=statuses)
+
+    assert verdict.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "reason"),
+    [("Private", "private"), ("NO-STORE", "no-store"), ("No-Cache", "no-cache")],
+)
+def test_assess_response_directives_are_case_insensitive(cache_control: str, reason: str) -> None:
+    assert assess([("Cache-Control", cache_control)]).reason == reason
+
+
+@pytest.mark.parametrize("cache_control", ["max-age=abc", "max-age=1.5", "max-age", "s-maxage=x"])
+def test_assess_response_invalid_freshness_is_stale(cache_control: str) -> None:
+    assert assess([("Cache-Control", cache_control)]).reason == "stale"
+
+
+def test_assess_response_refuses_a_negative_content_length() -> None:
+    assert assess([("Content-Length", "-1")]).reason == "content-length"
+
+
+# -- assess_response: what is stored, and what the store learns
+
+
+def test_assess_response_defaults() -> None:
+    assert assess([("Content-Type", "text/plain")]) == ResponseVerdict(None, lifetime=TTL_CAP)
+
+
+@pytest.mark.parametrize(
+    ("headers", "lifetime"),
+    [
+        ([], TTL_CAP),
+        ([("Cache-Control", "max-age=60")], 60),
+        ([("Cache-Control", "max-age=60, s-maxage=30")], 30),
+        ([("Cache-Control", "max-age=10, s-maxage=30")], 30),
+        ([("Cache-Control", "public"), ("Cache-Control", "max-age=5")], 5),
+        ([("Cache-Control", "max-age=5000")], TTL_CAP),
+        ([("Cache-Control", "s-maxage=5000")], TTL_CAP),
+        ([("Cache-Control", "max-age=60"), ("Expires", "0")], 60),
+        (
+            [("Cache-Control", "max-age=60"), ("Expires", http_date(DATE + timedelta(seconds=5)))],
+            60,
+        ),
+        ([("Date", http_date(DATE)), ("Expires", http_date(DATE + timedelta(seconds=45)))], 45),
+        ([("Expires", http_date(DATE + timedelta(seconds=45)))], 45),  # from ``now``
+        (
+            [("Date", "garbage"), ("Expires", http_date(DATE + timedelta(seconds=45)))],
+            45,  # an unparsable Date counts from ``now``
+        ),
+        (
+            [
+                ("Date", http_date(DATE - timedelta(hours=1))),
+                ("Expires", http_date(DATE - timedelta(hours=1) + timedelta(seconds=20))),
+            ],
+            20,  # Expires - Date, whatever the clock says
+        ),
+        ([("Expires", http_date(DATE + timedelta(days=1)))], TTL_CAP),
+        ([("Cache-Control", ",,;;=garbage")], TTL_CAP),
+        ([("Cache-Control", "")], TTL_CAP),
+        ([("Cache-Control", "must-revalidate, immutable, x-custom=1")], TTL_CAP),
+    ],
+    ids=[
+        "none",
+        "max-age",
+        "s-maxage-beats-max-age",
+        "s-maxage-beats-shorter-max-age",
+        "two-headers",
+        "max-age-capped",
+        "s-maxage-capped",
+        "max-age-beats-invalid-expires",
+        "max-age-beats-expires",
+        "expires-minus-date",
+        "expires-minus-now",
+        "expires-garbage-date",
+        "expires-old-date",
+        "expires-capped",
+        "garbage-cache-control",
+        "empty-cache-control",
+        "unknown-directives",
+    ],
+)
+def test_assess_response_lifetime(headers: list[tuple[str, str]], lifetime: float) -> None:
+    verdict = assess(headers)
+
+    assert verdict.reason is None
+    assert verdict.lifetime == lifetime
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "shareable"),
+    [
+        ("max-age=60", False),
+        ("public", True),
+        ("public, max-age=60", True),
+        ("s-maxage=60", True),
+        ("max-age=60, s-maxage=60", True),
+    ],
+)
+def test_assess_response_shareable_with_credentials(cache_control: str, shareable: bool) -> None:
+    anonymous = assess([("Cache-Control", cache_control)])
+
+    assert anonymous.reason is None
+    assert anonymous.shareable_with_credentials is shareable
+    assert assess([("Cache-Control", cache_control)], credentials=True).reason == (
+        None if shareable else "credentials"
+    )
+
+
+@pytest.mark.parametrize(
+    ("vary_headers", "keys"),
+    [
+        ([("Vary", "Accept-Language")], ("HTTP_ACCEPT_LANGUAGE",)),
+        (
+            [("Vary", "accept-language, Accept-Encoding")],
+            ("HTTP_ACCEPT_ENCODING", "HTTP_ACCEPT_LANGUAGE"),
+        ),
+        (
+            [("Vary", "Accept-Language"), ("vary", "ACCEPT-LANGUAGE, X-Tenant")],
+            ("HTTP_ACCEPT_LANGUAGE", "HTTP_X_TENANT"),
+        ),
+        ([("Vary", "Content-Type")], ("CONTENT_TYPE",)),
+        ([("Vary", " , ,")], ()),
+        ([("Vary", "")], ()),
+    ],
+    ids=["one", "two-sorted", "two-headers-deduplicated", "content-type", "only-commas", "empty"],
+)
+def test_assess_response_vary(vary_headers: list[tuple[str, str]], keys: tuple[str, ...]) -> None:
+    verdict = assess(vary_headers)
+
+    assert verdict.reason is None
+    assert verdict.vary == keys
+
+
+@pytest.mark.parametrize(
+    ("value", "length"),
+    [("0", 0), ("12", 12), (" 12 ", 12), (str(ITEM_LIMIT), ITEM_LIMIT)],
+    ids=["zero", "twelve", "spaces", "at-limit"],
+)
+def test_assess_response_content_length(value: str, length: int) -> None:
+    verdict = assess([("content-length", value)])
+
+    assert (verdict.reason, verdict.content_length) == (None, length)
+
+
+@pytest.mark.parametrize(
+    ("last_modified", "timestamp"),
+    [
+        (http_date(DATE), NOW),
+        ("Sunday, 06-Nov-94 08:49:37 GMT", datetime(1994, 11, 6, 8, 49, 37, tzinfo=timezone.utc)),
+        ("not a date", None),
+        ("", None),
+    ],
+    ids=["imf-fixdate", "rfc850", "garbage", "empty"],
+)
+def test_assess_response_validators(last_modified: str, timestamp: Any) -> None:
+    if isinstance(timestamp, datetime):
+        timestamp = timestamp.timestamp()
+    verdict = assess([("ETag", 'W/"v1"'), ("Last-Modified", last_modified)])
+
+    assert verdict.reason is None
+    assert verdict.etag == 'W/"v1"'
+    assert verdict.last_modified == timestamp
+
+
+def test_assess_response_status_codes_from_settings() -> None:
+    assert assess([], "404 Not Found", statuses=(200, 404)).reason is None
+    assert assess([], "203 Non-Authoritative Information", statuses=(200, 203)).reason is None
+    assert assess([], "200 OK", statuses=(404,)).reason == "status"
+
+
+def test_assess_response_without_now_uses_the_wall_clock() -> None:
+    expires = http_date(datetime.now(timezone.utc) + timedelta(seconds=50))
+
+    verdict = assess_response(
+        "200 OK",
+        [("Expires", expires)],
+        credentials=False,
+        statuses=frozenset({200}),
+        item_limit=ITEM_LIMIT,
+        ttl_cap=TTL_CAP,
+    )
+
+    assert verdict.reason is None
+    assert 40 <= verdict.lifetime <= 50  # whole seconds of an HTTP date, not a timing check
+
+
+# -- request_directives
+
+
+@pytest.mark.parametrize(
+    ("environ", "directives"),
+    [
+        ({"HTTP_CACHE_CONTROL": "no-store"}, (True, False)),
+        ({"HTTP_CACHE_CONTROL": "no-cache"}, (False, True)),
+        ({"HTTP_CACHE_CONTROL": "max-age=0"}, (False, True)),
+        ({"HTTP_CACHE_CONTROL": "no-store, no-cache"}, (True, True)),
+        ({"HTTP_CACHE_CONTROL": "max-age=60"}, (False, False)),
+        ({"HTTP_CACHE_CONTROL": "max-age=abc"}, (False, False)),
+        ({"HTTP_CACHE_CONTROL": "max-age"}, (False, False)),
+        ({"HTTP_CACHE_CONTROL": "only-if-cached, max-stale=10"}, (False, False)),
+        ({"HTTP_CACHE_CONTROL": ",,;;=garbage=\x7f"}, (False, False)),
+        ({"HTTP_CACHE_CONTROL": ""}, (False, False)),
+        ({"HTTP_PRAGMA": "no-cache"}, (False, True)),
+        ({"HTTP_PRAGMA": "No-Cache"}, (False, True)),
+        ({"HTTP_PRAGMA": "x-other, no-cache"}, (False, True)),
+        ({"HTTP_PRAGMA": "x-other"}, (False, False)),
+        ({"HTTP_PRAGMA": ""}, (False, False)),
+        ({"HTTP_PRAGMA": "no-cache", "HTTP_CACHE_CONTROL": "max-age=60"}, (False, False)),
+        ({"HTTP_PRAGMA": "no-cache", "HTTP_CACHE_CONTROL": ""}, (False, False)),
+        ({"HTTP_PRAGMA": "no-cache", "HTTP_CACHE_CONTROL": "no-store"}, (True, False)),
+    ],
+    ids=[
+        "no-store",
+        "no-cache",
+        "max-age-0",
+        "no-store-and-no-cache",
+        "max-age-60",
+        "max-age-garbage",
+        "max-age-no-value",
+        "other-directives",
+        "garbage",
+        "empty",
+        "pragma",
+        "pragma-case",
+        "pragma-list",
+        "pragma-other",
+        "pragma-empty",
+        "pragma-ignored-with-cache-control",
+        "pragma-ignored-with-empty-cache-control",
+        "pragma-ignored-with-no-store",
+    ],
+)
+def test_request_directives(environ: dict[str, str], directives: tuple[bool, bool]) -> None:
+    assert request_directives(environ) == directives
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "directives"),
+    [("No-Store", (True, False)), ("NO-CACHE", (False, True)), ("Max-Age=0", (False, True))],
+    ids=["No-Store", "NO-CACHE", "Max-Age=0"],
+)
+def test_request_directives_are_case_insensitive(
+    cache_control: str, directives: tuple[bool, bool]
+) -> None:
+    assert request_directives({"HTTP_CACHE_CONTROL": cache_control}) == directives
+
+
+# -- is_not_modified
+
+LAST_MODIFIED = NOW
+
+
+@pytest.mark.parametrize(
+    ("environ", "etag", "not_modified"),
+    [
+        ({"HTTP_IF_NONE_MATCH": '"v1"'}, '"v1"', True),
+        ({"HTTP_IF_NONE_MATCH": 'W/"v1"'}, '"v1"', True),
+        ({"HTTP_IF_NONE_MATCH": '"v1"'}, 'W/"v1"', True),
+        ({"HTTP_IF_NONE_MATCH": 'W/"v1"'}, 'W/"v1"', True),
+        ({"HTTP_IF_NONE_MATCH": '"a", "v1" , W/"b"'}, '"v1"', True),
+        ({"HTTP_IF_NONE_MATCH": "*"}, '"v1"', True),
+        ({"HTTP_IF_NONE_MATCH": '"v2"'}, '"v1"', False),
+        ({"HTTP_IF_NONE_MATCH": '"V1"'}, '"v1"', False),
+        ({"HTTP_IF_NONE_MATCH": ""}, '"v1"', False),
+        ({"HTTP_IF_NONE_MATCH": ',,;;"'}, '"v1"', False),
+        ({"HTTP_IF_NONE_MATCH": '"v1"'}, None, False),
+        ({"HTTP_IF_NONE_MATCH": "*"}, None, False),
+        ({"HTTP_IF_MODIFIED_SINCE": http_date(DATE)}, '"v1"', True),
+        ({"HTTP_IF_MODIFIED_SINCE": http_date(DATE + timedelta(seconds=1))}, '"v1"', True),
+        ({"HTTP_IF_MODIFIED_SINCE": http_date(DATE - timedelta(seconds=1))}, '"v1"', False),
+        ({"HTTP_IF_MODIFIED_SINCE": "garbage"}, '"v1"', False),
+        ({"HTTP_IF_MODIFIED_SINCE": ""}, '"v1"', False),
+        (
+            {"HTTP_IF_NONE_MATCH": '"v2"', "HTTP_IF_MODIFIED_SINCE": http_date(DATE)},
+            '"v1"',
+            False,
+        ),
+        (
+            {
+                "HTTP_IF_NONE_MATCH": '"v1"',
+                "HTTP_IF_MODIFIED_SINCE": http_date(DATE - timedelta(days=1)),
+            },
+            '"v1"',
+            True,
+        ),
+        (
+            {"HTTP_IF_NONE_MATCH": '"v1"', "HTTP_IF_MODIFIED_SINCE": http_date(DATE)},
+            None,
+            False,
+        ),
+        ({}, '"v1"', False),
+    ],
+    ids=[
+        "inm-strong",
+        "inm-weak-request",
+        "inm-weak-stored",
+        "inm-weak-both",
+        "inm-list",
+        "inm-star",
+        "inm-other",
+        "inm-case-sensitive",
+        "inm-empty",
+        "inm-garbage",
+        "inm-no-stored-etag",
+        "inm-star-no-stored-etag",
+        "ims-equal",
+        "ims-after",
+        "ims-before",
+        "ims-garbage",
+        "ims-empty",
+        "inm-miss-beats-ims-hit",
+        "inm-hit-beats-ims-miss",
+        "inm-without-etag-beats-ims",
+        "no-condition",
+    ],
+)
+def test_is_not_modified(environ: dict[str, str], etag: str | None, not_modified: bool) -> None:
+    assert is_not_modified(environ, etag, LAST_MODIFIED) is not_modified
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [{"HTTP_IF_MODIFIED_SINCE": http_date(DATE)}, {}],
+    ids=["ims", "no-condition"],
+)
+def test_is_not_modified_without_last_modified(environ: dict[str, str]) -> None:
+    assert is_not_modified(environ, None, None) is False
+
+
+# -- variant_key and environ_key
+
+BASE = ("http", "localhost", "/", "")
+
+
+@pytest.mark.parametrize(
+    ("keys", "environ", "values"),
+    [
+        ((), {"HTTP_ACCEPT_LANGUAGE": "en"}, ()),
+        (("HTTP_ACCEPT_LANGUAGE",), {"HTTP_ACCEPT_LANGUAGE": "en"}, ("en",)),
+        (("HTTP_ACCEPT_LANGUAGE",), {}, (None,)),
+        (("HTTP_ACCEPT_LANGUAGE",), {"HTTP_ACCEPT_LANGUAGE": ""}, ("",)),
+        (
+            ("HTTP_ACCEPT_ENCODING", "HTTP_ACCEPT_LANGUAGE"),
+            {"HTTP_ACCEPT_LANGUAGE": "en", "HTTP_ACCEPT_ENCODING": "gzip"},
+            ("gzip", "en"),
+        ),
+        (("HTTP_A", "HTTP_B"), {"HTTP_B": "x"}, (None, "x")),
+    ],
+    ids=["no-keys", "value", "absent", "empty", "two-in-order", "one-absent"],
+)
+def test_variant_key(keys: tuple[str, ...], environ: dict[str, str], values: tuple[object]) -> None:
+    assert variant_key(BASE, keys, environ) == (BASE, values)
+
+
+def test_variant_key_absent_differs_from_any_header_value() -> None:
+    keys = ("HTTP_A",)
+    absent = variant_key(BASE, keys, {})
+
+    for value in ("", " ", "None", "-", "\x00"):
+        assert variant_key(BASE, keys, {"HTTP_A": value}) != absent
+
+
+def test_variant_key_keeps_two_headers_apart() -> None:
+    keys = ("HTTP_A", "HTTP_B")
+
+    assert variant_key(BASE, keys, {"HTTP_A": "x", "HTTP_B": ""}) != variant_key(
+        BASE, keys, {"HTTP_A": "", "HTTP_B": "x"}
+    )
+
+
+def test_variant_key_never_equals_a_base_key() -> None:
+    # A crafted value cannot make a variant spell another request's base key.
+    assert variant_key(BASE, ("HTTP_A",), {"HTTP_A": "/"}) != ("http", "localhost", "/", "/")
+
+
+@pytest.mark.parametrize(
+    ("header", "key"),
+    [
+        ("Accept-Language", "HTTP_ACCEPT_LANGUAGE"),
+        ("accept-language", "HTTP_ACCEPT_LANGUAGE"),
+        (" X-Tenant ", "HTTP_X_TENANT"),
+        ("X-Forwarded-Proto", "HTTP_X_FORWARDED_PROTO"),
+        ("Content-Type", "CONTENT_TYPE"),
+        ("content-length", "CONTENT_LENGTH"),
+        ("Host", "HTTP_HOST"),
+    ],
+)
+def test_environ_key(header: str, key: str) -> None:
+    assert environ_key(header) == key
