@@ -9,6 +9,7 @@ from typing import Any
 from wsgiref.validate import validator
 
 import pytest
+from werkzeug.middleware import lint
 from werkzeug.middleware.lint import LintMiddleware
 from werkzeug.test import Client, TestResponse
 
@@ -45,6 +46,20 @@ def require_peer(executable: str) -> str:
             pytest.fail(f"{executable} is not installed; .ci/run must install it")
         pytest.skip(f"{executable} is not installed")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _lint_input_has_readlines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let ``checked`` be stacked on both sides of the middleware.
+
+    werkzeug's lint wraps ``wsgi.input`` in an ``InputStream`` without ``readlines``, which
+    PEP 3333 requires and the inner wsgiref validator checks for.
+    """
+
+    def readlines(self: Any, hint: int = -1) -> list[bytes]:
+        return list(iter(self.readline, b""))
+
+    monkeypatch.setattr(lint.InputStream, "readlines", readlines, raising=False)
 
 
 @pytest.fixture(autouse=True)

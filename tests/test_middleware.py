@@ -18,7 +18,6 @@ from wsgiref.handlers import SimpleHandler
 import pytest
 from conftest import checked, get, wrap
 from werkzeug.http import http_date
-from werkzeug.middleware import lint
 from werkzeug.test import Client, EnvironBuilder, TestResponse
 
 from wsgi_memopt import MemoryOptimizer
@@ -31,22 +30,6 @@ Headers = list[tuple[str, str]]
 HEAD_LINT = pytest.mark.filterwarnings("ignore:Content-Length and the number of bytes sent")
 
 DATE = datetime(2030, 1, 1, tzinfo=timezone.utc)
-
-
-@pytest.fixture(autouse=True)
-def _lint_input_has_readlines(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Give werkzeug lint's ``wsgi.input`` wrapper the ``readlines`` PEP 3333 requires.
-
-    ``checked`` stacks wsgiref's validator behind werkzeug's lint on both sides of the
-    middleware; the inner validator asserts that ``wsgi.input`` has ``readlines``, which
-    lint's ``InputStream`` lacks, so without this every request through ``wrap`` fails
-    before reaching the app.
-    """
-
-    def readlines(self: Any, hint: int = -1) -> list[bytes]:
-        return list(iter(self.readline, b""))
-
-    monkeypatch.setattr(lint.InputStream, "readlines", readlines, raising=False)
 
 
 class CountingApp:

@@ -210,8 +210,9 @@ class MemoryOptimizer:
         if isinstance(file_wrapper, type) and isinstance(app_iter, file_wrapper):
             # A file the server can sendfile(): the page cache already holds it, and wrapping
             # it would cost the server its zero-copy path. Hand it over untouched.
-            capture.reason = "file-wrapper"
-            capture.finish()
+            # (So no end-of-request hook runs for it: the server owns the response now.)
+            capture.refuse("file-wrapper")
+            self.cache.reject("file-wrapper")
             return app_iter
         capture.app_iter = app_iter
         return capture

@@ -113,7 +113,7 @@ class Capture:
     ) -> Callable[[bytes], object]:
         """Record the response, decide whether it may be stored, and pass it to the server."""
         if exc_info is not None:
-            self._refuse("app-error")
+            self.refuse("app-error")
         else:
             self._assess(status, headers)
         params = (
@@ -130,7 +130,7 @@ class Capture:
         def write_and_forget(data: bytes) -> object:
             # The legacy write() callable bypasses the iterable: what it sends is never
             # seen whole, so the response is not stored.
-            self._refuse("write-callable")
+            self.refuse("write-callable")
             return write(data)
 
         return write_and_forget
@@ -147,15 +147,16 @@ class Capture:
             )
         except Exception:
             log.warning("[CACHE] could not assess a response; not storing it", exc_info=True)
-            self._refuse("cache-error")
+            self.refuse("cache-error")
             return
         self._status = status
         self._headers = headers
         self.reason = None
         if self.verdict.reason is not None:
-            self._refuse(self.verdict.reason)
+            self.refuse(self.verdict.reason)
 
-    def _refuse(self, reason: str) -> None:
+    def refuse(self, reason: str) -> None:
+        """Give up storing this response, drop the copy and let single-flight waiters go."""
         self.reason = reason
         self._chunks = None
         self._release_waiters()
@@ -180,7 +181,7 @@ class Capture:
             if chunks is not None:
                 self._size += len(chunk)
                 if self._size > limit:
-                    self._refuse("too-large")  # drop the copy now: the client still gets all
+                    self.refuse("too-large")  # drop the copy now: the client still gets all
                 else:
                     chunks.append(chunk)
             yield chunk
@@ -223,7 +224,7 @@ class Capture:
     def _store(self) -> None:
         store = self._rules.store
         if self.reason is None and not self._complete:
-            self._refuse("incomplete")
+            self.refuse("incomplete")
         verdict = self.verdict
         if self.reason is not None or verdict is None or self._chunks is None:
             store.reject(self.reason or "no-response")
