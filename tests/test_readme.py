@@ -34,8 +34,7 @@ def test_settings_table_is_generated_from_the_settings_definition() -> None:
     )
     assert match is not None, "the README lost its settings-table markers"
     assert match.group(1) == Settings.markdown_table(), (
-        "README settings table drifted from Settings; regenerate it with "
-        "Settings.markdown_table()"
+        "README settings table drifted from Settings; regenerate it with Settings.markdown_table()"
     )
 
 

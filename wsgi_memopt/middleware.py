@@ -167,16 +167,17 @@ class MemoryOptimizer:
         if refresh:
             if method == "HEAD":
                 return "request", "head"  # nothing to refresh the entry with
-            return _Miss(base_key, path, credentials, "request", None)
+            return _Miss(base_key, path, credentials, "request", None, None)
         key, entry = self.cache.lookup(base_key, environ, now, credentials=credentials)
         if entry is not None:
             return entry
         if method == "HEAD":
             return "miss", "head"  # a HEAD response has no body to store
         # Single flight: the first miss of a key fetches it; the others wait for its result.
-        fill_key = None
+        fill_key = fill_owner = None
         if self._lock_wait > 0 and not credentials:
-            event = self.cache.begin_fill(key, self._lock_wait)
+            fill_owner = object()
+            event = self.cache.begin_fill(key, self._lock_wait, fill_owner)
             if event is not None:
                 event.wait(self._lock_wait)
                 key, entry = self.cache.lookup(base_key, environ, self.cache.clock())
@@ -184,7 +185,7 @@ class MemoryOptimizer:
                     return entry
             else:
                 fill_key = key
-        return _Miss(base_key, path, credentials, "miss", fill_key)
+        return _Miss(base_key, path, credentials, "miss", fill_key, fill_owner)
 
     # -- answering
 
@@ -200,6 +201,7 @@ class MemoryOptimizer:
             credentials=miss.credentials,
             forward=miss.forward,
             fill_key=miss.fill_key,
+            fill_owner=miss.fill_owner,
         )
         try:
             app_iter = self.app(environ, capture.start_response)
@@ -248,6 +250,7 @@ class _Miss(NamedTuple):
     credentials: bool
     forward: str  # RFC 9211 fwd= value: "miss", or "request" when the client asked to refresh
     fill_key: CacheKey | None  # the single-flight key this request leads, if any
+    fill_owner: object  # the token that lets this request, and only it, end that fill
 
 
 def _path_filter(

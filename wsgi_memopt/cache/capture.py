@@ -67,6 +67,7 @@ class Capture:
         "credentials",
         "environ",
         "fill_key",
+        "fill_owner",
         "forward",
         "path",
         "reason",
@@ -84,6 +85,7 @@ class Capture:
         credentials: bool,
         forward: str = "miss",
         fill_key: CacheKey | None = None,
+        fill_owner: object = None,
     ) -> None:
         self._rules = rules
         self._server_start_response = start_response
@@ -93,6 +95,7 @@ class Capture:
         self.credentials = credentials
         self.forward = forward
         self.fill_key = fill_key  # set when this request leads a single-flight fill
+        self.fill_owner = fill_owner
         self.app_iter: Iterable[bytes] = ()
         self.verdict: ResponseVerdict | None = None
         self.reason: str | None = "no-response"  # why the response will not be stored
@@ -167,7 +170,7 @@ class Capture:
         fill_key, self.fill_key = self.fill_key, None
         if fill_key is not None:
             try:
-                self._rules.store.end_fill(fill_key)
+                self._rules.store.end_fill(fill_key, self.fill_owner)
             except Exception:
                 # Runs inside the response stream: a broken store must not cut it short.
                 log.warning("[CACHE] could not release single-flight waiters", exc_info=True)

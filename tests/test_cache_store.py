@@ -1,0 +1,1136 @@
+"""Tests of wsgi_memopt.cache.store: byte accounting, caps, TTL, the store's API, single flight.
+
+SPEC §6 asks for caps that are never exceeded and for byte accounting that agrees with
+``pympler.asizeof`` of the stored entries within 10%. Most tests store real responses through
+the middleware (every app behind ``checked`` on both sides, see conftest); the unit tests at
+the end of each section drive :class:`ResponseStore` directly with hand-made entries. Time
+is a :class:`FakeClock` advanced by hand: nothing here sleeps or asserts a duration, and every
+wait on another thread is bounded.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import logging
+import math
+import random
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pytest
+from conftest import checked, get, wrap
+from pympler import asizeof
+from werkzeug.test import Client, EnvironBuilder, TestResponse
+
+from wsgi_memopt import MemoryOptimizer
+from wsgi_memopt.cache.policy import CacheKey, variant_key
+from wsgi_memopt.cache.store import Entry, ResponseStore
+
+KB = 1 << 10
+MB = 1 << 20
+ACCEPT_LANGUAGE = ("HTTP_ACCEPT_LANGUAGE",)
+BOUND_S = 5.0  # the longest any test waits for another thread: a bug fails, never hangs
+
+StartResponse = Callable[..., Callable[[bytes], object]]
+
+
+class FakeClock:
+    """The store's clock, advanced by hand."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def install_clock(optimizer: MemoryOptimizer) -> FakeClock:
+    """A fake clock for ``optimizer``'s cache, starting at the real one's reading.
+
+    The store planned its first sweep on the real monotonic clock when it was built; starting
+    from (just after) the same reading keeps "``cache_cleanup_interval_s`` from now"
+    meaningful. A whole number keeps ``start + age - start == age`` exact.
+    """
+    clock = FakeClock(float(math.ceil(time.monotonic())))
+    optimizer.cache.clock = clock
+    return clock
+
+
+def body_for(tag: str, size: int) -> bytes:
+    """Exactly ``size`` bytes that spell ``tag`` over and over: a body that names its key."""
+    unit = f"{tag};".encode()
+    return (unit * (size // len(unit) + 1))[:size]
+
+
+class SizedApp:
+    """Answers ``/<anything>/<size>`` with ``body_for(path, size)``, and counts its calls.
+
+    ``?stream`` sends the body in 64 KiB chunks without ``Content-Length``; ``?max-age=N``
+    adds ``Cache-Control: max-age=N``.
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        with self._lock:
+            self.calls += 1
+        path = environ["PATH_INFO"]
+        body = body_for(path, int(path.rsplit("/", 1)[1]))
+        query = environ.get("QUERY_STRING", "")
+        headers = [("Content-Type", "application/octet-stream")]
+        if query.startswith("max-age="):
+            headers.append(("Cache-Control", query))
+        if query == "stream":
+            start_response("200 OK", headers)
+            return (body[i : i + 64 * KB] for i in range(0, len(body), 64 * KB))
+        headers.append(("Content-Length", str(len(body))))
+        start_response("200 OK", headers)
+        return [body]
+
+
+def own_bytes(entries: list[Entry]) -> int:
+    """What the entries hold alone; the store books the objects they share once, apart."""
+    return sum(entry.size for entry in entries)
+
+
+def own_asizeof(entry: Entry) -> int:
+    """pympler's size of ``entry`` less what it shares: the objects the store counts once
+    for all entries, and the interpreter's singletons, which no entry owns."""
+    shared = asizeof.asizeof(*entry.shared, None, False, (), "", b"")
+    return int(asizeof.asizeof(entry)) - int(shared)
+
+
+def stored_paths(store: ResponseStore) -> list[str]:
+    return [entry.path for entry in store.entries()]
+
+
+def assert_consistent(store: ResponseStore) -> None:
+    """The store's books agree with its entries: bytes, items, the Vary index, no cache errors."""
+    entries = store.entries()
+    stats = store.stats()
+    assert store.bytes == stats["bytes"] == own_bytes(entries) + store.shared_bytes
+    assert len(store) == len(store._entries) == stats["items"] == len(entries)
+    assert all(key == entry.key for key, entry in store._entries.items())
+    per_base = collections.Counter(entry.base_key for entry in entries)
+    assert {base: known[1] for base, known in store._vary.items()} == dict(per_base)
+    assert "cache-error" not in stats["rejected"]
+    assert "cache-error" not in stats["bypassed"]
+
+
+def assert_within_caps(store: ResponseStore) -> None:
+    assert len(store) <= store.max_items
+    assert store.bytes <= store.max_bytes
+
+
+# -- 1. byte accounting against pympler.asizeof (SPEC §6, §11)
+
+
+@pytest.mark.parametrize("size", [100, 10 * KB, MB], ids=["100B", "10KB", "1MB"])
+def test_accounting_of_one_response_agrees_with_asizeof(size: int) -> None:
+    optimizer, client = wrap(SizedApp())
+    response = get(client, f"/sized/{size}")
+    assert response.data == body_for(f"/sized/{size}", size)
+    assert response.headers["Cache-Status"].endswith("; stored")
+
+    entries = optimizer.cache.entries()
+    assert len(entries) == 1
+    assert optimizer.cache.bytes == own_bytes(entries) + optimizer.cache.shared_bytes
+    assert entries[0].size == pytest.approx(own_asizeof(entries[0]), rel=0.10)
+    assert optimizer.cache.bytes == pytest.approx(asizeof.asizeof(*entries), rel=0.10)
+    assert_consistent(optimizer.cache)
+
+
+def _fill_with_500(sizes: list[int]) -> ResponseStore:
+    optimizer, client = wrap(SizedApp(), cache_max_items=500, cache_max_mb=64)
+    for number, size in enumerate(sizes):
+        get(client, f"/many/{number}/{size}")
+    assert len(optimizer.cache) == 500
+    return optimizer.cache
+
+
+MIXED_SIZES = [random.Random(500).choice([100, KB, 10 * KB, 100 * KB]) for _ in range(500)]
+
+
+def test_accounting_of_500_mixed_entries_agrees_with_asizeof() -> None:
+    store = _fill_with_500(MIXED_SIZES)
+    entries = store.entries()
+
+    assert store.bytes == own_bytes(entries) + store.shared_bytes
+    for entry in entries:
+        assert entry.size == pytest.approx(own_asizeof(entry), rel=0.10), entry.path
+    assert store.bytes == pytest.approx(asizeof.asizeof(*entries), rel=0.10)
+    assert_consistent(store)
+
+
+def test_accounting_of_500_small_entries_agrees_with_asizeof() -> None:
+    store = _fill_with_500([100] * 500)
+    entries = store.entries()
+
+    assert store.bytes == own_bytes(entries) + store.shared_bytes
+    assert store.bytes == pytest.approx(asizeof.asizeof(*entries), rel=0.10)
+
+
+@pytest.mark.parametrize("size", [100, 10 * KB, MB], ids=["100B", "10KB", "1MB"])
+def test_accounting_holds_after_hits_at_different_ages(size: int) -> None:
+    optimizer, client = wrap(SizedApp(), cache_ttl_s=10**6)
+    clock = install_clock(optimizer)
+    path = f"/aged/{size}"
+    get(client, path)
+
+    for age in (1, 7, 61, 3_601, 86_401, 999_999):
+        clock.now = optimizer.cache.entries()[0].created + age
+        hit = get(client, path)
+        assert hit.headers["X-Cache"] == "HIT"
+        assert hit.headers["Age"] == str(age)
+        assert hit.data == body_for(path, size)
+
+        entries = optimizer.cache.entries()
+        assert optimizer.cache.bytes == own_bytes(entries) + optimizer.cache.shared_bytes
+        assert entries[0].size == pytest.approx(own_asizeof(entries[0]), rel=0.10)
+        assert optimizer.cache.bytes == pytest.approx(asizeof.asizeof(*entries), rel=0.10)
+
+
+# -- 2. caps: never exceeded, LRU eviction of a fraction, too-large refused
+
+
+@pytest.mark.parametrize(
+    ("settings", "smallest", "largest"),
+    [
+        pytest.param({"cache_max_items": 50, "cache_max_mb": 4}, 10, 4 * KB, id="item-cap"),
+        pytest.param({"cache_max_items": 1000, "cache_max_mb": 0.5}, 10, 64 * KB, id="byte-cap"),
+        pytest.param(
+            {"cache_max_items": 120, "cache_max_mb": 1, "cache_item_max_mb": 0.125},
+            10,
+            256 * KB,
+            id="both-caps-and-too-large",
+        ),
+    ],
+)
+def test_caps_hold_after_every_store(settings: dict[str, Any], smallest: int, largest: int) -> None:
+    optimizer, client = wrap(SizedApp(), cache_evict_fraction=0.3, **settings)
+    store = optimizer.cache
+    max_items, max_bytes = settings["cache_max_items"], int(settings["cache_max_mb"] * MB)
+    item_limit = int(settings.get("cache_item_max_mb", 2) * MB)
+    rng = random.Random(f"caps-{max_items}")
+    requests = 3000
+    over_limit = 0
+
+    for number in range(requests):
+        size = int(math.exp(rng.uniform(math.log(smallest), math.log(largest))))
+        over_limit += size > item_limit
+        before = store.stats()
+        path = f"/caps/{number}/{size}"
+        response = get(client, path, query_string="stream" if number % 3 == 0 else None)
+        assert response.data == body_for(path, size)
+
+        assert len(store) <= max_items
+        assert store.bytes <= max_bytes
+        after = store.stats()
+        evicted = after["evictions"] - before["evictions"]
+        if evicted:
+            # Reaching a cap drops at least the configured fraction, oldest first.
+            assert evicted >= math.ceil(before["items"] * 0.3)
+            assert after["items"] == before["items"] - evicted + 1
+
+    stats = store.stats()
+    assert stats["evictions"] > 0
+    assert stats["stores"] + sum(stats["rejected"].values()) == requests
+    assert stats["rejected"].get("too-large", 0) >= over_limit
+    assert all(len(entry.body) <= item_limit for entry in store.entries())
+    assert_consistent(store)
+
+
+def test_item_cap_evicts_the_least_recently_used_fraction() -> None:
+    app = SizedApp()
+    optimizer, client = wrap(app, cache_max_items=10, cache_evict_fraction=0.3)
+    for number in range(10):
+        get(client, f"/lru/{number}/100")
+    for number in (0, 1, 2):  # the three oldest become the most recently used
+        assert get(client, f"/lru/{number}/100").headers["X-Cache"] == "HIT"
+    assert app.calls == 10
+
+    get(client, "/lru/10/100")
+
+    # ceil(10 * 0.3) = 3 entries go: the least recently used, /3 /4 /5, not the touched ones.
+    assert optimizer.cache.stats()["evictions"] == 3
+    assert stored_paths(optimizer.cache) == [f"/lru/{n}/100" for n in (6, 7, 8, 9, 0, 1, 2, 10)]
+    for number in (0, 1, 2, 6, 10):
+        assert get(client, f"/lru/{number}/100").headers["X-Cache"] == "HIT"
+    assert app.calls == 11
+    assert get(client, "/lru/3/100").headers["X-Cache"] == "MISS"
+    assert app.calls == 12
+
+
+def test_byte_cap_evicts_the_least_recently_used_first() -> None:
+    app = SizedApp()
+    optimizer, client = wrap(app, cache_max_items=100, cache_max_mb=0.25, cache_evict_fraction=0.3)
+    for number in range(10):  # ten entries of ~20 KiB: ~200 KiB of the 256 KiB
+        get(client, f"/bytes/{number}/{20 * KB}")
+    get(client, f"/bytes/0/{20 * KB}")  # touch the oldest
+
+    get(client, f"/bytes/big/{100 * KB}")  # does not fit: evicts 3, then more until it does
+
+    paths = stored_paths(optimizer.cache)
+    assert paths[-1] == f"/bytes/big/{100 * KB}"
+    assert f"/bytes/0/{20 * KB}" in paths
+    evicted = [
+        f"/bytes/{n}/{20 * KB}" for n in range(1, 10) if f"/bytes/{n}/{20 * KB}" not in paths
+    ]
+    assert evicted == [f"/bytes/{n}/{20 * KB}" for n in range(1, 1 + len(evicted))]
+    assert len(evicted) >= 3
+    assert optimizer.cache.stats()["evictions"] == len(evicted)
+    assert_within_caps(optimizer.cache)
+    assert_consistent(optimizer.cache)
+
+
+@pytest.mark.parametrize(
+    ("settings", "size", "query"),
+    [
+        pytest.param({"cache_item_max_mb": 0.5}, MB, None, id="over-item-limit-with-length"),
+        pytest.param({"cache_item_max_mb": 0.5}, MB, "stream", id="over-item-limit-streamed"),
+        pytest.param({"cache_item_max_mb": 0.5}, MB // 2 + 1, None, id="one-byte-over-item-limit"),
+        pytest.param(
+            {"cache_item_max_mb": 2, "cache_max_mb": 0.5}, 3 * MB // 4, None, id="over-whole-cache"
+        ),
+        pytest.param(
+            {"cache_item_max_mb": 2, "cache_max_mb": 0.5},
+            MB // 2,
+            None,
+            id="whole-cache-by-its-headers",
+        ),
+    ],
+)
+def test_response_too_large_is_refused_but_served(
+    settings: dict[str, Any], size: int, query: str | None
+) -> None:
+    app = SizedApp()
+    optimizer, client = wrap(app, **settings)
+    get(client, "/small/100")  # something already stored must survive the refusal
+
+    path = f"/large/{size}"
+    response = get(client, path, query_string=query)
+
+    assert response.data == body_for(path, size)
+    stats = optimizer.cache.stats()
+    assert stats["rejected"] == {"too-large": 1}
+    assert stats["stores"] == 1
+    assert stats["evictions"] == 0
+    assert stored_paths(optimizer.cache) == ["/small/100"]
+    assert get(client, path, query_string=query).headers["X-Cache"] == "MISS"
+    assert app.calls == 3
+
+
+def test_body_at_the_item_limit_is_stored() -> None:
+    optimizer, client = wrap(SizedApp(), cache_item_max_mb=0.5)
+    path = f"/limit/{MB // 2}"
+
+    response = get(client, path)
+
+    assert response.headers["Cache-Status"] == "wsgi-memopt; fwd=miss; stored"
+    assert optimizer.cache.stats()["rejected"] == {}
+    assert get(client, path).data == body_for(path, MB // 2)
+    assert_consistent(optimizer.cache)
+
+
+# -- 3. TTL: expired entries are never served, swept between requests
+
+
+def test_expired_entry_is_not_served_and_is_removed_by_the_lookup() -> None:
+    app = SizedApp()
+    optimizer, client = wrap(app)
+    clock = install_clock(optimizer)
+    get(client, "/ttl/100", query_string="max-age=10")
+    created = optimizer.cache.entries()[0].created
+
+    clock.now = created + 9.5
+    assert get(client, "/ttl/100", query_string="max-age=10").headers["X-Cache"] == "HIT"
+    clock.now = created + 10
+    expired = get(client, "/ttl/100", query_string="max-age=10")
+
+    assert expired.headers["X-Cache"] == "MISS"
+    assert expired.data == body_for("/ttl/100", 100)
+    assert app.calls == 2
+    stats = optimizer.cache.stats()
+    assert stats["expirations"] == 1
+    assert stats["items"] == 1  # the refetched copy, fresh from now
+    assert optimizer.cache.entries()[0].created == created + 10
+    assert_consistent(optimizer.cache)
+
+
+def test_middleware_sweeps_expired_entries_after_a_miss_when_due() -> None:
+    optimizer, client = wrap(SizedApp(), cache_cleanup_interval_s=60)
+    clock = install_clock(optimizer)
+    start = clock.now
+    get(client, "/sweep/short/100", query_string="max-age=30")
+    get(client, "/sweep/long/100", query_string="max-age=1000")
+
+    clock.now = start + 45  # /short has expired, but no sweep is due yet
+    get(client, "/sweep/first/100")
+    assert not optimizer.cache.sweep_due()
+    assert len(optimizer.cache) == 3
+    assert optimizer.cache.stats()["expirations"] == 0
+
+    clock.now = start + 61
+    assert optimizer.cache.sweep_due()
+    get(client, "/sweep/second/100")  # its close() runs the sweep
+
+    assert not optimizer.cache.sweep_due()
+    assert "/sweep/short/100" not in stored_paths(optimizer.cache)
+    assert len(optimizer.cache) == 3
+    assert optimizer.cache.stats()["expirations"] == 1
+    assert_consistent(optimizer.cache)
+
+
+# -- 4. ResponseStore, directly
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def new_store(clock: FakeClock, **options: Any) -> ResponseStore:
+    settings: dict[str, Any] = {
+        "max_items": 100,
+        "max_bytes": MB,
+        "item_max_bytes": MB,
+        "evict_fraction": 0.3,
+        "cleanup_interval_s": 60.0,
+    }
+    settings.update(options)
+    return ResponseStore(clock=clock, **settings)
+
+
+def base_key_of(path: str) -> CacheKey:
+    """The base key the middleware builds for ``GET http://localhost{path}``."""
+    return ("http", "localhost", path, "")
+
+
+def make_entry(
+    clock: FakeClock,
+    path: str = "/a",
+    body: bytes | None = None,
+    *,
+    lifetime: float = 60.0,
+    vary: tuple[str, ...] = (),
+    request: dict[str, str] | None = None,
+    shareable: bool = False,
+) -> Entry:
+    """An entry as the capture builds one; its key carries ``request``'s values of ``vary``."""
+    body = body_for(path, 100) if body is None else body
+    base_key = base_key_of(path)
+    return Entry(
+        key=variant_key(base_key, vary, request or {}) if vary else base_key,
+        base_key=base_key,
+        path=path,
+        status="200 OK",
+        headers=(("Content-Type", "text/plain"), ("Content-Length", str(len(body)))),
+        body=body,
+        created=clock(),
+        lifetime=lifetime,
+        shareable_with_credentials=shareable,
+    )
+
+
+def lookup(
+    store: ResponseStore, entry_or_path: Entry | str, request: dict[str, str] | None = None
+) -> Entry | None:
+    path = entry_or_path.path if isinstance(entry_or_path, Entry) else entry_or_path
+    return store.lookup(base_key_of(path), request or {}, store.clock())[1]
+
+
+def test_put_then_lookup_counts_hits_and_misses(clock: FakeClock) -> None:
+    store = new_store(clock)
+    entry = make_entry(clock)
+
+    assert lookup(store, "/a") is None
+    assert store.put(entry) is True
+    assert lookup(store, "/a") is entry
+    assert lookup(store, "/a") is entry
+    assert lookup(store, "/b") is None
+
+    assert entry.size > len(entry.body)
+    stats = store.stats()
+    assert (stats["hits"], stats["misses"], stats["stores"]) == (2, 2, 1)
+    assert stats["hit_rate"] == 0.5
+    assert (stats["items"], stats["bytes"]) == (1, entry.size + store.shared_bytes)
+    assert_consistent(store)
+
+
+def test_stats_keys_and_hit_rate(clock: FakeClock) -> None:
+    store = new_store(clock, max_items=7, max_bytes=3 * MB)
+    assert store.stats() == {
+        "items": 0,
+        "bytes": 0,
+        "shared_bytes": 0,
+        "size_mb": 0.0,
+        "max_items": 7,
+        "max_bytes": 3 * MB,
+        "hits": 0,
+        "misses": 0,
+        "hit_rate": 0.0,
+        "stores": 0,
+        "evictions": 0,
+        "expirations": 0,
+        "rejected": {},
+        "bypassed": {},
+    }
+    store.put(make_entry(clock, body=b"x" * (MB // 2)))
+    for _ in range(2):
+        lookup(store, "/a")
+    lookup(store, "/nothing")
+    store.reject("no-store")
+    store.reject("no-store")
+    store.bypass("method")
+
+    stats = store.stats()
+    assert stats["hit_rate"] == round(2 / 3, 4)
+    assert stats["size_mb"] == round(store.bytes / MB, 3)
+    assert stats["rejected"] == {"no-store": 2}
+    assert stats["bypassed"] == {"method": 1}
+    stats["rejected"]["no-store"] = 99  # a copy: the caller cannot change the counters
+    assert store.stats()["rejected"] == {"no-store": 2}
+
+
+def test_credentials_are_served_only_a_shareable_entry(clock: FakeClock) -> None:
+    store = new_store(clock)
+    private = make_entry(clock, "/private")
+    public = make_entry(clock, "/public", shareable=True)
+    store.put(private)
+    store.put(public)
+
+    assert store.lookup(private.base_key, {}, clock(), credentials=True)[1] is None
+    assert store.lookup(public.base_key, {}, clock(), credentials=True)[1] is public
+    assert store.lookup(private.base_key, {}, clock())[1] is private
+
+
+def test_vary_variants_are_looked_up_by_the_request_values(clock: FakeClock) -> None:
+    store = new_store(clock)
+    english = make_entry(clock, vary=ACCEPT_LANGUAGE, request={"HTTP_ACCEPT_LANGUAGE": "en"})
+    french = make_entry(clock, vary=ACCEPT_LANGUAGE, request={"HTTP_ACCEPT_LANGUAGE": "fr"})
+    store.put(english, ACCEPT_LANGUAGE)
+    store.put(french, ACCEPT_LANGUAGE)
+
+    assert lookup(store, "/a", {"HTTP_ACCEPT_LANGUAGE": "en"}) is english
+    assert lookup(store, "/a", {"HTTP_ACCEPT_LANGUAGE": "fr"}) is french
+    assert lookup(store, "/a", {"HTTP_ACCEPT_LANGUAGE": "de"}) is None
+    assert lookup(store, "/a", {}) is None  # absent is not any value
+    assert store._vary == {english.base_key: [ACCEPT_LANGUAGE, 2]}
+    assert store.bytes == english.size + french.size + store.shared_bytes
+    assert_consistent(store)
+
+
+def _empty_by_clear(store: ResponseStore, clock: FakeClock) -> None:
+    store.clear()
+
+
+def _empty_by_evict(store: ResponseStore, clock: FakeClock) -> None:
+    store.evict(1.0)
+
+
+def _empty_by_invalidate(store: ResponseStore, clock: FakeClock) -> None:
+    store.invalidate("/")
+
+
+def _empty_by_sweep(store: ResponseStore, clock: FakeClock) -> None:
+    clock.advance(3600)
+    store.sweep()
+
+
+def _empty_by_expired_lookups(store: ResponseStore, clock: FakeClock) -> None:
+    clock.advance(3600)
+    for language in ("en", "fr"):
+        lookup(store, "/a", {"HTTP_ACCEPT_LANGUAGE": language})
+    lookup(store, "/b")
+
+
+def _empty_by_cap_evictions(store: ResponseStore, clock: FakeClock) -> None:
+    for number in range(store.max_items):
+        store.put(make_entry(clock, f"/other/{number}"))
+    store.invalidate("/other/")
+
+
+@pytest.mark.parametrize(
+    "empty",
+    [
+        _empty_by_clear,
+        _empty_by_evict,
+        _empty_by_invalidate,
+        _empty_by_sweep,
+        _empty_by_expired_lookups,
+        _empty_by_cap_evictions,
+    ],
+    ids=["clear", "evict", "invalidate", "sweep", "expired-lookups", "cap-evictions"],
+)
+def test_vary_index_does_not_leak(
+    clock: FakeClock, empty: Callable[[ResponseStore, FakeClock], None]
+) -> None:
+    store = new_store(clock, max_items=10)
+    for language in ("en", "fr"):
+        request = {"HTTP_ACCEPT_LANGUAGE": language}
+        store.put(make_entry(clock, vary=ACCEPT_LANGUAGE, request=request), ACCEPT_LANGUAGE)
+    # The same variant stored again replaces it: still two entries under the base key.
+    store.put(
+        make_entry(clock, vary=ACCEPT_LANGUAGE, request={"HTTP_ACCEPT_LANGUAGE": "fr"}),
+        ACCEPT_LANGUAGE,
+    )
+    store.put(make_entry(clock, "/b"))
+    assert len(store) == 3
+    assert len(store._vary) == 2
+    assert_consistent(store)
+
+    empty(store, clock)
+
+    assert len(store) == 0
+    assert store.bytes == 0
+    assert store._vary == {}
+
+
+def test_one_expired_variant_leaves_the_other_indexed(clock: FakeClock) -> None:
+    store = new_store(clock)
+    english = make_entry(
+        clock, vary=ACCEPT_LANGUAGE, request={"HTTP_ACCEPT_LANGUAGE": "en"}, lifetime=10
+    )
+    french = make_entry(
+        clock, vary=ACCEPT_LANGUAGE, request={"HTTP_ACCEPT_LANGUAGE": "fr"}, lifetime=100
+    )
+    store.put(english, ACCEPT_LANGUAGE)
+    store.put(french, ACCEPT_LANGUAGE)
+    clock.advance(50)
+
+    assert lookup(store, "/a", {"HTTP_ACCEPT_LANGUAGE": "en"}) is None
+    assert store._vary == {english.base_key: [ACCEPT_LANGUAGE, 1]}
+    assert lookup(store, "/a", {"HTTP_ACCEPT_LANGUAGE": "fr"}) is french
+    assert_consistent(store)
+
+
+def test_replacing_an_entry_keeps_the_bytes_right(clock: FakeClock) -> None:
+    store = new_store(clock)
+    small = make_entry(clock, body=b"s" * 100)
+    large = make_entry(clock, body=b"L" * 50_000)
+    other = make_entry(clock, "/other")
+    store.put(small)
+    store.put(other)
+
+    store.put(large)
+
+    assert len(store) == 2
+    assert store.bytes == large.size + other.size + store.shared_bytes
+    assert lookup(store, "/a") is large
+    store.put(make_entry(clock, body=b"t" * 10))
+    assert store.bytes == own_bytes(store.entries()) + store.shared_bytes
+    assert store.stats()["stores"] == 4
+    assert store.stats()["evictions"] == 0
+    assert_consistent(store)
+
+
+def test_clear_returns_items_and_bytes_dropped(clock: FakeClock) -> None:
+    store = new_store(clock)
+    for number in range(5):
+        store.put(make_entry(clock, f"/c/{number}", body=b"c" * (number * 1000)))
+    held = store.bytes
+
+    assert store.clear() == (5, held)
+    assert (len(store), store.bytes, store.entries()) == (0, 0, [])
+    assert store.clear() == (0, 0)
+    assert lookup(store, "/c/1") is None
+
+
+def test_invalidate_drops_entries_under_a_path_prefix(clock: FakeClock) -> None:
+    store = new_store(clock)
+    for path in ("/a/1", "/a/2", "/a/2/deep", "/ab", "/b/1"):
+        store.put(make_entry(clock, path))
+
+    assert store.invalidate("/a/") == 3
+    assert stored_paths(store) == ["/ab", "/b/1"]
+    assert store.invalidate("/nothing") == 0
+    assert store.invalidate("/") == 2
+    assert store.bytes == 0
+    assert_consistent(store)
+
+
+@pytest.mark.parametrize(
+    ("fraction", "expected"),
+    [(None, 3), (0.3, 3), (0.25, 3), (0.05, 1), (1.0, 10)],
+    ids=["default", "0.3", "0.25-rounds-up", "tiny", "all"],
+)
+def test_evict_drops_a_fraction_least_recently_used_first(
+    clock: FakeClock, fraction: float | None, expected: int
+) -> None:
+    store = new_store(clock, evict_fraction=0.3)
+    for number in range(10):
+        store.put(make_entry(clock, f"/e/{number}"))
+    lookup(store, "/e/0")  # the oldest becomes the most recent
+    order = [f"/e/{n}" for n in (*range(1, 10), 0)]
+
+    assert store.evict(fraction) == expected
+
+    assert stored_paths(store) == order[expected:]
+    assert store.stats()["evictions"] == expected
+    assert_consistent(store)
+
+
+def test_put_over_the_item_cap_evicts_the_lru_fraction(clock: FakeClock) -> None:
+    store = new_store(clock, max_items=10, evict_fraction=0.3)
+    for number in range(10):
+        store.put(make_entry(clock, f"/p/{number}"))
+    lookup(store, "/p/0")
+
+    store.put(make_entry(clock, "/p/10"))
+
+    assert stored_paths(store) == [f"/p/{n}" for n in (4, 5, 6, 7, 8, 9, 0, 10)]
+    assert store.stats()["evictions"] == 3
+    assert_consistent(store)
+
+
+def test_put_over_the_byte_cap_evicts_until_the_entry_fits(clock: FakeClock) -> None:
+    probe = make_entry(clock, "/probe", body=b"p" * 10 * KB)
+    probe_store = new_store(clock)
+    probe_store.put(probe)
+    store = new_store(
+        clock, max_bytes=10 * probe.size + probe_store.shared_bytes, evict_fraction=0.1
+    )
+    for number in range(10):
+        store.put(make_entry(clock, f"/b/{number}", body=b"b" * 10 * KB))
+    assert len(store) == 10
+
+    store.put(make_entry(clock, "/big", body=b"B" * 45 * KB))
+
+    assert store.bytes <= store.max_bytes
+    assert stored_paths(store)[-1] == "/big"
+    assert stored_paths(store)[0] == f"/b/{10 - len(store) + 1}"
+    assert store.stats()["evictions"] == 11 - len(store)
+    assert_consistent(store)
+
+
+@pytest.mark.parametrize(
+    ("max_bytes", "item_max_bytes", "body_size"),
+    [(MB, 2 * KB, 2 * KB + 1), (2 * KB, MB, 4 * KB), (2 * KB, MB, 2 * KB)],
+    ids=["body-over-item-limit", "over-whole-cache", "whole-cache-by-its-headers"],
+)
+def test_put_refuses_an_entry_too_large(
+    clock: FakeClock, max_bytes: int, item_max_bytes: int, body_size: int
+) -> None:
+    store = new_store(clock, max_bytes=max_bytes, item_max_bytes=item_max_bytes)
+    kept = make_entry(clock, "/kept", body=b"k")
+    store.put(kept)
+
+    assert store.put(make_entry(clock, "/large", body=b"L" * body_size)) is False
+
+    assert store.stats()["rejected"] == {"too-large": 1}
+    assert store.entries() == [kept]
+    assert store.bytes == kept.size + store.shared_bytes
+    assert store.stats()["evictions"] == 0
+
+
+def test_put_stores_a_body_at_the_item_limit(clock: FakeClock) -> None:
+    store = new_store(clock, max_bytes=MB, item_max_bytes=2 * KB)
+    entry = make_entry(clock, body=b"x" * 2 * KB)
+
+    assert store.put(entry) is True
+    assert store.entries() == [entry]
+    assert store.stats()["rejected"] == {}
+
+
+def test_sweep_removes_every_expired_entry(clock: FakeClock) -> None:
+    store = new_store(clock)
+    for lifetime in (10, 20, 30, 40):
+        store.put(make_entry(clock, f"/s/{lifetime}", lifetime=lifetime))
+    clock.advance(20)  # an entry is expired at exactly its lifetime
+
+    assert store.sweep() == 2
+    assert stored_paths(store) == ["/s/30", "/s/40"]
+    assert store.stats()["expirations"] == 2
+    assert store.sweep() == 0
+    assert_consistent(store)
+
+
+def test_sweep_is_due_only_every_cleanup_interval(clock: FakeClock) -> None:
+    store = new_store(clock, cleanup_interval_s=60)
+    start = clock.now
+
+    clock.now = start + 59.9
+    assert not store.sweep_due()
+    clock.now = start + 60
+    assert store.sweep_due()
+    store.sweep()
+    assert not store.sweep_due()
+    clock.now = start + 119.9
+    assert not store.sweep_due()
+    clock.now = start + 120
+    assert store.sweep_due()
+
+
+# -- 5. single flight
+
+
+def test_begin_fill_makes_one_leader_and_end_fill_wakes_the_rest(clock: FakeClock) -> None:
+    store = new_store(clock)
+
+    assert store.begin_fill("k", 5) is None
+    waiting = store.begin_fill("k", 5)
+    assert waiting is not None
+    assert store.begin_fill("k", 5) is waiting
+    assert store.begin_fill("other", 5) is None  # keys fill independently
+    assert not waiting.is_set()
+
+    store.end_fill("k")
+
+    assert waiting.is_set()
+    assert store.begin_fill("k", 5) is None  # the next miss leads a new fill
+    store.end_fill("k")
+    store.end_fill("other")
+    store.end_fill("never-started")
+    assert store._filling == {}
+
+
+def test_a_stale_fill_is_taken_over(clock: FakeClock) -> None:
+    store = new_store(clock)
+    assert store.begin_fill("k", 5) is None
+    clock.advance(4.9)
+    first = store.begin_fill("k", 5)
+    assert first is not None
+
+    clock.advance(0.1)  # the fill is now as old as the wait: a new leader takes over
+    assert store.begin_fill("k", 5) is None
+    clock.advance(4.9)
+    second = store.begin_fill("k", 5)
+    assert second is not None
+    assert second is not first
+
+
+class GatedApp:
+    """Counts calls; each call waits (bounded) for ``gate`` before answering ``body #N``."""
+
+    def __init__(self, headers: list[tuple[str, str]] | None = None) -> None:
+        self.headers = headers or []
+        self.gate = threading.Event()
+        self.calls = 0
+        self.gate_was_open: list[bool] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        with self._lock:
+            self.calls += 1
+            number = self.calls
+        self.gate_was_open.append(self.gate.wait(BOUND_S))
+        body = b"body #%d" % number
+        start_response(
+            "200 OK",
+            [("Content-Type", "text/plain"), ("Content-Length", str(len(body))), *self.headers],
+        )
+        return [body]
+
+
+def count_begin_fill(
+    monkeypatch: pytest.MonkeyPatch, store: ResponseStore, *, open_after: int, gate: threading.Event
+) -> list[threading.Event | None]:
+    """Record what ``begin_fill`` returns; open ``gate`` once it has run ``open_after`` times."""
+    returned: list[threading.Event | None] = []
+    original = store.begin_fill
+
+    def begin_fill(key: CacheKey, wait_s: float, owner: object = None) -> threading.Event | None:
+        event = original(key, wait_s, owner)
+        returned.append(event)
+        if len(returned) >= open_after:
+            gate.set()
+        return event
+
+    monkeypatch.setattr(store, "begin_fill", begin_fill)
+    return returned
+
+
+def run_concurrently(
+    count: int, request: Callable[[Client], TestResponse], optimizer: MemoryOptimizer
+) -> list[TestResponse]:
+    """``count`` threads, released together by a barrier, each sending ``request``."""
+    barrier = threading.Barrier(count)
+    responses: list[TestResponse] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        client = Client(checked(optimizer), use_cookies=False)
+        try:
+            barrier.wait(BOUND_S)
+            responses.append(request(client))
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(4 * BOUND_S)
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
+    return responses
+
+
+def test_concurrent_misses_of_a_cold_key_call_the_app_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = GatedApp()
+    optimizer, _ = wrap(app, cache_lock_timeout_s=5)
+    # The app answers once all eight requests have reached the single-flight check.
+    returned = count_begin_fill(monkeypatch, optimizer.cache, open_after=8, gate=app.gate)
+
+    responses = run_concurrently(8, lambda client: get(client, "/cold"), optimizer)
+
+    assert app.gate_was_open == [True]
+    assert app.calls == 1
+    assert [response.data for response in responses] == [b"body #1"] * 8
+    assert sorted(response.headers["X-Cache"] for response in responses) == ["HIT"] * 7 + ["MISS"]
+    assert returned.count(None) == 1
+    assert all(event.is_set() for event in returned if event is not None)
+    assert optimizer.cache._filling == {}
+    assert optimizer.cache.stats()["stores"] == 1
+
+
+def test_waiters_call_the_app_when_the_leaders_response_is_not_storable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = GatedApp(headers=[("Cache-Control", "no-store")])
+    optimizer, _ = wrap(app, cache_lock_timeout_s=5)
+    returned = count_begin_fill(monkeypatch, optimizer.cache, open_after=8, gate=app.gate)
+
+    responses = run_concurrently(8, lambda client: get(client, "/uncacheable"), optimizer)
+
+    assert app.gate_was_open == [True] * 8
+    assert app.calls == 8
+    assert sorted(response.data for response in responses) == sorted(
+        b"body #%d" % number for number in range(1, 9)
+    )
+    assert all(response.headers["X-Cache"] == "MISS" for response in responses)
+    # The leader released its waiters (rather than their waits running out).
+    assert returned.count(None) == 1
+    assert all(event.is_set() for event in returned if event is not None)
+    assert optimizer.cache._filling == {}
+    assert len(optimizer.cache) == 0
+
+
+def start_response_ignoring(status: str, headers: list[tuple[str, str]], exc_info: Any = None):
+    return lambda data: None
+
+
+def test_a_fill_whose_response_was_never_closed_is_taken_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = SizedApp()
+    optimizer, client = wrap(app, cache_lock_timeout_s=5)
+    clock = install_clock(optimizer)
+    returned = count_begin_fill(monkeypatch, optimizer.cache, open_after=99, gate=threading.Event())
+    # A leader whose server never iterates nor closes its response (yet).
+    abandoned = optimizer(EnvironBuilder("/stuck/100").get_environ(), start_response_ignoring)
+    try:
+        clock.advance(5)
+
+        response = get(client, "/stuck/100")
+
+        assert returned == [None, None]  # the second miss led a new fill instead of waiting
+        assert response.headers["Cache-Status"] == "wsgi-memopt; fwd=miss; stored"
+        assert response.data == body_for("/stuck/100", 100)
+        assert app.calls == 2
+    finally:
+        b"".join(abandoned)
+        abandoned.close()  # type: ignore[attr-defined]
+
+
+def test_a_superseded_leader_does_not_release_the_new_leaders_waiters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gates = [threading.Event(), threading.Event()]
+    started = [threading.Event(), threading.Event(), threading.Event()]
+    calls: list[int] = []
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        number = len(calls)
+        calls.append(number)
+        started[min(number, 2)].set()
+        if number < 2:
+            gates[number].wait(BOUND_S)
+        # The first leader fails (an upstream timeout, say): its answer is not storable.
+        status = "503 Service Unavailable" if number == 0 else "200 OK"
+        body = b"answer %d" % number
+        start_response(status, [("Content-Type", "text/plain"), ("Content-Length", "8")])
+        return [body]
+
+    optimizer, _ = wrap(app, cache_lock_timeout_s=5)
+    clock = install_clock(optimizer)
+    third_arrived = threading.Event()
+    returned = count_begin_fill(monkeypatch, optimizer.cache, open_after=3, gate=third_arrived)
+    responses: dict[str, TestResponse] = {}
+
+    def request(name: str) -> threading.Thread:
+        client = Client(checked(optimizer), use_cookies=False)
+        thread = threading.Thread(target=lambda: responses.update({name: get(client, "/k")}))
+        thread.start()
+        return thread
+
+    threads = [request("A")]
+    try:
+        assert started[0].wait(BOUND_S)
+        clock.advance(6)  # A's fill is stale: B takes it over
+        threads.append(request("B"))
+        assert started[1].wait(BOUND_S)
+        threads.append(request("C"))  # C waits for B's fill
+        assert third_arrived.wait(BOUND_S)
+        b_fill = returned[2]
+        assert returned[:2] == [None, None]
+        assert b_fill is not None
+
+        gates[0].set()  # A ends with a 503
+        threads[0].join(BOUND_S)
+        assert responses["A"].status_code == 503
+
+        assert not b_fill.is_set()  # B is still fetching: C must go on waiting for it
+    finally:
+        for gate in gates:
+            gate.set()
+        for thread in threads:
+            thread.join(2 * BOUND_S)
+    assert responses["C"].data == responses["B"].data == b"answer 1"
+    assert len(calls) == 2
+
+
+# -- 6. many threads, more keys than fit
+
+
+def _expected_body(number: int, language: str | None) -> bytes:
+    return body_for(f"key={number} lang={language}", 64 + (number * 7919) % 4000)
+
+
+@pytest.mark.slow
+def test_threads_hammering_more_keys_than_fit(caplog: pytest.LogCaptureFixture) -> None:
+    threads_count, per_thread, keys, budget_s = 16, 2000, 400, 45.0
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        number = int(environ["PATH_INFO"].rsplit("/", 1)[1])
+        language = environ.get("HTTP_ACCEPT_LANGUAGE") if number % 4 == 0 else None
+        body = _expected_body(number, language)
+        headers = [("Content-Type", "application/octet-stream")]
+        if number % 2 == 0:
+            headers.append(("Content-Length", str(len(body))))
+        if number % 4 == 0:
+            headers.append(("Vary", "Accept-Language"))
+        if number % 7 == 0:
+            headers.append(("Cache-Control", "max-age=1"))  # expires during the run
+        start_response("200 OK", headers)
+        return [body]
+
+    optimizer = MemoryOptimizer(
+        checked(app),
+        cache_max_items=100,
+        cache_max_mb=0.375,
+        cache_item_max_mb=0.25,
+        cache_lock_timeout_s=5,
+        cache_cleanup_interval_s=0.5,
+    )
+    store = optimizer.cache
+    # Time runs twenty times faster for the cache: max-age=1 entries expire during the run.
+    store.clock = lambda: time.monotonic() * 20
+    templates = {
+        (number, language): EnvironBuilder(
+            f"/keys/{number}",
+            headers={"Accept-Language": language} if language else None,
+        ).get_environ()
+        for number in range(keys)
+        for language in (("en", "fr") if number % 4 == 0 else (None,))
+    }
+    choices = list(templates)
+    deadline = time.monotonic() + budget_s
+    errors: list[str] = []
+    done = [0] * threads_count
+    workers_running = threading.Event()
+    workers_running.set()
+
+    def call(environ: dict[str, Any]) -> tuple[str, bytes]:
+        started: list[str] = []
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None):
+            started.append(status)
+            return lambda data: None
+
+        result = optimizer(environ, start_response)
+        try:
+            body = b"".join(result)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        return started[0], body
+
+    def worker(index: int) -> None:
+        rng = random.Random(index)
+        try:
+            for _ in range(per_thread):
+                if time.monotonic() > deadline:
+                    break
+                # Skewed toward the first keys, as real traffic is: hits race with misses.
+                number, language = choices[min(int(rng.expovariate(1 / 80)), len(choices) - 1)]
+                environ = dict(templates[number, language])
+                environ["wsgi.input"] = io.BytesIO()
+                environ["wsgi.errors"] = io.StringIO()
+                status, body = call(environ)
+                if status != "200 OK" or body != _expected_body(number, language):
+                    errors.append(f"key {number} {language}: {status} {body[:40]!r}")
+                stats = store.stats()
+                if stats["items"] > 100 or stats["bytes"] > 0.375 * MB:
+                    errors.append(f"caps exceeded: {stats['items']} items {stats['bytes']} B")
+                done[index] += 1
+        except BaseException as error:
+            errors.append(f"thread {index}: {error!r}")
+
+    def housekeeping() -> None:
+        # What the governor and the API do between requests, concurrently with the hits.
+        rng = random.Random("housekeeping")
+        try:
+            while workers_running.is_set():
+                action = rng.randrange(4)
+                if action == 0:
+                    store.sweep()
+                elif action == 1:
+                    store.evict(0.1)
+                elif action == 2:
+                    store.invalidate(f"/keys/{rng.randrange(keys)}")
+                else:
+                    store.entries()
+                time.sleep(0.01)
+        except BaseException as error:
+            errors.append(f"housekeeping: {error!r}")
+
+    # Switch threads every few microseconds instead of every 5 ms: races show up in seconds.
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        with caplog.at_level(logging.WARNING, logger="wsgi_memopt"):
+            helper = threading.Thread(target=housekeeping)
+            workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads_count)]
+            helper.start()
+            for thread in workers:
+                thread.start()
+            for thread in workers:
+                thread.join(budget_s + 30)
+            workers_running.clear()
+            helper.join(BOUND_S)
+    finally:
+        sys.setswitchinterval(switch_interval)
+
+    assert not any(thread.is_alive() for thread in [*workers, helper])
+    assert errors[:5] == []
+    assert caplog.records == []
+    assert all(count > 0 for count in done)
+    stats = store.stats()
+    assert stats["evictions"] > 0
+    assert stats["hits"] > 0
+    assert store._filling == {}
+    assert_within_caps(store)
+    assert_consistent(store)
