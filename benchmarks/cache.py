@@ -1,0 +1,537 @@
+"""The response cache against its peers: the first five rows of SPEC §11, side by side.
+
+Every contender is a WSGI app called in-process the way a server calls it (no sockets): a
+prebuilt ``environ`` (copied per call where a Flask app, which mutates it, is in the row), a
+minimal ``start_response``, the result iterated to its end and ``close()`` called if present.
+Contenders are timed in interleaved rounds (see ``_timing.py``): times are medians over the
+rounds, ratios the median of the ratios within each round.
+
+    python benchmarks/cache.py            # 15 rounds, about 10 s on 2 cores
+    python benchmarks/cache.py --quick    # 5 short rounds, a smoke test
+    python benchmarks/cache.py --json     # the same figures as JSON, for the README and CI
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import mmap
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
+from typing import Any
+
+from _timing import Prepare, interleaved, round_ratios
+from flask import Flask
+from flask_caching import Cache
+from werkzeug.test import EnvironBuilder
+
+from wsgi_memopt import MemoryOptimizer
+
+Environ = dict[str, Any]
+WSGIApp = Callable[[Environ, Callable[..., Any]], Iterable[bytes]]
+
+BODY = b"hello"  # 5 B: the Flask route's body and the small entry
+BIG = b"x" * (100 * 1024)  # the 100 KB entry
+BIG_CAPS = {"cache_max_items": 10**7, "cache_max_mb": 4096.0}  # no eviction in any row
+
+
+# -- the server's side of a call
+
+
+def _write(data: bytes) -> None:
+    pass
+
+
+def _start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+    return _write
+
+
+def serve(app: WSGIApp, environs: list[Environ], *, copy: bool) -> Callable[[], None]:
+    """Zero-argument run making one call of ``app`` per environ, as a WSGI server does."""
+    start_response = _start_response
+    if copy:
+
+        def run() -> None:
+            for environ in environs:
+                result = app(dict(environ), start_response)
+                for _ in result:
+                    pass
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+
+    else:
+
+        def run() -> None:
+            for environ in environs:
+                result = app(environ, start_response)
+                for _ in result:
+                    pass
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+
+    return run
+
+
+def repeated(app: WSGIApp, environ: Environ, *, copy: bool) -> Prepare:
+    """A contender calling ``app`` ``n`` times with the same environ."""
+    return lambda n: serve(app, [environ] * n, copy=copy)
+
+
+def fresh_urls(app: WSGIApp, base: Environ, counter: Iterable[int]) -> Prepare:
+    """A contender calling ``app`` with a never-seen query string every call."""
+    numbers = iter(counter)
+
+    def prepare(n: int) -> Callable[[], None]:
+        environs = []
+        for number, _ in zip(numbers, range(n), strict=False):
+            environ = dict(base)
+            query = f"n={number}"
+            environ["QUERY_STRING"] = query
+            environ["REQUEST_URI"] = environ["RAW_URI"] = f"{base['PATH_INFO']}?{query}"
+            environs.append(environ)
+        return serve(app, environs, copy=True)
+
+    return prepare
+
+
+def environ_for(path: str = "/", **kwargs: Any) -> Environ:
+    return EnvironBuilder(path=path, **kwargs).get_environ()
+
+
+def call_once(app: WSGIApp, environ: Environ) -> tuple[str, dict[str, str], bytes]:
+    """One served call, for the checks: status, headers and body."""
+    seen: list[Any] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        seen[:] = [status, dict(headers)]
+        return _write
+
+    result = app(dict(environ), start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    return seen[0], seen[1], body
+
+
+# -- the apps
+
+
+def floor_app(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:
+    """The bare WSGI floor: a constant response, nothing else."""
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+    return [BODY]
+
+
+def sized_app(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:
+    """``/big`` answers 100 KB, anything else 5 B."""
+    body = BIG if environ["PATH_INFO"] == "/big" else BODY
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+@dataclass
+class ViewCalls:
+    count: int = 0
+
+
+def flask_app(*, flask_caching: bool = False) -> tuple[Flask, ViewCalls]:
+    """The Flask routes every Flask row uses; ``/`` behind ``@cache.cached()`` if asked."""
+    app = Flask(f"bench_{'flask_caching' if flask_caching else 'plain'}")
+    calls = ViewCalls()
+
+    def hello() -> str:
+        calls.count += 1
+        return "hello"
+
+    def no_store() -> tuple[str, dict[str, str]]:
+        return "hello", {"Cache-Control": "no-store"}
+
+    if flask_caching:
+        config = {"CACHE_TYPE": "SimpleCache", "CACHE_DEFAULT_TIMEOUT": 10**6}
+        hello = Cache(app, config=config).cached()(hello)
+    app.add_url_rule("/", "hello", hello, methods=["GET", "POST"])
+    app.add_url_rule("/nostore", "no_store", no_store)
+    app.add_url_rule("/items", "items", lambda: "hello")
+    return app, calls
+
+
+# -- the rows
+
+
+@dataclass
+class Row:
+    measure: str
+    ours: str  # contender names
+    baseline: str
+    target: float
+    explain: str
+    samples: dict[str, list[float]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def times(self) -> tuple[float, float]:
+        return statistics.median(self.samples[self.ours]), statistics.median(
+            self.samples[self.baseline]
+        )
+
+    def ratio(self) -> float:
+        """The median of the per-round ratios: a burst of load on the machine slows both
+        contenders of a round alike, so pairing them within the round cancels it out."""
+        return statistics.median(self.round_ratios())
+
+    def round_ratios(self) -> list[float]:
+        """Baseline time / our time within each round (higher is better for us)."""
+        return round_ratios(self.samples[self.baseline], self.samples[self.ours])
+
+    def verdict(self) -> str:
+        return "meets" if self.ratio() >= self.target else "misses"
+
+
+def timed(options: argparse.Namespace, contenders: dict[str, Prepare]) -> dict[str, list[float]]:
+    """Interleaved rounds of ``contenders`` as the command line asked."""
+    return interleaved(
+        contenders, rounds=options.rounds, seconds=options.seconds, gc_off=not options.gc_on
+    )
+
+
+class Failed(AssertionError):
+    pass
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise Failed(message)
+
+
+def row_flask_caching(options: argparse.Namespace) -> Row:
+    plain, _ = flask_app()
+    theirs, their_calls = flask_app(flask_caching=True)
+    ours = MemoryOptimizer(plain)
+    environ = environ_for("/")
+    for app in (ours, theirs):
+        call_once(app, environ)  # fill both caches
+    check(call_once(ours, environ)[1].get("X-Cache") == "HIT", "our cache did not hit")
+    before = their_calls.count
+    row = Row(
+        "hit vs Flask-Caching hit",
+        "ours: hit",
+        "Flask-Caching: hit",
+        60,
+        "Flask-Caching hit time / our hit time: how many times faster our hit is than "
+        "@cache.cached() (SimpleCache) hitting on the same Flask route",
+    )
+    row.samples = timed(
+        options,
+        {
+            row.ours: repeated(ours, environ, copy=True),
+            row.baseline: repeated(theirs, environ, copy=True),
+        },
+    )
+    check(their_calls.count == before, "Flask-Caching called the view: it missed")
+    check(ours.cache.stats()["misses"] == 1, "our cache missed while timed")
+    return row
+
+
+def row_floor(options: argparse.Namespace) -> Row:
+    ours = MemoryOptimizer(floor_app)
+    environ = environ_for("/")
+    call_once(ours, environ)
+    check(call_once(ours, environ)[1].get("X-Cache") == "HIT", "our cache did not hit")
+    row = Row(
+        "hit vs bare WSGI floor",
+        "ours: hit",
+        "bare WSGI app",
+        0.15,
+        "floor time / our hit time: our hit's throughput as a share of that of a WSGI "
+        "function returning a constant body",
+    )
+    row.samples = timed(
+        options,
+        {
+            row.ours: repeated(ours, environ, copy=False),
+            row.baseline: repeated(floor_app, environ, copy=False),
+        },
+    )
+    check(ours.cache.stats()["misses"] == 1, "our cache missed while timed")
+    return row
+
+
+def row_body_size(options: argparse.Namespace) -> Row:
+    ours = MemoryOptimizer(sized_app)
+    small, big = environ_for("/small"), environ_for("/big")
+    for environ, body in ((small, BODY), (big, BIG)):
+        call_once(ours, environ)
+        _, headers, replayed = call_once(ours, environ)
+        check(headers.get("X-Cache") == "HIT" and replayed == body, "a sized entry did not hit")
+    row = Row(
+        "hit at 100 KB vs hit at 5 B",
+        "ours: hit 100 KB",
+        "ours: hit 5 B",
+        0.9,
+        "5 B hit time / 100 KB hit time: a stored body is replayed by reference, so its size "
+        "should not matter",
+    )
+    row.samples = timed(
+        options,
+        {
+            row.ours: repeated(ours, big, copy=False),
+            row.baseline: repeated(ours, small, copy=False),
+        },
+    )
+    check(ours.cache.stats()["misses"] == 2, "our cache missed while timed")
+    return row
+
+
+PASS_KINDS = {
+    # kind: (environ, the Cache-Status detail our middleware must add)
+    "POST": (lambda: environ_for("/", method="POST", data=b"a=1"), "fwd=method"),
+    "GET + Authorization": (
+        lambda: environ_for("/", headers={"Authorization": "Bearer t0ken"}),
+        "detail=credentials",
+    ),
+    "GET, response no-store": (lambda: environ_for("/nostore"), "detail=no-store"),
+}
+
+
+def rows_pass_through(options: argparse.Namespace) -> list[Row]:
+    plain, _ = flask_app()
+    ours = MemoryOptimizer(plain)
+    rows = []
+    for kind, (make_environ, status) in PASS_KINDS.items():
+        environ = make_environ()
+        cache_status = call_once(ours, environ)[1].get("Cache-Status", "")
+        check(status in cache_status, f"{kind}: expected {status} in {cache_status!r}")
+        row = Row(
+            f"pass-through: {kind}",
+            f"ours: {kind}",
+            f"Flask: {kind}",
+            0.97,
+            f"unwrapped time / wrapped time: the share of the route's throughput kept when the "
+            f"middleware must pass the request through ({status})",
+        )
+        contenders = {
+            row.ours: repeated(ours, environ, copy=True),
+            row.baseline: repeated(plain, environ, copy=True),
+        }
+        control = f"Flask again: {kind}"
+        if not rows:  # A/A control: how far apart two identical contenders land
+            contenders[control] = repeated(plain, environ, copy=True)
+        samples = timed(options, contenders)
+        row.samples = {row.ours: samples[row.ours], row.baseline: samples[row.baseline]}
+        if control in samples:
+            same = round_ratios(samples[control], samples[row.baseline])
+            row.notes.append(
+                f"A/A control, the unwrapped route against itself in the same rounds: "
+                f"{statistics.median(same):.3f} ({min(same):.2f}..{max(same):.2f}): "
+                f"the noise a 0.97 target has to be read against"
+            )
+        rows.append(row)
+    check(len(ours.cache) == 0, "a pass-through response was stored")
+    return rows
+
+
+def row_miss_store(options: argparse.Namespace) -> Row:
+    plain, _ = flask_app()
+    ours = MemoryOptimizer(plain, **BIG_CAPS)
+    base = environ_for("/items")
+    _, headers, _ = call_once(ours, dict(base, QUERY_STRING="warm"))
+    check("stored" in headers.get("Cache-Status", ""), f"a miss was not stored: {headers}")
+    counter = itertools.count()  # shared: no URL is ever seen twice by anyone
+    row = Row(
+        "miss + store vs unwrapped Flask",
+        "ours: miss + store",
+        "Flask: unwrapped",
+        0.90,
+        "unwrapped time / wrapped time, every call a new URL: the share of the route's "
+        "throughput kept while every response is captured and stored",
+    )
+    row.samples = timed(
+        options,
+        {
+            row.ours: fresh_urls(ours, base, counter),
+            row.baseline: fresh_urls(plain, base, counter),
+        },
+    )
+    stats = ours.cache.stats()
+    check(stats["hits"] == 0 and stats["stores"] == stats["misses"], f"not all stored: {stats}")
+    row.notes.append(
+        f"{stats['stores']} stores, {stats['evictions']} evictions, "
+        f"{stats['items']} items / {stats['size_mb']} MB held at the end "
+        f"(caps {BIG_CAPS['cache_max_items']} items / {BIG_CAPS['cache_max_mb']:g} MB)"
+    )
+    row.notes.append(
+        f"the cache grows by {stats['bytes'] / max(stats['items'], 1) / 1024:.1f} KB per stored "
+        f"entry; first touch of a fresh memory page costs {page_fault_us():.2f} µs here"
+    )
+    return row
+
+
+def page_fault_us(pages: int = 2048) -> float:
+    """Microseconds to touch one never-used page: what a growing heap pays per new page."""
+    size = pages * mmap.PAGESIZE
+    with mmap.mmap(-1, size) as memory:
+        start = time.perf_counter_ns()
+        for offset in range(0, size, mmap.PAGESIZE):
+            memory[offset] = 1
+        return (time.perf_counter_ns() - start) / pages / 1000
+
+
+# -- output
+
+
+def _commit() -> str | None:
+    """The measured checkout: short commit, ``+dirty`` when tracked package files are edited."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", root, *args], capture_output=True, text=True)
+        if done.returncode:
+            raise OSError(done.stderr)
+        return done.stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "wsgi_memopt")
+    except OSError:
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+def environment(options: argparse.Namespace) -> dict[str, Any]:
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "werkzeug": version("werkzeug"),
+        "flask": version("flask"),
+        "flask_caching": version("flask-caching"),
+        "wsgi_memopt": version("wsgi-memopt"),
+        "commit": _commit(),
+        "cpu_count": os.cpu_count(),
+        "usable_cores": affinity,
+        "machine": platform.machine(),
+        "rounds": options.rounds,
+        "seconds_per_run": options.seconds,
+        "gc": "on" if options.gc_on else "off while timed (all contenders), collected between",
+    }
+
+
+def as_json(rows: list[Row], env: dict[str, Any]) -> dict[str, Any]:
+    out = []
+    for row in rows:
+        ours, baseline = row.times()
+        ratios = row.round_ratios()
+        item = asdict(row)
+        item.update(
+            ours_us=ours,
+            baseline_us=baseline,
+            ratio=row.ratio(),
+            round_ratio_min=min(ratios),
+            round_ratio_max=max(ratios),
+            verdict=row.verdict(),
+        )
+        out.append(item)
+    return {"environment": env, "rows": out}
+
+
+def print_table(rows: list[Row], env: dict[str, Any]) -> None:
+    print(
+        f"Python {env['python']} ({env['implementation']}), werkzeug {env['werkzeug']}, "
+        f"flask {env['flask']}, flask-caching {env['flask_caching']}, "
+        f"wsgi_memopt {env['wsgi_memopt']} (commit {env['commit']})"
+    )
+    print(
+        f"cores: {env['cpu_count']} ({env['usable_cores']} usable); {env['rounds']} interleaved "
+        f"rounds of ~{env['seconds_per_run'] * 1000:g} ms per contender, rotating order; "
+        f"µs/call: medians; GC {env['gc']}"
+    )
+    header = (
+        "measure",
+        "ours µs/call",
+        "baseline µs/call",
+        "ratio",
+        "target",
+        "verdict",
+        "per round",
+    )
+    lines = []
+    for row in rows:
+        ours, baseline = row.times()
+        ratios = row.round_ratios()
+        lines.append(
+            (
+                row.measure,
+                f"{ours:.3f}",
+                f"{baseline:.3f}",
+                f"{row.ratio():.3f}",
+                f">= {row.target:g}",
+                row.verdict(),
+                f"{min(ratios):.2f}..{max(ratios):.2f}",
+            )
+        )
+    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
+    print()
+    for i, line in enumerate([header, *lines]):
+        cells = [
+            cell.ljust(width) if column == 0 else cell.rjust(width)
+            for column, (cell, width) in enumerate(zip(line, widths, strict=True))
+        ]
+        print(" | ".join(cells))
+        if i == 0:
+            print("-+-".join("-" * width for width in widths))
+    print()
+    print(
+        "ratio: the median over the rounds of the ratio within each round; "
+        "per round: its lowest..highest (noise)."
+    )
+    for row in rows:
+        print(f"- {row.measure}: {row.explain}.")
+        for note in row.notes:
+            print(f"  {note}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (default 15)")
+    parser.add_argument(
+        "--seconds", type=float, default=0.02, help="seconds per contender per round (default 0.02)"
+    )
+    parser.add_argument("--quick", action="store_true", help="5 rounds of ~5 ms: a smoke test")
+    parser.add_argument("--gc-on", action="store_true", help="leave the GC on while timing")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    options = parser.parse_args(argv)
+    if options.quick:
+        options.rounds, options.seconds = min(options.rounds, 5), 0.005
+    if options.rounds < 1:
+        parser.error("--rounds must be at least 1")
+
+    rows = [
+        row_flask_caching(options),
+        row_floor(options),
+        row_body_size(options),
+        *rows_pass_through(options),
+        row_miss_store(options),
+    ]
+    env = environment(options)
+    if options.json:
+        json.dump(as_json(rows, env), sys.stdout, indent=2)
+        print()
+    else:
+        print_table(rows, env)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
