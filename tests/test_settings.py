@@ -574,7 +574,7 @@ def test_name_without_close_match_is_still_clear(build: Any) -> None:
     assert info.value.setting == "zzzzqqq"
     assert "no such setting" in message
     assert "did you mean" not in message
-    assert "Settings.NAMES" in message
+    assert "wsgi-memopt settings" in message
 
 
 def test_misspelt_env_variable_is_named() -> None:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from .middleware import MemoryOptimizer
 
 __version__ = "0.1.0"
 

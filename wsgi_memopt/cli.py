@@ -461,10 +461,10 @@ def _serve(args: argparse.Namespace) -> int:
     if args.demo:
         lines.append(f" * try: curl -i {url}/slow twice")
     lines.append("Development server: do not use it in production. Press Ctrl-C to stop.")
-    print("\n".join(lines), flush=True)
 
     with _sigterm_as_interrupt():
         try:
+            print("\n".join(lines), flush=True)
             server.serve_forever()  # returns on Ctrl-C (werkzeug catches KeyboardInterrupt)
         except KeyboardInterrupt:
             pass

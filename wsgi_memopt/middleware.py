@@ -15,7 +15,6 @@ stored when the server closes the response. The rules are listed in
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import logging
 import re
@@ -31,7 +30,7 @@ from .cache.policy import (
     is_not_modified,
     request_directives,
 )
-from .cache.store import Entry, ResponseStore
+from .cache.store import Entry, ResponseStore, entry_shell_size
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -68,6 +67,7 @@ class MemoryOptimizer:
             settings = settings.replace(**overrides)
         self.app = app
         self.settings = settings
+        entry_shell_size()  # measured once with pympler now, not inside the first request
         item_limit = int(min(settings.cache_item_max_mb, settings.cache_max_mb) * _MB)
         self.cache = ResponseStore(
             max_items=settings.cache_max_items,
@@ -109,19 +109,34 @@ class MemoryOptimizer:
         """Serve from the cache when allowed and fresh; otherwise call the app and capture."""
         if not self._cache_enabled:
             return self.app(environ, start_response)
+        method = environ.get("REQUEST_METHOD")
+        if method != "GET" and method != "HEAD":
+            self._count_bypass("method")
+            return self._pass(_FORWARD_METHOD, environ, start_response)
         now = self.cache.clock()
         try:
-            plan = self._plan(environ, now)
-            if type(plan) is tuple:
-                self.cache.bypass(plan[1])
+            path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+            base_key: CacheKey = (
+                environ["wsgi.url_scheme"],
+                environ.get("HTTP_HOST") or f"{environ['SERVER_NAME']}:{environ['SERVER_PORT']}",
+                path,
+                environ.get("QUERY_STRING", ""),
+            )
+            # Most requests carry none of the headers that change the rules: for them, one
+            # C-level check and a lock-free lookup decide a hit (SPEC §11: every call counts).
+            plan: Entry | _Miss | tuple[str, str] | None = None
+            if environ.keys().isdisjoint(self._rule_headers):
+                plan = self.cache.hit(base_key, environ, now)
+            if plan is None:
+                plan = self._plan(environ, method, now, path, base_key)
+                if type(plan) is tuple:
+                    self._count_bypass(plan[1])
         except Exception:
             # A broken cache costs the request its caching, never its response.
             log.warning("[CACHE] lookup failed; passing the request through", exc_info=True)
-            with contextlib.suppress(Exception):
-                self.cache.bypass("cache-error")
+            self._count_bypass("cache-error")
             return self.app(environ, start_response)
         if type(plan) is Entry:
-            # The hit, inline: the path where every call counts (SPEC §11).
             if ("HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ) and (
                 plan.status.startswith("200")
                 and is_not_modified(environ, plan.etag, plan.last_modified)
@@ -129,27 +144,19 @@ class MemoryOptimizer:
                 start_response("304 Not Modified", plan.not_modified_headers_at(now))
                 return _NO_BODY
             start_response(plan.status, plan.hit_headers(now))
-            return _NO_BODY if environ["REQUEST_METHOD"] == "HEAD" else [plan.body]
+            return _NO_BODY if method == "HEAD" else [plan.body]
         if type(plan) is _Miss:
             return self._fetch(plan, environ, start_response)
-        return self._pass(plan, environ, start_response)  # type: ignore[arg-type]
+        forward, detail = plan  # type: ignore[misc]
+        return self._pass(cache_status(forward, detail), environ, start_response)
 
     # -- deciding
 
-    def _plan(self, environ: WSGIEnvironment, now: float) -> Entry | _Miss | tuple[str, str]:
-        """A fresh entry to replay, a miss to fetch, or ``(forward, reason)`` to pass."""
-        method = environ.get("REQUEST_METHOD")
-        if method != "GET" and method != "HEAD":
-            return "method", "method"
-        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-        base_key: CacheKey = (
-            environ["wsgi.url_scheme"],
-            environ.get("HTTP_HOST") or f"{environ['SERVER_NAME']}:{environ['SERVER_PORT']}",
-            path,
-            environ.get("QUERY_STRING", ""),
-        )
+    def _plan(
+        self, environ: WSGIEnvironment, method: str, now: float, path: str, base_key: CacheKey
+    ) -> Entry | _Miss | tuple[str, str]:
+        """A fresh entry to replay, a miss to fetch, or ``(forward, detail)`` to pass."""
         refresh = credentials = False
-        # Most requests carry none of the headers that change the rules: one C-level check.
         if not environ.keys().isdisjoint(self._rule_headers):
             if "HTTP_CACHE_CONTROL" in environ or "HTTP_PRAGMA" in environ:
                 no_store, refresh = request_directives(environ)
@@ -185,6 +192,11 @@ class MemoryOptimizer:
                     return entry
             else:
                 fill_key = key
+                # The previous fill may have stored the entry between our lookup and now.
+                entry = self.cache.hit(base_key, environ, self.cache.clock())
+                if entry is not None:
+                    self.cache.end_fill(key, fill_owner)
+                    return entry
         return _Miss(base_key, path, credentials, "miss", fill_key, fill_owner)
 
     # -- answering
@@ -220,14 +232,12 @@ class MemoryOptimizer:
         return capture
 
     def _pass(
-        self, plan: tuple[str, str], environ: WSGIEnvironment, start_response: StartResponse
+        self,
+        extra: list[tuple[str, str]],
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
     ) -> Iterable[bytes]:
-        forward, reason = plan
-        extra = (
-            cache_status(forward)
-            if forward == "method"
-            else cache_status(forward, f"detail={reason}")
-        )
+        """Call the app untouched but for ``extra`` headers (``Cache-Status``, ``X-Cache``)."""
 
         def start_with_status(
             status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None, /
@@ -236,10 +246,19 @@ class MemoryOptimizer:
 
         return self.app(environ, start_with_status)
 
+    def _count_bypass(self, reason: str) -> None:
+        try:
+            self.cache.bypass(reason)
+        except Exception:  # counting must not cost the request its response either
+            log.warning("[CACHE] could not count a bypass", exc_info=True)
+
     def _end_of_request(self) -> None:
         """Runs after the server closed a miss's response: between-request housekeeping."""
         if self.cache.sweep_due():
             self.cache.sweep()
+
+
+_FORWARD_METHOD = cache_status("method")
 
 
 class _Miss(NamedTuple):

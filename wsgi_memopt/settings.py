@@ -468,7 +468,11 @@ def _known_name(name: str, origin: str, value: object) -> str:
     if name in _FIELDS:
         return name
     close = difflib.get_close_matches(name, _FIELDS, n=1)
-    hint = f"did you mean {close[0]!r}?" if close else "see Settings.NAMES for the known settings"
+    hint = (
+        f"did you mean {close[0]!r}?"
+        if close
+        else "the settings are listed in the README and by `wsgi-memopt settings`"
+    )
     raise SettingsError(name, value, f"there is no such setting; {hint}", origin)
 
 

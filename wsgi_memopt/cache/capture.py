@@ -33,9 +33,15 @@ __all__ = ["Capture", "CaptureRules", "cache_status"]
 log = logging.getLogger("wsgi_memopt")
 
 
-def cache_status(forward: str, *params: str) -> list[tuple[str, str]]:
+def cache_status(
+    forward: str, detail: str | None = None, *, stored: bool = False
+) -> list[tuple[str, str]]:
     """``Cache-Status`` (RFC 9211) and ``X-Cache`` for a response not served from the cache."""
-    value = "; ".join(("wsgi-memopt", f"fwd={forward}", *params))
+    value = f"wsgi-memopt; fwd={forward}"
+    if stored:
+        value += "; stored"
+    if detail is not None:
+        value += f"; detail={detail}"
     return [("Cache-Status", value), ("X-Cache", "MISS")]
 
 
@@ -119,15 +125,14 @@ class Capture:
             self.refuse("app-error")
         else:
             self._assess(status, headers)
-        params = (
-            ["stored"]
-            if self.reason is None and self.verdict and (self.verdict.content_length is not None)
-            else []
+        # "stored" is promised only when the size is known up front to be within the limit.
+        stored = (
+            self.reason is None
+            and self.verdict is not None
+            and (self.verdict.content_length is not None)
         )
-        if self.reason is not None:
-            params.append(f"detail={self.reason}")
         write = self._server_start_response(
-            status, headers + cache_status(self.forward, *params), exc_info
+            status, headers + cache_status(self.forward, self.reason, stored=stored), exc_info
         )
 
         def write_and_forget(data: bytes) -> object:

@@ -82,41 +82,59 @@ class Entry:
             (name, value) for name, value in headers if name.lower() in _KEPT_ON_304
         )
         # Built once per whole second of age, so that a hit copies a list instead of
-        # formatting three headers; kept from the start so its memory is always accounted.
-        self._hit_headers: tuple[float, list[tuple[str, str]]] = self._headers_at(created)
+        # formatting three headers; built by share_parts() when stored, so always accounted.
+        self._hit_headers: tuple[float, list[tuple[str, str]]] = _NOT_BUILT
         self.size = 0
         self.shared: tuple[object, ...] = ()  # the store's single copies this entry holds
 
-    def share_parts(self, share: Callable[[Any], Any]) -> None:
+    def share_parts(self, shared: SharedObjects) -> int:
         """Swap small strings and header pairs for the store's single copies of them.
 
         A thousand entries of one app repeat the same header names, values and status line;
-        held once, they cost once. ``share`` returns the single copy of an object and counts
-        this entry as one of its holders (see :class:`SharedObjects`).
+        held once, they cost once (see :class:`SharedObjects`). Builds the derived header
+        lists from the shared pairs. Returns the bytes of the header pairs this entry keeps
+        as its own (those with long values).
         """
-        held: list[object] = []
-
-        def keep(obj: Any) -> Any:
-            copy = share(obj)
-            held.append(copy)
-            return copy
-
-        self.status = keep(self.status)
-        self.headers = tuple(
-            keep((keep(name), keep(value) if len(value) <= _SHARED_VALUE_MAX else value))
-            for name, value in self.headers
-        )
-        self.not_modified_headers = tuple(
-            pair for pair in self.headers if pair[0].lower() in _KEPT_ON_304
-        )
+        headers, held, own_bytes = shared.share_headers(self.headers)
+        if self.etag is not None:
+            for name, value in headers:
+                if name.lower() == "etag":
+                    self.etag = value  # the header's own string, not a second copy
+        self.headers = headers
+        share = shared.share
+        self.status = share(self.status)  # type: ignore[assignment]
         scheme, host, *rest = self.base_key
-        base_key = (keep(scheme), keep(host), *rest)
+        base_key = (share(scheme), share(host), *rest)
+        held += (self.status, base_key[0], base_key[1])
         self.key = base_key if self.key == self.base_key else (base_key, self.key[1])
         self.base_key = base_key
-        for constant in _HIT_CONSTANTS:
-            keep(constant)
+        self.not_modified_headers = tuple(
+            pair for pair in headers if pair[0].lower() in _KEPT_ON_304
+        )
         self._hit_headers = self._headers_at(self.created)
-        self.shared = tuple(held)
+        # The hit-header constants are the module's; the store counts them once.
+        self.shared = (*held, *_HIT_CONSTANTS)
+        return own_bytes
+
+    def own_size(self, own_header_bytes: int) -> int:
+        """Bytes this entry alone holds once :meth:`share_parts` ran, walked along its known
+        shape; its shared objects and the interpreter's singletons are not its own."""
+        base, key = self.base_key, self.key
+        size = _aligned(sys.getsizeof(base)) + sum(_part_size(part) for part in base[2:])
+        if key is not base:
+            size += _aligned(sys.getsizeof(key)) + _part_size(key[1])
+        if self.path is not base[2]:
+            size += _part_size(self.path)
+        size += _aligned(sys.getsizeof(self.headers)) + own_header_bytes
+        size += _part_size(self.body) + _part_size(self.not_modified_headers)
+        valid_until, hit = self._hit_headers
+        size += _aligned(sys.getsizeof(self._hit_headers)) + _aligned(sys.getsizeof(valid_until))
+        size += _aligned(sys.getsizeof(hit))
+        for pair in hit[-3:-1]:  # Age and Cache-Status: fresh pairs with fresh values
+            size += _aligned(sys.getsizeof(pair)) + _part_size(pair[1])
+        if self.last_modified is not None:
+            size += _aligned(sys.getsizeof(self.last_modified))
+        return size + _aligned(sys.getsizeof(self.shared))
 
     def _headers_at(self, now: float) -> tuple[float, list[tuple[str, str]]]:
         # A request that waited for another's fetch read the clock before the entry existed.
@@ -142,11 +160,13 @@ class Entry:
         return [*self.not_modified_headers, *self.hit_headers(now)[-3:]]
 
 
+_NOT_BUILT: tuple[float, list[tuple[str, str]]] = (float("-inf"), [])
 _KEPT_ON_304 = frozenset({"cache-control", "content-location", "date", "etag", "expires", "vary"})
 _AGE = "Age"
 _CACHE_STATUS = "Cache-Status"
 _X_CACHE_HIT = ("X-Cache", "HIT")
 _HIT_CONSTANTS = (_AGE, _CACHE_STATUS, *_X_CACHE_HIT, _X_CACHE_HIT)
+_HIT_CONSTANT_BYTES = sum((sys.getsizeof(obj) + 7) & ~7 for obj in _HIT_CONSTANTS)
 # Header values up to this length are shared between entries; longer ones are rarely equal.
 _SHARED_VALUE_MAX = 256
 
@@ -169,6 +189,39 @@ class SharedObjects:
             self.bytes += record[2]
         record[1] += 1
         return record[0]
+
+    def share_headers(self, headers: Headers) -> tuple[Headers, list[object], int]:
+        """Share each header pair and its strings: ``(shared pairs, objects held, own bytes)``.
+
+        A pair whose value is longer than ``_SHARED_VALUE_MAX`` stays the entry's own (its
+        bytes are returned); only its name is shared.
+        """
+        records = self._records
+        out: list[tuple[str, str]] = []
+        held: list[object] = []
+        own_bytes = 0
+        for pair in headers:
+            record = records.get(pair)
+            if record is not None:  # the usual case: this exact header was stored before
+                copy = record[0]
+                record[1] += 1
+                records[copy[0]][1] += 1
+                records[copy[1]][1] += 1
+                held += (copy, copy[0], copy[1])
+                out.append(copy)
+                continue
+            name, value = pair
+            name = self.share(name)  # type: ignore[assignment]
+            if len(value) > _SHARED_VALUE_MAX:
+                own = (name, value)
+                own_bytes += _aligned(sys.getsizeof(own)) + _aligned(sys.getsizeof(value))
+                held.append(name)
+                out.append(own)
+                continue
+            shared_pair: tuple[str, str] = self.share((name, self.share(value)))  # type: ignore[assignment]
+            held += (shared_pair, shared_pair[0], shared_pair[1])
+            out.append(shared_pair)
+        return tuple(out), held, own_bytes
 
     def release(self, objects: tuple[object, ...]) -> None:
         """One holder fewer for each of ``objects``; the last one out frees its bytes."""
@@ -198,6 +251,17 @@ class SharedObjects:
 _SINGLETONS = ((), "", b"")
 
 
+def _part_size(part: object) -> int:
+    """Size of a string, bytes or a flat tuple of them, less the interpreter's singletons
+    (``None``, empty objects, one-character strings, which CPython caches)."""
+    if part is None or part in _SINGLETONS or (type(part) is str and len(part) == 1):
+        return 0
+    size = _aligned(sys.getsizeof(part))
+    if type(part) is tuple:
+        size += sum(_part_size(item) for item in part)
+    return size
+
+
 def _aligned(size: int) -> int:
     # pympler rounds every object up to the allocator's 8-byte alignment; so do we.
     return (size + 7) & ~7
@@ -210,6 +274,8 @@ def _deep_size(obj: object, seen: set[int]) -> int:
     """
     if obj is None or id(obj) in seen or obj in _SINGLETONS:
         return 0
+    if type(obj) is str and len(obj) == 1:
+        return 0  # CPython caches one-character strings
     seen.add(id(obj))
     size = _aligned(sys.getsizeof(obj))
     if type(obj) is tuple or type(obj) is list:
@@ -248,28 +314,67 @@ def entry_shell_size() -> int:
     if _shell_size is None:
         from pympler import asizeof
 
+        # An entry whose every variable part is a singleton: what is left is its own shell.
         # Distinct floats and a large size, as a stored entry holds: asizeof counts each.
         sample = Entry(
-            key=("http", "example", "/", ""),
-            base_key=("http", "example", "/", ""),
-            path="/",
-            status="200 OK",
-            headers=(("Content-Length", "0"),),
+            key=(),
+            base_key=(),
+            path="",
+            status="",
+            headers=(),
             body=b"",
             created=1.5,
             lifetime=2.5,
         )
+        sample._hit_headers = ()  # type: ignore[assignment]
         sample.size = 1 << 20
         whole = int(asizeof.asizeof(sample))  # type: ignore[no-untyped-call]
-        # The interpreter's singletons are held by every entry and belong to none.
         singletons = int(asizeof.asizeof(None, False, *_SINGLETONS))  # type: ignore[no-untyped-call]
-        _shell_size = whole - singletons - _variable_size(sample)
+        _shell_size = whole - singletons
     return _shell_size
 
 
 def measure_entry(entry: Entry) -> int:
-    """Bytes held by ``entry``: its variable parts plus the measured fixed part."""
+    """Bytes held by ``entry`` (not yet shared): its variable parts plus the fixed part.
+
+    The store uses the quicker :meth:`Entry.own_size` once an entry shares its parts; this
+    general walk measures anything and is the reference the tests hold both to.
+    """
     return entry_shell_size() + _variable_size(entry)
+
+
+class Tally:
+    """Counters by reason that many threads bump without taking a lock.
+
+    ``next()`` on an ``itertools.count`` is a single C call, atomic under the GIL; only the
+    first use of a reason takes the lock.
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[str, itertools.count[int]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, reason: str) -> None:
+        """Count one more ``reason``."""
+        counter = self._counts.get(reason)
+        if counter is None:
+            with self._lock:
+                counter = self._counts.setdefault(reason, itertools.count())
+        next(counter)
+
+    def get(self, reason: str) -> int:
+        """How many ``reason`` so far."""
+        counter = self._counts.get(reason)
+        return 0 if counter is None else _read(counter)
+
+    def snapshot(self) -> dict[str, int]:
+        """Every reason and its count."""
+        return {reason: _read(counter) for reason, counter in list(self._counts.items())}
+
+
+def _read(counter: itertools.count[int]) -> int:
+    # The repr of a count is "count(N)": reading it this way does not advance it.
+    return int(repr(counter)[6:-1])
 
 
 class ResponseStore:
@@ -301,17 +406,46 @@ class ResponseStore:
         self._entries: OrderedDict[CacheKey, Entry] = OrderedDict()
         # base key -> [environ keys named by Vary, number of entries under that base]
         self._vary: dict[CacheKey, list[Any]] = {}
-        self._filling: dict[CacheKey, tuple[threading.Event, float, object]] = {}
+        self._filling: dict[CacheKey, list[Any]] = {}  # key -> [event or None, start, owner]
         self._bytes = 0  # what the entries alone hold; the shared objects add theirs
         self._shared = SharedObjects()
         self._next_sweep = clock() + cleanup_interval_s
-        # next() on an itertools.count is one C call: the lock-free hit path counts with it.
+        self.stores = self.evictions = self.expirations = 0
+        # Bumped on the lock-free request path: next() on a count is one C call.
         self._hits = itertools.count()
-        self.misses = self.stores = self.evictions = self.expirations = 0
-        self.rejected: dict[str, int] = {}
-        self.bypassed: dict[str, int] = {}
+        self._misses = itertools.count()
+        self._rejected = Tally()
+        self._bypassed = Tally()
 
     # -- the request path
+
+    def hit(self, base_key: CacheKey, environ: Mapping[str, object], now: float) -> Entry | None:
+        """The entry fresh at ``now`` for a request without credentials, counted as a hit;
+        None (and nothing counted) otherwise.
+
+        Takes no lock: ``dict.get`` and ``OrderedDict.move_to_end`` are single C calls,
+        atomic under the GIL, and every writer holds the lock. A key removed between the two
+        calls raises ``KeyError``: a hit on an entry that is on its way out.
+        """
+        entry = self._entries.get(base_key)
+        if entry is None:
+            vary = self._vary.get(base_key)
+            if vary is None or not vary[0]:
+                return None
+            key = variant_key(base_key, vary[0], environ)
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+        else:
+            key = base_key
+        if entry.expires <= now:
+            return None
+        try:  # noqa: SIM105 (a with block would cost five times as much here)
+            self._entries.move_to_end(key)
+        except KeyError:
+            pass
+        next(self._hits)
+        return entry
 
     def lookup(
         self,
@@ -323,9 +457,8 @@ class ResponseStore:
     ) -> tuple[CacheKey, Entry | None]:
         """The full key for this request and its entry fresh at ``now``; counts a hit or miss.
 
-        A hit takes no lock: ``dict.get`` and ``OrderedDict.move_to_end`` are single C calls,
-        atomic under the GIL, and every writer holds the lock. A key removed between the two
-        calls just raises ``KeyError``, which is a hit on an entry that is on its way out.
+        With ``credentials``, only an entry whose response said ``public`` or ``s-maxage``
+        is returned. An expired entry is removed.
         """
         vary = self._vary.get(base_key)
         key = base_key if vary is None or not vary[0] else variant_key(base_key, vary[0], environ)
@@ -337,15 +470,13 @@ class ResponseStore:
                         self._remove(entry)
                         self.expirations += 1
             elif not credentials or entry.shareable_with_credentials:
-                # try/except, not contextlib.suppress: a with block costs 5x more here.
                 try:  # noqa: SIM105
                     self._entries.move_to_end(key)
                 except KeyError:
                     pass
                 next(self._hits)
                 return key, entry
-        with self._lock:
-            self.misses += 1
+        next(self._misses)
         return key, None
 
     def put(self, entry: Entry, vary: tuple[str, ...] = ()) -> bool:
@@ -360,18 +491,25 @@ class ResponseStore:
             self.reject("too-large")
             return False
         with self._lock:
-            entry.share_parts(self._shared.share)
-            entry.size = measure_entry(entry)
-            if entry.size + self._shared.size_of(entry.shared) > self.max_bytes:
+            own_header_bytes = entry.share_parts(self._shared)
+            entry.size = entry_shell_size() + entry.own_size(own_header_bytes)
+            alone = entry.size + self._shared.size_of(entry.shared) + _HIT_CONSTANT_BYTES
+            if alone > self.max_bytes:
                 # Larger than the whole cache even alone: refuse before evicting anything.
                 self._shared.release(entry.shared)
-                self.rejected["too-large"] = self.rejected.get("too-large", 0) + 1
+                self._rejected.add("too-large")
                 return False
             old = self._entries.get(entry.key)
             if old is not None:
                 self._remove(old)
             if len(self._entries) >= self.max_items or self.bytes + entry.size > self.max_bytes:
                 self._evict_for(entry.size)
+            if vary:
+                # A plain entry under the base key would be found first by hit(): the newest
+                # response says the page varies, so the plain one goes.
+                plain = self._entries.get(entry.base_key)
+                if plain is not None:
+                    self._remove(plain)
             known = self._vary.get(entry.base_key)
             if known is None:
                 self._vary[entry.base_key] = [vary, 1]
@@ -385,13 +523,11 @@ class ResponseStore:
 
     def reject(self, reason: str) -> None:
         """Count a response that was not stored, by reason."""
-        with self._lock:
-            self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        self._rejected.add(reason)
 
     def bypass(self, reason: str) -> None:
         """Count a request that did not use the cache, by reason."""
-        with self._lock:
-            self.bypassed[reason] = self.bypassed.get(reason, 0) + 1
+        self._bypassed.add(reason)
 
     # -- single flight
 
@@ -402,14 +538,17 @@ class ResponseStore:
 
         A fill older than ``wait_s`` is taken over, so a response whose iterable was never
         closed cannot make every later miss of its key wait. ``owner`` identifies the
-        fetching request to :meth:`end_fill`.
+        fetching request to :meth:`end_fill`. The event is made by the first request that
+        waits: most fills have no waiter, and an Event costs microseconds.
         """
         now = self.clock()
         with self._lock:
             current = self._filling.get(key)
             if current is not None and now - current[1] < wait_s:
-                return current[0]
-            self._filling[key] = (threading.Event(), now, owner)
+                if current[0] is None:
+                    current[0] = threading.Event()
+                return current[0]  # type: ignore[no-any-return]
+            self._filling[key] = [None, now, owner]
             return None
 
     def end_fill(self, key: CacheKey, owner: object = None) -> None:
@@ -423,7 +562,8 @@ class ResponseStore:
             if current is None or (owner is not None and current[2] is not owner):
                 return
             del self._filling[key]
-        current[0].set()
+        if current[0] is not None:
+            current[0].set()
 
     # -- housekeeping
 
@@ -488,18 +628,33 @@ class ResponseStore:
     @property
     def hits(self) -> int:
         """Lookups that found a fresh entry."""
-        # The count's repr is "count(N)": reading it does not advance it.
-        return int(repr(self._hits)[6:-1])
+        return _read(self._hits)
+
+    @property
+    def misses(self) -> int:
+        """Lookups that found none."""
+        return _read(self._misses)
+
+    @property
+    def rejected(self) -> dict[str, int]:
+        """Responses not stored, by reason."""
+        return self._rejected.snapshot()
+
+    @property
+    def bypassed(self) -> dict[str, int]:
+        """Requests that did not use the cache, by reason."""
+        return self._bypassed.snapshot()
 
     @property
     def bytes(self) -> int:
         """Bytes held by the stored entries, as measured at store time, shared parts once."""
-        return self._bytes + self._shared.bytes
+        return self._bytes + self.shared_bytes
 
     @property
     def shared_bytes(self) -> int:
-        """The part of :attr:`bytes` held once for many entries (header names, common values)."""
-        return self._shared.bytes
+        """The part of :attr:`bytes` held once for many entries (header names, common values,
+        the hit-header constants)."""
+        return self._shared.bytes + (_HIT_CONSTANT_BYTES if self._entries else 0)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -507,23 +662,23 @@ class ResponseStore:
     def stats(self) -> dict[str, Any]:
         """Counters and sizes, read under the lock so they agree with each other."""
         with self._lock:
-            hits = self.hits
-            lookups = hits + self.misses
+            hits, misses = self.hits, self.misses
+            lookups = hits + misses
             return {
                 "items": len(self._entries),
                 "bytes": self.bytes,
-                "shared_bytes": self._shared.bytes,
+                "shared_bytes": self.shared_bytes,
                 "size_mb": round(self.bytes / 2**20, 3),
                 "max_items": self.max_items,
                 "max_bytes": self.max_bytes,
                 "hits": hits,
-                "misses": self.misses,
-                "hit_rate": round(self.hits / lookups, 4) if lookups else 0.0,
+                "misses": misses,
+                "hit_rate": round(hits / lookups, 4) if lookups else 0.0,
                 "stores": self.stores,
                 "evictions": self.evictions,
                 "expirations": self.expirations,
-                "rejected": dict(self.rejected),
-                "bypassed": dict(self.bypassed),
+                "rejected": self.rejected,
+                "bypassed": self.bypassed,
             }
 
     # -- under the lock
