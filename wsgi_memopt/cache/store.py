@@ -119,22 +119,33 @@ class Entry:
     def own_size(self, own_header_bytes: int) -> int:
         """Bytes this entry alone holds once :meth:`share_parts` ran, walked along its known
         shape; its shared objects and the interpreter's singletons are not its own."""
+        a, g, part = _aligned, sys.getsizeof, _part_size
         base, key = self.base_key, self.key
-        size = _aligned(sys.getsizeof(base)) + sum(_part_size(part) for part in base[2:])
-        if key is not base:
-            size += _aligned(sys.getsizeof(key)) + _part_size(key[1])
-        if self.path is not base[2]:
-            size += _part_size(self.path)
-        size += _aligned(sys.getsizeof(self.headers)) + own_header_bytes
-        size += _part_size(self.body) + _part_size(self.not_modified_headers)
         valid_until, hit = self._hit_headers
-        size += _aligned(sys.getsizeof(self._hit_headers)) + _aligned(sys.getsizeof(valid_until))
-        size += _aligned(sys.getsizeof(hit))
-        for pair in hit[-3:-1]:  # Age and Cache-Status: fresh pairs with fresh values
-            size += _aligned(sys.getsizeof(pair)) + _part_size(pair[1])
+        age, status = hit[-3], hit[-2]  # fresh pairs with fresh values; X-Cache is a constant
+        size = (
+            a(g(base))
+            + sum(map(part, base[2:]))
+            + a(g(self.headers))
+            + own_header_bytes
+            + part(self.body)
+            + part(self.not_modified_headers)
+            + a(g(self._hit_headers))
+            + a(g(valid_until))
+            + a(g(hit))
+            + a(g(age))
+            + part(age[1])
+            + a(g(status))
+            + a(g(status[1]))
+            + a(g(self.shared))
+        )
+        if key is not base:
+            size += a(g(key)) + part(key[1])
+        if self.path is not base[2]:
+            size += part(self.path)
         if self.last_modified is not None:
-            size += _aligned(sys.getsizeof(self.last_modified))
-        return size + _aligned(sys.getsizeof(self.shared))
+            size += a(g(self.last_modified))
+        return size
 
     def _headers_at(self, now: float) -> tuple[float, list[tuple[str, str]]]:
         # A request that waited for another's fetch read the clock before the entry existed.
