@@ -93,6 +93,7 @@ class MemoryOptimizer:
         self._path_allowed = _path_filter(settings.cache_paths, settings.cache_exclude_paths)
         self._lock_wait = settings.cache_lock_timeout_s
         self._cache_enabled = settings.cache_enabled
+        self._plain_entry, self._move_to_end, self._count_hit = self.cache.hot_path()
         self._no_keyed_values = (None,) * len(self._key_environ)
         self._rule_headers = frozenset(
             (
@@ -126,7 +127,15 @@ class MemoryOptimizer:
             # C-level check and a lock-free lookup decide a hit (SPEC §11: every call counts).
             plan: Entry | _Miss | tuple[str, str] | None = None
             if environ.keys().isdisjoint(self._rule_headers):
-                plan = self.cache.hit(base_key, environ, now)
+                plan = self._plain_entry(base_key)
+                if plan is not None and plan.expires > now:
+                    # A fresh entry without Vary: the common hit, with no call into the store.
+                    # (Should another thread evict it this instant, move_to_end raises
+                    # KeyError and the request is served by the app: still right.)
+                    self._move_to_end(base_key)
+                    self._count_hit()
+                else:
+                    plan = self.cache.hit(base_key, environ, now)
             if plan is None:
                 plan = self._plan(environ, method, now, path, base_key)
                 if type(plan) is tuple:
@@ -143,7 +152,10 @@ class MemoryOptimizer:
             ):
                 start_response("304 Not Modified", plan.not_modified_headers_at(now))
                 return _NO_BODY
-            start_response(plan.status, plan.hit_headers(now))
+            headers = plan._hit_headers
+            if not plan.created <= now < headers[0]:
+                headers = plan.rebuild_hit_headers(now)
+            start_response(plan.status, headers[1][:])
             return _NO_BODY if method == "HEAD" else [plan.body]
         if type(plan) is _Miss:
             return self._fetch(plan, environ, start_response)

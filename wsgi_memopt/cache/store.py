@@ -163,8 +163,13 @@ class Entry:
         cached = self._hit_headers
         # Rebuilt once per second of age; ``now`` below ``created`` (a waiter's clock) too.
         if not self.created <= now < cached[0]:
-            cached = self._hit_headers = self._headers_at(now)
+            cached = self.rebuild_hit_headers(now)
         return cached[1][:]
+
+    def rebuild_hit_headers(self, now: float) -> tuple[float, list[tuple[str, str]]]:
+        """Age the cached hit headers to ``now``: ``(valid until, headers)``."""
+        cached = self._hit_headers = self._headers_at(now)
+        return cached
 
     def not_modified_headers_at(self, now: float) -> list[tuple[str, str]]:
         """The headers of a ``304`` answered from this entry at ``now``."""
@@ -457,6 +462,18 @@ class ResponseStore:
             pass
         next(self._hits)
         return entry
+
+    def hot_path(
+        self,
+    ) -> tuple[Callable[[CacheKey], Entry | None], Callable[[CacheKey], None], Callable[[], int]]:
+        """``(get, move_to_end, count_hit)`` for a caller that inlines the commonest hit.
+
+        ``get(key)`` is the raw lookup of an entry stored without ``Vary``: no freshness
+        check, nothing counted. The caller checks ``expires``, then calls
+        ``move_to_end(key)`` (``KeyError`` if the entry just left) and ``count_hit()``.
+        These are the store's own C-level methods: no lock, no Python frame (SPEC §11).
+        """
+        return self._entries.get, self._entries.move_to_end, self._hits.__next__
 
     def lookup(
         self,
