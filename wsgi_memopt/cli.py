@@ -452,8 +452,6 @@ def _serve(args: argparse.Namespace) -> int:
         f"{PROG}: serving {name} through MemoryOptimizer "
         f"({'threaded' if args.threads else 'one request at a time'})",
         f" * app:        {url}",
-        " * memory API: "
-        + (f"{url}{settings.api_prefix}/" if settings.api_enabled else "off (api_enabled=false)"),
         f" * settings:   {', '.join(overridden) or 'defaults'}",
     ]
     if args.host.strip("[]") in ("0.0.0.0", "::", ""):
