@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from werkzeug.http import parse_date, parse_dict_header, parse_etags, unquote_etag
 
@@ -105,8 +104,7 @@ def _seconds(directives: Mapping[str, str | None], name: str) -> int | None:
     return int(raw)
 
 
-@dataclass(frozen=True)
-class ResponseVerdict:
+class ResponseVerdict(NamedTuple):
     """Whether a response may be stored, and what the store needs to know about it."""
 
     reason: str | None  # why it may not be stored; None when it may
@@ -116,6 +114,24 @@ class ResponseVerdict:
     content_length: int | None = None
     etag: str | None = None
     last_modified: float | None = None  # POSIX seconds
+
+
+# One verdict object per refusal reason, made once: refusing must cost next to nothing.
+_REFUSED = {
+    reason: ResponseVerdict(reason)
+    for reason in (
+        "status",
+        "set-cookie",
+        "no-store",
+        "private",
+        "no-cache",
+        "credentials",
+        "vary-star",
+        "content-length",
+        "too-large",
+        "stale",
+    )
+}
 
 
 def assess_response(
@@ -132,16 +148,16 @@ def assess_response(
     try:
         code = int(status[:3])
     except ValueError:
-        return ResponseVerdict("status")
+        return _REFUSED["status"]
     if code not in statuses:
-        return ResponseVerdict("status")
+        return _REFUSED["status"]
     cache_control = vary = expires = date = etag = last_modified = length = None
     for name, value in headers:
         lower = name.lower()
         if lower == "cache-control":
             cache_control = value if cache_control is None else f"{cache_control}, {value}"
         elif lower == "set-cookie":
-            return ResponseVerdict("set-cookie")
+            return _REFUSED["set-cookie"]
         elif lower == "vary":
             vary = value if vary is None else f"{vary}, {value}"
         elif lower == "expires":
@@ -158,31 +174,31 @@ def assess_response(
     directives = cache_directives(cache_control) if cache_control is not None else {}
     for refusal in ("no-store", "private", "no-cache"):
         if refusal in directives:
-            return ResponseVerdict(refusal)
+            return _REFUSED[refusal]
     s_maxage = _seconds(directives, "s-maxage")
     shareable = "public" in directives or s_maxage is not None
     if credentials and not shareable:
-        return ResponseVerdict("credentials")
+        return _REFUSED["credentials"]
 
     vary_keys: tuple[str, ...] = ()
     if vary is not None:
         names = [part.strip() for part in vary.split(",") if part.strip()]
         if "*" in names:
-            return ResponseVerdict("vary-star")
+            return _REFUSED["vary-star"]
         vary_keys = tuple(sorted({environ_key(name) for name in names}))
 
     content_length = None
     if length is not None:
         if not length.strip().isdigit():
-            return ResponseVerdict("content-length")
+            return _REFUSED["content-length"]
         content_length = int(length)
         if content_length > item_limit:
-            return ResponseVerdict("too-large")
+            return _REFUSED["too-large"]
 
     max_age = _seconds(directives, "max-age")
     lifetime = _lifetime(s_maxage, max_age, expires, date, ttl_cap, now)
     if lifetime <= 0:
-        return ResponseVerdict("stale")
+        return _REFUSED["stale"]
     modified = parse_date(last_modified) if last_modified else None
     return ResponseVerdict(
         None,
