@@ -152,7 +152,7 @@ class MemoryOptimizer:
             ):
                 start_response("304 Not Modified", plan.not_modified_headers_at(now))
                 return _NO_BODY
-            headers = plan._hit_headers
+            headers = plan.replay_headers
             if not plan.created <= now < headers[0]:
                 headers = plan.rebuild_hit_headers(now)
             start_response(plan.status, headers[1][:])

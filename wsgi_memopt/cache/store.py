@@ -34,7 +34,6 @@ class Entry:
     """One stored response: status, headers and the whole body as one ``bytes`` object."""
 
     __slots__ = (
-        "_hit_headers",
         "base_key",
         "body",
         "created",
@@ -45,6 +44,7 @@ class Entry:
         "last_modified",
         "not_modified_headers",
         "path",
+        "replay_headers",
         "shareable_with_credentials",
         "shared",
         "size",
@@ -81,9 +81,10 @@ class Entry:
         self.not_modified_headers: Headers = tuple(
             (name, value) for name, value in headers if name.lower() in _KEPT_ON_304
         )
-        # Built once per whole second of age, so that a hit copies a list instead of
-        # formatting three headers; built by share_parts() when stored, so always accounted.
-        self._hit_headers: tuple[float, list[tuple[str, str]]] = _NOT_BUILT
+        # (valid until, the headers a hit replays): rebuilt once per whole second of age, so
+        # that a hit copies a list instead of formatting three headers; first built by
+        # share_parts() when stored, so its memory is always accounted.
+        self.replay_headers: tuple[float, list[tuple[str, str]]] = _NOT_BUILT
         self.size = 0
         self.shared: tuple[object, ...] = ()  # the store's single copies this entry holds
 
@@ -111,7 +112,7 @@ class Entry:
         self.not_modified_headers = tuple(
             pair for pair in headers if pair[0].lower() in _KEPT_ON_304
         )
-        self._hit_headers = self._headers_at(self.created)
+        self.replay_headers = self._headers_at(self.created)
         # The hit-header constants are the module's; the store counts them once.
         self.shared = (*held, *_HIT_CONSTANTS)
         return own_bytes
@@ -121,7 +122,7 @@ class Entry:
         shape; its shared objects and the interpreter's singletons are not its own."""
         a, g, part = _aligned, sys.getsizeof, _part_size
         base, key = self.base_key, self.key
-        valid_until, hit = self._hit_headers
+        valid_until, hit = self.replay_headers
         age, status = hit[-3], hit[-2]  # fresh pairs with fresh values; X-Cache is a constant
         size = (
             a(g(base))
@@ -130,7 +131,7 @@ class Entry:
             + own_header_bytes
             + part(self.body)
             + part(self.not_modified_headers)
-            + a(g(self._hit_headers))
+            + a(g(self.replay_headers))
             + a(g(valid_until))
             + a(g(hit))
             + a(g(age))
@@ -160,7 +161,7 @@ class Entry:
 
     def hit_headers(self, now: float) -> list[tuple[str, str]]:
         """A fresh list of the headers to replay at ``now`` (the server may change it)."""
-        cached = self._hit_headers
+        cached = self.replay_headers
         # Rebuilt once per second of age; ``now`` below ``created`` (a waiter's clock) too.
         if not self.created <= now < cached[0]:
             cached = self.rebuild_hit_headers(now)
@@ -168,7 +169,7 @@ class Entry:
 
     def rebuild_hit_headers(self, now: float) -> tuple[float, list[tuple[str, str]]]:
         """Age the cached hit headers to ``now``: ``(valid until, headers)``."""
-        cached = self._hit_headers = self._headers_at(now)
+        cached = self.replay_headers = self._headers_at(now)
         return cached
 
     def not_modified_headers_at(self, now: float) -> list[tuple[str, str]]:
@@ -313,7 +314,7 @@ def _variable_size(entry: Entry) -> int:
             entry.headers,
             entry.body,
             entry.not_modified_headers,
-            entry._hit_headers,
+            entry.replay_headers,
             entry.etag,
             entry.last_modified,
             entry.shared,
@@ -342,7 +343,7 @@ def entry_shell_size() -> int:
             created=1.5,
             lifetime=2.5,
         )
-        sample._hit_headers = ()  # type: ignore[assignment]
+        sample.replay_headers = ()  # type: ignore[assignment]
         sample.size = 1 << 20
         whole = int(asizeof.asizeof(sample))  # type: ignore[no-untyped-call]
         singletons = int(asizeof.asizeof(None, False, *_SINGLETONS))  # type: ignore[no-untyped-call]
