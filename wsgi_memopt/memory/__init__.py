@@ -1,0 +1,1 @@
+"""Memory pressure and what to do about it: samplers, the governor, GC scheduling, cleanups."""
