@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..counting import read_count
 from .policy import CacheKey, variant_key
 
 __all__ = ["Entry", "ResponseStore"]
@@ -382,16 +383,11 @@ class Tally:
     def get(self, reason: str) -> int:
         """How many ``reason`` so far."""
         counter = self._counts.get(reason)
-        return 0 if counter is None else _read(counter)
+        return 0 if counter is None else read_count(counter)
 
     def snapshot(self) -> dict[str, int]:
         """Every reason and its count."""
-        return {reason: _read(counter) for reason, counter in list(self._counts.items())}
-
-
-def _read(counter: itertools.count[int]) -> int:
-    # The repr of a count is "count(N)": reading it this way does not advance it.
-    return int(repr(counter)[6:-1])
+        return {reason: read_count(counter) for reason, counter in list(self._counts.items())}
 
 
 class ResponseStore:
@@ -657,12 +653,12 @@ class ResponseStore:
     @property
     def hits(self) -> int:
         """Lookups that found a fresh entry."""
-        return _read(self._hits)
+        return read_count(self._hits)
 
     @property
     def misses(self) -> int:
         """Lookups that found none."""
-        return _read(self._misses)
+        return read_count(self._misses)
 
     @property
     def rejected(self) -> dict[str, int]:
