@@ -26,9 +26,13 @@ def checked(app: WSGIApp) -> WSGIApp:
 def wrap(app: WSGIApp, **settings: Any) -> tuple[MemoryOptimizer, Client]:
     """The optimizer around a checked app, and a cookie-less client for it behind the checks.
 
-    Settings not given get test-friendly values: no single-flight wait and no env leakage.
+    Settings not given get test-friendly values: no single-flight wait, no background
+    monitor thread per optimizer, and no gc.freeze() of the test process. The GC stays in the
+    default "between" mode, so every cache test also runs the governor's request bookkeeping.
     """
     settings.setdefault("cache_lock_timeout_s", 0)
+    settings.setdefault("monitor_interval_s", 0)
+    settings.setdefault("gc_freeze", False)
     optimizer = MemoryOptimizer(checked(app), **settings)
     return optimizer, Client(checked(optimizer), use_cookies=False)
 

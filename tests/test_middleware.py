@@ -595,7 +595,7 @@ def test_app_raising_before_start_response_is_not_stored() -> None:
     with pytest.raises(RuntimeError, match="app failed"):
         get(client, "/p")
 
-    assert optimizer.cache.stats()["rejected"] == {"no-response": 1}
+    assert optimizer.cache.stats()["rejected"] == {"app-error": 1}
 
 
 def test_write_callable_reaches_client_in_order_and_is_not_stored() -> None:

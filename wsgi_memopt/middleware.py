@@ -31,6 +31,9 @@ from .cache.policy import (
     request_directives,
 )
 from .cache.store import Entry, ResponseStore, entry_shell_size
+from .closing import ClosingResponse
+from .memory.cleanups import Cleanups
+from .memory.governor import Governor
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -42,7 +45,6 @@ __all__ = ["MemoryOptimizer"]
 log = logging.getLogger("wsgi_memopt")
 
 _MB = 1 << 20
-_NO_BODY: list[bytes] = []  # shared and never mutated: servers only iterate it
 
 
 class MemoryOptimizer:
@@ -93,6 +95,11 @@ class MemoryOptimizer:
         self._path_allowed = _path_filter(settings.cache_paths, settings.cache_exclude_paths)
         self._lock_wait = settings.cache_lock_timeout_s
         self._cache_enabled = settings.cache_enabled
+        self.cleanups = Cleanups()
+        self.governor = Governor(settings, self.cache, self.cleanups)
+        self._request_started = self.governor.request_started
+        self._request_finished = self.governor.request_finished
+        self._hit_response = _hit_response_class(self._request_finished)
         self._plain_entry, self._move_to_end, self._count_hit = self.cache.hot_path()
         self._no_keyed_values = (None,) * len(self._key_environ)
         self._rule_headers = frozenset(
@@ -107,60 +114,75 @@ class MemoryOptimizer:
         )
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        """Serve from the cache when allowed and fresh; otherwise call the app and capture."""
-        if not self._cache_enabled:
-            return self.app(environ, start_response)
-        method = environ.get("REQUEST_METHOD")
-        if method != "GET" and method != "HEAD":
-            self._count_bypass("method")
-            return self._pass(_FORWARD_METHOD, environ, start_response)
-        now = self.cache.clock()
+        """Serve from the cache when allowed and fresh; otherwise call the app and capture.
+
+        Every response goes back wrapped so that the server's ``close()`` reaches the
+        governor: that is the end of the request, when memory is looked after.
+        """
+        finished = self._request_finished
+        self._request_started()
         try:
-            path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-            base_key: CacheKey = (
-                environ["wsgi.url_scheme"],
-                environ.get("HTTP_HOST") or f"{environ['SERVER_NAME']}:{environ['SERVER_PORT']}",
-                path,
-                environ.get("QUERY_STRING", ""),
+            if not self._cache_enabled:
+                return self._closing(self.app(environ, start_response), environ)
+            method = environ.get("REQUEST_METHOD")
+            if method != "GET" and method != "HEAD":
+                self._count_bypass("method")
+                return self._closing(self._pass(_FORWARD_METHOD, environ, start_response), environ)
+            now = self.cache.clock()
+            try:
+                path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+                base_key: CacheKey = (
+                    environ["wsgi.url_scheme"],
+                    environ.get("HTTP_HOST")
+                    or f"{environ['SERVER_NAME']}:{environ['SERVER_PORT']}",
+                    path,
+                    environ.get("QUERY_STRING", ""),
+                )
+                # Most requests carry none of the headers that change the rules: for them,
+                # one C-level check and a lock-free lookup decide a hit (SPEC §11).
+                plan: Entry | _Miss | tuple[str, str] | None = None
+                if environ.keys().isdisjoint(self._rule_headers):
+                    plan = self._plain_entry(base_key)
+                    if plan is not None and plan.expires > now:
+                        # A fresh entry without Vary: the common hit, no call into the store.
+                        # (Should another thread evict it this instant, move_to_end raises
+                        # KeyError and the request is served by the app: still right.)
+                        self._move_to_end(base_key)
+                        self._count_hit()
+                    else:
+                        plan = self.cache.hit(base_key, environ, now)
+                if plan is None:
+                    plan = self._plan(environ, method, now, path, base_key)
+                    if type(plan) is tuple:
+                        self._count_bypass(plan[1])
+            except Exception:
+                # A broken cache costs the request its caching, never its response.
+                log.warning("[CACHE] lookup failed; passing the request through", exc_info=True)
+                self._count_bypass("cache-error")
+                return self._closing(self.app(environ, start_response), environ)
+            if type(plan) is Entry:
+                if ("HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ) and (
+                    plan.status.startswith("200")
+                    and is_not_modified(environ, plan.etag, plan.last_modified)
+                ):
+                    start_response("304 Not Modified", plan.not_modified_headers_at(now))
+                    return self._hit_response()
+                headers = plan.replay_headers
+                if not plan.created <= now < headers[0]:
+                    headers = plan.rebuild_hit_headers(now)
+                start_response(plan.status, headers[1][:])
+                if method == "HEAD":
+                    return self._hit_response()
+                return self._hit_response((plan.body,))
+            if type(plan) is _Miss:
+                return self._fetch(plan, environ, start_response)
+            forward, detail = plan  # type: ignore[misc]
+            return self._closing(
+                self._pass(cache_status(forward, detail), environ, start_response), environ
             )
-            # Most requests carry none of the headers that change the rules: for them, one
-            # C-level check and a lock-free lookup decide a hit (SPEC §11: every call counts).
-            plan: Entry | _Miss | tuple[str, str] | None = None
-            if environ.keys().isdisjoint(self._rule_headers):
-                plan = self._plain_entry(base_key)
-                if plan is not None and plan.expires > now:
-                    # A fresh entry without Vary: the common hit, with no call into the store.
-                    # (Should another thread evict it this instant, move_to_end raises
-                    # KeyError and the request is served by the app: still right.)
-                    self._move_to_end(base_key)
-                    self._count_hit()
-                else:
-                    plan = self.cache.hit(base_key, environ, now)
-            if plan is None:
-                plan = self._plan(environ, method, now, path, base_key)
-                if type(plan) is tuple:
-                    self._count_bypass(plan[1])
-        except Exception:
-            # A broken cache costs the request its caching, never its response.
-            log.warning("[CACHE] lookup failed; passing the request through", exc_info=True)
-            self._count_bypass("cache-error")
-            return self.app(environ, start_response)
-        if type(plan) is Entry:
-            if ("HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ) and (
-                plan.status.startswith("200")
-                and is_not_modified(environ, plan.etag, plan.last_modified)
-            ):
-                start_response("304 Not Modified", plan.not_modified_headers_at(now))
-                return _NO_BODY
-            headers = plan.replay_headers
-            if not plan.created <= now < headers[0]:
-                headers = plan.rebuild_hit_headers(now)
-            start_response(plan.status, headers[1][:])
-            return _NO_BODY if method == "HEAD" else [plan.body]
-        if type(plan) is _Miss:
-            return self._fetch(plan, environ, start_response)
-        forward, detail = plan  # type: ignore[misc]
-        return self._pass(cache_status(forward, detail), environ, start_response)
+        except BaseException:
+            finished()  # the app raised (or the server's start_response did): request over
+            raise
 
     # -- deciding
 
@@ -230,16 +252,15 @@ class MemoryOptimizer:
         try:
             app_iter = self.app(environ, capture.start_response)
         except BaseException:
-            capture.finish()  # releases single-flight waiters; nothing is stored
+            capture.refuse("app-error")  # releases single-flight waiters; nothing is stored
+            self.cache.reject("app-error")
             raise
-        file_wrapper = environ.get("wsgi.file_wrapper")
-        if isinstance(file_wrapper, type) and isinstance(app_iter, file_wrapper):
+        if _is_file_wrapper(app_iter, environ):
             # A file the server can sendfile(): the page cache already holds it, and wrapping
             # it would cost the server its zero-copy path. Hand it over untouched.
-            # (So no end-of-request hook runs for it: the server owns the response now.)
             capture.refuse("file-wrapper")
             self.cache.reject("file-wrapper")
-            return app_iter
+            return self._closing(app_iter, environ)
         capture.app_iter = app_iter
         return capture
 
@@ -264,10 +285,25 @@ class MemoryOptimizer:
         except Exception:  # counting must not cost the request its response either
             log.warning("[CACHE] could not count a bypass", exc_info=True)
 
+    def _closing(self, app_iter: Iterable[bytes], environ: WSGIEnvironment) -> Iterable[bytes]:
+        """``app_iter`` with the end of the request hooked to its ``close()``."""
+        if _is_file_wrapper(app_iter, environ):
+            # Wrapping would cost the server its sendfile(); the app's part is done already.
+            self._request_finished()
+            return app_iter
+        return ClosingResponse(app_iter, self._request_finished)
+
     def _end_of_request(self) -> None:
         """Runs after the server closed a miss's response: between-request housekeeping."""
-        if self.cache.sweep_due():
-            self.cache.sweep()
+        try:
+            if self.cache.sweep_due():
+                self.cache.sweep()
+        finally:
+            self._request_finished()
+
+    def optimize(self) -> dict[str, Any]:
+        """Run the governor's optimize now; the measured result, as the API returns it."""
+        return self.governor.optimize()
 
 
 _FORWARD_METHOD = cache_status("method")
@@ -282,6 +318,28 @@ class _Miss(NamedTuple):
     forward: str  # RFC 9211 fwd= value: "miss", or "request" when the client asked to refresh
     fill_key: CacheKey | None  # the single-flight key this request leads, if any
     fill_owner: object  # the token that lets this request, and only it, end that fill
+
+
+def _hit_response_class(on_close: Callable[[], None]) -> type[list[bytes]]:
+    """A list type whose ``close()`` ends the request: a hit's response.
+
+    A list built in C and one plain method cost a third of a general wrapper (SPEC §11:
+    the hit path counts every call); a hit has no app iterable to close, so there is
+    nothing else to guard.
+    """
+
+    class HitResponse(list[bytes]):
+        __slots__ = ()
+
+        def close(self) -> None:
+            on_close()
+
+    return HitResponse
+
+
+def _is_file_wrapper(app_iter: object, environ: WSGIEnvironment) -> bool:
+    file_wrapper = environ.get("wsgi.file_wrapper")
+    return isinstance(file_wrapper, type) and isinstance(app_iter, file_wrapper)
 
 
 def _path_filter(

@@ -1,0 +1,484 @@
+"""The governor: measures memory pressure between requests and acts on it (SPEC §7).
+
+The middleware tells it when a request starts and when the server closes a response; the
+governor keeps the count of requests in flight, and after a response is closed it samples
+memory at most every ``sample_interval_s`` and decides:
+
+- above ``critical_percent``: emergency (clear the cache, run the registered cleanups and the
+  stdlib caches, collect until nothing more is freed, ``malloc_trim``);
+- above ``max_memory_percent``: optimize (sweep expired entries, evict
+  ``cache_evict_fraction``, collect, ``malloc_trim``);
+- RSS grown by ``trim_threshold_mb`` since the last trim: ``malloc_trim`` alone;
+- above ``restart_percent`` for ``restart_after_s``: recycle the worker where a master
+  respawns it, else report the need.
+
+Anything that pauses runs only with no other request of this process in flight, and one
+thread at a time. Every action is measured before and after and kept in a bounded history.
+
+    governor = optimizer.governor
+    governor.sample().memory_percent
+    governor.optimize()["improvement"]
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import random
+import signal
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..cache.store import ResponseStore
+from ..settings import Settings
+from .cleanups import CleanupResult, Cleanups, malloc_trim
+from .gc_schedule import GCScheduler
+from .pressure import MemorySample, Sampler, make_sampler, status_for
+
+__all__ = ["Action", "Governor"]
+
+log = logging.getLogger("wsgi_memopt")
+
+_MB = float(1 << 20)
+_SAMPLES_KEPT = 720  # the dashboard's ring: an hour at one sample every 5 s
+_COLLECT_ROUNDS = 5  # "collect until nothing more is freed", bounded
+
+
+@dataclass
+class Action:
+    """One thing the governor did, measured before and after."""
+
+    kind: str  # "optimize" | "emergency" | "trim" | "recycle"
+    reason: str
+    before: MemorySample
+    after: MemorySample
+    duration_ms: float
+    cache_items_freed: int = 0
+    cache_mb_freed: float = 0.0
+    objects_collected: int = 0
+    trimmed: bool = False
+    cleanups: list[CleanupResult] = field(default_factory=list)
+    at: float = field(default_factory=time.time)
+
+    @property
+    def rss_mb_freed(self) -> float:
+        """RSS given back, measured; 0 when it grew (nothing was freed is an honest answer)."""
+        return max(self.before.rss_mb - self.after.rss_mb, 0.0)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, as the API returns it."""
+        before_percent = self.before.memory_percent
+        return {
+            "kind": self.kind,
+            "reason": self.reason,
+            "at": self.at,
+            "duration_ms": round(self.duration_ms, 2),
+            "before": self.before.as_dict(),
+            "after": self.after.as_dict(),
+            "improvement": {
+                "mb_freed": round(self.rss_mb_freed, 1),
+                "percent_freed": round(max(before_percent - self.after.memory_percent, 0.0), 2),
+            },
+            "actions": {
+                "cache_items_freed": self.cache_items_freed,
+                "cache_mb_freed": round(self.cache_mb_freed, 3),
+                "objects_collected": self.objects_collected,
+                "malloc_trim": self.trimmed,
+                "cleanups": [result.as_dict() for result in self.cleanups],
+            },
+        }
+
+
+class Governor:
+    """Between-request memory governor of one process (see the module docstring).
+
+    :param settings: the middleware's settings (thresholds, intervals, ``gc_*``).
+    :param store: the response cache it trims.
+    :param cleanups: the registry of app-level cleanups it runs in an emergency.
+    :param sampler: where pressure is read; by default from ``pressure_source``.
+    :param on_recycle_needed: called once with the reason when the worker should be
+        recycled and nothing here can do it (no master process to respawn it).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: ResponseStore,
+        cleanups: Cleanups,
+        *,
+        sampler: Sampler | None = None,
+        on_recycle_needed: Callable[[str], object] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.cleanups = cleanups
+        self.sampler = sampler or make_sampler(settings.pressure_source, settings.process_limit_mb)
+        self.gc = GCScheduler(settings.gc_mode, settings.gc_freeze, settings.gc_threshold)
+        self.on_recycle_needed = on_recycle_needed
+        self.clock = clock
+        self.history: collections.deque[Action] = collections.deque(maxlen=50)
+        self.samples: collections.deque[tuple[float, float, float]] = collections.deque(
+            maxlen=_SAMPLES_KEPT
+        )  # (time, memory_percent, rss_mb): the dashboard's chart
+        self.last_sample: MemorySample | None = None
+        self.restart_reason: str | None = None  # set when a recycle is needed and not possible
+        self._tick_lock = threading.Lock()  # one tick at a time, never waited for
+        # Requests in flight: an exact count (pauses depend on it reaching 0), under a lock
+        # taken by hand, which costs a third of a with-block.
+        self._count_lock = threading.Lock()
+        self._in_flight = 0
+        self._next_tick = 0.0
+        self._status: str | None = None
+        self._above_restart_since: float | None = None
+        self._trimmed_at_rss: float | None = None
+        self._started_at = clock()
+        # Workers recycle at different moments, so a pool never restarts all at once.
+        self._restart_jitter = random.uniform(0, 0.1) * settings.restart_after_s
+        self._recycle_sent = False
+        self._started = False
+        self._start_lock = threading.Lock()
+        self._monitor: _Monitor | None = None
+        _GOVERNORS.add(self)
+
+    # -- the request path
+
+    def request_started(self) -> None:
+        """A request of this process starts (a counter and a GC switch: cheap)."""
+        if not self._started:
+            self._start_in_this_process()
+        lock = self._count_lock
+        lock.acquire()
+        self._in_flight += 1
+        lock.release()
+        self.gc.request_started()
+
+    def request_finished(self) -> None:
+        """The server closed a response: between requests. Never raises."""
+        lock = self._count_lock
+        lock.acquire()
+        # Never below 0: a server that closed one response twice must not leave the count
+        # short for good (a pause would then wait for a request that is not there).
+        in_flight = self._in_flight = max(self._in_flight - 1, 0)
+        lock.release()
+        try:
+            self.gc.request_finished(in_flight)
+            if self.clock() >= self._next_tick:
+                self.tick()
+        except Exception:
+            log.warning("[MEMORY] the between-request tick failed", exc_info=True)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests of this process running now."""
+        return self._in_flight
+
+    def _start_in_this_process(self) -> None:
+        # Lazily, in the serving process: never before a fork (a preloaded app forks after
+        # building the middleware); a forked child starts afresh (see _forked).
+        with self._start_lock:
+            if self._started:
+                return
+            self._started = True
+            self._started_at = self.clock()
+            self.gc.start()
+            if self.settings.monitor_interval_s > 0:
+                self._monitor = _Monitor(self, self.settings.monitor_interval_s)
+                self._monitor.start()
+
+    def _forked(self) -> None:
+        # In the child of a fork only the forking thread survives: no monitor runs here, no
+        # request of this process is in flight, and this worker's life starts now.
+        self._started = False
+        self._monitor = None
+        self._count_lock = threading.Lock()
+        self._in_flight = 0
+        self._tick_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._recycle_sent = False
+        self._above_restart_since = None
+
+    # -- deciding
+
+    def tick(self) -> Action | None:
+        """Sample (at most every ``sample_interval_s``) and act on the pressure found."""
+        if not self._tick_lock.acquire(blocking=False):
+            return None  # another thread is ticking: never wait for it
+        try:
+            now = self.clock()
+            if now < self._next_tick:
+                return None
+            self._next_tick = now + self.settings.sample_interval_s
+            sample = self.sample()
+            quiet = self.in_flight == 0  # pausing work only with nothing in flight
+            action = None
+            if quiet and sample.memory_percent > self.settings.critical_percent:
+                action = self._emergency("critical", sample)
+            elif quiet and sample.memory_percent > self.settings.max_memory_percent:
+                action = self._optimize("pressure", sample)
+            elif quiet and self._grew_past_trim_threshold(sample):
+                action = self._trim(sample)
+            self._check_recycle(action.after if action else sample, now)
+            return action
+        finally:
+            self._tick_lock.release()
+
+    def sample(self) -> MemorySample:
+        """Measure memory now (and keep it for the dashboard's chart)."""
+        sample = self.sampler.sample()
+        self.last_sample = sample
+        self.samples.append((sample.taken_at, sample.memory_percent, sample.rss_mb))
+        self._log_transition(sample)
+        return sample
+
+    def _grew_past_trim_threshold(self, sample: MemorySample) -> bool:
+        threshold = self.settings.trim_threshold_mb
+        if threshold <= 0:
+            return False
+        if self._trimmed_at_rss is None:
+            self._trimmed_at_rss = sample.rss_mb
+            return False
+        if sample.rss_mb < self._trimmed_at_rss:
+            self._trimmed_at_rss = sample.rss_mb  # the floor moved down by itself
+        return sample.rss_mb - self._trimmed_at_rss > threshold
+
+    # -- actions
+
+    def optimize(self, reason: str = "manual") -> dict[str, Any]:
+        """Run an optimize now (by hand or from the API); returns the measured action."""
+        with self._tick_lock:
+            return self._optimize(reason, self.sample()).as_dict()
+
+    def emergency(self, reason: str = "manual") -> dict[str, Any]:
+        """Run the emergency cleanup now; returns the measured action."""
+        with self._tick_lock:
+            return self._emergency(reason, self.sample()).as_dict()
+
+    def _optimize(self, reason: str, before: MemorySample) -> Action:
+        started = time.perf_counter()
+        items, cache_bytes = len(self.store), self.store.bytes
+        self.store.sweep()
+        self.store.evict()
+        collected = self.gc.collect_full(reason).collected
+        trimmed = malloc_trim().trimmed
+        return self._record(
+            Action(
+                "optimize",
+                reason,
+                before,
+                self.sampler.sample(),
+                (time.perf_counter() - started) * 1000,
+                cache_items_freed=items - len(self.store),
+                cache_mb_freed=(cache_bytes - self.store.bytes) / _MB,
+                objects_collected=collected,
+                trimmed=trimmed,
+            )
+        )
+
+    def _emergency(self, reason: str, before: MemorySample) -> Action:
+        started = time.perf_counter()
+        items, cache_bytes = self.store.clear()
+        results = self.cleanups.run()
+        collected = 0
+        for _ in range(_COLLECT_ROUNDS):
+            freed = self.gc.collect_full(reason).collected
+            collected += freed
+            if freed == 0:
+                break
+        trimmed = malloc_trim().trimmed
+        return self._record(
+            Action(
+                "emergency",
+                reason,
+                before,
+                self.sampler.sample(),
+                (time.perf_counter() - started) * 1000,
+                cache_items_freed=items,
+                cache_mb_freed=cache_bytes / _MB,
+                objects_collected=collected,
+                trimmed=trimmed,
+                cleanups=results,
+            )
+        )
+
+    def _trim(self, before: MemorySample) -> Action:
+        started = time.perf_counter()
+        trimmed = malloc_trim().trimmed
+        return self._record(
+            Action(
+                "trim",
+                f"rss grew over {self.settings.trim_threshold_mb:g} MB",
+                before,
+                self.sampler.sample(),
+                (time.perf_counter() - started) * 1000,
+                trimmed=trimmed,
+            )
+        )
+
+    def _record(self, action: Action) -> Action:
+        self.history.append(action)
+        self.last_sample = action.after
+        self._trimmed_at_rss = action.after.rss_mb
+        log.info(
+            "[MEMORY] %s (%s): %.1f%% -> %.1f%%, rss %.1f -> %.1f MB, cache -%d items, "
+            "%d objects collected, in %.1f ms",
+            action.kind,
+            action.reason,
+            action.before.memory_percent,
+            action.after.memory_percent,
+            action.before.rss_mb,
+            action.after.rss_mb,
+            action.cache_items_freed,
+            action.objects_collected,
+            action.duration_ms,
+        )
+        return action
+
+    # -- recycling
+
+    def _check_recycle(self, sample: MemorySample, now: float) -> None:
+        if sample.memory_percent <= self.settings.restart_percent:
+            self._above_restart_since = None
+            return
+        if self._above_restart_since is None:
+            self._above_restart_since = now
+        sustained = now - self._above_restart_since
+        old_enough = now - self._started_at >= self.settings.min_worker_lifetime_s
+        if sustained >= self.settings.restart_after_s + self._restart_jitter and old_enough:
+            self._recycle(
+                f"memory above {self.settings.restart_percent:g}% for {sustained:.0f} s "
+                f"({sample.memory_percent:.1f}% of {sample.source})"
+            )
+
+    def _recycle(self, reason: str) -> None:
+        if self._recycle_sent:
+            return
+        server = serving_master()
+        if server is not None and self.in_flight == 0:
+            self._recycle_sent = True
+            log.warning("[MEMORY] recycling this %s worker: %s", server, reason)
+            self._record_recycle(reason)
+            # gunicorn: SIGTERM is a worker's graceful exit; uWSGI: SIGHUP reloads a worker.
+            os.kill(os.getpid(), signal.SIGHUP if server == "uwsgi" else signal.SIGTERM)
+            return
+        if server is None and self.restart_reason is None:
+            self.restart_reason = reason
+            log.warning("[MEMORY] this worker needs a restart nothing here can do: %s", reason)
+            self._record_recycle(reason)
+            if self.on_recycle_needed is not None:
+                try:
+                    self.on_recycle_needed(reason)
+                except Exception:
+                    log.warning("[MEMORY] on_recycle_needed hook failed", exc_info=True)
+
+    def _record_recycle(self, reason: str) -> None:
+        sample = self.last_sample or self.sampler.sample()
+        self.history.append(Action("recycle", reason, sample, sample, 0.0))
+
+    # -- alerts
+
+    def _log_transition(self, sample: MemorySample) -> None:
+        status = sample.status
+        previous, self._status = self._status, status
+        if status == previous:
+            return
+        message = (
+            f"[MEMORY] memory {status}: {sample.memory_percent:.1f}% of {sample.source} "
+            f"(rss {sample.rss_mb:.0f} MB, limit {sample.limit_mb:.0f} MB)"
+        )
+        if status == "critical":
+            log.error(message)
+        elif status == "warning":
+            log.warning(message)
+        elif previous in ("warning", "critical"):
+            log.info(message + ", recovered")
+
+    # -- reporting
+
+    def stats(self) -> dict[str, Any]:
+        """Last sample, status, in-flight count, GC and the last actions, JSON-ready."""
+        sample = self.last_sample
+        return {
+            "memory": sample.as_dict() if sample else None,
+            "status": sample.status if sample else status_for(0.0),
+            "in_flight": self.in_flight,
+            "restart_reason": self.restart_reason,
+            "gc": self.gc.stats(),
+            "last_actions": [action.as_dict() for action in list(self.history)[-5:]],
+        }
+
+    def stop(self) -> None:
+        """Stop the background monitor and give the GC back to CPython."""
+        if self._monitor is not None:
+            self._monitor.stop()
+            self._monitor = None
+        self.gc.stop()
+
+
+def serving_master() -> str | None:
+    """``"gunicorn"`` or ``"uwsgi"`` when this process is a worker a master respawns."""
+    if "uwsgi" in sys.modules:
+        return "uwsgi"
+    if "gunicorn" in sys.modules and "gunicorn.workers.base" in sys.modules:
+        try:
+            import psutil
+
+            parent = psutil.Process(os.getppid())
+            if "gunicorn" in " ".join(parent.cmdline()):
+                return "gunicorn"
+        except Exception:
+            return None
+    return None
+
+
+class _Monitor:
+    """A daemon thread that samples while the process is idle, so pressure is acted on
+    without traffic; it never runs a pausing action while a request is in flight."""
+
+    def __init__(self, governor: Governor, interval_s: float) -> None:
+        self._governor = weakref.ref(governor)
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="wsgi-memopt-monitor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            governor = self._governor()
+            if governor is None:
+                return  # the middleware is gone
+            try:
+                in_flight = governor.in_flight
+                # The GC's safety net: a server that never closes its responses must not
+                # leave automatic collection off for good.
+                governor.gc.request_finished(in_flight)
+                if in_flight == 0:
+                    governor.tick()
+            except Exception:
+                log.warning("[MEMORY] the background monitor's tick failed", exc_info=True)
+            del governor
+
+
+# Every live governor, so a fork can tell the child's copies to start afresh.
+_GOVERNORS: weakref.WeakSet[Governor] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for governor in list(_GOVERNORS):
+        governor._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
