@@ -385,6 +385,11 @@ class Tally:
         counter = self._counts.get(reason)
         return 0 if counter is None else read_count(counter)
 
+    def _adopt(self, other: Tally) -> Tally:
+        """Take ``other``'s counts, with a fresh lock (after a fork)."""
+        self._counts = other._counts
+        return self
+
     def snapshot(self) -> dict[str, int]:
         """Every reason and its count."""
         return {reason: read_count(counter) for reason, counter in list(self._counts.items())}
@@ -705,6 +710,14 @@ class ResponseStore:
                 "rejected": self.rejected,
                 "bypassed": self.bypassed,
             }
+
+    def after_fork(self) -> None:
+        """In a forked child: locks another thread held at the fork stay held for good, and
+        the single-flight fills in progress belonged to threads that are gone."""
+        self._lock = threading.Lock()
+        self._filling = {}
+        self._rejected = Tally()._adopt(self._rejected)
+        self._bypassed = Tally()._adopt(self._bypassed)
 
     # -- under the lock
 

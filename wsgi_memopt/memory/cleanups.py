@@ -125,6 +125,10 @@ class Cleanups:
         with self._lock:
             return list(self._registered)
 
+    def after_fork(self) -> None:
+        """In a forked child: a lock another thread held at the fork would stay held."""
+        self._lock = threading.Lock()
+
     def run(self, *, include_critical: bool = False) -> list[CleanupResult]:
         """Run the cleanups in registration order, then the stdlib caches; never raises.
 

@@ -138,8 +138,7 @@ class Governor:
         self._above_restart_since: float | None = None
         self._trimmed_at_rss: float | None = None
         self._started_at = clock()
-        # Workers recycle at different moments, so a pool never restarts all at once.
-        self._restart_jitter = random.uniform(0, 0.1) * settings.restart_after_s
+        self._restart_jitter = self._draw_jitter()
         self._recycle_sent = False
         self._started = False
         self._start_lock = threading.Lock()
@@ -181,10 +180,20 @@ class Governor:
                 return
             self._started = True
             self._started_at = self.clock()
-            self.gc.start()
-            if self.settings.monitor_interval_s > 0:
-                self._monitor = _Monitor(self, self.settings.monitor_interval_s)
-                self._monitor.start()
+            try:
+                # The RSS before the first request: a burst in that request is growth too.
+                self._trimmed_at_rss = self.sampler.sample().rss_mb
+                self.gc.start()
+                if self.settings.monitor_interval_s > 0:
+                    self._monitor = _Monitor(self, self.settings.monitor_interval_s)
+                    self._monitor.start()
+            except Exception:
+                # The governor's trouble must never cost a request: serve, and say why.
+                log.warning("[MEMORY] the governor could not start fully", exc_info=True)
+
+    def _draw_jitter(self) -> float:
+        # Workers recycle at different moments, so a pool never restarts all at once.
+        return random.uniform(0, 0.1) * self.settings.restart_after_s
 
     def _forked(self) -> None:
         # In the child of a fork only the forking thread survives: no monitor runs here, no
@@ -196,6 +205,11 @@ class Governor:
         self._start_lock = threading.Lock()
         self._recycle_sent = False
         self._above_restart_since = None
+        self.restart_reason = None  # the parent's need is not this new worker's
+        self._restart_jitter = self._draw_jitter()  # each worker its own (--preload forks)
+        self._trimmed_at_rss = None
+        self.store.after_fork()
+        self.cleanups.after_fork()
 
     # -- deciding
 
