@@ -367,7 +367,9 @@ class Governor:
         if self._recycle_sent:
             return
         server = serving_master()
-        if server is not None and self.in_flight == 0:
+        # No wait for a quiet moment: both masters' signals are graceful (the requests in
+        # flight finish first), and a threaded worker under constant load has none.
+        if server is not None:
             self._recycle_sent = True
             log.warning("[MEMORY] recycling this %s worker: %s", server, reason)
             self._record_recycle(reason)

@@ -1,0 +1,657 @@
+"""Recycling end to end, with real servers on 127.0.0.1 (SPEC §7, the recycle bullet).
+
+The app under test is written into ``tmp_path`` and served by a subprocess: its body is the
+serving process's PID, and its optimizer measures the process source against a 1 MB limit, so
+the worker is critical and above ``restart_percent`` from its first request, with no wait
+(``restart_after_s=0``, ``min_worker_lifetime_s=0``, ``sample_interval_s=0``).
+
+- under gunicorn (sync and gthread workers) the worker finishes the request, SIGTERMs itself
+  and the master boots a fresh one: every request still gets its 200 (no retry), and the PID
+  in the bodies changes;
+- under werkzeug's development server, where no master would respawn it, the process keeps
+  serving with one PID and reports ``governor.restart_reason`` instead.
+
+Each client request opens its own connection (urllib sends ``Connection: close``), and none is
+ever retried: a request that lands while a worker exits must still get its 200.
+
+Also here, regression tests for what these runs found: a gthread worker whose requests
+always overlap must still recycle; every worker of a ``--preload`` app draws its own restart
+jitter; and a freed burst in a process's first request is trimmed too (SPEC §11's RSS row,
+see ``benchmarks/rss_burst.py``).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import functools
+import importlib.util
+import json
+import os
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+
+HOST = "127.0.0.1"  # never any other address
+BOOT_TIMEOUT_S = 30.0
+REQUEST_TIMEOUT_S = 10.0
+LOOP_REQUESTS = 40
+LOOP_SECONDS = 30.0
+STOP_TIMEOUT_S = 10.0
+RECYCLE_WARNING = "[MEMORY] recycling this gunicorn worker"
+NEEDS_RESTART_WARNING = "[MEMORY] this worker needs a restart nothing here can do"
+
+APP_SOURCE = textwrap.dedent(
+    """\
+    import json
+    import logging
+    import os
+    import sys
+    import threading
+    import time
+
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s [%(process)d] %(name)s %(levelname)s %(message)s",
+    )
+
+    from wsgi_memopt import MemoryOptimizer
+
+    chain = threading.Condition()
+    chain_started = [0]
+
+
+    def raw_app(environ, start_response):
+        if environ.get("PATH_INFO") == "/chain":
+            # Answers only once the next /chain request has started (or after 2 s): when
+            # this response is closed, its successor is in flight.
+            with chain:
+                chain_started[0] += 1
+                me = chain_started[0]
+                chain.notify_all()
+                chain.wait_for(lambda: chain_started[0] > me, timeout=2.0)
+            body = str(os.getpid()).encode()
+        elif environ.get("PATH_INFO") == "/jitter":
+            time.sleep(0.5)  # long enough for a concurrent request to go to another worker
+            body = json.dumps(
+                {"pid": os.getpid(), "jitter": optimizer.governor._restart_jitter}
+            ).encode()
+        elif environ.get("PATH_INFO") == "/restart-reason":
+            governor = optimizer.governor
+            body = json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "restart_reason": governor.restart_reason,
+                    "history": [action.kind for action in governor.history],
+                    "stats_restart_reason": governor.stats()["restart_reason"],
+                }
+            ).encode()
+        else:
+            body = str(os.getpid()).encode()
+        start_response(
+            "200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+        )
+        return [body]
+
+
+    application = MemoryOptimizer(raw_app, **SETTINGS)
+    optimizer = application  # what /restart-reason reads
+    """
+)
+
+WERKZEUG_SERVER = textwrap.dedent(
+    """\
+    import sys
+
+    from werkzeug.serving import make_server
+
+    import app
+
+    server = make_server("127.0.0.1", 0, app.application, threaded=sys.argv[1] == "threaded")
+    print(server.server_port, flush=True)
+    server.serve_forever()
+    """
+)
+
+
+# -- helpers
+
+
+def require_module(name: str) -> None:
+    """Skip when ``name`` cannot be imported, but fail under CI (which installs it)."""
+    if importlib.util.find_spec(name) is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is not installed; .ci/run must install it")
+        pytest.skip(f"{name} is not installed")
+
+
+@functools.cache
+def _control_socket_args() -> tuple[str, ...]:
+    """``--no-control-socket`` where this gunicorn has a control socket (>= 23), else nothing.
+
+    Asked of ``gunicorn --help`` in a subprocess: importing gunicorn here would put it in this
+    process's ``sys.modules``, which the governor reads to tell whether it serves a master.
+    """
+    help_text = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    return ("--no-control-socket",) if "--no-control-socket" in help_text else ()
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (bound to port 0, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+# The app is critical and above restart_percent from its first request, with no wait.
+RECYCLE_NOW = {
+    "pressure_source": "process",
+    "process_limit_mb": 1,  # any real RSS is thousands of percent of it
+    "max_memory_percent": 50,
+    "critical_percent": 60,
+    "restart_percent": 70,
+    "restart_after_s": 0,
+    "min_worker_lifetime_s": 0,
+    "sample_interval_s": 0,
+    "monitor_interval_s": 0,
+    "cache_enabled": False,
+}
+
+
+def write_app(directory: Path, settings: dict[str, object] | None = None) -> None:
+    """``app.py`` in ``directory``, its optimizer built with ``settings`` (``RECYCLE_NOW``)."""
+    source = APP_SOURCE.replace("**SETTINGS", f"**{settings or RECYCLE_NOW!r}")
+    (directory / "app.py").write_text(source)
+
+
+def child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WSGI_MEMOPT_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM by PID, then SIGKILL after a bound."""
+    if proc.poll() is not None:
+        return
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=STOP_TIMEOUT_S)
+
+
+@dataclass
+class Outcome:
+    """What the client saw: one entry per request, in order."""
+
+    statuses: list[int] = field(default_factory=list)
+    pids: list[int] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    @property
+    def distinct_pids(self) -> list[int]:
+        return list(dict.fromkeys(self.pids))
+
+    def per_pid(self) -> str:
+        """``pid x requests`` in the order the PIDs were first seen."""
+        counts = collections.Counter(self.pids)
+        return ", ".join(f"{pid} x{counts[pid]}" for pid in self.distinct_pids)
+
+
+def concurrent_loops(port: int, clients: int) -> Outcome:
+    """``clients`` threads share ``LOOP_REQUESTS``, each one request (one connection) at a
+    time; their outcomes merged."""
+    if clients == 1:
+        return request_loop(port)
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        parts = list(
+            pool.map(
+                lambda _: request_loop(port, requests=LOOP_REQUESTS // clients), range(clients)
+            )
+        )
+    merged = Outcome(elapsed_s=time.monotonic() - started)
+    for part in parts:
+        merged.statuses += part.statuses
+        merged.pids += part.pids
+        merged.failures += part.failures
+    return merged
+
+
+def fetch(port: int, path: str = "/") -> tuple[int, bytes]:
+    """One GET on a fresh connection; no retry of any kind."""
+    with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=REQUEST_TIMEOUT_S) as r:
+        return r.status, r.read()
+
+
+def request_loop(
+    port: int,
+    until: Callable[[Outcome], bool] | None = None,
+    requests: int = LOOP_REQUESTS,
+) -> Outcome:
+    """Up to ``requests`` requests or ``LOOP_SECONDS``; every failure is recorded."""
+    outcome = Outcome()
+    started = time.monotonic()
+    for index in range(requests):
+        if time.monotonic() - started > LOOP_SECONDS:
+            break
+        try:
+            status, body = fetch(port)
+        except Exception as exc:  # connection errors and HTTP errors alike are failures
+            outcome.failures.append(f"request {index}: {type(exc).__name__}: {exc}")
+            continue
+        outcome.statuses.append(status)
+        outcome.pids.append(int(body))
+        if until is not None and until(outcome):
+            break
+    outcome.elapsed_s = time.monotonic() - started
+    return outcome
+
+
+def wait_for(predicate: Callable[[], bool], proc: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + BOOT_TIMEOUT_S
+    while not predicate():
+        if proc.poll() is not None:
+            pytest.fail(f"the server exited ({proc.returncode}) while waiting for {what}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {BOOT_TIMEOUT_S:g} s waiting for {what}")
+        time.sleep(0.05)
+
+
+# -- gunicorn
+
+
+@dataclass
+class Gunicorn:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class StartGunicorn(Protocol):
+    def __call__(
+        self,
+        worker_class: str,
+        *,
+        workers: int = 1,
+        preload: bool = False,
+        settings: dict[str, object] | None = None,
+    ) -> Gunicorn: ...
+
+
+@pytest.fixture
+def start_gunicorn(tmp_path: Path) -> Iterator[StartGunicorn]:
+    require_module("gunicorn")
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        worker_class: str,
+        *,
+        workers: int = 1,
+        preload: bool = False,
+        settings: dict[str, object] | None = None,
+    ) -> Gunicorn:
+        write_app(tmp_path, settings)
+        port = free_port()
+        log_path = tmp_path / "gunicorn.log"
+        command = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--bind",
+            f"{HOST}:{port}",
+            "--workers",
+            str(workers),
+            "--worker-class",
+            worker_class,
+            *(("--threads", "2") if worker_class == "gthread" else ()),
+            *(("--preload",) if preload else ()),
+            "--graceful-timeout",
+            "5",
+            "--chdir",
+            str(tmp_path),
+            "--log-level",
+            "info",
+            "--error-logfile",
+            "-",
+            *_control_socket_args(),
+            "app:application",
+        ]
+        with log_path.open("wb") as log_file:
+            proc = subprocess.Popen(
+                command, stdout=log_file, stderr=subprocess.STDOUT, env=child_env()
+            )
+        started.append(proc)
+        server = Gunicorn(proc, port, log_path)
+        # Ready when the master listens and every worker has booted: no probe connection,
+        # which a worker would have to answer (and which would count as its first request).
+        wait_for(
+            lambda: server.log().count("Booting worker with pid") >= workers,
+            proc,
+            f"gunicorn's {workers} worker(s)",
+        )
+        return server
+
+    yield start
+    for proc in started:
+        stop(proc)
+
+
+@pytest.mark.parametrize(
+    ("worker_class", "clients", "preload"),
+    [
+        pytest.param("sync", 1, False, id="sync-worker-1-client"),
+        pytest.param("sync", 4, False, id="sync-worker-4-clients"),
+        pytest.param("sync", 1, True, id="sync-worker-preload-1-client"),
+        pytest.param("gthread", 1, False, id="gthread-worker-1-client"),
+        pytest.param("gthread", 4, False, id="gthread-worker-4-clients"),
+        pytest.param("gthread", 4, True, id="gthread-worker-preload-4-clients"),
+    ],
+)
+def test_gunicorn_worker_recycles_and_every_request_succeeds(
+    start_gunicorn: StartGunicorn, worker_class: str, clients: int, preload: bool
+) -> None:
+    server = start_gunicorn(worker_class, preload=preload)
+    outcome = concurrent_loops(server.port, clients)
+    log = server.log()
+    report = (
+        f"{worker_class}, {clients} client(s): {len(outcome.statuses)} answered, "
+        f"{len(outcome.failures)} failed in {outcome.elapsed_s:.1f} s; "
+        f"pids (requests each): {outcome.per_pid()}\n"
+        f"failures: {outcome.failures}\n--- gunicorn log (tail) ---\n{log[-4000:]}"
+    )
+    print(report)
+
+    assert not outcome.failures, report
+    assert outcome.statuses, report
+    assert set(outcome.statuses) == {200}, report
+    assert len(outcome.distinct_pids) >= 2, report  # the worker recycled, the master respawned
+
+    # The log tells the same story: a seen worker exited, a seen worker was booted after it.
+    exited = {int(pid) for pid in re.findall(r"Worker exiting \(pid: (\d+)\)", log)}
+    booted = [int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", log)]
+    assert exited & set(outcome.pids), report
+    assert len(booted) >= 2, report
+    assert set(booted[1:]) & set(outcome.pids), report
+    assert RECYCLE_WARNING in log, report
+    # A graceful exit: code 0, no signal death, nothing raised.
+    assert "exited with code" not in log, report
+    assert "Traceback" not in log, report
+    assert server.proc.poll() is None, report  # the master itself is still serving
+
+
+# -- werkzeug's development server: no master, so no suicide
+
+
+@pytest.fixture
+def start_werkzeug(
+    tmp_path: Path,
+) -> Iterator[Callable[[str], tuple[subprocess.Popen[bytes], int]]]:
+    write_app(tmp_path)
+    (tmp_path / "serve.py").write_text(WERKZEUG_SERVER)
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(mode: str) -> tuple[subprocess.Popen[bytes], int]:
+        log_file = (tmp_path / "werkzeug.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "serve.py", mode],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            env=child_env(),
+        )
+        log_file.close()
+        started.append(proc)
+        assert proc.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(proc.stdout, selectors.EVENT_READ)
+            if not selector.select(timeout=BOOT_TIMEOUT_S):
+                pytest.fail(f"werkzeug did not print its port within {BOOT_TIMEOUT_S:g} s")
+        line = proc.stdout.readline()
+        if not line.strip():
+            pytest.fail(f"werkzeug exited ({proc.wait(5)}) before printing its port")
+        return proc, int(line)
+
+    yield start
+    for proc in started:
+        stop(proc)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+@pytest.mark.parametrize(
+    "mode", ["single", "threaded"], ids=["werkzeug-single", "werkzeug-threaded"]
+)
+def test_werkzeug_server_keeps_serving_and_reports_restart_reason(
+    start_werkzeug: Callable[[str], tuple[subprocess.Popen[bytes], int]],
+    tmp_path: Path,
+    mode: str,
+) -> None:
+    proc, port = start_werkzeug(mode)
+    outcome = request_loop(port, until=lambda seen: len(seen.statuses) >= 15)
+    status, body = fetch(port, "/restart-reason")
+    log = (tmp_path / "werkzeug.log").read_text(errors="replace")
+    report = (
+        f"{mode}: {len(outcome.statuses)} answered, {len(outcome.failures)} failed "
+        f"in {outcome.elapsed_s:.1f} s; pids {outcome.distinct_pids}; server pid {proc.pid}\n"
+        f"failures: {outcome.failures}\n/restart-reason: {status} {body!r}\n"
+        f"--- werkzeug log (tail) ---\n{log[-3000:]}"
+    )
+    print(report)
+
+    assert not outcome.failures, report
+    assert len(outcome.statuses) == 15, report
+    assert set(outcome.statuses) == {200}, report
+    assert outcome.distinct_pids == [proc.pid], report  # one process served them all
+    assert proc.poll() is None, report  # and it is still running
+
+    assert status == 200, report
+    reported = json.loads(body)
+    assert reported["pid"] == proc.pid, report
+    reason = reported["restart_reason"]
+    assert reason, report
+    assert "above 70%" in reason, report
+    assert "of process" in reason, report
+    assert reported["stats_restart_reason"] == reason, report
+    assert reported["history"].count("recycle") == 1, report  # reported once, not per request
+    assert log.count(NEEDS_RESTART_WARNING) == 1, report
+    assert RECYCLE_WARNING not in log, report
+
+
+# -- a threaded worker that is never idle
+
+
+def test_gthread_worker_recycles_under_overlapping_requests(start_gunicorn: StartGunicorn) -> None:
+    server = start_gunicorn("gthread")
+    # Two clients, one /chain request at a time each: every response waits for the next
+    # request to start, so whenever a response is closed another request is in flight, for
+    # 3 s; then the last one answers after its 2 s wait, and the worker is idle.
+    deadline = time.monotonic() + 3.0
+
+    def client(delay: float) -> Outcome:
+        time.sleep(delay)
+        outcome = Outcome()
+        while time.monotonic() < deadline:
+            try:
+                status, body = fetch(server.port, "/chain")
+            except Exception as exc:
+                outcome.failures.append(f"{type(exc).__name__}: {exc}")
+                continue
+            outcome.statuses.append(status)
+            outcome.pids.append(int(body))
+        return outcome
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        parts = list(pool.map(client, [0.0, 0.1]))
+    outcome = Outcome(
+        statuses=parts[0].statuses + parts[1].statuses,
+        pids=parts[0].pids + parts[1].pids,
+        failures=parts[0].failures + parts[1].failures,
+    )
+    log = server.log()
+    report = (
+        f"overlapping: {len(outcome.statuses)} answered, {len(outcome.failures)} failed; "
+        f"pids (requests each): {outcome.per_pid()}; "
+        f"recycle warnings: {log.count(RECYCLE_WARNING)}\nfailures: {outcome.failures}\n"
+        + "\n".join(line for line in log.splitlines() if "[GC]" not in line)[-3000:]
+    )
+    print(report)
+    assert not outcome.failures, report
+    assert set(outcome.statuses) == {200}, report
+    assert len(outcome.distinct_pids) >= 2, report
+
+
+# -- per-worker jitter (SPEC §7: "with per-worker jitter")
+
+LOW_PRESSURE = {
+    "pressure_source": "process",
+    "process_limit_mb": 100_000,  # never above any threshold: nothing recycles here
+    "restart_after_s": 300,  # the default: the jitter is drawn in [0, 30) s
+    "monitor_interval_s": 0,
+    "cache_enabled": False,
+}
+
+
+@pytest.mark.parametrize(
+    "preload",
+    [
+        pytest.param(False, id="app-loaded-per-worker"),
+        # Regression: before 30b88d4 a preloaded app's workers all shared the master's draw.
+        pytest.param(True, id="preload"),
+    ],
+)
+def test_gunicorn_workers_draw_their_own_restart_jitter(
+    start_gunicorn: StartGunicorn, preload: bool
+) -> None:
+    server = start_gunicorn("sync", workers=2, preload=preload, settings=LOW_PRESSURE)
+    # Two sync workers, two concurrent requests that each keep a worker busy for 0.5 s: one
+    # request per worker.
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: fetch(server.port, "/jitter"), range(2)))
+    assert [status for status, _ in answers] == [200, 200]
+    seen = [json.loads(body) for _, body in answers]
+    print(f"preload={preload}: {seen}")
+    assert seen[0]["pid"] != seen[1]["pid"], seen
+    assert seen[0]["jitter"] != seen[1]["jitter"], seen
+
+
+# -- found while measuring SPEC §11's RSS row (benchmarks/rss_burst.py)
+
+BURST_SCRIPT = textwrap.dedent(
+    """\
+    import json
+    import sys
+    from wsgiref.util import setup_testing_defaults
+
+    import psutil
+
+    from wsgi_memopt import MemoryOptimizer
+
+    process = psutil.Process()
+    kept, peak = [], []
+
+
+    def rss_mb():
+        return process.memory_info().rss / 2**20
+
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/burst":
+            burst = [bytes(1024) for _ in range(100_000)]  # ~100 MB of glibc malloc
+            kept.extend(bytes(600) for _ in range(500))  # on top of it: pins the heap's top
+            peak.append(rss_mb())
+            del burst
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+        return [b"ok"]
+
+
+    optimizer = MemoryOptimizer(
+        app,
+        trim_threshold_mb=32,
+        sample_interval_s=0,
+        monitor_interval_s=0,
+        pressure_source="process",
+        process_limit_mb=100_000,  # no pressure: only the trim threshold can act
+    )
+
+
+    def serve(path):
+        environ = {"PATH_INFO": path}
+        setup_testing_defaults(environ)
+        result = optimizer(environ, lambda status, headers, exc_info=None: None)
+        for _ in result:
+            pass
+        result.close()
+
+
+    if sys.argv[1] == "warm":
+        serve("/warm-up")
+    before = rss_mb()
+    serve("/burst")
+    after = rss_mb()
+    print(
+        json.dumps(
+            {
+                "grown": peak[0] - before,
+                "held": after - before,
+                "actions": [action.kind for action in optimizer.governor.history],
+            }
+        )
+    )
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        pytest.param("warm", id="after-a-warm-up-request"),
+        # Regression: before 30b88d4 the trim baseline was the first sample, taken after the
+        # first request had run, so this burst was never trimmed.
+        pytest.param("cold", id="burst-is-the-first-request"),
+    ],
+)
+def test_freed_burst_is_given_back_before_the_next_request(tmp_path: Path, scenario: str) -> None:
+    from wsgi_memopt.memory.cleanups import malloc_trim_available
+
+    if not malloc_trim_available():
+        pytest.skip("no glibc malloc_trim here")
+    script = tmp_path / "burst.py"
+    script.write_text(BURST_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), scenario],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=child_env(),
+        check=True,
+    )
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"{scenario}: {measured}")
+    assert measured["grown"] > 64, measured  # the burst did reach the RSS
+    assert measured["held"] <= 0.05 * measured["grown"], measured  # SPEC §11: >= 95% back
