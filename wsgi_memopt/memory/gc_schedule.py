@@ -13,7 +13,7 @@ then a full collection walks the whole heap (~90 ms at 1M live objects). The rul
   (libraries call ``gc.enable()``).
 - ``request_finished(0)``, with no other request of this process in flight: if the gen-0 count
   passed its threshold, collect the young generations (gen 0, or gen 1 when its count passed
-  too), or everything when ``full_interval_s`` has passed since the last full collection;
+  too), or everything when ``full_interval_s`` has also passed since the last full collection;
   then automatic collection is back on until the next request starts.
 - ``request_finished(n > 0)`` (a threaded server with overlapping requests): nothing, unless
   no collection has run for ``ceiling_s`` and the gen-0 count passed its threshold: then a
@@ -48,6 +48,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -63,6 +64,9 @@ _isenabled = gc.isenabled
 _disable = gc.disable
 _enable = gc.enable
 _get_count = gc.get_count
+
+# Every live scheduler, so a fork's child gets fresh locks (see _after_fork_in_child).
+_SCHEDULERS: weakref.WeakSet[GCScheduler] = weakref.WeakSet()
 
 # The pid that froze its heap. ``gc.freeze()`` is process-wide, so "once" is per process, not
 # per scheduler; a forked worker (another pid) freezes what it built after the fork once more.
@@ -138,7 +142,9 @@ class GCScheduler:
         self._started = False
         self._original_threshold: tuple[int, int, int] | None = None
         self._gen0 = _gen0_threshold()
-        self._lock = threading.Lock()  # held while deciding and collecting; never waited for
+        # Held while deciding and collecting: the hot path skips when it is taken, only
+        # collect_full() waits for it.
+        self._lock = threading.Lock()
         now = clock()
         self._last_collection = now
         self._last_full = now
@@ -146,6 +152,7 @@ class GCScheduler:
         self._collected = [0, 0, 0]
         self._frozen: int | None = None
         self._last: Collection | None = None
+        _SCHEDULERS.add(self)
 
     def start(self) -> None:
         """Apply the threshold, freeze the startup heap, and (``between``) turn automatic GC off.
@@ -190,7 +197,8 @@ class GCScheduler:
         """Collect the young generations if their counts passed the thresholds, where allowed.
 
         ``in_flight`` is the number of this process's requests still running after this one.
-        Returns the collection made, or ``None``.
+        Returns the collection made, or ``None``. With nothing to collect: one
+        ``gc.get_count()``, a compare, and ``gc.enable()`` when idle.
         """
         if not self._active:
             return None
@@ -213,25 +221,26 @@ class GCScheduler:
         try:
             if self._clock() - self._last_full >= self.full_interval_s:
                 return self._collect(2, "interval")
-            return self._young(gc.get_count(), "threshold")
+            return self._young("threshold")
         finally:
             self._lock.release()
 
     def _collect_young(self, reason: str) -> Collection | None:
+        """Requests in flight: a young collection, unless another thread is collecting."""
         if not self._lock.acquire(blocking=False):
             return None
         try:
-            return self._young(gc.get_count(), reason)
+            return self._young(reason)
         finally:
             self._lock.release()
 
-    def _young(self, counts: tuple[int, int, int], reason: str) -> Collection | None:
+    def _young(self, reason: str) -> Collection | None:
         """Gen 0, or gen 1 when its count passed too; ``None`` if the count fell back meanwhile.
 
         Gen 1 is taken in its turn here, not only gen 0: under constant load (ceiling
         collections only) it would otherwise never be collected and grow without bound.
         """
-        threshold = gc.get_threshold()
+        counts, threshold = gc.get_count(), gc.get_threshold()
         # Re-checked under the lock: another thread may have collected since the fast path.
         # A gen-0 threshold of 0 means "no automatic collection", for us as for CPython.
         if threshold[0] == 0 or counts[0] <= threshold[0]:
@@ -288,3 +297,16 @@ class GCScheduler:
             "generations": gc.get_stats(),
             "last": None if self._last is None else asdict(self._last),
         }
+
+
+def _after_fork_in_child() -> None:
+    # Only the forking thread survives a fork: a lock another thread held while collecting
+    # would stay held in the child for good, and collect_full() would wait on it forever.
+    global _freeze_lock
+    _freeze_lock = threading.Lock()
+    for scheduler in list(_SCHEDULERS):
+        scheduler._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
