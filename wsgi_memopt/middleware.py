@@ -338,8 +338,8 @@ def _hit_response_class(on_close: Callable[[], None]) -> type[list[bytes]]:
 
 
 def _is_file_wrapper(app_iter: object, environ: WSGIEnvironment) -> bool:
-    file_wrapper = environ.get("wsgi.file_wrapper")
-    return isinstance(file_wrapper, type) and isinstance(app_iter, file_wrapper)
+    # The server's own class, exactly (a server may offer a function instead: then never).
+    return type(app_iter) is environ.get("wsgi.file_wrapper")
 
 
 def _path_filter(
