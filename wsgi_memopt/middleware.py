@@ -330,9 +330,9 @@ def _hit_response_class(on_close: Callable[[], None]) -> type[list[bytes]]:
 
     class HitResponse(list[bytes]):
         __slots__ = ()
-
-        def close(self) -> None:
-            on_close()
+        # A bound method as a class attribute is not bound again: close() *is* on_close(),
+        # one Python frame fewer on every hit.
+        close = on_close
 
     return HitResponse
 
