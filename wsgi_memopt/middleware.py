@@ -32,6 +32,7 @@ from .cache.policy import (
 )
 from .cache.store import Entry, ResponseStore, entry_shell_size
 from .closing import ClosingResponse
+from .lazy import LazyModules
 from .memory.cleanups import Cleanups
 from .memory.governor import Governor
 from .settings import Settings
@@ -53,6 +54,8 @@ class MemoryOptimizer:
     :param app: the WSGI application to wrap.
     :param settings: a :class:`Settings`; when omitted, defaults overridden by the
         ``WSGI_MEMOPT_*`` environment variables.
+    :param lazy: a :class:`~wsgi_memopt.lazy.LazyModules` registry to report on and, in an
+        emergency, to unload idle pure-Python modules from (``.lazy``).
     :param overrides: settings given as keywords; they win over both of the above.
     :raises SettingsError: for an unknown setting name or a value it does not allow.
 
@@ -61,7 +64,12 @@ class MemoryOptimizer:
     """
 
     def __init__(
-        self, app: WSGIApplication, settings: Settings | None = None, **overrides: Any
+        self,
+        app: WSGIApplication,
+        settings: Settings | None = None,
+        *,
+        lazy: LazyModules | None = None,
+        **overrides: Any,
     ) -> None:
         if settings is None:
             settings = Settings.from_env(**overrides)
@@ -96,7 +104,9 @@ class MemoryOptimizer:
         self._lock_wait = settings.cache_lock_timeout_s
         self._cache_enabled = settings.cache_enabled
         self.cleanups = Cleanups()
+        self.lazy = lazy
         self.governor = Governor(settings, self.cache, self.cleanups)
+        self.governor.lazy = lazy
         self._request_started = self.governor.request_started
         self._request_finished = self.governor.request_finished
         self._hit_response = _hit_response_class(self._request_finished)

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..cache.store import ResponseStore
+from ..lazy import LazyModules
 from ..settings import Settings
 from .cleanups import CleanupResult, Cleanups, malloc_trim
 from .gc_schedule import GCScheduler
@@ -48,6 +49,7 @@ log = logging.getLogger("wsgi_memopt")
 _MB = float(1 << 20)
 _SAMPLES_KEPT = 720  # the dashboard's ring: an hour at one sample every 5 s
 _COLLECT_ROUNDS = 5  # "collect until nothing more is freed", bounded
+_LAZY_IDLE_S = 300.0  # an emergency unloads lazy modules unused for this long
 
 
 @dataclass
@@ -64,6 +66,7 @@ class Action:
     objects_collected: int = 0
     trimmed: bool = False
     cleanups: list[CleanupResult] = field(default_factory=list)
+    modules: list[dict[str, Any]] = field(default_factory=list)  # lazy modules unloaded
     at: float = field(default_factory=time.time)
 
     @property
@@ -91,6 +94,7 @@ class Action:
                 "objects_collected": self.objects_collected,
                 "malloc_trim": self.trimmed,
                 "cleanups": [result.as_dict() for result in self.cleanups],
+                "modules": self.modules,
             },
         }
 
@@ -122,6 +126,7 @@ class Governor:
         self.sampler = sampler or make_sampler(settings.pressure_source, settings.process_limit_mb)
         self.gc = GCScheduler(settings.gc_mode, settings.gc_freeze, settings.gc_threshold)
         self.on_recycle_needed = on_recycle_needed
+        self.lazy: LazyModules | None = None  # attached by the middleware
         self.clock = clock
         self.history: collections.deque[Action] = collections.deque(maxlen=50)
         self.samples: collections.deque[tuple[float, float, float]] = collections.deque(
@@ -297,6 +302,8 @@ class Governor:
         started = time.perf_counter()
         items, cache_bytes = self.store.clear()
         results = self.cleanups.run()
+        # Only modules the registry judges unloadable go, and only what was measured is told.
+        modules = self.lazy.unload_idle(_LAZY_IDLE_S) if self.lazy is not None else []
         collected = 0
         for _ in range(_COLLECT_ROUNDS):
             freed = self.gc.collect_full(reason).collected
@@ -316,6 +323,7 @@ class Governor:
                 objects_collected=collected,
                 trimmed=trimmed,
                 cleanups=results,
+                modules=modules,
             )
         )
 
@@ -424,6 +432,7 @@ class Governor:
             "in_flight": self.in_flight,
             "restart_reason": self.restart_reason,
             "gc": self.gc.stats(),
+            "modules": self.lazy.stats() if self.lazy is not None else None,
             "last_actions": [action.as_dict() for action in list(self.history)[-5:]],
         }
 
