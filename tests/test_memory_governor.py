@@ -189,6 +189,7 @@ def check_measured(result: dict[str, Any], kind: str, reason: str) -> None:
         max(before["memory_percent"] - after["memory_percent"], 0.0), abs=0.011
     )
     assert set(result["actions"]) == {
+        "modules",
         "cache_items_freed",
         "cache_mb_freed",
         "objects_collected",

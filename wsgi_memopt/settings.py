@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
-__all__ = ["ENV_PREFIX", "Settings", "SettingsError"]
+__all__ = ["ENV_PREFIX", "Settings", "SettingsError", "env_values"]
 
 ENV_PREFIX = "WSGI_MEMOPT_"
 
@@ -371,12 +371,7 @@ class Settings:
         deployment does not go unnoticed.
         """
         environ = os.environ if environ is None else environ
-        found = {
-            key[len(prefix) :].lower(): value
-            for key, value in environ.items()
-            if key.startswith(prefix) and key[len(prefix) :].lower() not in _ENV_IGNORED
-        }
-        origins = {name: f"{prefix}{name.upper()}" for name in found}
+        found, origins = env_values(environ, prefix)
         settings = cls.from_mapping(found, origins=origins, **explicit)
         settings._sources.update(
             {
@@ -462,6 +457,21 @@ def _checked_init(self: Settings, *args: Any, **values: Any) -> None:
 Settings.__init__ = _checked_init  # type: ignore[method-assign]
 # Variables that share the prefix but belong to other parts of the package (SPEC §9).
 _ENV_IGNORED = frozenset({"lazy_eager"})
+
+
+def env_values(
+    environ: Mapping[str, str], prefix: str = ENV_PREFIX
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The ``<prefix><NAME>`` variables as ``({name: text}, {name: variable})``, unparsed,
+    for callers that merge them with other sources before one :meth:`Settings.from_mapping`."""
+    values: dict[str, str] = {}
+    origins: dict[str, str] = {}
+    for key, value in environ.items():
+        name = key[len(prefix) :].lower()
+        if key.startswith(prefix) and name not in _ENV_IGNORED:
+            values[name] = value
+            origins[name] = key
+    return values, origins
 
 
 def _known_name(name: str, origin: str, value: object) -> str:

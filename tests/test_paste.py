@@ -1,0 +1,301 @@
+"""PasteDeploy factories (``wsgi_memopt/paste.py``) and ``examples/production*.ini`` (SPEC §10).
+
+- both ini forms (``[pipeline:main]`` and ``filter-with``) load through ``paste.deploy.loadapp``
+  and serve ``/slow`` from the cache on the second request, ``/me`` never;
+- a bad or unknown ini value raises ``SettingsError`` naming the ini key;
+- PasteDeploy's ``[DEFAULT]`` trap: a setting only in ``[DEFAULT]`` (or written ``set name =
+  value``) still applies; the environment comes below the file;
+- ``gunicorn --paste`` serves both ini files for real on 127.0.0.1 (sync and gthread workers),
+  and refuses to boot, with the ``SettingsError`` in its log, when the ini has a bad value.
+"""
+
+from __future__ import annotations
+
+import http.client
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import checked, get
+from test_memory_recycle import (
+    BOOT_TIMEOUT_S,
+    HOST,
+    REQUEST_TIMEOUT_S,
+    _control_socket_args,
+    child_env,
+    free_port,
+    require_module,
+    stop,
+)
+from werkzeug.test import Client
+
+from wsgi_memopt import MemoryOptimizer, SettingsError
+from wsgi_memopt.paste import filter_app_factory, filter_factory
+
+pytest.importorskip("paste.deploy")  # CI installs it: setup.cfg's test extra
+from paste.deploy import loadapp
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+INI_FILES = ["production.ini", "production_filter_with.ini"]
+# Test-friendly settings through PasteDeploy's global_conf (the [DEFAULT] route): no
+# gc.freeze() of the test process, no monitor thread per loaded app.
+QUIET = {"gc_freeze": "false", "monitor_interval_s": "0"}
+
+
+@pytest.fixture(autouse=True)
+def _examples_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(EXAMPLES))  # `call:hello_app:make_app`
+
+
+def load(path: Path, **global_conf: str) -> MemoryOptimizer:
+    app = loadapp(f"config:{path}", global_conf={**QUIET, **global_conf})
+    assert isinstance(app, MemoryOptimizer)
+    return app
+
+
+def write_ini(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "test.ini"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+FILTER_INI = """\
+    [DEFAULT]
+    {defaults}
+
+    [app:main]
+    use = call:hello_app:make_app
+    slow_s = 0
+    filter-with = memopt
+
+    [filter:memopt]
+    use = egg:wsgi_memopt
+    {local}
+    """
+
+
+def filter_ini(tmp_path: Path, local: str = "", defaults: str = "") -> Path:
+    return write_ini(tmp_path, FILTER_INI.format(local=local, defaults=defaults))
+
+
+# -- loadapp
+
+
+@pytest.mark.parametrize("ini", INI_FILES)
+def test_both_ini_forms_load_and_cache_the_shared_page_only(ini: str) -> None:
+    optimizer = load(EXAMPLES / ini, slow_s="0")
+    assert optimizer.settings.cache_ttl_s == 300  # the file's value, not [DEFAULT]'s 600
+    client = Client(checked(optimizer), use_cookies=False)
+
+    first, second = get(client, "/slow"), get(client, "/slow")
+    assert first.headers["Cache-Status"] == "wsgi-memopt; fwd=miss; stored"
+    assert second.headers["Cache-Status"].startswith("wsgi-memopt; hit; ttl=")
+    assert second.data == first.data
+
+    new_visitor = get(client, "/me")
+    assert "Set-Cookie" in new_visitor.headers
+    assert "hit" not in new_visitor.headers["Cache-Status"]
+    known = get(client, "/me", headers={"Cookie": "user=alice"})
+    assert known.data == b"hello alice\n"
+    assert "hit" not in known.headers["Cache-Status"]
+    assert optimizer.cache.stats()["items"] == 1  # /slow only
+
+
+def test_the_pipeline_ini_reads_every_filter_key() -> None:
+    settings = load(EXAMPLES / "production.ini").settings
+    assert settings.cache_max_mb == 25
+    assert settings.cache_exclude_paths == ("/admin/*",)
+    assert settings.source_of("cache_max_mb") == "ini key 'cache_max_mb'"
+
+
+def test_filter_app_factory_and_filter_factory_agree() -> None:
+    def app(environ: object, start_response: Callable[..., object]) -> list[bytes]:
+        return []
+
+    conf = {"cache_max_mb": "5", "gc_freeze": "false", "monitor_interval_s": "0"}
+    by_app_factory = filter_app_factory(app, {"here": "/srv"}, **conf)
+    by_filter = filter_factory({"here": "/srv"}, **conf)(app)
+    assert by_app_factory.settings == by_filter.settings
+    assert by_app_factory.settings.cache_max_mb == 5
+    assert by_app_factory.app is app
+
+
+# -- errors name the ini key
+
+
+@pytest.mark.parametrize(
+    ("local", "defaults", "expected"),
+    [
+        pytest.param("cache_max_mb = lots", "", "ini key 'cache_max_mb'", id="bad-value"),
+        pytest.param("cache_max_mbs = 5", "", "did you mean 'cache_max_mb'", id="unknown-key"),
+        pytest.param("", "cache_ttl_s = soon", "ini key 'cache_ttl_s'", id="bad-default"),
+        pytest.param("set gc_mode = sometimes", "", "ini key 'gc_mode'", id="bad-set"),
+    ],
+)
+def test_a_bad_ini_value_names_the_ini_key(
+    tmp_path: Path, local: str, defaults: str, expected: str
+) -> None:
+    with pytest.raises(SettingsError, match=expected):
+        load(filter_ini(tmp_path, local, defaults))
+
+
+# -- the [DEFAULT] trap
+
+
+@pytest.mark.parametrize(
+    ("local", "defaults", "ttl"),
+    [
+        pytest.param("", "cache_ttl_s = 42", 42, id="only-in-default-applies"),
+        # PasteDeploy drops the section's key when [DEFAULT] has it: the docstring says so.
+        pytest.param("cache_ttl_s = 7", "cache_ttl_s = 42", 42, id="plain-key-loses"),
+        pytest.param("set cache_ttl_s = 7", "cache_ttl_s = 42", 7, id="set-key-wins"),
+        pytest.param("cache_ttl_s = 7", "debug = true", 7, id="other-defaults-ignored"),
+    ],
+)
+def test_settings_in_default_still_apply(
+    tmp_path: Path, local: str, defaults: str, ttl: float
+) -> None:
+    assert load(filter_ini(tmp_path, local, defaults)).settings.cache_ttl_s == ttl
+
+
+def test_the_ini_file_wins_over_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WSGI_MEMOPT_CACHE_MAX_MB", "3")
+    monkeypatch.setenv("WSGI_MEMOPT_CACHE_MAX_ITEMS", "7")
+    settings = load(filter_ini(tmp_path, "cache_max_mb = 25")).settings
+    assert settings.cache_max_mb == 25
+    assert settings.cache_max_items == 7
+    assert settings.source_of("cache_max_items") == "WSGI_MEMOPT_CACHE_MAX_ITEMS"
+
+
+# -- gunicorn --paste, for real on 127.0.0.1
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
+        """One GET on its own connection, read to the end (``.body`` holds the bytes)."""
+        connection = http.client.HTTPConnection(HOST, self.port, timeout=REQUEST_TIMEOUT_S)
+        try:
+            connection.request("GET", path, headers=headers or {})
+            response = connection.getresponse()
+            response.body = response.read()  # type: ignore[attr-defined]
+            return response
+        finally:
+            connection.close()
+
+
+class Servers:
+    """Starts ``python -m gunicorn ARGS`` on 127.0.0.1; ``stop_all`` stops each by PID."""
+
+    def __init__(self, log_dir: Path) -> None:
+        require_module("gunicorn")
+        self.log_dir = log_dir
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str, worker_class: str = "sync", wait_boot: bool = True) -> Server:
+        port = free_port()
+        log_path = self.log_dir / f"gunicorn-{port}.log"
+        command = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--bind",
+            f"{HOST}:{port}",
+            "--workers",
+            "1",
+            "--worker-class",
+            worker_class,
+            *(("--threads", "2") if worker_class == "gthread" else ()),
+            "--graceful-timeout",
+            "5",
+            "--error-logfile",
+            "-",
+            *_control_socket_args(),
+            *args,
+        ]
+        with log_path.open("wb") as log_file:
+            proc = subprocess.Popen(
+                command, stdout=log_file, stderr=subprocess.STDOUT, env=child_env()
+            )
+        self.started.append(proc)
+        server = Server(proc, port, log_path)
+        if wait_boot:
+            # Ready once a worker is booting: the master listens already, and a request that
+            # arrives while the worker still loads the app waits in the listen queue.
+            deadline = time.monotonic() + BOOT_TIMEOUT_S
+            while "Booting worker with pid" not in server.log():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"gunicorn did not boot a worker:\n{server.log()[-4000:]}")
+                time.sleep(0.05)
+        return server
+
+    def stop_all(self) -> None:
+        for proc in self.started:
+            stop(proc)
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Servers]:
+    started = Servers(tmp_path)
+    yield started
+    started.stop_all()
+
+
+@pytest.mark.parametrize("worker_class", ["sync", "gthread"])
+@pytest.mark.parametrize("ini", INI_FILES)
+def test_gunicorn_paste_serves_through_the_filter(
+    servers: Servers, ini: str, worker_class: str
+) -> None:
+    require_module("paste.deploy")
+    server = servers.start(
+        "--paste", str(EXAMPLES / ini), "--chdir", str(EXAMPLES), worker_class=worker_class
+    )
+    first, second = server.get("/slow"), server.get("/slow")
+    me = server.get("/me")
+    log = server.log()
+    report = f"--- gunicorn log (tail) ---\n{log[-4000:]}"
+    assert (first.status, second.status, me.status) == (200, 200, 200), report
+    assert first.headers["Cache-Status"] == "wsgi-memopt; fwd=miss; stored", report
+    assert second.headers["Cache-Status"].startswith("wsgi-memopt; hit; ttl="), report
+    assert second.body == first.body  # type: ignore[attr-defined]
+    assert me.headers["Set-Cookie"].startswith("user=visitor-"), report
+    assert "hit" not in me.headers["Cache-Status"], report
+    # The ini's logging sections route the wsgi_memopt logger to stderr (here, the log).
+    assert "wsgi_memopt INFO [GC] froze the startup heap" in log, report
+    assert "Traceback" not in log, report
+
+
+def test_gunicorn_refuses_to_boot_on_a_bad_ini_value(servers: Servers, tmp_path: Path) -> None:
+    require_module("paste.deploy")
+    ini = (
+        (EXAMPLES / "production.ini")
+        .read_text()
+        .replace("cache_max_mb = 25", "cache_max_mb = lots")
+    )
+    assert "cache_max_mb = lots" in ini
+    bad = tmp_path / "bad.ini"
+    bad.write_text(ini)
+    server = servers.start("--paste", str(bad), "--chdir", str(EXAMPLES), wait_boot=False)
+    try:
+        server.proc.wait(timeout=BOOT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"gunicorn still running with a bad ini:\n{server.log()[-4000:]}")
+    log = server.log()
+    assert server.proc.returncode != 0, log[-4000:]
+    assert "SettingsError: setting cache_max_mb (from ini key 'cache_max_mb'): 'lots'" in log, log[
+        -4000:
+    ]
