@@ -10,7 +10,8 @@ The request flow (SPEC §5): a GET or HEAD that may use the cache and finds a fr
 replayed from ``environ`` alone, without calling the app or building any framework object;
 anything else calls the app, streams its response through unchanged, and keeps a copy that is
 stored when the server closes the response. The rules are listed in
-:mod:`wsgi_memopt.cache.policy`.
+:mod:`wsgi_memopt.cache.policy`. Every response goes back wrapped so that the server's
+``close()``, the real end of the request, reaches the memory governor.
 """
 
 from __future__ import annotations
@@ -59,8 +60,12 @@ class MemoryOptimizer:
     :param overrides: settings given as keywords; they win over both of the above.
     :raises SettingsError: for an unknown setting name or a value it does not allow.
 
-    ``.cache`` is the :class:`~wsgi_memopt.cache.store.ResponseStore`
-    (``stats()``, ``clear()``, ``invalidate(path_prefix)``).
+    Its parts, for programmatic use: ``.cache``, the
+    :class:`~wsgi_memopt.cache.store.ResponseStore` (``stats()``, ``clear()``,
+    ``invalidate(path_prefix)``); ``.governor``, the
+    :class:`~wsgi_memopt.memory.governor.Governor` (``sample()``, ``optimize()``,
+    ``emergency()``, ``history``, ``restart_reason``, ``on_recycle_needed``); ``.cleanups``,
+    where app-level caches register to be cleared in an emergency; ``.lazy``.
     """
 
     def __init__(
