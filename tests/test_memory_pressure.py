@@ -190,7 +190,8 @@ def test_rss_is_the_forked_workers_own() -> None:
         measured, actual, _ = json.loads(pipe.read())
     os.waitpid(pid, 0)
     assert measured == pytest.approx(actual, abs=4)
-    assert measured > sampler.sample().rss_mb + 48
+    # The worker carries 64 MB the master does not (less what the master grew meanwhile).
+    assert measured > sampler.sample().rss_mb + 32
 
 
 # -- cgroup trees built like the kernel's

@@ -22,6 +22,8 @@ import re
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .api import MemoryAPI
+from .api.report import memory_stats
 from .cache.capture import Capture, CaptureRules, cache_status
 from .cache.policy import (
     BYPASS_HEADERS,
@@ -112,6 +114,8 @@ class MemoryOptimizer:
         self.lazy = lazy
         self.governor = Governor(settings, self.cache, self.cleanups)
         self.governor.lazy = lazy
+        self.api = MemoryAPI(self)
+        self._api_prefix = settings.api_prefix if settings.api_enabled else None
         self._request_started = self.governor.request_started
         self._request_finished = self.governor.request_finished
         self._hit_response = _hit_response_class(self._request_finished)
@@ -137,6 +141,11 @@ class MemoryOptimizer:
         finished = self._request_finished
         self._request_started()
         try:
+            if self._api_prefix is not None:
+                path_info = environ.get("PATH_INFO", "")
+                if path_info.startswith(self._api_prefix) and self.api.handles(path_info):
+                    # The memory API: answered here, never cached, never passed to the app.
+                    return self._closing(self.api(environ, start_response), environ)
             if not self._cache_enabled:
                 return self._closing(self.app(environ, start_response), environ)
             method = environ.get("REQUEST_METHOD")
@@ -319,6 +328,10 @@ class MemoryOptimizer:
     def optimize(self) -> dict[str, Any]:
         """Run the governor's optimize now; the measured result, as the API returns it."""
         return self.governor.optimize()
+
+    def memory_stats(self) -> dict[str, Any]:
+        """The figures the ``stats`` endpoint returns."""
+        return memory_stats(self)
 
 
 _FORWARD_METHOD = cache_status("method")

@@ -129,6 +129,7 @@ class Governor:
         self.lazy: LazyModules | None = None  # attached by the middleware
         self.clock = clock
         self.history: collections.deque[Action] = collections.deque(maxlen=50)
+        self.action_counts: collections.Counter[str] = collections.Counter()  # since start
         self.samples: collections.deque[tuple[float, float, float]] = collections.deque(
             maxlen=_SAMPLES_KEPT
         )  # (time, memory_percent, rss_mb): the dashboard's chart
@@ -343,6 +344,7 @@ class Governor:
 
     def _record(self, action: Action) -> Action:
         self.history.append(action)
+        self.action_counts[action.kind] += 1
         self.last_sample = action.after
         self._trimmed_at_rss = action.after.rss_mb
         log.info(
@@ -402,6 +404,7 @@ class Governor:
     def _record_recycle(self, reason: str) -> None:
         sample = self.last_sample or self.sampler.sample()
         self.history.append(Action("recycle", reason, sample, sample, 0.0))
+        self.action_counts["recycle"] += 1
 
     # -- alerts
 

@@ -1,0 +1,230 @@
+"""The memory API: ``api_prefix`` (default ``/api/v1/memory``), answered by the middleware itself.
+
+Never cached, never passed to the app (SPEC §8). Every response is JSON (the dashboard: HTML;
+metrics: Prometheus text) with ``Cache-Control: no-store``; every error is
+``{"error": {"status": N, "message": "..."}}``; no traceback ever leaves the process.
+
+    api = MemoryAPI(optimizer)
+    if api.handles(environ["PATH_INFO"]):
+        return api(environ, start_response)
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from werkzeug.wrappers import Request, Response
+
+from . import report
+from .access import Access, RateLimiter
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+    from ..middleware import MemoryOptimizer
+
+__all__ = ["MemoryAPI"]
+
+log = logging.getLogger("wsgi_memopt")
+
+_MB = float(1 << 20)
+_DEEP_PROFILE_INTERVAL_S = 10.0  # pympler's full summary takes seconds at 1M objects
+
+Handler = Callable[[Request], Response]
+
+
+class _BadRequest(Exception):
+    """A query value the endpoint cannot take: answered 400 with this message."""
+
+
+class MemoryAPI:
+    """Routes, access and errors of the memory API for one :class:`MemoryOptimizer`."""
+
+    def __init__(self, optimizer: MemoryOptimizer) -> None:
+        settings = optimizer.settings
+        self.optimizer = optimizer
+        self.prefix = settings.api_prefix
+        self.access = Access(settings)
+        self.limits = RateLimiter(settings.api_min_interval_s)
+        self._routes: dict[str, dict[str, Handler]] = {
+            "/": {"GET": self._dashboard},
+            "/health": {"GET": self._health},
+            "/stats": {"GET": self._stats},
+            "/profile": {"GET": self._profile},
+            "/optimize": {"POST": self._optimize},
+            "/optimize/force": {"POST": self._optimize_force},
+            "/gc/force": {"POST": self._gc_force},
+            "/cache/clear": {"POST": self._cache_clear},
+            "/metrics": {"GET": self._metrics},
+            "/openapi.json": {"GET": self._openapi},
+        }
+
+    def handles(self, path: str) -> bool:
+        """Whether ``PATH_INFO`` is under the prefix (the prefix itself included)."""
+        prefix = self.prefix
+        return path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/")
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        """Answer one API request."""
+        response = self.respond(Request(environ))
+        return response(environ, start_response)
+
+    def respond(self, request: Request) -> Response:
+        """The response to ``request``, errors included; never raises."""
+        try:
+            response = self._route(request)
+        except _BadRequest as error:
+            response = _error(400, str(error))
+        except Exception:
+            log.exception("[MEMORY] the memory API failed on %s %s", request.method, request.path)
+            response = _error(500, "the memory API failed; the server's log has the details")
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    def _route(self, request: Request) -> Response:
+        denied = self.access.check(request.environ)
+        if denied is not None:
+            status, message = denied
+            response = _error(status, message)
+            if status == 401:
+                response.headers["WWW-Authenticate"] = 'Bearer realm="wsgi_memopt"'
+            return response
+        sub = request.path[len(self.prefix) :] or "/"
+        methods = self._routes.get(sub)
+        if methods is None:
+            return _error(404, f"no such endpoint: {sub}; see {self.prefix}/openapi.json")
+        method = "GET" if request.method == "HEAD" else request.method
+        handler = methods.get(method)
+        if handler is None:
+            allowed = sorted({*methods, *(["HEAD"] if "GET" in methods else [])})
+            response = _error(405, f"{request.method} is not allowed here; use {allowed[0]}")
+            response.headers["Allow"] = ", ".join(allowed)
+            return response
+        return handler(request)
+
+    # -- endpoints
+
+    def _health(self, request: Request) -> Response:
+        status, body = report.health(self.optimizer)
+        return _json(body, status)
+
+    def _stats(self, request: Request) -> Response:
+        return _json(report.memory_stats(self.optimizer))
+
+    def _profile(self, request: Request) -> Response:
+        from .profile import profile
+
+        limit = _int_arg(request, "limit", default=20, low=1, high=1000)
+        deep = _bool_arg(request, "deep")
+        waited = self._limited("profile-deep" if deep else "profile", deep)
+        if waited is not None:
+            return waited
+        body = profile(self.optimizer, limit=limit, deep=deep)
+        sample = report.current_sample(self.optimizer)
+        body["recommendations"] = report.recommendations(self.optimizer, sample)
+        return _json(body)
+
+    def _optimize(self, request: Request) -> Response:
+        waited = self._limited("optimize")
+        return waited if waited is not None else _json(self.optimizer.governor.optimize("api"))
+
+    def _optimize_force(self, request: Request) -> Response:
+        waited = self._limited("optimize/force")
+        if waited is not None:
+            return waited
+        return _json(self.optimizer.governor.emergency("api"))
+
+    def _gc_force(self, request: Request) -> Response:
+        waited = self._limited("gc/force")
+        if waited is not None:
+            return waited
+        before = gc.get_count()
+        started = time.perf_counter()
+        # Youngest first, each reporting what it collected: "collected per generation".
+        collected = {str(generation): gc.collect(generation) for generation in (0, 1, 2)}
+        duration_ms = (time.perf_counter() - started) * 1000
+        return _json(
+            {
+                "collected": collected,
+                "total_collected": sum(collected.values()),
+                "duration_ms": round(duration_ms, 2),
+                "before": {"counts": list(before)},
+                "after": {"counts": list(gc.get_count())},
+                "uncollectable": len(gc.garbage),
+            }
+        )
+
+    def _cache_clear(self, request: Request) -> Response:
+        waited = self._limited("cache/clear")
+        if waited is not None:
+            return waited
+        items, cleared_bytes = self.optimizer.cache.clear()
+        return _json({"cleared_items": items, "freed_mb": round(cleared_bytes / _MB, 3)})
+
+    def _metrics(self, request: Request) -> Response:
+        from .metrics import MetricsUnavailable, render_metrics
+
+        try:
+            body, content_type = render_metrics(self.optimizer)
+        except MetricsUnavailable as error:
+            return _error(501, str(error))
+        return Response(body, 200, content_type=content_type)
+
+    def _openapi(self, request: Request) -> Response:
+        from .openapi import document
+
+        return _json(document(self.prefix))
+
+    def _dashboard(self, request: Request) -> Response:
+        from .dashboard import dashboard_html
+
+        return Response(dashboard_html(self.prefix), 200, mimetype="text/html")
+
+    # -- helpers
+
+    def _limited(self, key: str, deep: bool = False) -> Response | None:
+        interval = max(_DEEP_PROFILE_INTERVAL_S, self.limits.interval_s) if deep else None
+        retry_after = self.limits.acquire(key, interval)
+        if retry_after is None:
+            return None
+        every = interval or self.limits.interval_s
+        response = _error(429, f"{key} runs at most once every {every:g} s per process")
+        response.headers["Retry-After"] = str(retry_after)
+        return response
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(json.dumps(body), status, mimetype="application/json")
+
+
+def _error(status: int, message: str) -> Response:
+    return _json({"error": {"status": status, "message": message}}, status)
+
+
+def _int_arg(request: Request, name: str, *, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _BadRequest(f"{name} must be an integer from {low} to {high}, not {raw!r}") from None
+    if not low <= value <= high:
+        raise _BadRequest(f"{name} must be an integer from {low} to {high}, not {raw!r}")
+    return value
+
+
+def _bool_arg(request: Request, name: str) -> bool:
+    raw = request.args.get(name)
+    if raw is None:
+        return False
+    if raw.lower() in ("1", "true", "yes"):
+        return True
+    if raw.lower() in ("0", "false", "no"):
+        return False
+    raise _BadRequest(f"{name} must be 1 or 0 (true or false), not {raw!r}")

@@ -1,0 +1,300 @@
+"""The OpenAPI 3 description of the memory API, served at ``<api_prefix>/openapi.json``.
+
+The schemas describe what the endpoints really send; the test suite validates the document and
+every response it receives against it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import __version__
+
+__all__ = ["document"]
+
+_NUMBER = {"type": "number"}
+_INTEGER = {"type": "integer"}
+_STRING = {"type": "string"}
+_NULLABLE_STRING = {"type": "string", "nullable": True}
+_COUNTS = {"type": "object", "additionalProperties": {"type": "integer"}}
+
+
+def _object(required: dict[str, Any], **optional: Any) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": sorted(required),
+        "properties": {**required, **optional},
+    }
+
+
+_ERROR = _object(
+    {"error": _object({"status": _INTEGER, "message": _STRING})},
+)
+_SAMPLE = _object(
+    {
+        "memory_percent": _NUMBER,
+        "rss_mb": _NUMBER,
+        "used_mb": _NUMBER,
+        "available_mb": _NUMBER,
+        "limit_mb": _NUMBER,
+        "source": _STRING,
+        "status": _STRING,
+        "taken_at": _NUMBER,
+    }
+)
+_ACTION = _object(
+    {
+        "kind": _STRING,
+        "reason": _STRING,
+        "at": _NUMBER,
+        "duration_ms": _NUMBER,
+        "before": {"$ref": "#/components/schemas/Sample"},
+        "after": {"$ref": "#/components/schemas/Sample"},
+        "improvement": _object({"mb_freed": _NUMBER, "percent_freed": _NUMBER}),
+        "actions": _object(
+            {
+                "cache_items_freed": _INTEGER,
+                "cache_mb_freed": _NUMBER,
+                "objects_collected": _INTEGER,
+                "malloc_trim": {"type": "boolean"},
+                "cleanups": {"type": "array", "items": {"type": "object"}},
+                "modules": {"type": "array", "items": {"type": "object"}},
+            }
+        ),
+    }
+)
+_RECOMMENDATION = _object(
+    {"finding": _STRING, "action": _STRING}, setting=_STRING, endpoint=_STRING
+)
+_HEALTH = _object(
+    {
+        "status": {
+            "type": "string",
+            "enum": ["excellent", "good", "warning", "critical", "restart-needed"],
+        },
+        "memory_percent": _NUMBER,
+        "source": _STRING,
+        "alert": {
+            "nullable": True,
+            **_object({"level": _STRING, "message": _STRING, "recommendation": _NULLABLE_STRING}),
+        },
+        "restart_reason": _NULLABLE_STRING,
+        "recommendations": {
+            "type": "array",
+            "items": {"$ref": "#/components/schemas/Recommendation"},
+        },
+    }
+)
+_STATS = _object(
+    {
+        "memory": _object(
+            {
+                "percent": _NUMBER,
+                "used_mb": _NUMBER,
+                "available_mb": _NUMBER,
+                "limit_mb": _NUMBER,
+                "rss_mb": _NUMBER,
+                "source": _STRING,
+                "status": _STRING,
+            }
+        ),
+        "cache": _object(
+            {
+                "items": _INTEGER,
+                "size_mb": _NUMBER,
+                "max_items": _INTEGER,
+                "max_mb": _NUMBER,
+                "hits": _INTEGER,
+                "misses": _INTEGER,
+                "hit_rate": _NUMBER,
+                "stores": _INTEGER,
+                "evictions": _INTEGER,
+                "rejected": _COUNTS,
+                "bypassed": _COUNTS,
+            }
+        ),
+        "gc": {"type": "object"},
+        "modules": {"type": "object", "nullable": True},
+        "governor": _object(
+            {
+                "in_flight": _INTEGER,
+                "restart_reason": _NULLABLE_STRING,
+                "last_actions": {"type": "array", "items": {"$ref": "#/components/schemas/Action"}},
+            }
+        ),
+        "history": {
+            "type": "array",
+            "items": _object({"t": _NUMBER, "percent": _NUMBER, "rss_mb": _NUMBER}),
+        },
+        "process": _object({"pid": _INTEGER, "uptime_s": _NUMBER}),
+        "workers": {
+            "nullable": True,
+            **_object(
+                {
+                    "server": _STRING,
+                    "master_pid": _INTEGER,
+                    "workers": {
+                        "type": "array",
+                        "items": _object({"pid": _INTEGER, "rss_mb": _NUMBER}),
+                    },
+                    "total_rss_mb": _NUMBER,
+                }
+            ),
+        },
+    }
+)
+_GC_FORCE = _object(
+    {
+        "collected": _COUNTS,
+        "total_collected": _INTEGER,
+        "duration_ms": _NUMBER,
+        "before": _object({"counts": {"type": "array", "items": _INTEGER}}),
+        "after": _object({"counts": {"type": "array", "items": _INTEGER}}),
+        "uncollectable": _INTEGER,
+    }
+)
+_CACHE_CLEAR = _object({"cleared_items": _INTEGER, "freed_mb": _NUMBER})
+
+
+def _json_response(description: str, schema: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    why = {
+        "400": "a query value the endpoint cannot take",
+        "401": "a bearer token is required, or the one given is wrong",
+        "403": "not from an allowed network, or through a proxy, and no token is configured",
+        "429": "rate limited (api_min_interval_s); Retry-After says when to come back",
+        "500": "the endpoint failed; the server's log has the details",
+        "501": "prometheus_client is not installed",
+        "503": "the worker needs a restart nothing here can do",
+    }
+    return {str(status): _json_response(why[str(status)], "Error") for status in statuses}
+
+
+def _operation(summary: str, ok: dict[str, Any], *errors: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "security": [{}, {"bearer": []}],
+        "responses": {"200": ok, **_errors(401, 403, 500, *errors)},
+        **extra,
+    }
+
+
+def document(prefix: str) -> dict[str, Any]:
+    """The OpenAPI 3.0 document, paths under ``prefix``."""
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "wsgi_memopt memory API",
+            "version": __version__,
+            "description": "Answered by the middleware itself, never cached, never passed "
+            "to the app. Open to api_allow_networks without forwarding headers, or with "
+            "Authorization: Bearer <api_token>.",
+        },
+        "paths": {
+            f"{prefix}/health": {
+                "get": _operation(
+                    "status, memory percent, alert and recommendations",
+                    _json_response("healthy or degraded", "Health"),
+                    503,
+                )
+            },
+            f"{prefix}/stats": {
+                "get": _operation(
+                    "cheap summary: memory, cache, gc, modules, governor, process, workers",
+                    _json_response("the figures", "Stats"),
+                )
+            },
+            f"{prefix}/profile": {
+                "get": _operation(
+                    "what holds memory: types, components, gc, tracemalloc sites",
+                    {
+                        "description": "the profile",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    400,
+                    429,
+                    parameters=[
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                        },
+                        {
+                            "name": "deep",
+                            "in": "query",
+                            "schema": {"type": "string", "enum": ["0", "1", "true", "false"]},
+                        },
+                    ],
+                )
+            },
+            f"{prefix}/optimize": {
+                "post": _operation(
+                    "sweep, evict a fraction, collect, malloc_trim; measured",
+                    _json_response("what was done and freed", "Action"),
+                    429,
+                )
+            },
+            f"{prefix}/optimize/force": {
+                "post": _operation(
+                    "the emergency cleanup; measured",
+                    _json_response("what was done and freed", "Action"),
+                    429,
+                )
+            },
+            f"{prefix}/gc/force": {
+                "post": _operation(
+                    "a collection of every generation, youngest first",
+                    _json_response("collected per generation", "GcForce"),
+                    429,
+                )
+            },
+            f"{prefix}/cache/clear": {
+                "post": _operation(
+                    "empty the response cache",
+                    _json_response("what was dropped", "CacheClear"),
+                    429,
+                )
+            },
+            f"{prefix}/metrics": {
+                "get": _operation(
+                    "Prometheus text exposition",
+                    {"description": "metrics", "content": {"text/plain": {"schema": _STRING}}},
+                    501,
+                )
+            },
+            f"{prefix}/openapi.json": {
+                "get": _operation(
+                    "this document",
+                    {
+                        "description": "OpenAPI 3",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                )
+            },
+            f"{prefix}/": {
+                "get": _operation(
+                    "the dashboard",
+                    {"description": "HTML", "content": {"text/html": {"schema": _STRING}}},
+                )
+            },
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": _ERROR,
+                "Sample": _SAMPLE,
+                "Action": _ACTION,
+                "Recommendation": _RECOMMENDATION,
+                "Health": _HEALTH,
+                "Stats": _STATS,
+                "GcForce": _GC_FORCE,
+                "CacheClear": _CACHE_CLEAR,
+            },
+        },
+    }

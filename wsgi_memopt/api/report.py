@@ -1,0 +1,217 @@
+"""What the memory API reports: health, the fast stats summary, recommendations, the worker pool.
+
+Every figure is read from what the parts measured (the governor's samples, the store's
+counters, CPython's collector, psutil); nothing here estimates. ``stats`` must be cheap enough
+to poll every second: one memory sample at most (reused when fresh), no USS, no object walk.
+
+    body = memory_stats(optimizer)
+    status_code, body = health(optimizer)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from ..memory.pressure import MemorySample
+
+if TYPE_CHECKING:
+    from ..middleware import MemoryOptimizer
+
+__all__ = ["health", "memory_stats", "recommendations", "worker_pool"]
+
+_MB = float(1 << 20)
+_STARTED = time.time()
+_MASTERS = ("gunicorn", "uwsgi")
+
+
+def current_sample(optimizer: MemoryOptimizer, max_age_s: float = 1.0) -> MemorySample:
+    """The governor's last sample when younger than ``max_age_s``, else a new one."""
+    sample = optimizer.governor.last_sample
+    if sample is None or time.time() - sample.taken_at > max_age_s:
+        sample = optimizer.governor.sample()
+    return sample
+
+
+def memory_stats(optimizer: MemoryOptimizer) -> dict[str, Any]:
+    """The ``stats`` endpoint's body (SPEC §8.1), JSON-ready."""
+    sample = current_sample(optimizer)
+    cache = optimizer.cache.stats()
+    governor = optimizer.governor
+    gc_stats = governor.gc.stats()
+    lazy = optimizer.lazy.stats() if optimizer.lazy is not None else None
+    return {
+        "memory": {
+            "percent": round(sample.memory_percent, 2),
+            "used_mb": round(sample.used_mb, 1),
+            "available_mb": round(sample.available_mb, 1),
+            "limit_mb": round(sample.limit_mb, 1),
+            "rss_mb": round(sample.rss_mb, 1),
+            "source": sample.source,
+            "status": sample.status,
+        },
+        "cache": {
+            "items": cache["items"],
+            "size_mb": cache["size_mb"],
+            "max_items": cache["max_items"],
+            "max_mb": round(cache["max_bytes"] / _MB, 3),
+            "hits": cache["hits"],
+            "misses": cache["misses"],
+            "hit_rate": cache["hit_rate"],
+            "stores": cache["stores"],
+            "evictions": cache["evictions"],
+            "rejected": cache["rejected"],
+            "bypassed": cache["bypassed"],
+        },
+        "gc": gc_stats,
+        "modules": None
+        if lazy is None
+        else {key: lazy[key] for key in ("registered", "loaded", "unloaded", "pinned", "refused")},
+        "governor": {
+            "in_flight": governor.in_flight,
+            "restart_reason": governor.restart_reason,
+            "last_actions": [action.as_dict() for action in list(governor.history)[-5:]],
+        },
+        # The dashboard's chart: (time, percent, rss_mb) samples, oldest first, bounded.
+        "history": [
+            {"t": round(t, 3), "percent": round(percent, 2), "rss_mb": round(rss, 1)}
+            for t, percent, rss in list(governor.samples)
+        ],
+        "process": {
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - _process_started(), 1),
+        },
+        "workers": worker_pool(),
+    }
+
+
+def health(optimizer: MemoryOptimizer) -> tuple[int, dict[str, Any]]:
+    """``(status code, body)`` of the ``health`` endpoint: 503 when the worker needs a restart
+    nothing here can do (no master to respawn it)."""
+    sample = current_sample(optimizer)
+    advice = recommendations(optimizer, sample)
+    alert = None
+    if sample.status in ("warning", "critical"):
+        alert = {
+            "level": sample.status,
+            "message": f"memory at {sample.memory_percent:.1f}% of {sample.source} "
+            f"({sample.rss_mb:.0f} MB RSS, limit {sample.limit_mb:.0f} MB)",
+            "recommendation": advice[0]["action"] if advice else None,
+        }
+    reason = optimizer.governor.restart_reason
+    body = {
+        "status": "restart-needed" if reason else sample.status,
+        "memory_percent": round(sample.memory_percent, 2),
+        "source": sample.source,
+        "alert": alert,
+        "restart_reason": reason,
+        "recommendations": advice,
+    }
+    return (503 if reason else 200), body
+
+
+def recommendations(optimizer: MemoryOptimizer, sample: MemorySample) -> list[dict[str, str]]:
+    """Advice derived from the current figures, each naming the setting or endpoint to use."""
+    settings = optimizer.settings
+    cache = optimizer.cache.stats()
+    advice: list[dict[str, str]] = []
+    lookups = cache["hits"] + cache["misses"]
+    if lookups >= 100 and cache["hit_rate"] < 0.2:
+        advice.append(
+            {
+                "finding": f"cache hit rate {cache['hit_rate']:.0%} over {lookups} lookups",
+                "action": "mark shared pages cacheable (Cache-Control: public, max-age=N) or "
+                "lower cache_max_mb to give the memory back",
+                "setting": "cache_max_mb",
+            }
+        )
+    if cache["max_bytes"] and cache["bytes"] >= 0.9 * cache["max_bytes"]:
+        advice.append(
+            {
+                "finding": f"cache at {cache['bytes'] / cache['max_bytes']:.0%} of cache_max_mb",
+                "action": "raise cache_max_mb if memory allows, or lower cache_ttl_s",
+                "setting": "cache_max_mb",
+            }
+        )
+    if sample.status == "critical":
+        advice.append(
+            {
+                "finding": f"memory critical ({sample.memory_percent:.1f}%)",
+                "action": "run the emergency cleanup now; if it frees little, recycle the "
+                "worker (restart_percent, restart_after_s)",
+                "endpoint": "POST optimize/force",
+            }
+        )
+    elif sample.status == "warning":
+        advice.append(
+            {
+                "finding": f"memory in warning ({sample.memory_percent:.1f}%)",
+                "action": "run an optimize; check the profile for what holds memory",
+                "endpoint": "POST optimize",
+            }
+        )
+    heap_mb = _python_heap_mb()
+    if heap_mb is not None and sample.rss_mb > 4 * max(heap_mb, 1.0) and sample.rss_mb > 200:
+        advice.append(
+            {
+                "finding": f"RSS {sample.rss_mb:.0f} MB is far above the Python heap "
+                f"({heap_mb:.0f} MB traced): native memory or a fragmented heap",
+                "action": "malloc_trim gives freed heap back (trim_threshold_mb); what stays is "
+                "reclaimed only by recycling the worker (restart_percent)",
+                "setting": "restart_percent",
+            }
+        )
+    if settings.gc_mode == "auto":
+        advice.append(
+            {
+                "finding": "CPython's collector runs inside requests",
+                "action": "gc_mode=between moves collections between requests (lower p99)",
+                "setting": "gc_mode",
+            }
+        )
+    return advice
+
+
+def worker_pool() -> dict[str, Any] | None:
+    """The server's worker pool when the parent is a gunicorn or uWSGI master, else None."""
+    try:
+        parent = psutil.Process(os.getppid())
+        command = " ".join(parent.cmdline())
+        server = next((name for name in _MASTERS if name in command), None)
+        if server is None:
+            return None
+        workers = []
+        for child in parent.children():
+            try:
+                workers.append(
+                    {"pid": child.pid, "rss_mb": round(child.memory_info().rss / _MB, 1)}
+                )
+            except psutil.Error:
+                continue  # a worker that exited while we looked
+        return {
+            "server": server,
+            "master_pid": parent.pid,
+            "workers": workers,
+            "total_rss_mb": round(sum(worker["rss_mb"] for worker in workers), 1),
+        }
+    except psutil.Error:
+        return None
+
+
+def _process_started() -> float:
+    try:
+        return float(psutil.Process().create_time())
+    except psutil.Error:
+        return _STARTED
+
+
+def _python_heap_mb() -> float | None:
+    """What tracemalloc traces, when it is tracing; None otherwise (never estimated)."""
+    import tracemalloc
+
+    if not tracemalloc.is_tracing():
+        return None
+    return tracemalloc.get_traced_memory()[0] / _MB
