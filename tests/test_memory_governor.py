@@ -1068,3 +1068,21 @@ def test_without_the_trim_a_freed_burst_stays_resident() -> None:
     figures = burst_figures(trim_threshold_mb=0)
     assert figures["back_fraction"] < 0.5, figures
     assert figures["actions"] == [], figures
+
+
+def test_tracemalloc_frames_starts_tracing_at_the_first_request() -> None:
+    script = """
+import json, tracemalloc
+from werkzeug.test import Client
+from wsgi_memopt import MemoryOptimizer
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+
+optimizer = MemoryOptimizer(app, tracemalloc_frames=5, monitor_interval_s=0, gc_freeze=False)
+before = tracemalloc.is_tracing()
+Client(optimizer).get("/", buffered=True)
+print(json.dumps([before, tracemalloc.is_tracing(), tracemalloc.get_traceback_limit()]))
+"""
+    assert run_script(script) == [False, True, 5]

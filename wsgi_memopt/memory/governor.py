@@ -30,6 +30,7 @@ import signal
 import sys
 import threading
 import time
+import tracemalloc
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -195,6 +196,10 @@ class Governor:
                 # The RSS before the first request: a burst in that request is growth too.
                 self._trimmed_at_rss = self.sampler.sample().rss_mb
                 self.gc.start()
+                frames = self.settings.tracemalloc_frames
+                if frames > 0 and not tracemalloc.is_tracing():
+                    # Opt-in: tracing slows allocation-heavy code several times over.
+                    tracemalloc.start(frames)
                 if self.settings.monitor_interval_s > 0:
                     self._monitor = _Monitor(self, self.settings.monitor_interval_s)
                     self._monitor.start()
