@@ -213,9 +213,22 @@ def _tracemalloc(limit: int, notes: list[str], frames: int) -> dict[str, Any] | 
 
 def _deep(limit: int) -> list[dict[str, Any]]:
     """pympler's summary, the ``limit`` largest rows by measured total size."""
-    from pympler import muppy, summary
+    import types
 
-    objects = muppy.get_objects()
+    from pympler import summary
+
+    # The collector's objects, not muppy.get_objects(): muppy filters frames with
+    # isinstance(), which runs the __class__ of lazy proxies (Django's settings, for one)
+    # and can set them up or raise. type() never calls into the object.
+    objects = [obj for obj in gc.get_objects() if type(obj) is not types.FrameType]
+    # Strings, numbers and bytes are not tracked by the collector: reach them as referents,
+    # once each, as muppy does.
+    seen = {id(obj) for obj in objects}
+    for referent in gc.get_referents(*objects):
+        if not gc.is_tracked(referent) and id(referent) not in seen:
+            seen.add(id(referent))
+            objects.append(referent)
+    del seen
     try:
         rows: list[list[Any]] = summary.summarize(objects)  # type: ignore[no-untyped-call]
     finally:
