@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import importlib.util
+import json
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -114,7 +115,14 @@ def in_process(wsgi_app: Callable[..., object]) -> Fetch:
 
     def fetch(method: str, path: str, cookie: str, form: dict[str, str] | None) -> Reply:
         headers = {"Cookie": cookie} if cookie else {}
-        response = client.open(path, method=method, headers=headers, data=form, buffered=True)
+        response = client.open(
+            path,
+            method=method,
+            headers=headers,
+            data=form,
+            buffered=True,
+            environ_base={"REMOTE_ADDR": "127.0.0.1"},  # werkzeug leaves it unset
+        )
         return Reply(response.status_code, list(response.headers.items()), response.data)
 
     return fetch
@@ -195,6 +203,12 @@ def check_example(fetch: Fetch, paths: dict[str, str]) -> list[Reply]:
     assert with_cookie  # the session and CSRF views did set cookies
     assert not [reply.headers for reply in with_cookie if reply.hit]
     assert [reply.hit for reply in seen].count(True) == 1  # only the cacheable view's second GET
+
+    # The memory API answers from the middleware, in front of the framework's own routing.
+    health = fetch("GET", "/api/v1/memory/health", "", None)
+    assert health.status == 200
+    assert json.loads(health.body)["status"] in ("excellent", "good", "warning", "critical")
+    assert health.header("Cache-Control") == "no-store"
     return seen
 
 

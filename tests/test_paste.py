@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import subprocess
 import sys
 import textwrap
@@ -274,6 +275,9 @@ def test_gunicorn_paste_serves_through_the_filter(
     assert second.body == first.body  # type: ignore[attr-defined]
     assert me.headers["Set-Cookie"].startswith("user=visitor-"), report
     assert "hit" not in me.headers["Cache-Status"], report
+    health = server.get("/api/v1/memory/health")  # from the middleware, not the app
+    assert health.status == 200, report
+    assert json.loads(health.body)["source"] in ("host", "container", "process"), report  # type: ignore[attr-defined]
     # The ini's logging sections route the wsgi_memopt logger to stderr (here, the log).
     assert "wsgi_memopt INFO [GC] froze the startup heap" in log, report
     assert "Traceback" not in log, report
