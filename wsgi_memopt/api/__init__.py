@@ -210,10 +210,10 @@ def _int_arg(request: Request, name: str, *, default: int, low: int, high: int) 
     raw = request.args.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _BadRequest(f"{name} must be an integer from {low} to {high}, not {raw!r}") from None
+    # ASCII digits only: int() would also take "1_0", " 5" and other scripts' digits.
+    if not (raw.isascii() and raw.isdigit()):
+        raise _BadRequest(f"{name} must be an integer from {low} to {high}, not {raw!r}")
+    value = int(raw)
     if not low <= value <= high:
         raise _BadRequest(f"{name} must be an integer from {low} to {high}, not {raw!r}")
     return value
@@ -223,8 +223,8 @@ def _bool_arg(request: Request, name: str) -> bool:
     raw = request.args.get(name)
     if raw is None:
         return False
-    if raw.lower() in ("1", "true", "yes"):
+    if raw in ("1", "true"):
         return True
-    if raw.lower() in ("0", "false", "no"):
+    if raw in ("0", "false"):
         return False
-    raise _BadRequest(f"{name} must be 1 or 0 (true or false), not {raw!r}")
+    raise _BadRequest(f"{name} must be 1, 0, true or false, not {raw!r}")

@@ -185,6 +185,11 @@ def _operation(summary: str, ok: dict[str, Any], *errors: int, **extra: Any) -> 
     }
 
 
+def _with_response(operation: dict[str, Any], status: str, response: Any) -> dict[str, Any]:
+    operation["responses"][status] = response
+    return operation
+
+
 def document(prefix: str) -> dict[str, Any]:
     """The OpenAPI 3.0 document, paths under ``prefix``."""
     return {
@@ -198,10 +203,16 @@ def document(prefix: str) -> dict[str, Any]:
         },
         "paths": {
             f"{prefix}/health": {
-                "get": _operation(
-                    "status, memory percent, alert and recommendations",
-                    _json_response("healthy or degraded", "Health"),
-                    503,
+                "get": _with_response(
+                    _operation(
+                        "status, memory percent, alert and recommendations",
+                        _json_response("healthy or degraded", "Health"),
+                    ),
+                    "503",
+                    _json_response(
+                        "the worker needs a restart nothing here can do (restart_reason)",
+                        "Health",
+                    ),
                 )
             },
             f"{prefix}/stats": {
