@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import wrap
+from conftest import get, wrap
 from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate
 from werkzeug.test import Client, TestResponse
@@ -666,3 +666,28 @@ def test_a_tour_of_every_response_conforms_to_the_document(make_api: Callable[..
     assert statuses >= {200, 400, 401, 404, 405, 429}
     for method, path, status, body in api.seen:
         assert schema_errors(method, path, status, body) == [], (method, path, status)
+
+
+def test_recommendations_name_what_to_use() -> None:
+    report = wsgi_memopt.api.report
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response(
+            "200 OK",
+            [
+                ("Content-Type", "text/plain"),
+                ("Content-Length", "0"),
+                ("Cache-Control", "no-store"),
+            ],
+        )
+        return []
+
+    optimizer, client = wrap(app, gc_mode="auto", cache_max_mb=0.001)
+    for number in range(120):  # 120 lookups, none a hit: a low hit rate
+        get(client, f"/p{number}")
+    sample = report.current_sample(optimizer)
+    advice = report.recommendations(optimizer, sample)
+    findings = " | ".join(item["finding"] for item in advice)
+    assert "hit rate 0%" in findings
+    assert any(item.get("setting") == "gc_mode" for item in advice)
+    assert all(item.get("setting") or item.get("endpoint") for item in advice)

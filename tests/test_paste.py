@@ -275,6 +275,12 @@ def test_gunicorn_paste_serves_through_the_filter(
     assert second.body == first.body  # type: ignore[attr-defined]
     assert me.headers["Set-Cookie"].startswith("user=visitor-"), report
     assert "hit" not in me.headers["Cache-Status"], report
+    stats = json.loads(server.get("/api/v1/memory/stats").body)  # type: ignore[attr-defined]
+    pool = stats["workers"]  # under a gunicorn master: the sibling workers, from psutil
+    assert pool is not None, report
+    assert pool["server"] == "gunicorn", report
+    assert stats["process"]["pid"] in [worker["pid"] for worker in pool["workers"]], report
+    assert pool["total_rss_mb"] > 0, report
     health = server.get("/api/v1/memory/health")  # from the middleware, not the app
     assert health.status == 200, report
     assert json.loads(health.body)["source"] in ("host", "container", "process"), report  # type: ignore[attr-defined]

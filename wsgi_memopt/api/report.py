@@ -164,6 +164,17 @@ def recommendations(optimizer: MemoryOptimizer, sample: MemorySample) -> list[di
                 "setting": "restart_percent",
             }
         )
+    last = optimizer.governor.gc.stats().get("last")
+    if isinstance(last, dict) and float(last.get("duration_ms", 0)) > 50:
+        advice.append(
+            {
+                "finding": f"the last collection (generation {last.get('generation')}) took "
+                f"{float(last['duration_ms']):.0f} ms",
+                "action": "freeze the startup heap (gc_freeze) so full collections skip it, "
+                "and keep them between requests (gc_mode=between)",
+                "setting": "gc_freeze",
+            }
+        )
     if settings.gc_mode == "auto":
         advice.append(
             {
