@@ -115,7 +115,8 @@ class MemoryOptimizer:
         self.governor = Governor(settings, self.cache, self.cleanups)
         self.governor.lazy = lazy
         self.api = MemoryAPI(self)
-        self._api_prefix = settings.api_prefix if settings.api_enabled else None
+        # With the API off, a prefix no PATH_INFO starts with (it starts with "/" or is empty).
+        self._api_prefix = settings.api_prefix if settings.api_enabled else "\x00"
         self._request_started = self.governor.request_started
         self._request_finished = self.governor.request_finished
         self._hit_response = _hit_response_class(self._request_finished)
@@ -141,11 +142,10 @@ class MemoryOptimizer:
         finished = self._request_finished
         self._request_started()
         try:
-            if self._api_prefix is not None:
-                path_info = environ.get("PATH_INFO", "")
-                if path_info.startswith(self._api_prefix) and self.api.handles(path_info):
-                    # The memory API: answered here, never cached, never passed to the app.
-                    return self._closing(self.api(environ, start_response), environ)
+            path_info = environ.get("PATH_INFO", "")
+            if path_info.startswith(self._api_prefix) and self.api.handles(path_info):
+                # The memory API: answered here, never cached, never passed to the app.
+                return self._closing(self.api(environ, start_response), environ)
             if not self._cache_enabled:
                 return self._closing(self.app(environ, start_response), environ)
             method = environ.get("REQUEST_METHOD")
@@ -154,7 +154,7 @@ class MemoryOptimizer:
                 return self._closing(self._pass(_FORWARD_METHOD, environ, start_response), environ)
             now = self.cache.clock()
             try:
-                path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+                path = environ.get("SCRIPT_NAME", "") + path_info
                 base_key: CacheKey = (
                     environ["wsgi.url_scheme"],
                     environ.get("HTTP_HOST")
