@@ -24,7 +24,6 @@ from werkzeug.test import Client
 
 from wsgi_memopt import MemoryOptimizer
 from wsgi_memopt.api.dashboard import dashboard_html
-from wsgi_memopt.api.report import memory_stats
 
 PREFIX = "/api/v1/memory"
 REPO = Path(__file__).resolve().parent.parent
@@ -167,29 +166,6 @@ def optimizer() -> Iterator[MemoryOptimizer]:
     optimizer.governor.stop()
 
 
-def _dashboard_app(optimizer: MemoryOptimizer, token: str | None = None) -> WSGIApp:
-    """The page at ``<prefix>/`` and the real stats body at ``<prefix>/stats``."""
-
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if path == PREFIX + "/":
-            body = dashboard_html(PREFIX).encode()
-            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
-            return [body]
-        if path == PREFIX + "/stats":
-            headers = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
-            if token is not None and environ.get("HTTP_AUTHORIZATION") != f"Bearer {token}":
-                error = {"error": {"status": 401, "message": "token needed"}}
-                start_response("401 Unauthorized", [*headers, ("WWW-Authenticate", "Bearer")])
-                return [json.dumps(error).encode()]
-            start_response("200 OK", headers)
-            return [json.dumps(memory_stats(optimizer)).encode()]
-        start_response("404 Not Found", [("Content-Type", "text/plain")])
-        return [b"not found"]
-
-    return app
-
-
 @pytest.fixture
 def serve(request: pytest.FixtureRequest) -> Callable[[WSGIApp], str]:
     """Start a real server on 127.0.0.1 for an app; its base URL. Stopped at teardown."""
@@ -229,7 +205,8 @@ def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_chromium_draws_the_chart_from_live_samples(
     optimizer: MemoryOptimizer, serve: Callable[[WSGIApp], str], tmp_path: Path
 ) -> None:
-    url = serve(_dashboard_app(optimizer)) + PREFIX + "/"
+    # The middleware itself serves the page and the stats it polls (loopback: allowed).
+    url = serve(optimizer) + PREFIX + "/"
     dom = Elements(_chromium(tmp_path, "--dump-dom", url).stdout)
     line = dom.by_id["line"]
     points = int(str(line["data-points"]))
@@ -255,7 +232,7 @@ def test_chromium_draws_the_chart_from_live_samples(
 def test_chromium_screenshot_is_written(
     optimizer: MemoryOptimizer, serve: Callable[[WSGIApp], str], tmp_path: Path
 ) -> None:
-    url = serve(_dashboard_app(optimizer)) + PREFIX + "/"
+    url = serve(optimizer) + PREFIX + "/"
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "dashboard.png"
     shot.unlink(missing_ok=True)
@@ -264,10 +241,12 @@ def test_chromium_screenshot_is_written(
     assert shot.stat().st_size > 10_000
 
 
-def test_chromium_asks_for_a_token_on_401(
-    optimizer: MemoryOptimizer, serve: Callable[[WSGIApp], str], tmp_path: Path
-) -> None:
-    url = serve(_dashboard_app(optimizer, token="s3cret")) + PREFIX + "/"
+def test_chromium_asks_for_a_token_on_401(serve: Callable[[WSGIApp], str], tmp_path: Path) -> None:
+    # A token and no allowed network: the page loads, its stats do not until a token is given.
+    guarded = MemoryOptimizer(
+        _hello, monitor_interval_s=0, gc_freeze=False, api_token="s3cret", api_allow_networks="none"
+    )
+    url = serve(guarded) + PREFIX + "/"
     dom = Elements(_chromium(tmp_path, "--dump-dom", url).stdout)
     assert "hidden" not in dom.by_id["auth"]
     assert "hidden" not in dom.by_id["token-form"]

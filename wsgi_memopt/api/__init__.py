@@ -87,14 +87,16 @@ class MemoryAPI:
         return response
 
     def _route(self, request: Request) -> Response:
-        denied = self.access.check(request.environ)
+        sub = request.path[len(self.prefix) :] or "/"
+        # The dashboard page holds no data and must load before it can ask for the token;
+        # everything it shows comes from `stats`, which the access rule guards.
+        denied = None if sub == "/" else self.access.check(request.environ)
         if denied is not None:
             status, message = denied
             response = _error(status, message)
             if status == 401:
                 response.headers["WWW-Authenticate"] = 'Bearer realm="wsgi_memopt"'
             return response
-        sub = request.path[len(self.prefix) :] or "/"
         methods = self._routes.get(sub)
         if methods is None:
             return _error(404, f"no such endpoint: {sub}; see {self.prefix}/openapi.json")
