@@ -233,14 +233,18 @@ class MemoryOptimizer:
             if method == "HEAD":
                 return "request", "head"  # nothing to refresh the entry with
             return _Miss(base_key, path, credentials, "request", None, None)
-        key, entry = self.cache.lookup(base_key, environ, now, credentials=credentials)
+        # Single flight: the first miss of a key fetches it; the others wait for its result.
+        # Such a request looks up twice, and is counted once: as the hit or miss it ends as.
+        flight = self._lock_wait > 0 and not credentials and method == "GET"
+        key, entry = self.cache.lookup(
+            base_key, environ, now, credentials=credentials, count_miss=not flight
+        )
         if entry is not None:
             return entry
         if method == "HEAD":
             return "miss", "head"  # a HEAD response has no body to store
-        # Single flight: the first miss of a key fetches it; the others wait for its result.
         fill_key = fill_owner = None
-        if self._lock_wait > 0 and not credentials:
+        if flight:
             fill_owner = object()
             event = self.cache.begin_fill(key, self._lock_wait, fill_owner)
             if event is not None:
@@ -255,6 +259,7 @@ class MemoryOptimizer:
                 if entry is not None:
                     self.cache.end_fill(key, fill_owner)
                     return entry
+                self.cache.count_miss()
         return _Miss(base_key, path, credentials, "miss", fill_key, fill_owner)
 
     # -- answering

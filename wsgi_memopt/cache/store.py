@@ -116,6 +116,7 @@ class ResponseStore:
         now: float,
         *,
         credentials: bool = False,
+        count_miss: bool = True,
     ) -> tuple[CacheKey, Entry | None]:
         """The full key for this request and its entry fresh at ``now``; counts a hit or miss.
 
@@ -138,8 +139,13 @@ class ResponseStore:
                     pass
                 next(self._hits)
                 return key, entry
-        next(self._misses)
+        if count_miss:
+            next(self._misses)
         return key, None
+
+    def count_miss(self) -> None:
+        """Count a miss decided after a :meth:`lookup` that was told not to count it."""
+        next(self._misses)
 
     def put(self, entry: Entry, vary: tuple[str, ...] = ()) -> bool:
         """Store ``entry`` (replacing one under the same key); False when it is too large.
