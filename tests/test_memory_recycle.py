@@ -155,6 +155,26 @@ def _control_socket_args() -> tuple[str, ...]:
     return ("--no-control-socket",) if "--no-control-socket" in help_text else ()
 
 
+def gunicorn_command(port: int, worker_class: str, *args: str) -> list[str]:
+    """``python -m gunicorn`` on 127.0.0.1:``port``, logging to stderr, control socket off."""
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        f"{HOST}:{port}",
+        "--worker-class",
+        worker_class,
+        *(("--threads", "2") if worker_class == "gthread" else ()),
+        "--graceful-timeout",
+        "5",
+        "--error-logfile",
+        "-",
+        *_control_socket_args(),
+        *args,
+    ]
+
+
 def free_port() -> int:
     """A port free on 127.0.0.1 now (bound to port 0, then released)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -319,29 +339,18 @@ def start_gunicorn(tmp_path: Path) -> Iterator[StartGunicorn]:
         write_app(tmp_path, settings)
         port = free_port()
         log_path = tmp_path / "gunicorn.log"
-        command = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--bind",
-            f"{HOST}:{port}",
+        command = gunicorn_command(
+            port,
+            worker_class,
             "--workers",
             str(workers),
-            "--worker-class",
-            worker_class,
-            *(("--threads", "2") if worker_class == "gthread" else ()),
             *(("--preload",) if preload else ()),
-            "--graceful-timeout",
-            "5",
             "--chdir",
             str(tmp_path),
             "--log-level",
             "info",
-            "--error-logfile",
-            "-",
-            *_control_socket_args(),
             "app:application",
-        ]
+        )
         with log_path.open("wb") as log_file:
             proc = subprocess.Popen(
                 command, stdout=log_file, stderr=subprocess.STDOUT, env=child_env()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import http.client
 import json
 import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -27,9 +26,9 @@ from test_memory_recycle import (
     BOOT_TIMEOUT_S,
     HOST,
     REQUEST_TIMEOUT_S,
-    _control_socket_args,
     child_env,
     free_port,
+    gunicorn_command,
     require_module,
     stop,
 )
@@ -210,24 +209,7 @@ class Servers:
     def start(self, *args: str, worker_class: str = "sync", wait_boot: bool = True) -> Server:
         port = free_port()
         log_path = self.log_dir / f"gunicorn-{port}.log"
-        command = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--bind",
-            f"{HOST}:{port}",
-            "--workers",
-            "1",
-            "--worker-class",
-            worker_class,
-            *(("--threads", "2") if worker_class == "gthread" else ()),
-            "--graceful-timeout",
-            "5",
-            "--error-logfile",
-            "-",
-            *_control_socket_args(),
-            *args,
-        ]
+        command = gunicorn_command(port, worker_class, "--workers", "1", *args)
         with log_path.open("wb") as log_file:
             proc = subprocess.Popen(
                 command, stdout=log_file, stderr=subprocess.STDOUT, env=child_env()
