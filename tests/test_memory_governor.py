@@ -1086,3 +1086,27 @@ Client(optimizer).get("/", buffered=True)
 print(json.dumps([before, tracemalloc.is_tracing(), tracemalloc.get_traceback_limit()]))
 """
     assert run_script(script) == [False, True, 5]
+
+
+def test_steady_critical_pressure_is_not_cleaned_up_every_sample(make: Make) -> None:
+    # Memory no cleanup lowers (here: the process's own baseline over a tiny limit) must not
+    # cost a full emergency at every sample: one, then again after the back-off or a rise.
+    optimizer, client = make(
+        body_app(1000),
+        pressure_source="process",
+        process_limit_mb=rss_mb() * 0.5,  # ~200%: a few MB of drift moves it a point or two
+        max_memory_percent=65,
+        critical_percent=85,
+        restart_percent=100,
+        sample_interval_s=0,
+        trim_threshold_mb=0,
+    )
+    clock = [1000.0]
+    optimizer.governor.clock = lambda: clock[0]
+    for number in range(10):
+        assert get(client, f"/page/{number}").status_code == 200
+    kinds = [action.kind for action in optimizer.governor.history]
+    assert kinds == ["emergency"]
+    clock[0] += 31.0  # past the back-off
+    assert get(client, "/page/after").status_code == 200
+    assert [action.kind for action in optimizer.governor.history] == ["emergency"] * 2

@@ -51,6 +51,8 @@ _MB = float(1 << 20)
 _SAMPLES_KEPT = 720  # the dashboard's ring: an hour at one sample every 5 s
 _COLLECT_ROUNDS = 5  # "collect until nothing more is freed", bounded
 _LAZY_IDLE_S = 300.0  # an emergency unloads lazy modules unused for this long
+_ACTION_BACKOFF_S = 30.0  # optimize/emergency at most this often under steady pressure...
+_ACTION_RISE_PERCENT = 5.0  # ...unless memory rose this much since the last one
 
 
 @dataclass
@@ -149,6 +151,8 @@ class Governor:
         self._status: str | None = None
         self._above_restart_since: float | None = None
         self._trimmed_at_rss: float | None = None
+        self._last_action_at: float | None = None  # the last optimize or emergency
+        self._last_action_percent = 0.0
         self._started_at = clock()
         self._restart_jitter = self._draw_jitter()
         self._recycle_sent = False
@@ -240,10 +244,11 @@ class Governor:
             self._next_tick = now + self.settings.sample_interval_s
             sample = self.sample()
             quiet = self.in_flight == 0  # pausing work only with nothing in flight
+            due = quiet and self._pressure_action_due(sample, now)
             action = None
-            if quiet and sample.memory_percent > self.settings.critical_percent:
+            if due and sample.memory_percent > self.settings.critical_percent:
                 action = self._emergency("critical", sample)
-            elif quiet and sample.memory_percent > self.settings.max_memory_percent:
+            elif due and sample.memory_percent > self.settings.max_memory_percent:
                 action = self._optimize("pressure", sample)
             elif quiet and self._grew_past_trim_threshold(sample):
                 action = self._trim(sample)
@@ -259,6 +264,14 @@ class Governor:
         self.samples.append((sample.taken_at, sample.memory_percent, sample.rss_mb))
         self._log_transition(sample)
         return sample
+
+    def _pressure_action_due(self, sample: MemorySample, now: float) -> bool:
+        """Whether optimize/emergency may run again: memory that no cleanup lowers (native
+        memory, a fragmented heap) must not get a full collection every sample; that is the
+        recycle's job. Again after ``_ACTION_BACKOFF_S``, or sooner if memory rose further."""
+        if self._last_action_at is None or now - self._last_action_at >= _ACTION_BACKOFF_S:
+            return True
+        return sample.memory_percent >= self._last_action_percent + _ACTION_RISE_PERCENT
 
     def _grew_past_trim_threshold(self, sample: MemorySample) -> bool:
         threshold = self.settings.trim_threshold_mb
@@ -350,6 +363,9 @@ class Governor:
     def _record(self, action: Action) -> Action:
         self.history.append(action)
         self.action_counts[action.kind] += 1
+        if action.kind in ("optimize", "emergency"):
+            self._last_action_at = self.clock()
+            self._last_action_percent = action.after.memory_percent
         self.last_sample = action.after
         self._trimmed_at_rss = action.after.rss_mb
         log.info(
