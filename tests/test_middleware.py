@@ -1244,3 +1244,19 @@ def test_clear_empties_the_cache() -> None:
 
     assert (len(optimizer.cache), optimizer.cache.bytes) == (0, 0)
     assert get(client, "/a").data == b"body #4"
+
+
+def test_a_hit_is_in_flight_until_the_server_closes_it() -> None:
+    # The plain hit skips the GC switch but not the count the governor's pauses wait on.
+    app = CountingApp()
+    optimizer, client = wrap(app)
+    get(client, "/p")
+    environ = EnvironBuilder(path="/p").get_environ()
+    statuses: list[str] = []
+    response = optimizer(environ, lambda status, headers, exc_info=None: statuses.append(status))
+    assert statuses == ["200 OK"]
+    assert b"".join(response) == b"body #1"
+    assert optimizer.governor.in_flight == 1
+    response.close()  # type: ignore[attr-defined]
+    assert optimizer.governor.in_flight == 0
+    assert optimizer.cache.stats()["hits"] == 1

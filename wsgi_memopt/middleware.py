@@ -120,6 +120,9 @@ class MemoryOptimizer:
         self._request_started = self.governor.request_started
         self._request_finished = self.governor.request_finished
         self._hit_response = _hit_response_class(self._request_finished)
+        self._hit_started = self.governor.hit_started
+        self._hit_finished = self.governor.hit_finished
+        self._fast_hit_response = _hit_response_class(self._hit_finished)
         self._plain_entry, self._move_to_end, self._count_hit = self.cache.hot_path()
         self._no_keyed_values = (None,) * len(self._key_environ)
         self._rule_headers = frozenset(
@@ -132,6 +135,11 @@ class MemoryOptimizer:
                 *self._key_environ,
             )
         )
+        # The plain hit also leaves conditional requests (304s) to the full path.
+        self._replay_rule_headers = self._rule_headers | {
+            "HTTP_IF_NONE_MATCH",
+            "HTTP_IF_MODIFIED_SINCE",
+        }
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Serve from the cache when allowed and fresh; otherwise call the app and capture.
@@ -139,6 +147,48 @@ class MemoryOptimizer:
         Every response goes back wrapped so that the server's ``close()`` reaches the
         governor: that is the end of the request, when memory is looked after.
         """
+        # The commonest request first: a plain GET or HEAD whose fresh entry has no Vary. It
+        # needs no API check (API answers are never stored) and no GC switch (a replay
+        # allocates next to nothing); it is counted in flight until its close() all the same.
+        if self._cache_enabled:
+            method = environ.get("REQUEST_METHOD")
+            if (method == "GET" or method == "HEAD") and environ.keys().isdisjoint(
+                self._replay_rule_headers
+            ):
+                now = self.cache.clock()
+                try:
+                    key = (
+                        environ["wsgi.url_scheme"],
+                        environ.get("HTTP_HOST")
+                        or f"{environ['SERVER_NAME']}:{environ['SERVER_PORT']}",
+                        environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""),
+                        environ.get("QUERY_STRING", ""),
+                    )
+                    entry = self._plain_entry(key)
+                    if entry is not None and entry.expires > now:
+                        self._move_to_end(key)  # KeyError if just evicted: served below
+                        self._count_hit()
+                    else:
+                        entry = None
+                except Exception:
+                    entry = None  # the full path below logs and copes
+                if entry is not None:
+                    self._hit_started()
+                    try:
+                        headers = entry.replay_headers
+                        if not entry.created <= now < headers[0]:
+                            headers = entry.rebuild_hit_headers(now)
+                        start_response(entry.status, headers[1][:])
+                    except BaseException:
+                        self._hit_finished()
+                        raise
+                    if method == "HEAD":
+                        return self._fast_hit_response()
+                    return self._fast_hit_response((entry.body,))
+        return self._respond(environ, start_response)
+
+    def _respond(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        """Every request but the plain hit: the API, pass-through, hits with rules, misses."""
         finished = self._request_finished
         self._request_started()
         try:
