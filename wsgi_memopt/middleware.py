@@ -212,19 +212,11 @@ class MemoryOptimizer:
                     path,
                     environ.get("QUERY_STRING", ""),
                 )
-                # Most requests carry none of the headers that change the rules: for them,
-                # one C-level check and a lock-free lookup decide a hit (SPEC §11).
+                # No rule-changing header (the plain hit was tried in __call__): a hit with
+                # Vary, or one a conditional request may turn into a 304.
                 plan: Entry | _Miss | tuple[str, str] | None = None
                 if environ.keys().isdisjoint(self._rule_headers):
-                    plan = self._plain_entry(base_key)
-                    if plan is not None and plan.expires > now:
-                        # A fresh entry without Vary: the common hit, no call into the store.
-                        # (Should another thread evict it this instant, move_to_end raises
-                        # KeyError and the request is served by the app: still right.)
-                        self._move_to_end(base_key)
-                        self._count_hit()
-                    else:
-                        plan = self.cache.hit(base_key, environ, now)
+                    plan = self.cache.lookup(base_key, environ, now, count_miss=False)[1]
                 if plan is None:
                     plan = self._plan(environ, method, now, path, base_key)
                     if type(plan) is tuple:
@@ -241,10 +233,7 @@ class MemoryOptimizer:
                 ):
                     start_response("304 Not Modified", plan.not_modified_headers_at(now))
                     return self._hit_response()
-                headers = plan.replay_headers
-                if not plan.created <= now < headers[0]:
-                    headers = plan.rebuild_hit_headers(now)
-                start_response(plan.status, headers[1][:])
+                start_response(plan.status, plan.hit_headers(now))
                 if method == "HEAD":
                     return self._hit_response()
                 return self._hit_response((plan.body,))
@@ -304,12 +293,12 @@ class MemoryOptimizer:
                     return entry
             else:
                 fill_key = key
-                # The previous fill may have stored the entry between our lookup and now.
-                entry = self.cache.hit(base_key, environ, self.cache.clock())
+                # The previous fill may have stored the entry between our lookup and now;
+                # this lookup counts the request, as a hit or as the miss it is.
+                _, entry = self.cache.lookup(base_key, environ, self.cache.clock())
                 if entry is not None:
                     self.cache.end_fill(key, fill_owner)
                     return entry
-                self.cache.count_miss()
         return _Miss(base_key, path, credentials, "miss", fill_key, fill_owner)
 
     # -- answering

@@ -69,34 +69,6 @@ class ResponseStore:
 
     # -- the request path
 
-    def hit(self, base_key: CacheKey, environ: Mapping[str, object], now: float) -> Entry | None:
-        """The entry fresh at ``now`` for a request without credentials, counted as a hit;
-        None (and nothing counted) otherwise.
-
-        Takes no lock: ``dict.get`` and ``OrderedDict.move_to_end`` are single C calls,
-        atomic under the GIL, and every writer holds the lock. A key removed between the two
-        calls raises ``KeyError``: a hit on an entry that is on its way out.
-        """
-        entry = self._entries.get(base_key)
-        if entry is None:
-            vary = self._vary.get(base_key)
-            if vary is None or not vary[0]:
-                return None
-            key = variant_key(base_key, vary[0], environ)
-            entry = self._entries.get(key)
-            if entry is None:
-                return None
-        else:
-            key = base_key
-        if entry.expires <= now:
-            return None
-        try:  # noqa: SIM105 (a with block would cost five times as much here)
-            self._entries.move_to_end(key)
-        except KeyError:
-            pass
-        next(self._hits)
-        return entry
-
     def hot_path(
         self,
     ) -> tuple[Callable[[CacheKey], Entry | None], Callable[[CacheKey], None], Callable[[], int]]:
@@ -121,7 +93,8 @@ class ResponseStore:
         """The full key for this request and its entry fresh at ``now``; counts a hit or miss.
 
         With ``credentials``, only an entry whose response said ``public`` or ``s-maxage``
-        is returned. An expired entry is removed.
+        is returned. An expired entry is removed. A hit takes no lock (see :meth:`hot_path`);
+        ``count_miss=False`` leaves a miss to a later lookup of the same request to count.
         """
         vary = self._vary.get(base_key)
         key = base_key if vary is None or not vary[0] else variant_key(base_key, vary[0], environ)
@@ -142,10 +115,6 @@ class ResponseStore:
         if count_miss:
             next(self._misses)
         return key, None
-
-    def count_miss(self) -> None:
-        """Count a miss decided after a :meth:`lookup` that was told not to count it."""
-        next(self._misses)
 
     def put(self, entry: Entry, vary: tuple[str, ...] = ()) -> bool:
         """Store ``entry`` (replacing one under the same key); False when it is too large.
@@ -173,7 +142,8 @@ class ResponseStore:
             if len(self._entries) >= self.max_items or self.bytes + entry.size > self.max_bytes:
                 self._evict_for(entry.size)
             if vary:
-                # A plain entry under the base key would be found first by hit(): the newest
+                # A plain entry under the base key would be found first by the plain-hit path
+                # (hot_path): the newest
                 # response says the page varies, so the plain one goes.
                 plain = self._entries.get(entry.base_key)
                 if plain is not None:
