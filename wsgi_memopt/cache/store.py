@@ -143,8 +143,7 @@ class ResponseStore:
                 self._evict_for(entry.size)
             if vary:
                 # A plain entry under the base key would be found first by the plain-hit path
-                # (hot_path): the newest
-                # response says the page varies, so the plain one goes.
+                # (hot_path): the newest response says the page varies, so the plain one goes.
                 plain = self._entries.get(entry.base_key)
                 if plain is not None:
                     self._remove(plain)
