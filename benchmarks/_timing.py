@@ -17,11 +17,24 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
-__all__ = ["Prepare", "calibrate", "interleaved", "round_ratios"]
+__all__ = [
+    "Environ",
+    "Prepare",
+    "WSGIApp",
+    "calibrate",
+    "interleaved",
+    "repeated",
+    "round_ratios",
+    "serve",
+    "write_nothing",
+]
 
 Prepare = Callable[[int], Callable[[], object]]
+Environ = dict[str, Any]
+WSGIApp = Callable[[Environ, Callable[..., Any]], Iterable[bytes]]
 
 
 def _time_once(prepare: Prepare, n: int, gc_off: bool) -> float:
@@ -84,3 +97,47 @@ def interleaved(
 def round_ratios(numerator: list[float], denominator: list[float]) -> list[float]:
     """``numerator / denominator`` within each round, e.g. baseline time / our time."""
     return [a / b for a, b in zip(numerator, denominator, strict=True)]
+
+
+# -- the server's side of a call: what every contender is driven by
+
+
+def write_nothing(data: bytes) -> None:
+    pass
+
+
+def _start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+    return write_nothing
+
+
+def serve(app: WSGIApp, environs: list[Environ], *, copy: bool) -> Callable[[], None]:
+    """Zero-argument run making one call of ``app`` per environ, as a WSGI server does."""
+    start_response = _start_response
+    if copy:
+
+        def run() -> None:
+            for environ in environs:
+                result = app(dict(environ), start_response)
+                for _ in result:
+                    pass
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+
+    else:
+
+        def run() -> None:
+            for environ in environs:
+                result = app(environ, start_response)
+                for _ in result:
+                    pass
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+
+    return run
+
+
+def repeated(app: WSGIApp, environ: Environ, *, copy: bool) -> Prepare:
+    """A contender calling ``app`` ``n`` times with the same environ."""
+    return lambda n: serve(app, [environ] * n, copy=copy)

@@ -28,15 +28,21 @@ from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from typing import Any
 
-from _timing import Prepare, interleaved, round_ratios
+from _timing import (
+    Environ,
+    Prepare,
+    WSGIApp,
+    interleaved,
+    repeated,
+    round_ratios,
+    serve,
+    write_nothing,
+)
 from flask import Flask
 from flask_caching import Cache
 from werkzeug.test import EnvironBuilder
 
 from wsgi_memopt import MemoryOptimizer
-
-Environ = dict[str, Any]
-WSGIApp = Callable[[Environ, Callable[..., Any]], Iterable[bytes]]
 
 BODY = b"hello"  # 5 B: the Flask route's body and the small entry
 BIG = b"x" * (100 * 1024)  # the 100 KB entry
@@ -45,50 +51,6 @@ BIG_CAPS = {"cache_max_items": 10**7, "cache_max_mb": 4096.0}  # no eviction in 
 # requests, under a benchmark that keeps it off for every contender alike. Its per-request
 # bookkeeping is measured on its own, in benchmarks/housekeeping.py.
 CACHE_ONLY = {"gc_mode": "auto", "monitor_interval_s": 0}
-
-
-# -- the server's side of a call
-
-
-def _write(data: bytes) -> None:
-    pass
-
-
-def _start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-    return _write
-
-
-def serve(app: WSGIApp, environs: list[Environ], *, copy: bool) -> Callable[[], None]:
-    """Zero-argument run making one call of ``app`` per environ, as a WSGI server does."""
-    start_response = _start_response
-    if copy:
-
-        def run() -> None:
-            for environ in environs:
-                result = app(dict(environ), start_response)
-                for _ in result:
-                    pass
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()
-
-    else:
-
-        def run() -> None:
-            for environ in environs:
-                result = app(environ, start_response)
-                for _ in result:
-                    pass
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()
-
-    return run
-
-
-def repeated(app: WSGIApp, environ: Environ, *, copy: bool) -> Prepare:
-    """A contender calling ``app`` ``n`` times with the same environ."""
-    return lambda n: serve(app, [environ] * n, copy=copy)
 
 
 def fresh_urls(app: WSGIApp, base: Environ, counter: Iterable[int]) -> Prepare:
@@ -118,7 +80,7 @@ def call_once(app: WSGIApp, environ: Environ) -> tuple[str, dict[str, str], byte
 
     def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
         seen[:] = [status, dict(headers)]
-        return _write
+        return write_nothing
 
     result = app(dict(environ), start_response)
     try:

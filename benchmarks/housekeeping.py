@@ -25,7 +25,7 @@ from werkzeug.test import EnvironBuilder
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _timing import interleaved
+from _timing import Prepare, WSGIApp, interleaved, repeated
 
 from wsgi_memopt import MemoryOptimizer
 
@@ -47,27 +47,9 @@ def constant_app(environ: dict[str, Any], start_response: Callable[..., Any]) ->
     return [b"hello"]
 
 
-def prepare_for(app: Callable[..., Any]) -> Callable[[int], Callable[[], object]]:
-    environ = EnvironBuilder("/").get_environ()
-
-    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        return None
-
-    def prepare(n: int) -> Callable[[], object]:
-        environs = [dict(environ) for _ in range(n)]
-
-        def run() -> None:
-            for one in environs:
-                response = app(one, start_response)
-                for _ in response:
-                    pass
-                close = getattr(response, "close", None)
-                if close is not None:
-                    close()
-
-        return run
-
-    return prepare
+def prepare_for(app: WSGIApp) -> Prepare:
+    """The contender: ``app`` called like a server would, a fresh copy of the environ each time."""
+    return repeated(app, EnvironBuilder("/").get_environ(), copy=True)
 
 
 def main(argv: list[str] | None = None) -> int:
