@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Measured twice: around a bare WSGI function, where its cost stands out of the noise,
     # and around the Flask route, the reference the target is a share of.
-    rows = []
+    rows: list[dict[str, Any]] = []
     for label, bare in (("bare WSGI function", constant_app), ("trivial Flask route", flask_app())):
         contenders = {
             "bare": prepare_for(bare),
