@@ -33,9 +33,13 @@ class Tally:
         """Count one more ``reason``."""
         counter = self._counts.get(reason)
         if counter is None:
-            with self._lock:
-                counter = self._counts.setdefault(reason, itertools.count())
+            counter = self.counter(reason)
         next(counter)
+
+    def counter(self, reason: str) -> itertools.count[int]:
+        """The count of ``reason``: ``next()`` on it is :meth:`add` in one C call."""
+        with self._lock:
+            return self._counts.setdefault(reason, itertools.count())
 
     def get(self, reason: str) -> int:
         """How many ``reason`` so far."""
@@ -48,5 +52,6 @@ class Tally:
         return self
 
     def snapshot(self) -> dict[str, int]:
-        """Every reason and its count."""
-        return {reason: read_count(counter) for reason, counter in list(self._counts.items())}
+        """Every reason counted at least once, and its count."""
+        counts = {reason: read_count(counter) for reason, counter in list(self._counts.items())}
+        return {reason: count for reason, count in counts.items() if count}

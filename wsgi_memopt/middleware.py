@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import operator
 import re
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from .api import MemoryAPI
 from .api.report import memory_stats
@@ -41,7 +42,6 @@ from .memory.governor import Governor
 from .settings import Settings
 
 if TYPE_CHECKING:
-    from _typeshed import OptExcInfo
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 __all__ = ["MemoryOptimizer"]
@@ -93,13 +93,6 @@ class MemoryOptimizer:
             evict_fraction=settings.cache_evict_fraction,
             cleanup_interval_s=settings.cache_cleanup_interval_s,
         )
-        self._rules = CaptureRules(
-            store=self.cache,
-            statuses=frozenset(settings.cache_statuses),
-            item_limit=item_limit,
-            ttl_cap=settings.cache_ttl_s,
-            on_close=self._end_of_request,
-        )
         keyed = set(settings.cache_key_headers)
         self._key_environ = tuple(
             environ_key(name) for name in sorted(keyed.union(FORWARDED_KEY_HEADERS))
@@ -117,14 +110,29 @@ class MemoryOptimizer:
         self.api = MemoryAPI(self)
         # With the API off, a prefix no PATH_INFO starts with (it starts with "/" or is empty).
         self._api_prefix = settings.api_prefix if settings.api_enabled else "\x00"
-        self._request_started = self.governor.request_started
-        self._request_finished = self.governor.request_finished
-        self._hit_response = _hit_response_class(self._request_finished)
-        self._hit_started = self.governor.hit_started
-        self._hit_finished = self.governor.hit_finished
-        self._fast_hit_response = _hit_response_class(self._hit_finished)
-        self._plain_entry, self._move_to_end, self._count_hit = self.cache.hot_path()
-        self._no_keyed_values = (None,) * len(self._key_environ)
+        governor = self.governor
+        self._rules = CaptureRules(
+            store=self.cache,
+            statuses=frozenset(settings.cache_statuses),
+            item_limit=item_limit,
+            ttl_cap=settings.cache_ttl_s,
+            on_close=governor.request_finished,
+        )
+        self._request_started = governor.request_started
+        self._request_finished = governor.request_finished
+        self._hit_started = governor.hit_started
+        self._flight_append = governor._flight_append
+        self._hit_close = governor.hit_close
+        # A hit's response: its body in a tuple whose close() ends the request. Prebuilt per
+        # entry with the C-level hit_close (no Python frame at all); a hit that must tick
+        # (a sample is due) or that went the full path gets a list whose close() is Python.
+        hit_response_type = _response_class(tuple, governor.hit_close)
+        self.cache.response_type = hit_response_type
+        self._empty_hit = hit_response_type()
+        self._ticking_hit = _response_class(list, governor.hit_finished)
+        self._hit_response = _response_class(list, self._request_finished)
+        self._entry_at, self._touch, self._count_hit = self.cache.hot_path()
+        self._count_method_bypass = self.cache.bypass_counter("method")
         self._rule_headers = frozenset(
             (
                 "HTTP_CACHE_CONTROL",
@@ -135,11 +143,6 @@ class MemoryOptimizer:
                 *self._key_environ,
             )
         )
-        # The plain hit also leaves conditional requests (304s) to the full path.
-        self._replay_rule_headers = self._rule_headers | {
-            "HTTP_IF_NONE_MATCH",
-            "HTTP_IF_MODIFIED_SINCE",
-        }
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Serve from the cache when allowed and fresh; otherwise call the app and capture.
@@ -147,49 +150,78 @@ class MemoryOptimizer:
         Every response goes back wrapped so that the server's ``close()`` reaches the
         governor: that is the end of the request, when memory is looked after.
         """
-        # The commonest request first: a plain GET or HEAD whose fresh entry has no Vary. It
-        # needs no API check (API answers are never stored) and no GC switch (a replay
-        # allocates next to nothing); it is counted in flight until its close() all the same.
+        # The commonest request first: a GET or HEAD with none of the headers a rule reads,
+        # whose fresh entry has no Vary. It needs no API check (API answers are never
+        # stored), no GC switch (a replay allocates next to nothing) and no allocation but
+        # the header list the server may change; it is in flight until its close().
         if self._cache_enabled:
             method = environ.get("REQUEST_METHOD")
             if (method == "GET" or method == "HEAD") and environ.keys().isdisjoint(
-                self._replay_rule_headers
+                self._rule_headers
             ):
-                now = self.cache.clock()
                 try:
-                    key = (
-                        environ["wsgi.url_scheme"],
-                        environ.get("HTTP_HOST")
-                        or f"{environ['SERVER_NAME']}:{environ['SERVER_PORT']}",
-                        environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""),
-                        environ.get("QUERY_STRING", ""),
-                    )
-                    entry = self._plain_entry(key)
-                    if entry is not None and entry.expires > now:
-                        self._move_to_end(key)  # KeyError if just evicted: served below
-                        self._count_hit()
-                    else:
-                        entry = None
-                except Exception:
-                    entry = None  # the full path below logs and copes
+                    key = _PLAIN_KEY(environ)
+                except KeyError:
+                    key = request_key(environ)
+                try:
+                    entry = self._entry_at(key)
+                except TypeError:
+                    entry = None  # an unhashable value a broken server put in environ
                 if entry is not None:
-                    self._hit_started()
-                    try:
-                        headers = entry.replay_headers
-                        if not entry.created <= now < headers[0]:
-                            headers = entry.rebuild_hit_headers(now)
-                        start_response(entry.status, headers[1][:])
-                    except BaseException:
-                        self._hit_finished()
-                        raise
-                    if method == "HEAD":
-                        return self._fast_hit_response()
-                    return self._fast_hit_response((entry.body,))
-        return self._respond(environ, start_response)
+                    now = self.cache.clock()
+                    # Fresh, its Age header still right, and no validator a conditional
+                    # request could turn into a 304: nothing else to check.
+                    if now < entry.replay_until and not (
+                        entry.validated
+                        and ("HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ)
+                    ):
+                        try:  # noqa: SIM105 (a with block costs five times as much here)
+                            self._touch(key)  # least recently used goes first
+                        except KeyError:
+                            pass  # evicted meanwhile by another thread: still ours to send
+                        self._count_hit()
+                        if now < self.governor.next_tick:
+                            self._flight_append(None)
+                            try:
+                                start_response(entry.status, entry.replay[:])
+                            except BaseException:
+                                self._hit_close()
+                                raise
+                            if method == "GET":
+                                return entry.response
+                            return self._empty_hit
+                        # A sample is due: this hit's close() ticks.
+                        self._hit_started()
+                        try:
+                            start_response(entry.status, entry.replay[:])
+                        except BaseException:
+                            self.governor.hit_finished()
+                            raise
+                        return self._ticking_hit((entry.body,) if method == "GET" else ())
+                return self._respond(environ, start_response, key)
+            if (
+                method != "GET"
+                and method != "HEAD"
+                and not environ.get("PATH_INFO", "").startswith(self._api_prefix)
+            ):
+                # Any other method goes to the app and is never stored (SPEC §6).
+                self._request_started()
+                self._count_method_bypass()
+                try:
+                    return self._pass(_FORWARD_METHOD, environ, start_response)
+                except BaseException:
+                    self._request_finished()  # the app raised: the request is over
+                    raise
+        return self._respond(environ, start_response, None)
 
-    def _respond(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        """Every request but the plain hit: the API, pass-through, hits with rules, misses."""
-        finished = self._request_finished
+    def _respond(
+        self, environ: WSGIEnvironment, start_response: StartResponse, plain_key: CacheKey | None
+    ) -> Iterable[bytes]:
+        """Every request but the plain hit: the API, pass-through, hits with rules, misses.
+
+        ``plain_key`` is the base key of a GET or HEAD carrying none of the headers a rule
+        reads, as the plain-hit lane built it; None for anything else.
+        """
         self._request_started()
         try:
             path_info = environ.get("PATH_INFO", "")
@@ -198,35 +230,21 @@ class MemoryOptimizer:
                 return self._closing(self.api(environ, start_response), environ)
             if not self._cache_enabled:
                 return self._closing(self.app(environ, start_response), environ)
-            method = environ.get("REQUEST_METHOD")
-            if method != "GET" and method != "HEAD":
-                self._count_bypass("method")
-                return self._closing(self._pass(_FORWARD_METHOD, environ, start_response), environ)
+            method: str = environ.get("REQUEST_METHOD", "")
+            if plain_key is None and method != "GET" and method != "HEAD":
+                self._count_method_bypass()
+                return self._pass(_FORWARD_METHOD, environ, start_response)
             now = self.cache.clock()
             try:
-                path = environ.get("SCRIPT_NAME", "") + path_info
-                base_key: CacheKey = (
-                    environ["wsgi.url_scheme"],
-                    environ.get("HTTP_HOST")
-                    or f"{environ['SERVER_NAME']}:{environ['SERVER_PORT']}",
-                    path,
-                    environ.get("QUERY_STRING", ""),
-                )
-                # No rule-changing header (the plain hit was tried in __call__): a hit with
-                # Vary, or one a conditional request may turn into a 304.
-                plan: Entry | _Miss | tuple[str, str] | None = None
-                if environ.keys().isdisjoint(self._rule_headers):
-                    plan = self.cache.lookup(base_key, environ, now, count_miss=False)[1]
-                if plan is None:
-                    plan = self._plan(environ, method, now, path, base_key)
-                    if type(plan) is tuple:
-                        self._count_bypass(plan[1])
+                plan = self._plan(environ, start_response, method, now, plain_key)
             except Exception:
                 # A broken cache costs the request its caching, never its response.
                 log.warning("[CACHE] lookup failed; passing the request through", exc_info=True)
                 self._count_bypass("cache-error")
                 return self._closing(self.app(environ, start_response), environ)
-            if type(plan) is Entry:
+            if isinstance(plan, Capture):
+                return self._fetch(plan, environ)
+            if isinstance(plan, Entry):
                 if ("HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ) and (
                     plan.status.startswith("200")
                     and is_not_modified(environ, plan.etag, plan.last_modified)
@@ -237,41 +255,47 @@ class MemoryOptimizer:
                 if method == "HEAD":
                     return self._hit_response()
                 return self._hit_response((plan.body,))
-            if type(plan) is _Miss:
-                return self._fetch(plan, environ, start_response)
-            forward, detail = plan  # type: ignore[misc]
-            return self._closing(
-                self._pass(cache_status(forward, detail), environ, start_response), environ
-            )
+            forward, detail = plan
+            self._count_bypass(detail)
+            return self._pass(cache_status(forward, detail), environ, start_response)
         except BaseException:
-            finished()  # the app raised (or the server's start_response did): request over
+            self._request_finished()  # the app raised (or the server's start_response did)
             raise
 
     # -- deciding
 
     def _plan(
-        self, environ: WSGIEnvironment, method: str, now: float, path: str, base_key: CacheKey
-    ) -> Entry | _Miss | tuple[str, str]:
-        """A fresh entry to replay, a miss to fetch, or ``(forward, detail)`` to pass."""
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        method: str,
+        now: float,
+        base_key: CacheKey | None,
+    ) -> Entry | Capture | tuple[str, str]:
+        """A fresh entry to replay, a capture to fetch a miss with, or ``(forward, detail)``
+        to pass the request through with."""
         refresh = credentials = False
-        if not environ.keys().isdisjoint(self._rule_headers):
-            if "HTTP_CACHE_CONTROL" in environ or "HTTP_PRAGMA" in environ:
-                no_store, refresh = request_directives(environ)
-                if no_store:
-                    return "bypass", "request-no-store"
-            for name in self._bypass_environ:
-                if name in environ:
-                    return "bypass", "forwarding-header"
-            credentials = "HTTP_AUTHORIZATION" in environ or "HTTP_COOKIE" in environ
-            keyed = tuple(map(environ.get, self._key_environ))
-            if keyed != self._no_keyed_values:
-                base_key = (*base_key, keyed)
-        if self._path_allowed is not None and not self._path_allowed(path):
+        if base_key is None:
+            base_key = request_key(environ)
+            if not environ.keys().isdisjoint(self._rule_headers):
+                if "HTTP_CACHE_CONTROL" in environ or "HTTP_PRAGMA" in environ:
+                    no_store, refresh = request_directives(environ)
+                    if no_store:
+                        return "bypass", "request-no-store"
+                for name in self._bypass_environ:
+                    if name in environ:
+                        return "bypass", "forwarding-header"
+                credentials = "HTTP_AUTHORIZATION" in environ or "HTTP_COOKIE" in environ
+                if not environ.keys().isdisjoint(self._key_environ):
+                    base_key = (*base_key, tuple(map(environ.get, self._key_environ)))
+        if self._path_allowed is not None and not self._path_allowed(
+            str(base_key[2]) + str(base_key[3])
+        ):
             return "bypass", "path"
         if refresh:
             if method == "HEAD":
                 return "request", "head"  # nothing to refresh the entry with
-            return _Miss(base_key, path, credentials, "request", None, None)
+            return Capture(self._rules, environ, start_response, base_key, credentials, "request")
         # Single flight: the first miss of a key fetches it; the others wait for its result.
         # Such a request looks up twice, and is counted once: as the hit or miss it ends as.
         flight = self._lock_wait > 0 and not credentials and method == "GET"
@@ -282,53 +306,40 @@ class MemoryOptimizer:
             return entry
         if method == "HEAD":
             return "miss", "head"  # a HEAD response has no body to store
-        fill_key = fill_owner = None
-        if flight:
-            fill_owner = object()
-            event = self.cache.begin_fill(key, self._lock_wait, fill_owner)
-            if event is not None:
-                event.wait(self._lock_wait)
-                key, entry = self.cache.lookup(base_key, environ, self.cache.clock())
-                if entry is not None:
-                    return entry
-            else:
-                fill_key = key
-                # The previous fill may have stored the entry between our lookup and now;
-                # this lookup counts the request, as a hit or as the miss it is.
-                _, entry = self.cache.lookup(base_key, environ, self.cache.clock())
-                if entry is not None:
-                    self.cache.end_fill(key, fill_owner)
-                    return entry
-        return _Miss(base_key, path, credentials, "miss", fill_key, fill_owner)
+        if not flight:
+            return Capture(self._rules, environ, start_response, base_key, credentials)
+        owner = object()
+        event = self.cache.begin_fill(key, self._lock_wait, owner)
+        if event is not None:
+            event.wait(self._lock_wait)
+            key, entry = self.cache.lookup(base_key, environ, self.cache.clock())
+            if entry is not None:
+                return entry
+            return Capture(self._rules, environ, start_response, base_key)
+        # The previous fill may have stored the entry between our lookup and now; this
+        # lookup counts the request, as a hit or as the miss it is.
+        _, entry = self.cache.lookup(base_key, environ, self.cache.clock())
+        if entry is not None:
+            self.cache.end_fill(key, owner)
+            return entry
+        return Capture(self._rules, environ, start_response, base_key, False, "miss", key, owner)
 
     # -- answering
 
-    def _fetch(
-        self, miss: _Miss, environ: WSGIEnvironment, start_response: StartResponse
-    ) -> Iterable[bytes]:
-        capture = Capture(
-            self._rules,
-            environ,
-            start_response,
-            base_key=miss.base_key,
-            path=miss.path,
-            credentials=miss.credentials,
-            forward=miss.forward,
-            fill_key=miss.fill_key,
-            fill_owner=miss.fill_owner,
-        )
+    def _fetch(self, capture: Capture, environ: WSGIEnvironment) -> Iterable[bytes]:
         try:
             app_iter = self.app(environ, capture.start_response)
         except BaseException:
             capture.refuse("app-error")  # releases single-flight waiters; nothing is stored
             self.cache.reject("app-error")
             raise
-        if _is_file_wrapper(app_iter, environ):
+        if type(app_iter) is environ.get("wsgi.file_wrapper"):
             # A file the server can sendfile(): the page cache already holds it, and wrapping
             # it would cost the server its zero-copy path. Hand it over untouched.
             capture.refuse("file-wrapper")
             self.cache.reject("file-wrapper")
-            return self._closing(app_iter, environ)
+            self._request_finished()
+            return app_iter
         capture.app_iter = app_iter
         return capture
 
@@ -338,14 +349,16 @@ class MemoryOptimizer:
         environ: WSGIEnvironment,
         start_response: StartResponse,
     ) -> Iterable[bytes]:
-        """Call the app untouched but for ``extra`` headers (``Cache-Status``, ``X-Cache``)."""
-
-        def start_with_status(
-            status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None, /
-        ) -> Callable[[bytes], object]:
-            return start_response(status, headers + extra, exc_info)
-
-        return self.app(environ, start_with_status)
+        """Call the app untouched but for ``extra`` headers (``Cache-Status``, ``X-Cache``),
+        its response hooked to the end of the request."""
+        response = ClosingResponse(self._request_finished, start_response, extra)
+        app_iter = self.app(environ, response.start_response)
+        if type(app_iter) is environ.get("wsgi.file_wrapper"):
+            # Wrapping would cost the server its sendfile(); the app's part is done already.
+            self._request_finished()
+            return app_iter
+        response.iterable = app_iter
+        return response
 
     def _count_bypass(self, reason: str) -> None:
         try:
@@ -355,19 +368,11 @@ class MemoryOptimizer:
 
     def _closing(self, app_iter: Iterable[bytes], environ: WSGIEnvironment) -> Iterable[bytes]:
         """``app_iter`` with the end of the request hooked to its ``close()``."""
-        if _is_file_wrapper(app_iter, environ):
+        if type(app_iter) is environ.get("wsgi.file_wrapper"):
             # Wrapping would cost the server its sendfile(); the app's part is done already.
             self._request_finished()
             return app_iter
-        return ClosingResponse(app_iter, self._request_finished)
-
-    def _end_of_request(self) -> None:
-        """Runs after the server closed a miss's response: between-request housekeeping."""
-        try:
-            if self.cache.sweep_due():
-                self.cache.sweep()
-        finally:
-            self._request_finished()
+        return ClosingResponse(self._request_finished, iterable=app_iter)
 
     def optimize(self) -> dict[str, Any]:
         """Run the governor's optimize now; the measured result, as the API returns it."""
@@ -380,38 +385,44 @@ class MemoryOptimizer:
 
 _FORWARD_METHOD = cache_status("method")
 
-
-class _Miss(NamedTuple):
-    """What a cache miss needs to fetch the response and maybe store it."""
-
-    base_key: CacheKey
-    path: str
-    credentials: bool
-    forward: str  # RFC 9211 fwd= value: "miss", or "request" when the client asked to refresh
-    fill_key: CacheKey | None  # the single-flight key this request leads, if any
-    fill_owner: object  # the token that lets this request, and only it, end that fill
+# The base key of a request from a server that sets every variable it may leave out
+# (gunicorn, werkzeug, waitress and uWSGI all do): one C call. See request_key.
+_PLAIN_KEY = operator.itemgetter(
+    "wsgi.url_scheme", "HTTP_HOST", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING"
+)
 
 
-def _hit_response_class(on_close: Callable[[], None]) -> type[list[bytes]]:
-    """A list type whose ``close()`` ends the request: a hit's response.
+def request_key(environ: WSGIEnvironment) -> CacheKey:
+    """The base key of a request: scheme, host, ``SCRIPT_NAME``, ``PATH_INFO``, query.
 
-    A list built in C and one plain method cost a third of a general wrapper (SPEC §11:
-    the hit path counts every call); a hit has no app iterable to close, so there is
-    nothing else to guard.
+    PEP 3333 lets a server leave out ``SCRIPT_NAME`` and ``QUERY_STRING`` when empty, and an
+    HTTP/1.0 client ``Host``; then the key has "" and ``SERVER_NAME:SERVER_PORT``. The two
+    paths are kept apart in the key: joining them would cost every hit a new string.
     """
+    try:
+        return _PLAIN_KEY(environ)  # type: ignore[no-any-return]
+    except KeyError:
+        return (
+            environ["wsgi.url_scheme"],
+            environ.get("HTTP_HOST") or f"{environ['SERVER_NAME']}:{environ['SERVER_PORT']}",
+            environ.get("SCRIPT_NAME", ""),
+            environ.get("PATH_INFO", ""),
+            environ.get("QUERY_STRING", ""),
+        )
 
-    class HitResponse(list[bytes]):
-        __slots__ = ()
-        # A bound method as a class attribute is not bound again: close() *is* on_close(),
-        # one Python frame fewer on every hit.
-        close = on_close
 
-    return HitResponse
+def _response_class(
+    base: type[Any], on_close: Callable[[], object]
+) -> Callable[..., Iterable[bytes]]:
+    """A ``tuple`` or ``list`` type whose ``close()`` ends the request: a hit's response.
 
-
-def _is_file_wrapper(app_iter: object, environ: WSGIEnvironment) -> bool:
-    # The server's own class, exactly (a server may offer a function instead: then never).
-    return type(app_iter) is environ.get("wsgi.file_wrapper")
+    Built in C, with one close method: a third of a general wrapper's cost (SPEC §11: the
+    hit path counts every call). A hit has no app iterable to close: nothing else to guard.
+    """
+    # A bound method, a partial or a C method as a class attribute is not bound again:
+    # close() *is* on_close(), not a Python frame that calls it.
+    name = f"Hit{base.__name__.capitalize()}Response"
+    return type(name, (base,), {"__slots__": (), "close": on_close})
 
 
 def _path_filter(

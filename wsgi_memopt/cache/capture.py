@@ -3,19 +3,20 @@
 :class:`Capture` is one request's state. The middleware passes :meth:`Capture.start_response`
 to the app and returns the capture itself to the server as the response iterable:
 
-    capture = Capture(rules, environ, start_response, base_key=..., path=..., credentials=...)
+    capture = Capture(rules, environ, start_response, base_key, credentials=False)
     capture.app_iter = app(environ, capture.start_response)
     return capture
 
 Each chunk goes to the server unchanged; a copy is kept until it passes the item limit, then
-dropped. When the server calls :meth:`Capture.close` (the real end of a WSGI request) the app's
-iterable is closed exactly once and, if the response ran to its end and may be stored, the
-copy is joined into one ``bytes`` object and stored.
+dropped. A response refused at ``start_response`` (``no-store``, a cookie, ...) is not copied
+at all: the server iterates the app's own iterator. When the server calls
+:meth:`Capture.close` (the real end of a WSGI request) the app's iterable is closed exactly
+once and, if the response ran to its end and may be stored, the copy is joined into one
+``bytes`` object and stored.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -32,17 +33,28 @@ __all__ = ["Capture", "CaptureRules", "cache_status"]
 
 log = logging.getLogger("wsgi_memopt")
 
+_STATUS_HEADERS: dict[tuple[str, str | None, bool], list[tuple[str, str]]] = {}
+
 
 def cache_status(
     forward: str, detail: str | None = None, *, stored: bool = False
 ) -> list[tuple[str, str]]:
-    """``Cache-Status`` (RFC 9211) and ``X-Cache`` for a response not served from the cache."""
-    value = f"wsgi-memopt; fwd={forward}"
-    if stored:
-        value += "; stored"
-    if detail is not None:
-        value += f"; detail={detail}"
-    return [("Cache-Status", value), ("X-Cache", "MISS")]
+    """``Cache-Status`` (RFC 9211) and ``X-Cache`` for a response not served from the cache.
+
+    The list is shared between calls (there are a few dozen of them): add it to a list of
+    one's own, never change it.
+    """
+    headers = _STATUS_HEADERS.get((forward, detail, stored))
+    if headers is None:
+        value = f"wsgi-memopt; fwd={forward}"
+        if stored:
+            value += "; stored"
+        if detail is not None:
+            value += f"; detail={detail}"
+        headers = _STATUS_HEADERS.setdefault(
+            (forward, detail, stored), [("Cache-Status", value), ("X-Cache", "MISS")]
+        )
+    return headers
 
 
 @dataclass(frozen=True)
@@ -57,7 +69,11 @@ class CaptureRules:
 
 
 class Capture:
-    """One miss: records the app's ``start_response``, tees its body, stores it on ``close()``."""
+    """One miss: records the app's ``start_response``, tees its body, stores it on ``close()``.
+
+    ``reason`` says why the response will not be stored (``None`` while it may be); once it
+    is set the copy (``_chunks``) is dropped.
+    """
 
     __slots__ = (
         "_chunks",
@@ -68,6 +84,7 @@ class Capture:
         "_server_start_response",
         "_size",
         "_status",
+        "_write",
         "app_iter",
         "base_key",
         "credentials",
@@ -75,7 +92,6 @@ class Capture:
         "fill_key",
         "fill_owner",
         "forward",
-        "path",
         "reason",
         "verdict",
     )
@@ -85,10 +101,8 @@ class Capture:
         rules: CaptureRules,
         environ: Mapping[str, Any],
         start_response: StartResponse,
-        *,
         base_key: CacheKey,
-        path: str,
-        credentials: bool,
+        credentials: bool = False,
         forward: str = "miss",
         fill_key: CacheKey | None = None,
         fill_owner: object = None,
@@ -97,20 +111,16 @@ class Capture:
         self._server_start_response = start_response
         self.environ = environ
         self.base_key = base_key
-        self.path = path
         self.credentials = credentials
-        self.forward = forward
-        self.fill_key = fill_key  # set when this request leads a single-flight fill
+        self.forward = forward  # RFC 9211 fwd=: "miss", or "request" for a client's refresh
+        self.fill_key = fill_key  # set while this request leads a single-flight fill
         self.fill_owner = fill_owner
         self.app_iter: Iterable[bytes] = ()
         self.verdict: ResponseVerdict | None = None
-        self.reason: str | None = "no-response"  # why the response will not be stored
-        self._status = ""
-        self._headers: list[tuple[str, str]] = []
+        self.reason: str | None = "no-response"
         self._chunks: list[bytes] | None = []
         self._size = 0
-        self._complete = False
-        self._closed = False
+        self._complete = self._closed = False
 
     # -- what the app sees
 
@@ -124,50 +134,45 @@ class Capture:
         if exc_info is not None:
             self.refuse("app-error")
         else:
-            self._assess(status, headers)
+            try:
+                verdict = self.verdict = assess_response(
+                    status,
+                    headers,
+                    self.credentials,
+                    self._rules.statuses,
+                    self._rules.item_limit,
+                    self._rules.ttl_cap,
+                )
+            except Exception:
+                log.warning("[CACHE] could not assess a response; not storing it", exc_info=True)
+                self.refuse("cache-error")
+            else:
+                if verdict.reason is not None:
+                    self.refuse(verdict.reason)
+                else:
+                    self.reason = None
+                    self._status = status
+                    self._headers = headers
         # "stored" is promised only when the size is known up front to be within the limit.
-        stored = (
-            self.reason is None
-            and self.verdict is not None
-            and (self.verdict.content_length is not None)
-        )
-        write = self._server_start_response(
+        stored = self.reason is None and self.verdict.content_length is not None  # type: ignore[union-attr]
+        self._write = self._server_start_response(
             status, headers + cache_status(self.forward, self.reason, stored=stored), exc_info
         )
+        return self.write
 
-        def write_and_forget(data: bytes) -> object:
-            # The legacy write() callable bypasses the iterable: what it sends is never
-            # seen whole, so the response is not stored.
+    def write(self, data: bytes) -> object:
+        """The legacy ``write()`` callable: passed on, and the response is not stored (what
+        it sends bypasses the iterable, so it is never seen whole)."""
+        if self.reason is None:
             self.refuse("write-callable")
-            return write(data)
-
-        return write_and_forget
-
-    def _assess(self, status: str, headers: list[tuple[str, str]]) -> None:
-        try:
-            self.verdict = assess_response(
-                status,
-                headers,
-                credentials=self.credentials,
-                statuses=self._rules.statuses,
-                item_limit=self._rules.item_limit,
-                ttl_cap=self._rules.ttl_cap,
-            )
-        except Exception:
-            log.warning("[CACHE] could not assess a response; not storing it", exc_info=True)
-            self.refuse("cache-error")
-            return
-        self._status = status
-        self._headers = headers
-        self.reason = None
-        if self.verdict.reason is not None:
-            self.refuse(self.verdict.reason)
+        return self._write(data)
 
     def refuse(self, reason: str) -> None:
         """Give up storing this response, drop the copy and let single-flight waiters go."""
         self.reason = reason
         self._chunks = None
-        self._release_waiters()
+        if self.fill_key is not None:
+            self._release_waiters()
 
     def _release_waiters(self) -> None:
         # Requests waiting for this response need not wait for a body that will not be
@@ -183,6 +188,13 @@ class Capture:
     # -- what the server sees
 
     def __iter__(self) -> Iterator[bytes]:
+        if self._chunks is None:
+            # Refused already (the usual app calls start_response before it returns): the
+            # server iterates the app's own iterator, with nothing of ours per chunk.
+            return iter(self.app_iter)
+        return self._tee()
+
+    def _tee(self) -> Iterator[bytes]:
         limit = self._rules.item_limit
         for chunk in self.app_iter:
             chunks = self._chunks
@@ -215,29 +227,32 @@ class Capture:
 
         Never raises: a failing cache must not fail the request it served.
         """
-        rules = self._rules
+        store = self._rules.store
         try:
-            self._store()
+            if self._chunks is not None and self.reason is None and self._complete:
+                self._store()
+                # The cache grows only here: the place to drop what expired, now and then.
+                store.sweep_if_due()
+            else:
+                store.reject(self.reason or "incomplete")
         except Exception:
             log.warning("[CACHE] storing a response failed; it was served uncached", exc_info=True)
-            with contextlib.suppress(Exception):
-                rules.store.reject("cache-error")
+            try:  # noqa: SIM105 (nothing more to do when even counting fails)
+                store.reject("cache-error")
+            except Exception:
+                pass
         finally:
-            self._release_waiters()
+            if self.fill_key is not None:
+                self._release_waiters()
             try:
-                rules.on_close()
+                self._rules.on_close()
             except Exception:
                 log.warning("[CACHE] end-of-request housekeeping failed", exc_info=True)
 
     def _store(self) -> None:
         store = self._rules.store
-        if self.reason is None and not self._complete:
-            self.refuse("incomplete")
-        verdict = self.verdict
-        if self.reason is not None or verdict is None or self._chunks is None:
-            store.reject(self.reason or "no-response")
-            return
-        body = b"".join(self._chunks)
+        verdict: ResponseVerdict = self.verdict  # type: ignore[assignment]
+        body = b"".join(self._chunks)  # type: ignore[arg-type]
         self._chunks = None
         headers = self._headers
         if verdict.content_length is None:
@@ -249,17 +264,18 @@ class Capture:
         key = self.base_key
         if verdict.vary:
             key = variant_key(key, verdict.vary, self.environ)
-        entry = Entry(
-            key=key,
-            base_key=self.base_key,
-            path=self.path,
-            status=self._status,
-            headers=tuple((str(name), str(value)) for name, value in headers),
-            body=body,
-            created=store.clock(),
-            lifetime=verdict.lifetime,
-            shareable_with_credentials=verdict.shareable_with_credentials,
-            etag=verdict.etag,
-            last_modified=verdict.last_modified,
+        store.put(
+            Entry(
+                key,
+                self.base_key,
+                self._status,
+                tuple(headers),
+                body,
+                store.clock(),
+                verdict.lifetime,
+                verdict.shareable_with_credentials,
+                verdict.etag,
+                verdict.last_modified,
+            ),
+            verdict.vary,
         )
-        store.put(entry, verdict.vary)

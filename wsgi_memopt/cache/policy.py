@@ -25,6 +25,7 @@ The rules, as a user can check them:
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -89,8 +90,23 @@ def request_directives(environ: Mapping[str, object]) -> tuple[bool, bool]:
     return "no-store" in directives, refresh
 
 
-def cache_directives(value: str) -> dict[str, str | None]:
-    """``Cache-Control`` directives by lower-cased name (RFC 9111 §5.2: case-insensitive)."""
+def cache_directives(value: str) -> Mapping[str, str | None]:
+    """``Cache-Control`` directives by lower-cased name (RFC 9111 §5.2: case-insensitive).
+
+    Parsed by werkzeug; an app sends the same few values again and again, so the last
+    results are kept (short values only: a request's header is the client's to choose).
+    The mapping is shared: read it, never change it.
+    """
+    if len(value) <= _REMEMBERED_VALUE_MAX:
+        return _remembered_directives(value)
+    return parse_dict_header(value.lower())
+
+
+_REMEMBERED_VALUE_MAX = 256
+
+
+@functools.lru_cache(maxsize=256)
+def _remembered_directives(value: str) -> Mapping[str, str | None]:
     return parse_dict_header(value.lower())
 
 
@@ -99,7 +115,7 @@ def _seconds(directives: Mapping[str, str | None], name: str) -> int | None:
     if name not in directives:
         return None
     raw = directives[name]
-    if raw is None or not raw.isdigit():
+    if raw is None or not raw.isdecimal():
         return -1  # RFC 9111 §4.2.1: an invalid freshness value is treated as stale
     return int(raw)
 
@@ -134,10 +150,30 @@ _REFUSED = {
 }
 
 
+# The response headers assess_response reads, by their usual spellings and by lower case;
+# any other name maps to _OTHER. A name spelled otherwise is looked up again lower-cased.
+_OTHER = "other"
+_READ = (
+    "cache-control",
+    "set-cookie",
+    "vary",
+    "expires",
+    "date",
+    "etag",
+    "last-modified",
+    "content-length",
+)
+_HEADER_KINDS: dict[str, str] = {
+    **{name: name for name in _READ},
+    **{"-".join(part.capitalize() for part in name.split("-")): name for name in _READ},
+    "ETag": "etag",
+    **dict.fromkeys(("Content-Type", "Server", "Location", "Content-Encoding"), _OTHER),
+}
+
+
 def assess_response(
     status: str,
     headers: Sequence[tuple[str, str]],
-    *,
     credentials: bool,
     statuses: frozenset[int],
     item_limit: int,
@@ -152,26 +188,39 @@ def assess_response(
     if code not in statuses:
         return _REFUSED["status"]
     cache_control = vary = expires = date = etag = last_modified = length = None
+    kinds = _HEADER_KINDS
     for name, value in headers:
-        lower = name.lower()
-        if lower == "cache-control":
+        kind = kinds.get(name)
+        if kind is None:
+            kind = kinds.get(name.lower(), _OTHER)  # an unusual spelling of the name
+        if kind is _OTHER:
+            continue
+        if kind == "cache-control":
             cache_control = value if cache_control is None else f"{cache_control}, {value}"
-        elif lower == "set-cookie":
+        elif kind == "set-cookie":
             return _REFUSED["set-cookie"]
-        elif lower == "vary":
+        elif kind == "vary":
             vary = value if vary is None else f"{vary}, {value}"
-        elif lower == "expires":
+        elif kind == "expires":
             expires = value
-        elif lower == "date":
+        elif kind == "date":
             date = value
-        elif lower == "etag":
+        elif kind == "etag":
             etag = value
-        elif lower == "last-modified":
+        elif kind == "last-modified":
             last_modified = value
-        elif lower == "content-length":
+        else:
             length = value
 
-    directives = cache_directives(cache_control) if cache_control is not None else {}
+    if cache_control is None:
+        # No directives: the usual response of an app that does not think of caching.
+        if credentials:
+            return _REFUSED["credentials"]
+        if vary is None and expires is None and etag is None and last_modified is None:
+            return _plain_verdict(length, item_limit, ttl_cap)
+        directives: Mapping[str, str | None] = _NO_DIRECTIVES
+    else:
+        directives = cache_directives(cache_control)
     for refusal in ("no-store", "private", "no-cache"):
         if refusal in directives:
             return _REFUSED[refusal]
@@ -189,7 +238,7 @@ def assess_response(
 
     content_length = None
     if length is not None:
-        if not length.strip().isdigit():
+        if not length.strip().isdecimal():
             return _REFUSED["content-length"]
         content_length = int(length)
         if content_length > item_limit:
@@ -200,15 +249,35 @@ def assess_response(
     if lifetime <= 0:
         return _REFUSED["stale"]
     modified = parse_date(last_modified) if last_modified else None
-    return ResponseVerdict(
-        None,
-        lifetime=lifetime,
-        shareable_with_credentials=shareable,
-        vary=vary_keys,
-        content_length=content_length,
-        etag=etag,
-        last_modified=modified.timestamp() if modified else None,
+    return _verdict(
+        (
+            None,
+            lifetime,
+            shareable,
+            vary_keys,
+            content_length,
+            etag,
+            modified.timestamp() if modified else None,
+        )
     )
+
+
+_NO_DIRECTIVES: Mapping[str, str | None] = {}
+_verdict = ResponseVerdict._make
+
+
+def _plain_verdict(length: str | None, item_limit: int, ttl_cap: float) -> ResponseVerdict:
+    """The verdict on a response without any caching header: stored for ``cache_ttl_s``."""
+    if length is None:
+        return _verdict((None, ttl_cap, False, (), None, None, None))
+    if not length.isdecimal():
+        if not length.strip().isdecimal():
+            return _REFUSED["content-length"]
+        length = length.strip()
+    content_length = int(length)
+    if content_length > item_limit:
+        return _REFUSED["too-large"]
+    return _verdict((None, ttl_cap, False, (), content_length, None, None))
 
 
 def _lifetime(

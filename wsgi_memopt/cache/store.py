@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..counting import Tally, read_count
-from .entry import _HIT_CONSTANT_BYTES, Entry, SharedObjects, entry_shell_size
+from .entry import _HIT_CONSTANT_BYTES, Entry, ResponseType, SharedObjects, entry_shell_size
 from .policy import CacheKey, variant_key
 
 __all__ = ["Entry", "ResponseStore", "entry_shell_size"]
@@ -45,6 +45,7 @@ class ResponseStore:
         evict_fraction: float = 0.3,
         cleanup_interval_s: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
+        response_type: ResponseType = tuple,
     ) -> None:
         self.max_items = max_items
         self.max_bytes = max_bytes
@@ -52,13 +53,18 @@ class ResponseStore:
         self.evict_fraction = evict_fraction
         self.cleanup_interval_s = cleanup_interval_s
         self.clock = clock
+        # What a hit returns to the server, prebuilt per entry around its body: the
+        # middleware's type, whose close() ends the request for the governor.
+        self.response_type = response_type
         self._lock = threading.Lock()
         self._entries: OrderedDict[CacheKey, Entry] = OrderedDict()
-        # base key -> [environ keys named by Vary, number of entries under that base]
+        # base key -> [environ keys named by the newest Vary, number of variant entries]; a base
+        # key absent here has no variants: its entry, if any, is under the base key itself.
         self._vary: dict[CacheKey, list[Any]] = {}
         self._filling: dict[CacheKey, list[Any]] = {}  # key -> [event or None, start, owner]
         self._bytes = 0  # what the entries alone hold; the shared objects add theirs
         self._shared = SharedObjects()
+        self._shell_bytes = entry_shell_size()
         self._next_sweep = clock() + cleanup_interval_s
         self.stores = self.evictions = self.expirations = 0
         # Bumped on the lock-free request path: next() on a count is one C call.
@@ -128,32 +134,39 @@ class ResponseStore:
             self.reject("too-large")
             return False
         with self._lock:
-            own_header_bytes = entry.share_parts(self._shared)
-            entry.size = entry_shell_size() + entry.own_size(own_header_bytes)
-            alone = entry.size + self._shared.size_of(entry.shared) + _HIT_CONSTANT_BYTES
-            if alone > self.max_bytes:
+            own_header_bytes = entry.share_parts(self._shared, self.response_type)
+            entry.size = self._shell_bytes + entry.own_size(own_header_bytes)
+            # Larger than the whole cache even alone? Asked only when it might be: what it
+            # shares is at most all that is shared.
+            if entry.size + self._shared.bytes + _HIT_CONSTANT_BYTES > self.max_bytes and (
+                entry.size + self._shared.size_of(entry.shared) + _HIT_CONSTANT_BYTES
+                > self.max_bytes
+            ):
                 # Larger than the whole cache even alone: refuse before evicting anything.
                 self._shared.release(entry.shared)
                 self._rejected.add("too-large")
                 return False
-            old = self._entries.get(entry.key)
+            entries = self._entries
+            old = entries.get(entry.key)
             if old is not None:
                 self._remove(old)
-            if len(self._entries) >= self.max_items or self.bytes + entry.size > self.max_bytes:
+            if len(entries) >= self.max_items or self.bytes + entry.size > self.max_bytes:
                 self._evict_for(entry.size)
+            known = self._vary.get(entry.base_key)
             if vary:
                 # A plain entry under the base key would be found first by the plain-hit path
                 # (hot_path): the newest response says the page varies, so the plain one goes.
-                plain = self._entries.get(entry.base_key)
+                plain = entries.get(entry.base_key)
                 if plain is not None:
                     self._remove(plain)
-            known = self._vary.get(entry.base_key)
-            if known is None:
-                self._vary[entry.base_key] = [vary, 1]
-            else:
-                known[0] = vary  # the newest response's Vary names the variants to look up
-                known[1] += 1
-            self._entries[entry.key] = entry
+                if known is None:
+                    self._vary[entry.base_key] = [vary, 1]
+                else:
+                    known[0] = vary  # the newest response's Vary names the variants to look up
+                    known[1] += 1
+            elif known is not None:
+                known[0] = vary  # the newest says "no Vary": look up the base key itself
+            entries[entry.key] = entry
             self._bytes += entry.size
             self.stores += 1
         return True
@@ -165,6 +178,10 @@ class ResponseStore:
     def bypass(self, reason: str) -> None:
         """Count a request that did not use the cache, by reason."""
         self._bypassed.add(reason)
+
+    def bypass_counter(self, reason: str) -> Callable[[], int]:
+        """A function counting one more bypass for ``reason``, in one C call."""
+        return self._bypassed.counter(reason).__next__
 
     # -- single flight
 
@@ -179,13 +196,19 @@ class ResponseStore:
         waits: most fills have no waiter, and an Event costs microseconds.
         """
         now = self.clock()
+        mine = [None, now, owner]
+        # setdefault is one C call, atomic under the GIL: the usual fill (nobody else
+        # fetching the key) takes no lock.
+        current = self._filling.setdefault(key, mine)
+        if current is mine:
+            return None
         with self._lock:
-            current = self._filling.get(key)
-            if current is not None and now - current[1] < wait_s:
-                if current[0] is None:
-                    current[0] = threading.Event()
-                return current[0]  # type: ignore[no-any-return]
-            self._filling[key] = [None, now, owner]
+            held = self._filling.get(key)
+            if held is not None and now - held[1] < wait_s:
+                if held[0] is None:
+                    held[0] = threading.Event()
+                return held[0]  # type: ignore[no-any-return]
+            self._filling[key] = mine
             return None
 
     def end_fill(self, key: CacheKey, owner: object = None) -> None:
@@ -207,6 +230,11 @@ class ResponseStore:
     def sweep_due(self) -> bool:
         """Whether the expired-entry sweep is due (a float compare, for the request path)."""
         return self.clock() >= self._next_sweep
+
+    def sweep_if_due(self) -> None:
+        """Sweep if :meth:`sweep_due`: what the end of a miss runs."""
+        if self.clock() >= self._next_sweep:
+            self.sweep()
 
     def sweep(self) -> int:
         """Drop every expired entry; returns how many."""
@@ -336,11 +364,12 @@ class ResponseStore:
         """Account for ``entry`` having left ``_entries``."""
         self._bytes -= entry.size
         self._shared.release(entry.shared)
-        vary = self._vary.get(entry.base_key)
-        if vary is not None:
-            vary[1] -= 1
-            if vary[1] <= 0:
-                del self._vary[entry.base_key]
+        if entry.key is not entry.base_key:
+            vary = self._vary.get(entry.base_key)
+            if vary is not None:
+                vary[1] -= 1
+                if vary[1] <= 0:
+                    del self._vary[entry.base_key]
 
     def _evict_count(self, count: int) -> int:
         evicted = 0

@@ -23,6 +23,7 @@ thread at a time. Every action is measured before and after and kept in a bounde
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import random
@@ -53,6 +54,7 @@ _COLLECT_ROUNDS = 5  # "collect until nothing more is freed", bounded
 _LAZY_IDLE_S = 300.0  # an emergency unloads lazy modules unused for this long
 _ACTION_BACKOFF_S = 30.0  # optimize/emergency at most this often under steady pressure...
 _ACTION_RISE_PERCENT = 5.0  # ...unless memory rose this much since the last one
+_LAST = slice(-1, None)
 
 
 @dataclass
@@ -140,14 +142,19 @@ class Governor:
         self.restart_reason: str | None = None  # set when a recycle is needed and not possible
         self._tick_lock = threading.Lock()  # one tick at a time, never waited for
         # Requests in flight, exactly (pauses wait for it to reach 0), without a lock: one
-        # item per request, and list.append / list.pop are single C calls under the GIL.
+        # item per request, and list.append / del list[-1:] are single C calls under the GIL.
         self._flight: list[None] = []
         # Bound once: the request path calls them without looking them up.
         self._flight_append = self._flight.append
-        self._flight_pop = self._flight.pop
+        # Ends a request in C, with no Python frame: a cache hit's close() *is* this. Unlike
+        # list.pop it never raises, so a server closing a response twice cannot fail it.
+        self.hit_close: Callable[[], object] = functools.partial(self._flight.__delitem__, _LAST)
+        self._gc_switch = settings.gc_mode == "between"
         self._gc_request_started = self.gc.request_started
         self._gc_request_finished = self.gc.request_finished
-        self._next_tick = 0.0
+        # When the next sample is due. 0 until this process serves (and again after a fork):
+        # the cache-hit lane checks only this before it skips hit_started() (see there).
+        self.next_tick = 0.0
         self._status: str | None = None
         self._above_restart_since: float | None = None
         self._trimmed_at_rss: float | None = None
@@ -164,39 +171,41 @@ class Governor:
     # -- the request path
 
     def request_started(self) -> None:
-        """A request of this process starts (a list append and a GC switch: cheap)."""
+        """A request of this process starts: counted in flight; GC off in ``between`` mode."""
         if not self._started:
             self._start_in_this_process()
         self._flight_append(None)
-        self._gc_request_started()
+        if self._gc_switch:
+            self._gc_request_started()
 
     def request_finished(self) -> None:
         """The server closed a response: between requests. Never raises."""
-        try:  # noqa: SIM105 (a with block costs five times as much on this path)
-            self._flight_pop()
-        except IndexError:
-            pass  # a server closed one response twice: the count stays true, at 0
+        del self._flight[-1:]  # never below 0, even when a server closes a response twice
         try:
-            self._gc_request_finished(len(self._flight))
-            if self.clock() >= self._next_tick:
+            if self._gc_switch:
+                self._gc_request_finished(len(self._flight))
+            if self.clock() >= self.next_tick:
                 self.tick()
         except Exception:
             log.warning("[MEMORY] the between-request tick failed", exc_info=True)
 
     def hit_started(self) -> None:
-        """A request answered from the cache starts: counted in flight, GC left as it is."""
+        """A request answered from the cache starts: counted in flight, GC left as it is.
+
+        A replay allocates next to nothing, so the collector is not switched. While
+        :attr:`next_tick` lies ahead, the middleware's hit lane does this itself (one list
+        append) and closes with :attr:`hit_close`; when a sample is due it calls this, and
+        closes with :meth:`hit_finished`, which ticks.
+        """
         if not self._started:
             self._start_in_this_process()
         self._flight_append(None)
 
     def hit_finished(self) -> None:
         """The server closed a cache hit's response: the count, and a tick if one is due."""
-        try:  # noqa: SIM105 (a with block costs five times as much on this path)
-            self._flight_pop()
-        except IndexError:
-            pass
+        del self._flight[-1:]
         try:
-            if self.clock() >= self._next_tick:
+            if self.clock() >= self.next_tick:
                 self.tick()
         except Exception:
             log.warning("[MEMORY] the between-request tick failed", exc_info=True)
@@ -238,7 +247,8 @@ class Governor:
         # request of this process is in flight, and this worker's life starts now.
         self._started = False
         self._monitor = None
-        self._flight.clear()  # the same list: its bound append/pop stay valid
+        self._flight.clear()  # the same list: its bound append and hit_close stay valid
+        self.next_tick = 0.0  # a sample at its first request, which also starts it here
         self._tick_lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._recycle_sent = False
@@ -257,9 +267,10 @@ class Governor:
             return None  # another thread is ticking: never wait for it
         try:
             now = self.clock()
-            if now < self._next_tick:
+            if now < self.next_tick:
                 return None
-            self._next_tick = now + self.settings.sample_interval_s
+            if self._started:  # until then the hit lane must keep calling hit_started()
+                self.next_tick = now + self.settings.sample_interval_s
             sample = self.sample()
             quiet = self.in_flight == 0  # pausing work only with nothing in flight
             due = quiet and self._pressure_action_due(sample, now)
