@@ -137,11 +137,12 @@ class GCScheduler:
         self.ceiling_s = ceiling_s
         self.full_interval_s = full_interval_s
         self._clock = clock
-        # True only between start() and stop() in "between" mode: the hot path checks one flag.
-        self._active = False
+        # True only between start() and stop() in "between" mode: the hot path checks one flag
+        # (the governor reads it, and gen0_threshold, to switch the collector inline).
+        self.active = False
         self._started = False
         self._original_threshold: tuple[int, int, int] | None = None
-        self._gen0 = _gen0_threshold()
+        self.gen0_threshold = _gen0_threshold()
         # Held while deciding and collecting: the hot path skips when it is taken, only
         # collect_full() waits for it.
         self._lock = threading.Lock()
@@ -165,7 +166,7 @@ class GCScheduler:
         self._original_threshold = gc.get_threshold()
         if self.threshold is not None:
             gc.set_threshold(*self.threshold)
-        self._gen0 = _gen0_threshold()
+        self.gen0_threshold = _gen0_threshold()
         if self.freeze:
             self._frozen = _freeze_once()
             if self._frozen is not None:
@@ -174,15 +175,15 @@ class GCScheduler:
         self._last_collection = now
         self._last_full = now
         if self.mode == "between":
-            self._active = True
+            self.active = True
             _disable()
 
     def stop(self) -> None:
         """Give the collector back to CPython: ``gc.enable()`` and the original threshold."""
-        self._active = False
+        self.active = False
         if self._started and self._original_threshold is not None:
             gc.set_threshold(*self._original_threshold)
-        self._gen0 = _gen0_threshold()
+        self.gen0_threshold = _gen0_threshold()
         self._started = False
         gc.enable()
 
@@ -190,7 +191,7 @@ class GCScheduler:
 
     def request_started(self) -> None:
         """Make sure automatic collection is off while the request runs (``between``)."""
-        if self._active and _isenabled():
+        if self.active and _isenabled():
             _disable()
 
     def request_finished(self, in_flight: int) -> Collection | None:
@@ -200,9 +201,9 @@ class GCScheduler:
         Returns the collection made, or ``None``. With nothing to collect: one
         ``gc.get_count()``, a compare, and ``gc.enable()`` when idle.
         """
-        if not self._active:
+        if not self.active:
             return None
-        if _get_count()[0] <= self._gen0:  # nothing to collect: the common case
+        if _get_count()[0] <= self.gen0_threshold:  # nothing to collect: the common case
             if in_flight == 0:
                 _enable()
             return None

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import gc
 import logging
 import os
 import random
@@ -55,6 +56,10 @@ _LAZY_IDLE_S = 300.0  # an emergency unloads lazy modules unused for this long
 _ACTION_BACKOFF_S = 30.0  # optimize/emergency at most this often under steady pressure...
 _ACTION_RISE_PERCENT = 5.0  # ...unless memory rose this much since the last one
 _LAST = slice(-1, None)
+# The request path calls these C functions through module globals: cheaper than gc.<name>.
+_gc_disable = gc.disable
+_gc_enable = gc.enable
+_gc_get_count = gc.get_count
 
 
 @dataclass
@@ -149,9 +154,6 @@ class Governor:
         # Ends a request in C, with no Python frame: a cache hit's close() *is* this. Unlike
         # list.pop it never raises, so a server closing a response twice cannot fail it.
         self.hit_close: Callable[[], object] = functools.partial(self._flight.__delitem__, _LAST)
-        self._gc_switch = settings.gc_mode == "between"
-        self._gc_request_started = self.gc.request_started
-        self._gc_request_finished = self.gc.request_finished
         # When the next sample is due. 0 until this process serves (and again after a fork):
         # the cache-hit lane checks only this before it skips hit_started() (see there).
         self.next_tick = 0.0
@@ -175,15 +177,24 @@ class Governor:
         if not self._started:
             self._start_in_this_process()
         self._flight_append(None)
-        if self._gc_switch:
-            self._gc_request_started()
+        if self.gc.active:
+            # Unconditionally: libraries switch the collector back on (SPEC §7).
+            _gc_disable()
 
     def request_finished(self) -> None:
-        """The server closed a response: between requests. Never raises."""
+        """The server closed a response: between requests. Never raises.
+
+        The scheduler's fast path (see :meth:`GCScheduler.request_finished`) is written out
+        here: this runs after every request, and a Python call more would double its cost.
+        """
         del self._flight[-1:]  # never below 0, even when a server closes a response twice
         try:
-            if self._gc_switch:
-                self._gc_request_finished(len(self._flight))
+            scheduler = self.gc
+            if scheduler.active:
+                if _gc_get_count()[0] > scheduler.gen0_threshold:
+                    scheduler.request_finished(len(self._flight))  # a collection may be due
+                elif not self._flight:
+                    _gc_enable()  # idle: CPython's collector runs until the next request
             if self.clock() >= self.next_tick:
                 self.tick()
         except Exception:
