@@ -10,11 +10,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from werkzeug.http import http_date
+from werkzeug.http import http_date, parse_dict_header
 
 from wsgi_memopt.cache.policy import (
     ResponseVerdict,
     assess_response,
+    cache_directives,
     environ_key,
     is_not_modified,
     request_directives,
@@ -524,3 +525,33 @@ def test_variant_key_never_equals_a_base_key() -> None:
 )
 def test_environ_key(header: str, key: str) -> None:
     assert environ_key(header) == key
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["no-store", "Public, Max-Age=60", 'private="Set-Cookie", max-age=5', "max-age=" + "9" * 300],
+    ids=["token", "mixed-case", "quoted", "long-not-remembered"],
+)
+def test_remembered_directives_are_werkzeugs_parse(value: str) -> None:
+    # Response directives are remembered between responses; the result must be werkzeug's
+    # own, however often asked.
+    expected = parse_dict_header(value.lower())
+    assert cache_directives(value) == expected
+    assert cache_directives(value) == expected
+
+
+@pytest.mark.parametrize(
+    "length", ["²", "5x", "-1", " "], ids=["superscript", "junk", "minus", "blank"]
+)
+def test_a_content_length_that_is_no_number_is_refused_by_name(length: str) -> None:
+    # "²".isdigit() is True and int("²") raises: the check must refuse it, not fail on it.
+    assert assess([("Content-Length", length)]).reason == "content-length"
+    assert assess([("Content-Length", length), ("Cache-Control", "max-age=9")]).reason == (
+        "content-length"
+    )
+
+
+def test_an_unusual_spelling_of_a_header_name_is_read_all_the_same() -> None:
+    assert assess([("cAcHe-CoNtRoL", "no-store")]).reason == "no-store"
+    assert assess([("SET-COOKIE", "a=b")]).reason == "set-cookie"
+    assert assess([("content-length", "12")]).content_length == 12

@@ -27,6 +27,7 @@ from pympler import asizeof
 from werkzeug.test import Client, EnvironBuilder, TestResponse
 
 from wsgi_memopt import MemoryOptimizer
+from wsgi_memopt.cache.entry import _size_of_str
 from wsgi_memopt.cache.policy import CacheKey, variant_key
 from wsgi_memopt.cache.store import Entry, ResponseStore
 
@@ -1139,3 +1140,14 @@ def test_threads_hammering_more_keys_than_fit(caplog: pytest.LogCaptureFixture) 
     assert store._filling == {}
     assert_within_caps(store)
     assert_consistent(store)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "a", "/items?page=2", "x" * 5000, "café", "Ωmega", "emoji 🙂", "日本語のページ"],
+    ids=["empty", "one", "ascii", "long", "latin-1", "bmp", "astral", "cjk"],
+)
+def test_string_sizes_read_off_the_layout_agree_with_getsizeof(text: str) -> None:
+    # The store sizes ASCII strings by arithmetic (sys.getsizeof costs ~95 ns a call);
+    # anything else by the call itself. Both must be what pympler counts.
+    assert _size_of_str(text) == (sys.getsizeof(text) + 7) & ~7 == asizeof.asizeof(text)

@@ -1110,3 +1110,24 @@ def test_steady_critical_pressure_is_not_cleaned_up_every_sample(make: Make) -> 
     clock[0] += 31.0  # past the back-off
     assert get(client, "/page/after").status_code == 200
     assert [action.kind for action in optimizer.governor.history] == ["emergency"] * 2
+
+
+def test_a_cache_hit_samples_when_a_sample_is_due_and_only_then(make: Make) -> None:
+    # Hits skip the governor's Python hooks while the next sample lies ahead; the first hit
+    # after that closes through the hook that ticks.
+    optimizer, client = make(body_app(100))
+    governor = optimizer.governor
+    get(client, "/p")
+    samples = len(governor.samples)
+
+    governor.next_tick = time.monotonic() + 3600.0  # no sample due
+    assert get(client, "/p").headers["X-Cache"] == "HIT"
+    assert len(governor.samples) == samples
+
+    governor.next_tick = 0.0  # due now
+    assert get(client, "/p").headers["X-Cache"] == "HIT"
+    assert len(governor.samples) == samples + 1
+    assert governor.next_tick > time.monotonic()  # and not again until the interval passed
+    assert get(client, "/p").headers["X-Cache"] == "HIT"
+    assert len(governor.samples) == samples + 1
+    assert governor.in_flight == 0

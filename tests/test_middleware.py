@@ -1260,3 +1260,79 @@ def test_a_hit_is_in_flight_until_the_server_closes_it() -> None:
     response.close()  # type: ignore[attr-defined]
     assert optimizer.governor.in_flight == 0
     assert optimizer.cache.stats()["hits"] == 1
+
+
+def test_a_hit_closed_twice_neither_raises_nor_leaves_the_count_wrong() -> None:
+    # The plain hit's close() is a C call on the in-flight list; a server closing a response
+    # twice must get no error, and the count must not go below the requests really running.
+    app = CountingApp()
+    optimizer, client = wrap(app)
+    get(client, "/p")
+    environ = EnvironBuilder(path="/p").get_environ()
+
+    first = optimizer(dict(environ), lambda status, headers, exc_info=None: None)
+    first.close()  # type: ignore[attr-defined]
+    first.close()  # type: ignore[attr-defined]
+    assert optimizer.governor.in_flight == 0
+
+    second = optimizer(dict(environ), lambda status, headers, exc_info=None: None)
+    assert optimizer.governor.in_flight == 1
+    second.close()  # type: ignore[attr-defined]
+    assert optimizer.governor.in_flight == 0
+    assert optimizer.cache.stats()["hits"] == 2
+
+
+def test_a_hit_replays_a_response_built_once_and_the_headers_afresh() -> None:
+    # The body's iterable is prebuilt per entry (nothing allocated per hit but the header
+    # list); the header list is a copy each time, since a server may change it.
+    app = CountingApp()
+    optimizer, client = wrap(app)
+    get(client, "/p")
+    environ = EnvironBuilder(path="/p").get_environ()
+    seen: list[list[tuple[str, str]]] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        seen.append(headers)
+        headers.append(("X-Server", "changed it"))  # as wsgiref adds Date and Server
+
+    responses = [optimizer(dict(environ), start_response) for _ in range(2)]
+    for response in responses:
+        response.close()  # type: ignore[attr-defined]
+
+    assert responses[0] is responses[1]
+    assert list(responses[0]) == [b"body #1"]
+    assert seen[0] is not seen[1]
+    assert [name for name, _ in seen[1]].count("X-Server") == 1
+    assert app.calls == 1
+
+
+@pytest.mark.parametrize(
+    "missing",
+    [
+        ("SCRIPT_NAME",),
+        ("QUERY_STRING",),
+        ("HTTP_HOST",),
+        ("SCRIPT_NAME", "QUERY_STRING", "HTTP_HOST"),
+    ],
+    ids=["no-script-name", "no-query-string", "no-host", "none-of-them"],
+)
+def test_a_server_may_leave_out_what_pep_3333_lets_it(missing: tuple[str, ...]) -> None:
+    # PEP 3333 lets SCRIPT_NAME and QUERY_STRING be absent when empty, and an HTTP/1.0 client
+    # sends no Host: such requests are keyed with "" and SERVER_NAME:SERVER_PORT.
+    app = CountingApp()
+    optimizer = MemoryOptimizer(app, monitor_interval_s=0, cache_lock_timeout_s=0)
+    environ = EnvironBuilder(path="/p").get_environ()
+    for name in missing:
+        environ.pop(name, None)
+    bodies = []
+    for _ in range(2):
+        response = optimizer(dict(environ), lambda status, headers, exc_info=None: None)
+        bodies.append(b"".join(response))
+        response.close()  # type: ignore[attr-defined]
+
+    assert bodies == [b"body #1", b"body #1"]
+    assert app.calls == 1
+    [entry] = optimizer.cache.entries()
+    host = "localhost:80" if "HTTP_HOST" in missing else "localhost"
+    assert entry.key == ("http", host, "", "/p", "")
+    optimizer.governor.stop()
