@@ -121,7 +121,7 @@ class MemoryOptimizer:
         self._request_started = governor.request_started
         self._request_finished = governor.request_finished
         self._hit_started = governor.hit_started
-        self._flight_append = governor._flight_append
+        self._hit_open = governor.hit_open
         self._hit_close = governor.hit_close
         # A hit's response: its body in a tuple whose close() ends the request. Prebuilt per
         # entry with the C-level hit_close (no Python frame at all); a hit that must tick
@@ -181,7 +181,7 @@ class MemoryOptimizer:
                             pass  # evicted meanwhile by another thread: still ours to send
                         self._count_hit()
                         if now < self.governor.next_tick:
-                            self._flight_append(None)
+                            self._hit_open(None)
                             try:
                                 start_response(entry.status, entry.replay[:])
                             except BaseException:
@@ -282,9 +282,8 @@ class MemoryOptimizer:
                     no_store, refresh = request_directives(environ)
                     if no_store:
                         return "bypass", "request-no-store"
-                for name in self._bypass_environ:
-                    if name in environ:
-                        return "bypass", "forwarding-header"
+                if not environ.keys().isdisjoint(self._bypass_environ):
+                    return "bypass", "forwarding-header"
                 credentials = "HTTP_AUTHORIZATION" in environ or "HTTP_COOKIE" in environ
                 if not environ.keys().isdisjoint(self._key_environ):
                     base_key = (*base_key, tuple(map(environ.get, self._key_environ)))
@@ -299,9 +298,7 @@ class MemoryOptimizer:
         # Single flight: the first miss of a key fetches it; the others wait for its result.
         # Such a request looks up twice, and is counted once: as the hit or miss it ends as.
         flight = self._lock_wait > 0 and not credentials and method == "GET"
-        key, entry = self.cache.lookup(
-            base_key, environ, now, credentials=credentials, count_miss=not flight
-        )
+        key, entry = self.cache.lookup(base_key, environ, now, credentials, not flight)
         if entry is not None:
             return entry
         if method == "HEAD":

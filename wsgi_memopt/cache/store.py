@@ -92,7 +92,6 @@ class ResponseStore:
         base_key: CacheKey,
         environ: Mapping[str, object],
         now: float,
-        *,
         credentials: bool = False,
         count_miss: bool = True,
     ) -> tuple[CacheKey, Entry | None]:

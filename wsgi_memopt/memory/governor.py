@@ -151,8 +151,10 @@ class Governor:
         self._flight: list[None] = []
         # Bound once: the request path calls them without looking them up.
         self._flight_append = self._flight.append
-        # Ends a request in C, with no Python frame: a cache hit's close() *is* this. Unlike
-        # list.pop it never raises, so a server closing a response twice cannot fail it.
+        # A cache hit's start and end, in C with no Python frame: hit_open(None) counts it in
+        # flight; a hit's close() *is* hit_close, which, unlike list.pop, never raises, so a
+        # server closing a response twice cannot fail it. (See hit_started.)
+        self.hit_open: Callable[[None], None] = self._flight_append
         self.hit_close: Callable[[], object] = functools.partial(self._flight.__delitem__, _LAST)
         # When the next sample is due. 0 until this process serves (and again after a fork):
         # the cache-hit lane checks only this before it skips hit_started() (see there).
@@ -204,8 +206,8 @@ class Governor:
         """A request answered from the cache starts: counted in flight, GC left as it is.
 
         A replay allocates next to nothing, so the collector is not switched. While
-        :attr:`next_tick` lies ahead, the middleware's hit lane does this itself (one list
-        append) and closes with :attr:`hit_close`; when a sample is due it calls this, and
+        :attr:`next_tick` lies ahead, the middleware's hit lane calls :attr:`hit_open`
+        instead and closes with :attr:`hit_close`; when a sample is due it calls this, and
         closes with :meth:`hit_finished`, which ticks.
         """
         if not self._started:
