@@ -27,7 +27,7 @@ from pympler import asizeof
 from werkzeug.test import Client, EnvironBuilder, TestResponse
 
 from wsgi_memopt import MemoryOptimizer
-from wsgi_memopt.cache.entry import _size_of_str
+from wsgi_memopt.cache.entry import HIT_CONSTANTS, _size_of_str
 from wsgi_memopt.cache.policy import CacheKey, variant_key
 from wsgi_memopt.cache.store import Entry, ResponseStore
 
@@ -106,7 +106,7 @@ def own_bytes(entries: list[Entry]) -> int:
 def own_asizeof(entry: Entry) -> int:
     """pympler's size of ``entry`` less what it shares: the objects the store counts once
     for all entries, and the interpreter's singletons, which no entry owns."""
-    shared = asizeof.asizeof(*entry.shared, None, False, (), "", b"")
+    shared = asizeof.asizeof(*entry.shared, *HIT_CONSTANTS, None, False, (), "", b"")
     return int(asizeof.asizeof(entry)) - int(shared)
 
 
@@ -1151,3 +1151,25 @@ def test_string_sizes_read_off_the_layout_agree_with_getsizeof(text: str) -> Non
     # The store sizes ASCII strings by arithmetic (sys.getsizeof costs ~95 ns a call);
     # anything else by the call itself. Both must be what pympler counts.
     assert _size_of_str(text) == (sys.getsizeof(text) + 7) & ~7 == asizeof.asizeof(text)
+
+
+def test_an_app_header_spelled_like_a_hit_header_is_counted_once_and_freed(
+    clock: FakeClock,
+) -> None:
+    # "Age" and "X-Cache" in an app's code are the very interned strings the hit headers
+    # use: each stored entry must hold them through its own header, not twice.
+    store = new_store(clock, max_items=5)
+    for number in range(40):
+        entry = make_entry(clock, f"/upstream/{number}")
+        entry.headers = (*entry.headers, ("Age", "3"), ("X-Cache", "HIT from upstream"))
+        store.put(entry)
+        assert_consistent(store)
+        entries = store.entries()
+        assert store.bytes == pytest.approx(asizeof.asizeof(*entries), rel=0.10)
+        # What the store books as shared is exactly what the live entries share.
+        shared = {id(obj): obj for entry in entries for obj in (*entry.shared, *HIT_CONSTANTS)}
+        assert store.shared_bytes == asizeof.asizeof(*shared.values())
+    held = len(store)
+    assert held > 0
+    assert store.evict(1.0) == held
+    assert (store.bytes, store.shared_bytes, len(store._shared)) == (0, 0, 0)

@@ -19,7 +19,14 @@ from typing import Any
 
 from .policy import CacheKey
 
-__all__ = ["Entry", "Headers", "SharedObjects", "entry_shell_size", "measure_entry"]
+__all__ = [
+    "HIT_CONSTANTS",
+    "Entry",
+    "Headers",
+    "SharedObjects",
+    "entry_shell_size",
+    "measure_entry",
+]
 
 Headers = tuple[tuple[str, str], ...]
 ResponseType = Callable[[tuple[bytes, ...]], Iterable[bytes]]
@@ -113,8 +120,10 @@ class Entry:
         self.base_key = base_key
         self.response = response_type((self.body,))
         self.rebuild_hit_headers(self.created)
-        # The hit-header constants are the module's; the store counts them once.
-        self.shared = (*held, *_HIT_CONSTANTS)
+        # Released, one holder each, when the entry goes. The hit-header constants (Age,
+        # Cache-Status, X-Cache) are not among them: they are the module's, the store counts
+        # them once, and an app header may be the very same interned string.
+        self.shared = tuple(held)
         return own_bytes
 
     def own_size(self, own_header_bytes: int) -> int:
@@ -192,8 +201,10 @@ _KEPT_ON_304 = frozenset({"cache-control", "content-location", "date", "etag", "
 _AGE = "Age"
 _CACHE_STATUS = "Cache-Status"
 _X_CACHE_HIT = ("X-Cache", "HIT")
-_HIT_CONSTANTS = (_AGE, _CACHE_STATUS, *_X_CACHE_HIT, _X_CACHE_HIT)
-_HIT_CONSTANT_BYTES = sum((sys.getsizeof(obj) + 7) & ~7 for obj in _HIT_CONSTANTS)
+# Every hit's headers hold these; the store counts them once while it holds any entry.
+HIT_CONSTANTS = (_AGE, _CACHE_STATUS, *_X_CACHE_HIT, _X_CACHE_HIT)
+_HIT_CONSTANT_BYTES = sum((sys.getsizeof(obj) + 7) & ~7 for obj in HIT_CONSTANTS)
+_HIT_CONSTANT_IDS = frozenset(map(id, HIT_CONSTANTS))
 _FLOAT_BYTES = (sys.getsizeof(1.5) + 7) & ~7
 _HIT_PAIRS_BYTES = 2 * ((sys.getsizeof(("Age", "0")) + 7) & ~7)
 _TUPLE_BASE = sys.getsizeof(())  # a tuple: this plus one pointer per item (8-byte multiples)
@@ -220,7 +231,12 @@ class SharedObjects:
         """The single copy equal to ``obj`` (``obj`` itself the first time), one more holder."""
         record = self._records.get(obj)
         if record is None:
-            size = _size_of_str(obj) if type(obj) is str else _aligned(sys.getsizeof(obj))
+            if id(obj) in _HIT_CONSTANT_IDS:
+                size = 0  # an app's "Age" is the hit headers' own: the store counts it once
+            elif type(obj) is str:
+                size = _size_of_str(obj)
+            else:
+                size = _aligned(sys.getsizeof(obj))
             self._records[obj] = [obj, 1, size]
             self.bytes += size
             return obj
@@ -357,7 +373,7 @@ def _deep_size(obj: object, seen: set[int]) -> int:
 
 def _variable_size(entry: Entry) -> int:
     """Bytes of what this entry alone holds (its shared objects are counted by the store)."""
-    seen: set[int] = {id(obj) for obj in entry.shared}
+    seen: set[int] = {id(obj) for obj in (*entry.shared, *HIT_CONSTANTS)}
     size = sum(
         _deep_size(part, seen)
         for part in (
