@@ -1336,3 +1336,28 @@ def test_a_server_may_leave_out_what_pep_3333_lets_it(missing: tuple[str, ...]) 
     host = "localhost:80" if "HTTP_HOST" in missing else "localhost"
     assert entry.key == ("http", host, "", "/p", "")
     optimizer.governor.stop()
+
+
+def test_a_request_behind_a_tls_proxy_is_a_plain_hit_keyed_by_its_scheme() -> None:
+    # X-Forwarded-Proto on every request must not cost every hit the full path: its value is
+    # part of the key, and the hit is replayed from the prebuilt response all the same.
+    app = CountingApp()
+    optimizer, client = wrap(app)
+    https = {"X-Forwarded-Proto": "https"}
+    assert get(client, "/p", headers=https).data == b"body #1"
+    assert get(client, "/p").data == b"body #2"  # plain http: another entry
+
+    environ = EnvironBuilder(path="/p", headers=https).get_environ()
+    responses = [
+        optimizer(dict(environ), lambda status, headers, exc_info=None: None) for _ in range(2)
+    ]
+    for response in responses:
+        assert list(response) == [b"body #1"]
+        response.close()  # type: ignore[attr-defined]
+
+    assert responses[0] is responses[1]  # the entry's own response: the plain-hit lane
+    assert optimizer.governor.in_flight == 0
+    assert app.calls == 2
+    keys = {entry.key for entry in optimizer.cache.entries()}
+    assert ("http", "localhost", "", "/p", "", (None, None, "https")) in keys
+    assert ("http", "localhost", "", "/p", "") in keys

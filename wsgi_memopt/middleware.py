@@ -133,16 +133,16 @@ class MemoryOptimizer:
         self._hit_response = _response_class(list, self._request_finished)
         self._entry_at, self._touch, self._count_hit = self.cache.hot_path()
         self._count_method_bypass = self.cache.bypass_counter("method")
-        self._rule_headers = frozenset(
+        self._unkeyed_rule_headers = frozenset(
             (
                 "HTTP_CACHE_CONTROL",
                 "HTTP_PRAGMA",
                 "HTTP_AUTHORIZATION",
                 "HTTP_COOKIE",
                 *self._bypass_environ,
-                *self._key_environ,
             )
         )
+        self._rule_headers = self._unkeyed_rule_headers | set(self._key_environ)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Serve from the cache when allowed and fresh; otherwise call the app and capture.
@@ -156,13 +156,18 @@ class MemoryOptimizer:
         # the header list the server may change; it is in flight until its close().
         if self._cache_enabled:
             method = environ.get("REQUEST_METHOD")
-            if (method == "GET" or method == "HEAD") and environ.keys().isdisjoint(
-                self._rule_headers
-            ):
-                try:
-                    key = _PLAIN_KEY(environ)
-                except KeyError:
-                    key = request_key(environ)
+            if method == "GET" or method == "HEAD":
+                if environ.keys().isdisjoint(self._rule_headers):
+                    try:
+                        key = _PLAIN_KEY(environ)
+                    except KeyError:
+                        key = request_key(environ)
+                elif environ.keys().isdisjoint(self._unkeyed_rule_headers):
+                    # Only keyed forwarding headers (a TLS proxy's X-Forwarded-Proto on every
+                    # request): the same lane, with their values in the key, as _plan has it.
+                    key = (*request_key(environ), tuple(map(environ.get, self._key_environ)))
+                else:
+                    return self._respond(environ, start_response, None)
                 try:
                     entry = self._entry_at(key)
                 except TypeError:
@@ -199,11 +204,7 @@ class MemoryOptimizer:
                             raise
                         return self._ticking_hit((entry.body,) if method == "GET" else ())
                 return self._respond(environ, start_response, key)
-            if (
-                method != "GET"
-                and method != "HEAD"
-                and not environ.get("PATH_INFO", "").startswith(self._api_prefix)
-            ):
+            if not environ.get("PATH_INFO", "").startswith(self._api_prefix):
                 # Any other method goes to the app and is never stored (SPEC §6).
                 self._request_started()
                 self._count_method_bypass()
@@ -220,7 +221,8 @@ class MemoryOptimizer:
         """Every request but the plain hit: the API, pass-through, hits with rules, misses.
 
         ``plain_key`` is the base key of a GET or HEAD carrying none of the headers a rule
-        reads, as the plain-hit lane built it; None for anything else.
+        reads (but the keyed forwarding headers, whose values it holds), as the plain-hit
+        lane built it; None for anything else.
         """
         self._request_started()
         try:
