@@ -228,11 +228,11 @@ class Capture:
         Never raises: a failing cache must not fail the request it served.
         """
         store = self._rules.store
+        stored = False
         try:
             if self._chunks is not None and self.reason is None and self._complete:
                 self._store()
-                # The cache grows only here: the place to drop what expired, now and then.
-                store.sweep_if_due()
+                stored = True
             else:
                 store.reject(self.reason or "incomplete")
         except Exception:
@@ -244,6 +244,12 @@ class Capture:
         finally:
             if self.fill_key is not None:
                 self._release_waiters()
+            try:
+                # The cache grows only by a store: the place to drop what expired, now and then.
+                if stored and store.sweep_due():
+                    store.sweep()
+            except Exception:
+                log.warning("[CACHE] sweeping expired entries failed", exc_info=True)
             try:
                 self._rules.on_close()
             except Exception:

@@ -230,11 +230,6 @@ class ResponseStore:
         """Whether the expired-entry sweep is due (a float compare, for the request path)."""
         return self.clock() >= self._next_sweep
 
-    def sweep_if_due(self) -> None:
-        """Sweep if :meth:`sweep_due`: what the end of a miss runs."""
-        if self.clock() >= self._next_sweep:
-            self.sweep()
-
     def sweep(self) -> int:
         """Drop every expired entry; returns how many."""
         now = self.clock()
