@@ -32,6 +32,7 @@ from .cache.policy import (
     CacheKey,
     environ_key,
     is_not_modified,
+    key_path,
     request_directives,
 )
 from .cache.store import Entry, ResponseStore, entry_shell_size
@@ -165,7 +166,7 @@ class MemoryOptimizer:
                 elif environ.keys().isdisjoint(self._unkeyed_rule_headers):
                     # Only keyed forwarding headers (a TLS proxy's X-Forwarded-Proto on every
                     # request): the same lane, with their values in the key, as _plan has it.
-                    key = (*request_key(environ), tuple(map(environ.get, self._key_environ)))
+                    key = self._keyed(request_key(environ), environ)
                 else:
                     return self._respond(environ, start_response, None)
                 try:
@@ -288,10 +289,8 @@ class MemoryOptimizer:
                     return "bypass", "forwarding-header"
                 credentials = "HTTP_AUTHORIZATION" in environ or "HTTP_COOKIE" in environ
                 if not environ.keys().isdisjoint(self._key_environ):
-                    base_key = (*base_key, tuple(map(environ.get, self._key_environ)))
-        if self._path_allowed is not None and not self._path_allowed(
-            str(base_key[2]) + str(base_key[3])
-        ):
+                    base_key = self._keyed(base_key, environ)
+        if self._path_allowed is not None and not self._path_allowed(key_path(base_key)):
             return "bypass", "path"
         if refresh:
             if method == "HEAD":
@@ -323,6 +322,11 @@ class MemoryOptimizer:
             return entry
         return Capture(self._rules, environ, start_response, base_key, False, "miss", key, owner)
 
+    def _keyed(self, base_key: CacheKey, environ: WSGIEnvironment) -> CacheKey:
+        """``base_key`` with the request's values of the keyed headers: one spelling for the
+        hit lane and the full path, so both find the same entry."""
+        return (*base_key, tuple(map(environ.get, self._key_environ)))
+
     # -- answering
 
     def _fetch(self, capture: Capture, environ: WSGIEnvironment) -> Iterable[bytes]:
@@ -351,13 +355,7 @@ class MemoryOptimizer:
         """Call the app untouched but for ``extra`` headers (``Cache-Status``, ``X-Cache``),
         its response hooked to the end of the request."""
         response = ClosingResponse(self._request_finished, start_response, extra)
-        app_iter = self.app(environ, response.start_response)
-        if type(app_iter) is environ.get("wsgi.file_wrapper"):
-            # Wrapping would cost the server its sendfile(); the app's part is done already.
-            self._request_finished()
-            return app_iter
-        response.iterable = app_iter
-        return response
+        return self._closing(self.app(environ, response.start_response), environ, response)
 
     def _count_bypass(self, reason: str) -> None:
         try:
@@ -365,13 +363,22 @@ class MemoryOptimizer:
         except Exception:  # counting must not cost the request its response either
             log.warning("[CACHE] could not count a bypass", exc_info=True)
 
-    def _closing(self, app_iter: Iterable[bytes], environ: WSGIEnvironment) -> Iterable[bytes]:
-        """``app_iter`` with the end of the request hooked to its ``close()``."""
+    def _closing(
+        self,
+        app_iter: Iterable[bytes],
+        environ: WSGIEnvironment,
+        response: ClosingResponse | None = None,
+    ) -> Iterable[bytes]:
+        """``app_iter`` with the end of the request hooked to its ``close()`` (in
+        ``response``, when the app was given its ``start_response``)."""
         if type(app_iter) is environ.get("wsgi.file_wrapper"):
             # Wrapping would cost the server its sendfile(); the app's part is done already.
             self._request_finished()
             return app_iter
-        return ClosingResponse(self._request_finished, iterable=app_iter)
+        if response is None:
+            return ClosingResponse(self._request_finished, iterable=app_iter)
+        response.iterable = app_iter
+        return response
 
     def optimize(self) -> dict[str, Any]:
         """Run the governor's optimize now; the measured result, as the API returns it."""

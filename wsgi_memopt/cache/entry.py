@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .policy import CacheKey
+from .policy import CacheKey, key_path
 
 __all__ = [
     "HIT_CONSTANTS",
@@ -94,7 +94,7 @@ class Entry:
     @property
     def path(self) -> str:
         """``SCRIPT_NAME + PATH_INFO`` of the request that stored it."""
-        return str(self.base_key[2]) + str(self.base_key[3])
+        return key_path(self.base_key)
 
     def share_parts(self, shared: SharedObjects, response_type: ResponseType = tuple) -> int:
         """Swap small strings and header pairs for the store's single copies of them, and

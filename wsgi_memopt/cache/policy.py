@@ -41,6 +41,7 @@ __all__ = [
     "cache_directives",
     "environ_key",
     "is_not_modified",
+    "key_path",
     "request_directives",
     "variant_key",
 ]
@@ -65,6 +66,11 @@ def environ_key(header: str) -> str:
     if name in ("CONTENT_TYPE", "CONTENT_LENGTH"):
         return name
     return "HTTP_" + name
+
+
+def key_path(base_key: CacheKey) -> str:
+    """``SCRIPT_NAME + PATH_INFO`` of a base key (the key holds them apart, unjoined)."""
+    return str(base_key[2]) + str(base_key[3])
 
 
 def variant_key(
@@ -236,13 +242,9 @@ def assess_response(
             return _REFUSED["vary-star"]
         vary_keys = tuple(sorted({environ_key(name) for name in names}))
 
-    content_length = None
-    if length is not None:
-        if not length.strip().isdecimal():
-            return _REFUSED["content-length"]
-        content_length = int(length)
-        if content_length > item_limit:
-            return _REFUSED["too-large"]
+    content_length = _content_length(length, item_limit)
+    if type(content_length) is ResponseVerdict:
+        return content_length
 
     max_age = _seconds(directives, "max-age")
     lifetime = _lifetime(s_maxage, max_age, expires, date, ttl_cap, now)
@@ -268,16 +270,24 @@ _verdict = ResponseVerdict._make
 
 def _plain_verdict(length: str | None, item_limit: int, ttl_cap: float) -> ResponseVerdict:
     """The verdict on a response without any caching header: stored for ``cache_ttl_s``."""
+    content_length = _content_length(length, item_limit)
+    if type(content_length) is ResponseVerdict:
+        return content_length
+    return _verdict((None, ttl_cap, False, (), content_length, None, None))
+
+
+def _content_length(length: str | None, item_limit: int) -> int | ResponseVerdict | None:
+    """``Content-Length`` as a number (None when absent), or the refusal it earns."""
     if length is None:
-        return _verdict((None, ttl_cap, False, (), None, None, None))
+        return None
     if not length.isdecimal():
-        if not length.strip().isdecimal():
+        length = length.strip()  # RFC 9110 §5.5: surrounding whitespace is not the value's
+        if not length.isdecimal():
             return _REFUSED["content-length"]
-        length = length.strip()
     content_length = int(length)
     if content_length > item_limit:
         return _REFUSED["too-large"]
-    return _verdict((None, ttl_cap, False, (), content_length, None, None))
+    return content_length
 
 
 def _lifetime(

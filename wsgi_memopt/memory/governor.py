@@ -149,12 +149,11 @@ class Governor:
         # Requests in flight, exactly (pauses wait for it to reach 0), without a lock: one
         # item per request, and list.append / del list[-1:] are single C calls under the GIL.
         self._flight: list[None] = []
-        # Bound once: the request path calls them without looking them up.
-        self._flight_append = self._flight.append
-        # A cache hit's start and end, in C with no Python frame: hit_open(None) counts it in
-        # flight; a hit's close() *is* hit_close, which, unlike list.pop, never raises, so a
-        # server closing a response twice cannot fail it. (See hit_started.)
-        self.hit_open: Callable[[None], None] = self._flight_append
+        # A request's start and end, in C with no Python frame, bound once: hit_open(None)
+        # counts one in flight (every request does, a cache hit's lane directly); a hit's
+        # close() *is* hit_close, which, unlike list.pop, never raises, so a server closing
+        # a response twice cannot fail it. (See hit_started.)
+        self.hit_open: Callable[[None], None] = self._flight.append
         self.hit_close: Callable[[], object] = functools.partial(self._flight.__delitem__, _LAST)
         # When the next sample is due. 0 until this process serves (and again after a fork):
         # the cache-hit lane checks only this before it skips hit_started() (see there).
@@ -178,7 +177,7 @@ class Governor:
         """A request of this process starts: counted in flight; GC off in ``between`` mode."""
         if not self._started:
             self._start_in_this_process()
-        self._flight_append(None)
+        self.hit_open(None)
         if self.gc.active:
             # Unconditionally: libraries switch the collector back on (SPEC §7).
             _gc_disable()
@@ -212,7 +211,7 @@ class Governor:
         """
         if not self._started:
             self._start_in_this_process()
-        self._flight_append(None)
+        self.hit_open(None)
 
     def hit_finished(self) -> None:
         """The server closed a cache hit's response: the count, and a tick if one is due."""
