@@ -39,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import Prepare, WSGIApp, interleaved, repeated
 
 from wsgi_memopt import MemoryOptimizer
+from wsgi_memopt.memory.governor import Governor
 
 TARGET_PERCENT = 1.0  # SPEC §11: housekeeping <= 1% of a trivial Flask request
 TICKS = 200  # due ticks timed for their median
@@ -71,11 +72,17 @@ def optimizer(gc_mode: str, app: WSGIApp = constant_app) -> MemoryOptimizer:
     )
 
 
+def started_governor(gc_mode: str) -> Governor:
+    """A governor started in this process, as by the first request."""
+    governor = optimizer(gc_mode).governor
+    governor.request_started()
+    governor.request_finished()
+    return governor
+
+
 def hooks(gc_mode: str) -> Prepare:
     """``n`` requests' worth of the governor's hooks, no sample due (ticks are timed apart)."""
-    governor = optimizer(gc_mode).governor
-    governor.request_started()  # starts it in this process, as the first request does
-    governor.request_finished()
+    governor = started_governor(gc_mode)
     started, finished = governor.request_started, governor.request_finished
 
     def prepare(n: int) -> Callable[[], None]:
@@ -93,9 +100,7 @@ def hooks(gc_mode: str) -> Prepare:
 
 def tick_us(gc_mode: str) -> float:
     """Median µs of a due tick: a memory sample and the decision on it."""
-    governor = optimizer(gc_mode).governor
-    governor.request_started()
-    governor.request_finished()
+    governor = started_governor(gc_mode)
     durations = []
     for _ in range(TICKS):
         governor.next_tick = 0.0

@@ -1246,12 +1246,21 @@ def test_clear_empties_the_cache() -> None:
     assert get(client, "/a").data == b"body #4"
 
 
-def test_a_hit_is_in_flight_until_the_server_closes_it() -> None:
-    # The plain hit skips the GC switch but not the count the governor's pauses wait on.
+def stored_once(path: str) -> tuple[CountingApp, MemoryOptimizer, dict[str, Any]]:
+    """An optimizer whose cache holds ``path`` (fetched once), and an environ that hits it."""
     app = CountingApp()
     optimizer, client = wrap(app)
-    get(client, "/p")
-    environ = EnvironBuilder(path="/p").get_environ()
+    get(client, path)
+    return app, optimizer, EnvironBuilder(path=path).get_environ()
+
+
+def ignore_start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+    return None
+
+
+def test_a_hit_is_in_flight_until_the_server_closes_it() -> None:
+    # The plain hit skips the GC switch but not the count the governor's pauses wait on.
+    _, optimizer, environ = stored_once("/p")
     statuses: list[str] = []
     response = optimizer(environ, lambda status, headers, exc_info=None: statuses.append(status))
     assert statuses == ["200 OK"]
@@ -1265,17 +1274,14 @@ def test_a_hit_is_in_flight_until_the_server_closes_it() -> None:
 def test_a_hit_closed_twice_neither_raises_nor_leaves_the_count_wrong() -> None:
     # The plain hit's close() is a C call on the in-flight list; a server closing a response
     # twice must get no error, and the count must not go below the requests really running.
-    app = CountingApp()
-    optimizer, client = wrap(app)
-    get(client, "/p")
-    environ = EnvironBuilder(path="/p").get_environ()
+    _, optimizer, environ = stored_once("/p")
 
-    first = optimizer(dict(environ), lambda status, headers, exc_info=None: None)
+    first = optimizer(dict(environ), ignore_start_response)
     first.close()  # type: ignore[attr-defined]
     first.close()  # type: ignore[attr-defined]
     assert optimizer.governor.in_flight == 0
 
-    second = optimizer(dict(environ), lambda status, headers, exc_info=None: None)
+    second = optimizer(dict(environ), ignore_start_response)
     assert optimizer.governor.in_flight == 1
     second.close()  # type: ignore[attr-defined]
     assert optimizer.governor.in_flight == 0
@@ -1285,10 +1291,7 @@ def test_a_hit_closed_twice_neither_raises_nor_leaves_the_count_wrong() -> None:
 def test_a_hit_replays_a_response_built_once_and_the_headers_afresh() -> None:
     # The body's iterable is prebuilt per entry (nothing allocated per hit but the header
     # list); the header list is a copy each time, since a server may change it.
-    app = CountingApp()
-    optimizer, client = wrap(app)
-    get(client, "/p")
-    environ = EnvironBuilder(path="/p").get_environ()
+    app, optimizer, environ = stored_once("/p")
     seen: list[list[tuple[str, str]]] = []
 
     def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -1326,7 +1329,7 @@ def test_a_server_may_leave_out_what_pep_3333_lets_it(missing: tuple[str, ...]) 
         environ.pop(name, None)
     bodies = []
     for _ in range(2):
-        response = optimizer(dict(environ), lambda status, headers, exc_info=None: None)
+        response = optimizer(dict(environ), ignore_start_response)
         bodies.append(b"".join(response))
         response.close()  # type: ignore[attr-defined]
 
@@ -1348,9 +1351,7 @@ def test_a_request_behind_a_tls_proxy_is_a_plain_hit_keyed_by_its_scheme() -> No
     assert get(client, "/p").data == b"body #2"  # plain http: another entry
 
     environ = EnvironBuilder(path="/p", headers=https).get_environ()
-    responses = [
-        optimizer(dict(environ), lambda status, headers, exc_info=None: None) for _ in range(2)
-    ]
+    responses = [optimizer(dict(environ), ignore_start_response) for _ in range(2)]
     for response in responses:
         assert list(response) == [b"body #1"]
         response.close()  # type: ignore[attr-defined]
