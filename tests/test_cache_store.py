@@ -841,8 +841,10 @@ def count_begin_fill(
     returned: list[threading.Event | None] = []
     original = store.begin_fill
 
-    def begin_fill(key: CacheKey, wait_s: float, owner: object = None) -> threading.Event | None:
-        event = original(key, wait_s, owner)
+    def begin_fill(
+        key: CacheKey, wait_s: float, owner: object = None, now: float | None = None
+    ) -> threading.Event | None:
+        event = original(key, wait_s, owner, now)
         returned.append(event)
         if len(returned) >= open_after:
             gate.set()
@@ -921,6 +923,46 @@ def test_waiters_call_the_app_when_the_leaders_response_is_not_storable(
     assert all(event.is_set() for event in returned if event is not None)
     assert optimizer.cache._filling == {}
     assert len(optimizer.cache) == 0
+
+
+@pytest.mark.parametrize(
+    ("age_s", "served_by", "counts"),
+    [
+        pytest.param(0, "the previous fill", (1, 1), id="fresh-entry-is-served"),
+        pytest.param(5, "the app again", (0, 2), id="stale-entry-is-fetched-again"),
+    ],
+)
+def test_a_response_stored_between_a_miss_and_its_fill_is_used_if_fresh(
+    monkeypatch: pytest.MonkeyPatch, age_s: float, served_by: str, counts: tuple[int, int]
+) -> None:
+    app = SizedApp()
+    optimizer, client = wrap(app, cache_lock_timeout_s=5)
+    clock = install_clock(optimizer)
+    original = optimizer.cache.begin_fill
+    raced: list[TestResponse] = []
+
+    def begin_fill(
+        key: CacheKey, wait_s: float, owner: object = None, now: float | None = None
+    ) -> threading.Event | None:
+        monkeypatch.setattr(optimizer.cache, "begin_fill", original)
+        # Another request fills and stores the key after our lookup missed, before we
+        # register: its fill is over, so ours starts unopposed.
+        raced.append(get(client, "/race/100?max-age=2"))
+        clock.advance(age_s)
+        return original(key, wait_s, owner, now)
+
+    monkeypatch.setattr(optimizer.cache, "begin_fill", begin_fill)
+    response = get(client, "/race/100?max-age=2")
+
+    assert raced[0].headers["X-Cache"] == "MISS"
+    assert response.data == body_for("/race/100", 100)
+    assert (response.headers["X-Cache"], app.calls) == (
+        ("HIT", 1) if served_by == "the previous fill" else ("MISS", 2)
+    )
+    assert optimizer.cache._filling == {}  # no fill left behind for the next miss to wait on
+    stats = optimizer.cache.stats()
+    # Each request counted once: the racing request's miss, then ours as what it ended as.
+    assert (stats["hits"], stats["misses"]) == counts
 
 
 def start_response_ignoring(status: str, headers: list[tuple[str, str]], exc_info: Any = None):

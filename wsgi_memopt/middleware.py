@@ -133,6 +133,7 @@ class MemoryOptimizer:
         self._ticking_hit = _response_class(list, governor.hit_finished)
         self._hit_response = _response_class(list, self._request_finished)
         self._entry_at, self._touch, self._count_hit = self.cache.hot_path()
+        self._count_miss = self.cache.miss_counter()
         self._count_method_bypass = self.cache.bypass_counter("method")
         self._unkeyed_rule_headers = frozenset(
             (
@@ -246,7 +247,21 @@ class MemoryOptimizer:
                 self._count_bypass("cache-error")
                 return self._closing(self.app(environ, start_response), environ)
             if isinstance(plan, Capture):
-                return self._fetch(plan, environ)
+                # A miss: the app's response streams through the capture (inlined: this
+                # runs on every miss).
+                try:
+                    app_iter = self.app(environ, plan.start_response)
+                except BaseException:
+                    plan.refuse("app-error")  # releases single-flight waiters
+                    self.cache.reject("app-error")
+                    raise
+                if type(app_iter) is environ.get("wsgi.file_wrapper"):
+                    # The page cache holds that file already: not ours to copy.
+                    plan.refuse("file-wrapper")
+                    self.cache.reject("file-wrapper")
+                    return self._handed_over(app_iter)
+                plan.app_iter = app_iter
+                return plan
             if isinstance(plan, Entry):
                 if ("HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ) and (
                     plan.status.startswith("200")
@@ -307,19 +322,22 @@ class MemoryOptimizer:
         if not flight:
             return Capture(self._rules, environ, start_response, base_key, credentials)
         owner = object()
-        event = self.cache.begin_fill(key, self._lock_wait, owner)
+        event = self.cache.begin_fill(key, self._lock_wait, owner, now)
         if event is not None:
             event.wait(self._lock_wait)
             key, entry = self.cache.lookup(base_key, environ, self.cache.clock())
             if entry is not None:
                 return entry
             return Capture(self._rules, environ, start_response, base_key)
-        # The previous fill may have stored the entry between our lookup and now; this
-        # lookup counts the request, as a hit or as the miss it is.
-        _, entry = self.cache.lookup(base_key, environ, self.cache.clock())
-        if entry is not None:
-            self.cache.end_fill(key, owner)
-            return entry
+        if self._entry_at(key) is not None:
+            # Stored by the previous fill between our lookup and now: this lookup counts
+            # the request, as the hit it is (or as a miss, if that entry is stale).
+            _, entry = self.cache.lookup(base_key, environ, self.cache.clock())
+            if entry is not None:
+                self.cache.end_fill(key, owner)
+                return entry
+        else:
+            self._count_miss()
         return Capture(self._rules, environ, start_response, base_key, False, "miss", key, owner)
 
     def _keyed(self, base_key: CacheKey, environ: WSGIEnvironment) -> CacheKey:
@@ -329,23 +347,6 @@ class MemoryOptimizer:
 
     # -- answering
 
-    def _fetch(self, capture: Capture, environ: WSGIEnvironment) -> Iterable[bytes]:
-        try:
-            app_iter = self.app(environ, capture.start_response)
-        except BaseException:
-            capture.refuse("app-error")  # releases single-flight waiters; nothing is stored
-            self.cache.reject("app-error")
-            raise
-        if type(app_iter) is environ.get("wsgi.file_wrapper"):
-            # A file the server can sendfile(): the page cache already holds it, and wrapping
-            # it would cost the server its zero-copy path. Hand it over untouched.
-            capture.refuse("file-wrapper")
-            self.cache.reject("file-wrapper")
-            self._request_finished()
-            return app_iter
-        capture.app_iter = app_iter
-        return capture
-
     def _pass(
         self,
         extra: list[tuple[str, str]],
@@ -353,9 +354,21 @@ class MemoryOptimizer:
         start_response: StartResponse,
     ) -> Iterable[bytes]:
         """Call the app untouched but for ``extra`` headers (``Cache-Status``, ``X-Cache``),
-        its response hooked to the end of the request."""
-        response = ClosingResponse(self._request_finished, start_response, extra)
-        return self._closing(self.app(environ, response.start_response), environ, response)
+        its response hooked to the end of the request.
+
+        Every request the cache cannot serve pays this (SPEC §11 bounds it at 3% of a
+        trivial Flask route), so the response object is filled in field by field here
+        rather than through an ``__init__`` frame.
+        """
+        response: ClosingResponse = _new_object(ClosingResponse)
+        response._on_close = self._request_finished
+        response._server_start_response = start_response
+        response._extra = extra
+        app_iter = self.app(environ, response.start_response)
+        if type(app_iter) is environ.get("wsgi.file_wrapper"):
+            return self._handed_over(app_iter)
+        response.iterable = app_iter
+        return response
 
     def _count_bypass(self, reason: str) -> None:
         try:
@@ -363,22 +376,17 @@ class MemoryOptimizer:
         except Exception:  # counting must not cost the request its response either
             log.warning("[CACHE] could not count a bypass", exc_info=True)
 
-    def _closing(
-        self,
-        app_iter: Iterable[bytes],
-        environ: WSGIEnvironment,
-        response: ClosingResponse | None = None,
-    ) -> Iterable[bytes]:
-        """``app_iter`` with the end of the request hooked to its ``close()`` (in
-        ``response``, when the app was given its ``start_response``)."""
+    def _closing(self, app_iter: Iterable[bytes], environ: WSGIEnvironment) -> Iterable[bytes]:
+        """``app_iter`` with the end of the request hooked to its ``close()``."""
         if type(app_iter) is environ.get("wsgi.file_wrapper"):
-            # Wrapping would cost the server its sendfile(); the app's part is done already.
-            self._request_finished()
-            return app_iter
-        if response is None:
-            return ClosingResponse(self._request_finished, iterable=app_iter)
-        response.iterable = app_iter
-        return response
+            return self._handed_over(app_iter)
+        return ClosingResponse(self._request_finished, iterable=app_iter)
+
+    def _handed_over(self, file_wrapper: Iterable[bytes]) -> Iterable[bytes]:
+        """The app's ``wsgi.file_wrapper``, untouched: wrapping it would cost the server its
+        sendfile(), and the app's part of the request is done already."""
+        self._request_finished()
+        return file_wrapper
 
     def optimize(self) -> dict[str, Any]:
         """Run the governor's optimize now; the measured result, as the API returns it."""
@@ -390,6 +398,7 @@ class MemoryOptimizer:
 
 
 _FORWARD_METHOD = cache_status("method")
+_new_object = object.__new__
 
 # The base key of a request from a server that sets every variable it may leave out
 # (gunicorn, werkzeug, waitress and uWSGI all do): one C call. See request_key.

@@ -178,6 +178,11 @@ class ResponseStore:
         """Count a request that did not use the cache, by reason."""
         self._bypassed.add(reason)
 
+    def miss_counter(self) -> Callable[[], int]:
+        """A function counting one more miss in one C call, for a caller that looked up the
+        raw key itself (see :meth:`hot_path`) and found nothing."""
+        return self._misses.__next__
+
     def bypass_counter(self, reason: str) -> Callable[[], int]:
         """A function counting one more bypass for ``reason``, in one C call."""
         return self._bypassed.counter(reason).__next__
@@ -185,16 +190,18 @@ class ResponseStore:
     # -- single flight
 
     def begin_fill(
-        self, key: CacheKey, wait_s: float, owner: object = None
+        self, key: CacheKey, wait_s: float, owner: object = None, now: float | None = None
     ) -> threading.Event | None:
         """None when the caller should fetch ``key``; else an event set when the fetch ends.
 
         A fill older than ``wait_s`` is taken over, so a response whose iterable was never
         closed cannot make every later miss of its key wait. ``owner`` identifies the
         fetching request to :meth:`end_fill`. The event is made by the first request that
-        waits: most fills have no waiter, and an Event costs microseconds.
+        waits: most fills have no waiter, and an Event costs microseconds. ``now``: the
+        caller's reading of :attr:`clock`, if it has one.
         """
-        now = self.clock()
+        if now is None:
+            now = self.clock()
         mine = [None, now, owner]
         # setdefault is one C call, atomic under the GIL: the usual fill (nobody else
         # fetching the key) takes no lock.
