@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from werkzeug.http import http_date, parse_dict_header
 
+from wsgi_memopt.cache import policy
 from wsgi_memopt.cache.policy import (
     ResponseVerdict,
     assess_response,
@@ -304,6 +305,21 @@ def test_assess_response_status_codes_from_settings() -> None:
     assert assess([], "404 Not Found", statuses=(200, 404)).reason is None
     assert assess([], "203 Non-Authoritative Information", statuses=(200, 203)).reason is None
     assert assess([], "200 OK", statuses=(404,)).reason == "status"
+
+
+@pytest.mark.parametrize("status", ["OK", "2x0 OK", "", "abc 200"], ids=repr)
+def test_assess_response_refuses_a_status_line_without_a_code(status: str) -> None:
+    assert assess([], status).reason == "status"
+    assert assess([], status).reason == "status"  # the remembered answer is the same
+
+
+def test_status_lines_remembered_are_bounded() -> None:
+    # An app may put anything in its status line: the memo of codes must not grow with it.
+    for number in range(policy._STATUS_CODES_MAX * 2):
+        assert assess([], f"200 OK #{number}").reason is None
+
+    assert len(policy._STATUS_CODES) <= policy._STATUS_CODES_MAX
+    assert assess([], "200 OK #never-seen").reason is None
 
 
 def test_assess_response_without_now_uses_the_wall_clock() -> None:

@@ -294,17 +294,17 @@ class MemoryOptimizer:
         to pass the request through with."""
         refresh = credentials = False
         if base_key is None:
+            # The hit lane saw a header a rule reads (which, it does not say: each is asked).
             base_key = request_key(environ)
-            if not environ.keys().isdisjoint(self._rule_headers):
-                if "HTTP_CACHE_CONTROL" in environ or "HTTP_PRAGMA" in environ:
-                    no_store, refresh = request_directives(environ)
-                    if no_store:
-                        return "bypass", "request-no-store"
-                if not environ.keys().isdisjoint(self._bypass_environ):
-                    return "bypass", "forwarding-header"
-                credentials = "HTTP_AUTHORIZATION" in environ or "HTTP_COOKIE" in environ
-                if not environ.keys().isdisjoint(self._key_environ):
-                    base_key = self._keyed(base_key, environ)
+            if "HTTP_CACHE_CONTROL" in environ or "HTTP_PRAGMA" in environ:
+                no_store, refresh = request_directives(environ)
+                if no_store:
+                    return "bypass", "request-no-store"
+            if not environ.keys().isdisjoint(self._bypass_environ):
+                return "bypass", "forwarding-header"
+            credentials = "HTTP_AUTHORIZATION" in environ or "HTTP_COOKIE" in environ
+            if not environ.keys().isdisjoint(self._key_environ):
+                base_key = self._keyed(base_key, environ)
         if self._path_allowed is not None and not self._path_allowed(key_path(base_key)):
             return "bypass", "path"
         if refresh:

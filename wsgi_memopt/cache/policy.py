@@ -187,10 +187,9 @@ def assess_response(
     now: float | None = None,
 ) -> ResponseVerdict:
     """Decide at ``start_response`` time whether a GET response may be stored (SPEC §6)."""
-    try:
-        code = int(status[:3])
-    except ValueError:
-        return _REFUSED["status"]
+    code = _STATUS_CODES.get(status)
+    if code is None:
+        code = _status_code(status)
     if code not in statuses:
         return _REFUSED["status"]
     cache_control = vary = expires = date = etag = last_modified = length = None
@@ -265,6 +264,24 @@ def assess_response(
 
 
 _NO_DIRECTIVES: Mapping[str, str | None] = {}
+
+# Status line -> code: an app answers with a handful of status lines, and int() of a slice
+# costs a miss three times a dict lookup. Bounded: the status line is the app's to choose.
+_STATUS_CODES: dict[str, int] = {}
+_STATUS_CODES_MAX = 64
+
+
+def _status_code(status: str) -> int:
+    """The code of a status line, or -1 (never a cacheable status) when it has none."""
+    try:
+        code = int(status[:3])
+    except ValueError:
+        code = -1
+    if len(_STATUS_CODES) < _STATUS_CODES_MAX:
+        _STATUS_CODES[status] = code
+    return code
+
+
 _verdict = ResponseVerdict._make
 
 
