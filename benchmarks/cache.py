@@ -41,6 +41,7 @@ from _timing import (
 from flask import Flask
 from flask_caching import Cache
 from werkzeug.test import EnvironBuilder
+from werkzeug.wsgi import ClosingIterator
 
 from wsgi_memopt import MemoryOptimizer
 
@@ -106,6 +107,22 @@ def sized_app(environ: Environ, start_response: Callable[..., Any]) -> list[byte
     body = BIG if environ["PATH_INFO"] == "/big" else BODY
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+FLASK_HEADERS = [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", "5")]
+FLASK_NO_STORE_HEADERS = [*FLASK_HEADERS, ("Cache-Control", "no-store")]
+
+
+def flask_shaped_app(environ: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """Answers as the Flask routes below do (status, headers, a werkzeug ``ClosingIterator``)
+    with none of Flask's work: around it, the middleware's own cost shows."""
+    no_store = environ["PATH_INFO"] == "/nostore"
+    start_response("200 OK", FLASK_NO_STORE_HEADERS if no_store else FLASK_HEADERS)
+    return ClosingIterator(iter([BODY]), _nothing)
+
+
+def _nothing() -> None:
+    pass
 
 
 @dataclass
@@ -223,6 +240,17 @@ def timed(options: argparse.Namespace, contenders: dict[str, Prepare]) -> dict[s
     )
 
 
+def own_cost_note(samples: dict[str, list[float]], row: Row, bare: str, ours_bare: str) -> str:
+    """What the middleware adds around the Flask-shaped bare app, beside what it adds inside
+    Flask, from contenders timed in the same rounds."""
+    median = {name: statistics.median(times) for name, times in samples.items()}
+    return (
+        f"added per request: +{median[ours_bare] - median[bare]:.2f} µs around a bare app "
+        f"answering as the Flask route does, +{median[row.ours] - median[row.baseline]:.2f} µs "
+        f"inside Flask"
+    )
+
+
 class Failed(AssertionError):
     pass
 
@@ -325,11 +353,16 @@ PASS_KINDS = {
 def rows_pass_through(options: argparse.Namespace) -> list[Row]:
     plain, _ = flask_app()
     ours = MemoryOptimizer(plain, **CACHE_ONLY)
-    rows = []
+    ours_bare = MemoryOptimizer(flask_shaped_app, **CACHE_ONLY)
+    rows: list[Row] = []
     for kind, (make_environ, status) in PASS_KINDS.items():
         environ = make_environ()
         cache_status = call_once(ours, environ)[1].get("Cache-Status", "")
         check(status in cache_status, f"{kind}: expected {status} in {cache_status!r}")
+        check(
+            call_once(ours_bare, environ)[1:] == call_once(ours, environ)[1:],
+            f"{kind}: the bare app does not answer as the Flask route does",
+        )
         row = Row(
             f"pass-through: {kind}",
             f"ours: {kind}",
@@ -338,9 +371,12 @@ def rows_pass_through(options: argparse.Namespace) -> list[Row]:
             f"unwrapped time / wrapped time: the share of the route's throughput kept when the "
             f"middleware must pass the request through ({status})",
         )
+        bare, around_bare = f"bare: {kind}", f"ours around bare: {kind}"
         contenders = {
             row.ours: repeated(ours, environ, copy=True),
             row.baseline: repeated(plain, environ, copy=True),
+            bare: repeated(flask_shaped_app, environ, copy=True),
+            around_bare: repeated(ours_bare, environ, copy=True),
         }
         control, least = f"Flask again: {kind}", f"least wrapper: {kind}"
         if not rows:
@@ -349,6 +385,7 @@ def rows_pass_through(options: argparse.Namespace) -> list[Row]:
             contenders[least] = repeated(least_wrapper(plain), environ, copy=True)
         samples = timed(options, contenders)
         row.samples = {row.ours: samples[row.ours], row.baseline: samples[row.baseline]}
+        row.notes.append(own_cost_note(samples, row, bare, around_bare))
         if control in samples:
             same = round_ratios(samples[control], samples[row.baseline])
             row.notes.append(
@@ -363,7 +400,7 @@ def rows_pass_through(options: argparse.Namespace) -> list[Row]:
                 f"{statistics.median(floor):.3f} ({min(floor):.2f}..{max(floor):.2f})"
             )
         rows.append(row)
-    check(len(ours.cache) == 0, "a pass-through response was stored")
+    check(len(ours.cache) + len(ours_bare.cache) == 0, "a pass-through response was stored")
     return rows
 
 
@@ -382,15 +419,21 @@ def row_miss_store(options: argparse.Namespace) -> Row:
         "unwrapped time / wrapped time, every call a new URL: the share of the route's "
         "throughput kept while every response is captured and stored",
     )
-    row.samples = timed(
+    ours_bare = MemoryOptimizer(flask_shaped_app, **BIG_CAPS, **CACHE_ONLY)
+    samples = timed(
         options,
         {
             row.ours: fresh_urls(ours, base, counter),
             row.baseline: fresh_urls(plain, base, counter),
+            "bare": fresh_urls(flask_shaped_app, base, counter),
+            "ours around bare": fresh_urls(ours_bare, base, counter),
         },
     )
-    stats = ours.cache.stats()
-    check(stats["hits"] == 0 and stats["stores"] == stats["misses"], f"not all stored: {stats}")
+    row.samples = {row.ours: samples[row.ours], row.baseline: samples[row.baseline]}
+    for optimizer in (ours, ours_bare):
+        stats = optimizer.cache.stats()
+        check(stats["hits"] == 0 and stats["stores"] == stats["misses"], f"not all stored: {stats}")
+    row.notes.append(own_cost_note(samples, row, "bare", "ours around bare"))
     row.notes.append(
         f"{stats['stores']} stores, {stats['evictions']} evictions, "
         f"{stats['items']} items / {stats['size_mb']} MB held at the end "
