@@ -200,22 +200,23 @@ def assess_response(
             kind = kinds.get(name.lower(), _OTHER)  # an unusual spelling of the name
         if kind is _OTHER:
             continue
-        if kind == "cache-control":
+        # The commonest first: nearly every response has a Content-Length.
+        if kind == "content-length":
+            length = value
+        elif kind == "cache-control":
             cache_control = value if cache_control is None else f"{cache_control}, {value}"
+        elif kind == "date":
+            date = value
         elif kind == "set-cookie":
             return _REFUSED["set-cookie"]
         elif kind == "vary":
             vary = value if vary is None else f"{vary}, {value}"
-        elif kind == "expires":
-            expires = value
-        elif kind == "date":
-            date = value
         elif kind == "etag":
             etag = value
         elif kind == "last-modified":
             last_modified = value
         else:
-            length = value
+            expires = value
 
     if cache_control is None:
         # No directives: the usual response of an app that does not think of caching.
