@@ -20,6 +20,7 @@ import sys
 import textwrap
 import threading
 import time
+import types
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -916,6 +917,22 @@ def test_a_forked_child_does_not_inherit_the_parents_restart_reason() -> None:
 
 
 # --- recycle without a master ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("uwsgi_module", "expected"),
+    [
+        pytest.param(types.SimpleNamespace(masterpid=lambda: 4242), "uwsgi", id="uwsgi-master"),
+        pytest.param(types.SimpleNamespace(masterpid=lambda: 0), None, id="uwsgi-no-master"),
+        pytest.param(types.SimpleNamespace(), None, id="a-module-named-uwsgi"),
+    ],
+)
+def test_only_a_uwsgi_master_counts_as_one_that_respawns(
+    monkeypatch: pytest.MonkeyPatch, uwsgi_module: object, expected: str | None
+) -> None:
+    # Without --master a worker's SIGHUP would end the server: nothing respawns it.
+    monkeypatch.setitem(sys.modules, "uwsgi", uwsgi_module)
+    assert serving_master() == expected
 
 
 def test_recycle_needed_without_a_master_is_reported_once_and_the_process_lives_on(

@@ -8,8 +8,11 @@ the worker is critical and above ``restart_percent`` from its first request, wit
 - under gunicorn (sync and gthread workers) the worker finishes the request, SIGTERMs itself
   and the master boots a fresh one: every request still gets its 200 (no retry), and the PID
   in the bodies changes;
-- under werkzeug's development server, where no master would respawn it, the process keeps
-  serving with one PID and reports ``governor.restart_reason`` instead.
+- under uWSGI with ``--master`` the worker sends itself SIGHUP (uWSGI's "gracefully killing
+  worker") and the master respawns it, every request answered;
+- under werkzeug's development server, or uWSGI without ``--master``, where no master would
+  respawn it, the process keeps serving with one PID and reports ``governor.restart_reason``
+  instead.
 
 Each client request opens its own connection (urllib sends ``Connection: close``), and none is
 ever retried: a request that lands while a worker exits must still get its 200.
@@ -43,6 +46,7 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
+from conftest import require_peer
 
 HOST = "127.0.0.1"  # never any other address
 BOOT_TIMEOUT_S = 30.0
@@ -490,6 +494,133 @@ def test_werkzeug_server_keeps_serving_and_reports_restart_reason(
     assert reported["history"].count("recycle") == 1, report  # reported once, not per request
     assert log.count(NEEDS_RESTART_WARNING) == 1, report
     assert RECYCLE_WARNING not in log, report
+
+
+# -- uWSGI: a worker's SIGHUP is its graceful exit, but only a master respawns it
+
+
+UWSGI_RECYCLE_WARNING = "[MEMORY] recycling this uwsgi worker"
+
+
+def uwsgi_binary() -> str:
+    """The ``uwsgi`` pip built for this Python (next to it), else one on PATH."""
+    beside = Path(sys.executable).with_name("uwsgi")
+    return str(beside) if beside.exists() else require_peer("uwsgi")
+
+
+@dataclass
+class UWSGI:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def start_uwsgi(tmp_path: Path) -> Iterator[Callable[[bool], UWSGI]]:
+    binary = uwsgi_binary()
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(master: bool) -> UWSGI:
+        write_app(tmp_path)
+        port = free_port()
+        log_path = tmp_path / "uwsgi.log"
+        command = [
+            binary,
+            *(("--master",) if master else ()),
+            "--http-socket",
+            f"{HOST}:{port}",
+            "--processes",
+            "1",
+            "--chdir",
+            str(tmp_path),
+            "--module",
+            "app:application",
+            "--need-app",
+            "--die-on-term",  # SIGTERM stops it (uWSGI 2.0 would reload instead)
+            "--reload-mercy",
+            "5",
+            "--worker-reload-mercy",
+            "5",
+        ]
+        with log_path.open("wb") as log_file:
+            proc = subprocess.Popen(
+                command, stdout=log_file, stderr=subprocess.STDOUT, env=child_env()
+            )
+        started.append(proc)
+        server = UWSGI(proc, port, log_path)
+        # Listening before it spawns the worker, which logs this once the app is loaded.
+        wait_for(lambda: "spawned uWSGI worker 1" in server.log(), proc, "uWSGI's worker")
+        return server
+
+    yield start
+    for proc in started:
+        stop(proc)
+
+
+def test_uwsgi_worker_recycles_under_a_master_and_every_request_succeeds(
+    start_uwsgi: Callable[[bool], UWSGI],
+) -> None:
+    server = start_uwsgi(True)
+    # uWSGI holds back a worker that dies young ("respawning too fast": 2 s): three
+    # workers are enough to see the cycle, and keep the test short.
+    outcome = request_loop(server.port, until=lambda seen: len(seen.distinct_pids) >= 3)
+    log = server.log()
+    report = (
+        f"{len(outcome.statuses)} answered, {len(outcome.failures)} failed in "
+        f"{outcome.elapsed_s:.1f} s; pids (requests each): {outcome.per_pid()}\n"
+        f"failures: {outcome.failures}\n--- uWSGI log (tail) ---\n{log[-4000:]}"
+    )
+    print(report)
+
+    assert not outcome.failures, report
+    assert set(outcome.statuses) == {200}, report
+    assert len(outcome.distinct_pids) >= 3, report  # recycled, and respawned each time
+    assert UWSGI_RECYCLE_WARNING in log, report
+    for pid in outcome.distinct_pids[:2]:
+        assert f"Gracefully killing worker 1 (pid: {pid})" in log, report
+    assert "Respawned uWSGI worker 1" in log, report
+    assert "Traceback" not in log, report
+    assert server.proc.poll() is None, report  # the master itself is still serving
+    # The memory API names the pool: the master is the server's first process.
+    status, body = fetch(server.port, "/api/v1/memory/stats")
+    assert status == 200, report
+    pool = json.loads(body)["workers"]
+    assert (pool["server"], pool["master_pid"]) == ("uwsgi", server.proc.pid), report
+
+
+def test_uwsgi_without_a_master_keeps_serving_and_reports_restart_reason(
+    start_uwsgi: Callable[[bool], UWSGI],
+) -> None:
+    # Before this was found, the worker sent itself SIGHUP here too, and with no master to
+    # respawn it the server was gone: every later request was refused.
+    server = start_uwsgi(False)
+    outcome = request_loop(server.port, until=lambda seen: len(seen.statuses) >= 5)
+    status, body = fetch(server.port, "/restart-reason")
+    log = server.log()
+    report = (
+        f"{len(outcome.statuses)} answered, {len(outcome.failures)} failed; pids "
+        f"{outcome.distinct_pids}; /restart-reason: {status} {body!r}\n"
+        f"failures: {outcome.failures}\n--- uWSGI log (tail) ---\n{log[-3000:]}"
+    )
+    print(report)
+
+    assert not outcome.failures, report
+    assert len(outcome.statuses) == 5, report
+    assert set(outcome.statuses) == {200}, report
+    assert outcome.distinct_pids == [server.proc.pid], report  # the one process, still alive
+    assert server.proc.poll() is None, report
+    assert status == 200, report
+    reason = json.loads(body)["restart_reason"]
+    assert reason, report
+    assert "above 70%" in reason, report
+    assert log.count(NEEDS_RESTART_WARNING) == 1, report
+    assert UWSGI_RECYCLE_WARNING not in log, report
+    assert "Gracefully killing worker" not in log, report
+    status, body = fetch(server.port, "/api/v1/memory/stats")
+    assert (status, json.loads(body)["workers"]) == (200, None), report  # no pool to name
 
 
 # -- a threaded worker that is never idle

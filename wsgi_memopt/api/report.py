@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from ..memory.governor import serving_master
 from ..memory.pressure import MemorySample
 
 if TYPE_CHECKING:
@@ -25,7 +26,6 @@ __all__ = ["health", "memory_stats", "recommendations", "worker_pool"]
 
 _MB = float(1 << 20)
 _STARTED = time.time()
-_MASTERS = ("gunicorn", "uwsgi")
 
 
 def current_sample(optimizer: MemoryOptimizer, max_age_s: float = 1.0) -> MemorySample:
@@ -188,12 +188,13 @@ def recommendations(optimizer: MemoryOptimizer, sample: MemorySample) -> list[di
 
 def worker_pool() -> dict[str, Any] | None:
     """The server's worker pool when the parent is a gunicorn or uWSGI master, else None."""
+    # The governor's own test: a parent whose command line merely says "uwsgi" (uWSGI
+    # without --master forks its workers from the first one) is no master.
+    server = serving_master()
+    if server is None:
+        return None
     try:
         parent = psutil.Process(os.getppid())
-        command = " ".join(parent.cmdline())
-        server = next((name for name in _MASTERS if name in command), None)
-        if server is None:
-            return None
         workers = []
         for child in parent.children():
             try:

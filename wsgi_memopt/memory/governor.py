@@ -450,7 +450,8 @@ class Governor:
             self._recycle_sent = True
             log.warning("[MEMORY] recycling this %s worker: %s", server, reason)
             self._record_recycle(reason)
-            # gunicorn: SIGTERM is a worker's graceful exit; uWSGI: SIGHUP reloads a worker.
+            # gunicorn: SIGTERM is a worker's graceful exit; uWSGI: a worker's SIGHUP is its
+            # graceful exit ("Gracefully killing worker"), and its master respawns it.
             os.kill(os.getpid(), signal.SIGHUP if server == "uwsgi" else signal.SIGTERM)
             return
         if server is None and self.restart_reason is None:
@@ -511,8 +512,14 @@ class Governor:
 
 def serving_master() -> str | None:
     """``"gunicorn"`` or ``"uwsgi"`` when this process is a worker a master respawns."""
-    if "uwsgi" in sys.modules:
-        return "uwsgi"
+    uwsgi = sys.modules.get("uwsgi")
+    if uwsgi is not None:
+        # uWSGI started without --master respawns nothing: a worker's SIGHUP would end the
+        # server for good. masterpid() is 0 then.
+        try:
+            return "uwsgi" if int(uwsgi.masterpid()) > 0 else None
+        except Exception:
+            return None  # a module of that name that is not uWSGI's
     if "gunicorn" in sys.modules and "gunicorn.workers.base" in sys.modules:
         try:
             import psutil
