@@ -308,13 +308,34 @@ def wait_for(predicate: Callable[[], bool], proc: subprocess.Popen[bytes], what:
 
 
 @dataclass
-class Gunicorn:
+class Server:
+    """A server subprocess on 127.0.0.1:``port``, its output in ``log_path``."""
+
     proc: subprocess.Popen[bytes]
     port: int
     log_path: Path
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def launch(
+    command: list[str],
+    port: int,
+    log_path: Path,
+    started: list[subprocess.Popen[bytes]],
+    ready: Callable[[str], bool],
+    what: str,
+) -> Server:
+    """Start ``command`` (recorded in ``started``, for the fixture to stop) and wait until
+    its log says it is ``ready``: no probe connection, which a worker would have to answer
+    (and which would count as its first request)."""
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=child_env())
+    started.append(proc)
+    server = Server(proc, port, log_path)
+    wait_for(lambda: ready(server.log()), proc, what)
+    return server
 
 
 class StartGunicorn(Protocol):
@@ -325,7 +346,7 @@ class StartGunicorn(Protocol):
         workers: int = 1,
         preload: bool = False,
         settings: dict[str, object] | None = None,
-    ) -> Gunicorn: ...
+    ) -> Server: ...
 
 
 @pytest.fixture
@@ -339,10 +360,9 @@ def start_gunicorn(tmp_path: Path) -> Iterator[StartGunicorn]:
         workers: int = 1,
         preload: bool = False,
         settings: dict[str, object] | None = None,
-    ) -> Gunicorn:
+    ) -> Server:
         write_app(tmp_path, settings)
         port = free_port()
-        log_path = tmp_path / "gunicorn.log"
         command = gunicorn_command(
             port,
             worker_class,
@@ -355,20 +375,15 @@ def start_gunicorn(tmp_path: Path) -> Iterator[StartGunicorn]:
             "info",
             "app:application",
         )
-        with log_path.open("wb") as log_file:
-            proc = subprocess.Popen(
-                command, stdout=log_file, stderr=subprocess.STDOUT, env=child_env()
-            )
-        started.append(proc)
-        server = Gunicorn(proc, port, log_path)
-        # Ready when the master listens and every worker has booted: no probe connection,
-        # which a worker would have to answer (and which would count as its first request).
-        wait_for(
-            lambda: server.log().count("Booting worker with pid") >= workers,
-            proc,
+        # Ready when the master listens and every worker has booted.
+        return launch(
+            command,
+            port,
+            tmp_path / "gunicorn.log",
+            started,
+            lambda log: log.count("Booting worker with pid") >= workers,
             f"gunicorn's {workers} worker(s)",
         )
-        return server
 
     yield start
     for proc in started:
@@ -466,14 +481,25 @@ def test_werkzeug_server_keeps_serving_and_reports_restart_reason(
     mode: str,
 ) -> None:
     proc, port = start_werkzeug(mode)
+    log = assert_serves_on_and_reports_restart(
+        port, proc, lambda: (tmp_path / "werkzeug.log").read_text(errors="replace"), mode
+    )
+    assert RECYCLE_WARNING not in log
+
+
+def assert_serves_on_and_reports_restart(
+    port: int, proc: subprocess.Popen[bytes], read_log: Callable[[], str], name: str
+) -> str:
+    """15 requests all answered by ``proc`` itself, which lives on and reports, once, that
+    it needs a restart nothing here can do; returns the server's log."""
     outcome = request_loop(port, until=lambda seen: len(seen.statuses) >= 15)
     status, body = fetch(port, "/restart-reason")
-    log = (tmp_path / "werkzeug.log").read_text(errors="replace")
+    log = read_log()
     report = (
-        f"{mode}: {len(outcome.statuses)} answered, {len(outcome.failures)} failed "
+        f"{name}: {len(outcome.statuses)} answered, {len(outcome.failures)} failed "
         f"in {outcome.elapsed_s:.1f} s; pids {outcome.distinct_pids}; server pid {proc.pid}\n"
         f"failures: {outcome.failures}\n/restart-reason: {status} {body!r}\n"
-        f"--- werkzeug log (tail) ---\n{log[-3000:]}"
+        f"--- server log (tail) ---\n{log[-3000:]}"
     )
     print(report)
 
@@ -493,7 +519,7 @@ def test_werkzeug_server_keeps_serving_and_reports_restart_reason(
     assert reported["stats_restart_reason"] == reason, report
     assert reported["history"].count("recycle") == 1, report  # reported once, not per request
     assert log.count(NEEDS_RESTART_WARNING) == 1, report
-    assert RECYCLE_WARNING not in log, report
+    return log
 
 
 # -- uWSGI: a worker's SIGHUP is its graceful exit, but only a master respawns it
@@ -508,25 +534,14 @@ def uwsgi_binary() -> str:
     return str(beside) if beside.exists() else require_peer("uwsgi")
 
 
-@dataclass
-class UWSGI:
-    proc: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
 @pytest.fixture
-def start_uwsgi(tmp_path: Path) -> Iterator[Callable[[bool], UWSGI]]:
+def start_uwsgi(tmp_path: Path) -> Iterator[Callable[[bool], Server]]:
     binary = uwsgi_binary()
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(master: bool) -> UWSGI:
+    def start(master: bool) -> Server:
         write_app(tmp_path)
         port = free_port()
-        log_path = tmp_path / "uwsgi.log"
         command = [
             binary,
             *(("--master",) if master else ()),
@@ -545,15 +560,15 @@ def start_uwsgi(tmp_path: Path) -> Iterator[Callable[[bool], UWSGI]]:
             "--worker-reload-mercy",
             "5",
         ]
-        with log_path.open("wb") as log_file:
-            proc = subprocess.Popen(
-                command, stdout=log_file, stderr=subprocess.STDOUT, env=child_env()
-            )
-        started.append(proc)
-        server = UWSGI(proc, port, log_path)
         # Listening before it spawns the worker, which logs this once the app is loaded.
-        wait_for(lambda: "spawned uWSGI worker 1" in server.log(), proc, "uWSGI's worker")
-        return server
+        return launch(
+            command,
+            port,
+            tmp_path / "uwsgi.log",
+            started,
+            lambda log: "spawned uWSGI worker 1" in log,
+            "uWSGI's worker",
+        )
 
     yield start
     for proc in started:
@@ -561,7 +576,7 @@ def start_uwsgi(tmp_path: Path) -> Iterator[Callable[[bool], UWSGI]]:
 
 
 def test_uwsgi_worker_recycles_under_a_master_and_every_request_succeeds(
-    start_uwsgi: Callable[[bool], UWSGI],
+    start_uwsgi: Callable[[bool], Server],
 ) -> None:
     server = start_uwsgi(True)
     # uWSGI holds back a worker that dies young ("respawning too fast": 2 s): three
@@ -592,35 +607,16 @@ def test_uwsgi_worker_recycles_under_a_master_and_every_request_succeeds(
 
 
 def test_uwsgi_without_a_master_keeps_serving_and_reports_restart_reason(
-    start_uwsgi: Callable[[bool], UWSGI],
+    start_uwsgi: Callable[[bool], Server],
 ) -> None:
     # Before this was found, the worker sent itself SIGHUP here too, and with no master to
     # respawn it the server was gone: every later request was refused.
     server = start_uwsgi(False)
-    outcome = request_loop(server.port, until=lambda seen: len(seen.statuses) >= 5)
-    status, body = fetch(server.port, "/restart-reason")
-    log = server.log()
-    report = (
-        f"{len(outcome.statuses)} answered, {len(outcome.failures)} failed; pids "
-        f"{outcome.distinct_pids}; /restart-reason: {status} {body!r}\n"
-        f"failures: {outcome.failures}\n--- uWSGI log (tail) ---\n{log[-3000:]}"
-    )
-    print(report)
-
-    assert not outcome.failures, report
-    assert len(outcome.statuses) == 5, report
-    assert set(outcome.statuses) == {200}, report
-    assert outcome.distinct_pids == [server.proc.pid], report  # the one process, still alive
-    assert server.proc.poll() is None, report
-    assert status == 200, report
-    reason = json.loads(body)["restart_reason"]
-    assert reason, report
-    assert "above 70%" in reason, report
-    assert log.count(NEEDS_RESTART_WARNING) == 1, report
-    assert UWSGI_RECYCLE_WARNING not in log, report
-    assert "Gracefully killing worker" not in log, report
+    log = assert_serves_on_and_reports_restart(server.port, server.proc, server.log, "uWSGI")
+    assert UWSGI_RECYCLE_WARNING not in log
+    assert "Gracefully killing worker" not in log
     status, body = fetch(server.port, "/api/v1/memory/stats")
-    assert (status, json.loads(body)["workers"]) == (200, None), report  # no pool to name
+    assert (status, json.loads(body)["workers"]) == (200, None)  # no pool to name
 
 
 # -- a threaded worker that is never idle
