@@ -738,6 +738,59 @@ def test_credentials_share_a_public_response(
     assert app.calls == 1
 
 
+@pytest.mark.parametrize(
+    "request_headers",
+    [
+        {"Cookie": "_ga=GA1.2.3; theme=dark"},
+        {"Authorization": "Bearer alice"},
+        {"Cookie": "session=alice", "X-Forwarded-Proto": "https"},
+    ],
+    ids=["cookie", "authorization", "cookie-behind-a-tls-proxy"],
+)
+def test_credentials_hit_a_public_entry_in_the_lane(request_headers: dict[str, str]) -> None:
+    # Browsers send cookies with nearly every request: a public page must reach them as
+    # cheaply as anyone, replayed from the entry's prebuilt response.
+    app = CountingApp(headers=[("Cache-Control", "public, max-age=60")])
+    optimizer, client = wrap(app)
+    assert get(client, "/p", headers=request_headers).data == b"body #1"  # stored
+
+    environ = EnvironBuilder(path="/p", headers=request_headers).get_environ()
+    responses = [optimizer(dict(environ), ignore_start_response) for _ in range(2)]
+    for response in responses:
+        assert list(response) == [b"body #1"]
+        response.close()  # type: ignore[attr-defined]
+
+    [entry] = optimizer.cache.entries()
+    assert responses[0] is responses[1] is entry.response  # the lane, not the full path
+    assert optimizer.governor.in_flight == 0
+    assert app.calls == 1
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [{"Authorization": "Bearer alice"}, {"Cookie": "session=alice"}],
+    ids=["authorization", "cookie"],
+)
+def test_credentials_refetching_a_stale_public_entry_store_only_a_public_answer(
+    credentials: dict[str, str],
+) -> None:
+    # The lane finds the public entry stale and hands the request on: still as one with
+    # credentials, so that alice's own page (no longer public) is not stored for everyone.
+    app = CountingApp(headers=[("Cache-Control", "public, max-age=1")])
+    _, client, clock = wrap_clocked(app)
+    assert get(client, "/p", headers=credentials).data == b"body #1"  # public: stored
+    clock.advance(2)
+    app.headers = []
+
+    alice = get(client, "/p", headers=credentials)
+    anonymous = get(client, "/p")
+
+    assert alice.data == b"body #2"
+    assert cache_status(alice) == {"fwd": "miss", "detail": "credentials"}
+    assert anonymous.data == b"body #3"  # not alice's page
+    assert app.calls == 3
+
+
 # -- requests that bypass the cache
 
 BYPASS: list[Any] = [

@@ -145,6 +145,8 @@ class MemoryOptimizer:
             )
         )
         self._rule_headers = self._unkeyed_rule_headers | set(self._key_environ)
+        # What changes the plan of a request beyond its key and its credentials.
+        self._plan_headers = self._unkeyed_rule_headers - {"HTTP_AUTHORIZATION", "HTTP_COOKIE"}
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Serve from the cache when allowed and fresh; otherwise call the app and capture.
@@ -160,20 +162,31 @@ class MemoryOptimizer:
             method = environ.get("REQUEST_METHOD")
             if method == "GET" or method == "HEAD":
                 if environ.keys().isdisjoint(self._rule_headers):
+                    credentials = False
                     try:
                         key = _PLAIN_KEY(environ)
                     except KeyError:
                         key = request_key(environ)
-                elif environ.keys().isdisjoint(self._unkeyed_rule_headers):
-                    # Only keyed forwarding headers (a TLS proxy's X-Forwarded-Proto on every
-                    # request): the same lane, with their values in the key, as _plan has it.
-                    key = self._keyed(request_key(environ), environ)
+                    try:
+                        entry = self._entry_at(key)
+                    except TypeError:
+                        entry = None  # an unhashable value a broken server put in environ
+                elif environ.keys().isdisjoint(self._plan_headers):
+                    # Only credentials (a browser's cookies) and keyed forwarding headers (a
+                    # TLS proxy's X-Forwarded-Proto): the same lane, the keyed values in the
+                    # key as _plan has it, and credentials served only what said "public".
+                    credentials = "HTTP_AUTHORIZATION" in environ or "HTTP_COOKIE" in environ
+                    key = request_key(environ)
+                    if not credentials or not environ.keys().isdisjoint(self._key_environ):
+                        key = self._keyed(key, environ)
+                    try:
+                        entry = self._entry_at(key)
+                    except TypeError:
+                        entry = None
+                    if credentials and entry is not None and not entry.shareable_with_credentials:
+                        entry = None  # one user's page must never reach another
                 else:
                     return self._respond(environ, start_response, None)
-                try:
-                    entry = self._entry_at(key)
-                except TypeError:
-                    entry = None  # an unhashable value a broken server put in environ
                 if entry is not None:
                     now = self.cache.clock()
                     # Fresh, its Age header still right, and no validator a conditional
@@ -205,7 +218,7 @@ class MemoryOptimizer:
                             self.governor.hit_finished()
                             raise
                         return self._ticking_hit((entry.body,) if method == "GET" else ())
-                return self._respond(environ, start_response, key)
+                return self._respond(environ, start_response, key, credentials)
             if not environ.get("PATH_INFO", "").startswith(self._api_prefix):
                 # Any other method goes to the app and is never stored (SPEC §6).
                 self._request_started()
@@ -218,13 +231,18 @@ class MemoryOptimizer:
         return self._respond(environ, start_response, None)
 
     def _respond(
-        self, environ: WSGIEnvironment, start_response: StartResponse, plain_key: CacheKey | None
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        plain_key: CacheKey | None,
+        credentials: bool = False,
     ) -> Iterable[bytes]:
         """Every request but the plain hit: the API, pass-through, hits with rules, misses.
 
-        ``plain_key`` is the base key of a GET or HEAD carrying none of the headers a rule
-        reads (but the keyed forwarding headers, whose values it holds), as the plain-hit
-        lane built it; None for anything else.
+        ``plain_key`` is the base key of a GET or HEAD carrying none of the headers that
+        change its plan (it may carry credentials, said by ``credentials``, and keyed
+        forwarding headers, whose values the key holds), as the hit lane built it; None for
+        anything else.
         """
         self._request_started()
         try:
@@ -240,7 +258,7 @@ class MemoryOptimizer:
                 return self._pass(_FORWARD_METHOD, environ, start_response)
             now = self.cache.clock()
             try:
-                plan = self._plan(environ, start_response, method, now, plain_key)
+                plan = self._plan(environ, start_response, method, now, plain_key, credentials)
             except Exception:
                 # A broken cache costs the request its caching, never its response.
                 log.warning("[CACHE] lookup failed; passing the request through", exc_info=True)
@@ -289,10 +307,12 @@ class MemoryOptimizer:
         method: str,
         now: float,
         base_key: CacheKey | None,
+        credentials: bool = False,
     ) -> Entry | Capture | tuple[str, str]:
         """A fresh entry to replay, a capture to fetch a miss with, or ``(forward, detail)``
-        to pass the request through with."""
-        refresh = credentials = False
+        to pass the request through with. ``base_key`` and ``credentials``: as the hit lane
+        found them (see :meth:`_respond`)."""
+        refresh = False
         if base_key is None:
             # The hit lane saw a header a rule reads (which, it does not say: each is asked).
             base_key = request_key(environ)
