@@ -289,11 +289,34 @@ def row_flask_caching(options: argparse.Namespace) -> Row:
     return row
 
 
+# What a browser sends with nearly every request, and what a TLS proxy adds to each.
+BROWSER_HEADERS = {
+    "cookies": {"Cookie": "_ga=GA1.2.3; theme=dark"},
+    "cookies behind a TLS proxy": {"Cookie": "_ga=GA1.2.3", "X-Forwarded-Proto": "https"},
+}
+
+
+def public_app(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:
+    """The floor's answer, said to be public: a page any browser may be served."""
+    start_response(
+        "200 OK",
+        [("Content-Type", "text/plain"), ("Content-Length", "5"), ("Cache-Control", "public")],
+    )
+    return [BODY]
+
+
 def row_floor(options: argparse.Namespace) -> Row:
     ours = MemoryOptimizer(floor_app, **CACHE_ONLY)
     environ = environ_for("/")
     call_once(ours, environ)
     check(call_once(ours, environ)[1].get("X-Cache") == "HIT", "our cache did not hit")
+    public = MemoryOptimizer(public_app, **CACHE_ONLY)
+    browsers = {}
+    for kind, headers in BROWSER_HEADERS.items():
+        browser = environ_for("/", headers=headers)
+        call_once(public, browser)
+        check(call_once(public, browser)[1].get("X-Cache") == "HIT", f"{kind}: no hit")
+        browsers[f"ours: hit with {kind}"] = repeated(public, browser, copy=False)
     row = Row(
         "hit vs bare WSGI floor",
         "ours: hit",
@@ -302,14 +325,21 @@ def row_floor(options: argparse.Namespace) -> Row:
         "floor time / our hit time: our hit's throughput as a share of that of a WSGI "
         "function returning a constant body",
     )
-    row.samples = timed(
+    samples = timed(
         options,
         {
             row.ours: repeated(ours, environ, copy=False),
             row.baseline: repeated(floor_app, environ, copy=False),
+            **browsers,
         },
     )
+    row.samples = {row.ours: samples[row.ours], row.baseline: samples[row.baseline]}
     check(ours.cache.stats()["misses"] == 1, "our cache missed while timed")
+    check(public.cache.stats()["misses"] == len(browsers), "our cache missed while timed")
+    row.notes.append(
+        "a public page, in the same rounds: "
+        + ", ".join(f"{name[6:]} {statistics.median(samples[name]):.2f} µs" for name in browsers)
+    )
     return row
 
 
