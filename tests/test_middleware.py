@@ -791,6 +791,49 @@ def test_credentials_refetching_a_stale_public_entry_store_only_a_public_answer(
     assert app.calls == 3
 
 
+@pytest.mark.parametrize(
+    ("response_headers", "request_headers", "lane"),
+    [
+        ([("Vary", "Accept-Encoding")], {"Accept-Encoding": "gzip, br"}, True),
+        (
+            [("Vary", "Accept-Encoding"), ("Cache-Control", "public")],
+            {"Accept-Encoding": "gzip", "Cookie": "theme=dark"},
+            True,
+        ),
+        ([("Vary", "Accept-Encoding")], {"Accept-Encoding": "gzip", "Cookie": "s=alice"}, False),
+    ],
+    ids=["varying-entry", "varying-public-entry-with-cookies", "varying-private-with-cookies"],
+)
+def test_a_varying_entry_is_replayed_in_the_lane_to_whom_it_may_reach(
+    response_headers: Headers, request_headers: dict[str, str], lane: bool
+) -> None:
+    # A compressing app's Vary: Accept-Encoding must not cost every hit the full path; a
+    # variant that did not say public still never reaches a request with credentials.
+    app = CountingApp(headers=response_headers)
+    optimizer, client = wrap(app)
+    anonymous = {name: value for name, value in request_headers.items() if name != "Cookie"}
+    get(client, "/p", headers=anonymous)  # stored, under the Accept-Encoding it was asked with
+    get(client, "/p", headers={"Accept-Encoding": "identity"})  # another variant
+
+    environ = EnvironBuilder(path="/p", headers=request_headers).get_environ()
+    responses = [optimizer(dict(environ), ignore_start_response) for _ in range(2)]
+    bodies = []
+    for response in responses:
+        bodies.append(b"".join(response))
+        response.close()  # type: ignore[attr-defined]
+
+    entries = {entry.key[1]: entry for entry in optimizer.cache.entries()}
+    first = entries[(request_headers["Accept-Encoding"],)]
+    if lane:
+        assert responses[0] is responses[1] is first.response
+        assert bodies == [b"body #1"] * 2
+        assert app.calls == 2
+    else:
+        assert bodies == [b"body #3", b"body #4"]  # alice's own pages, never stored
+        assert app.calls == 4
+    assert optimizer.governor.in_flight == 0
+
+
 # -- requests that bypass the cache
 
 BYPASS: list[Any] = [

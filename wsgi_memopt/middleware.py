@@ -34,6 +34,7 @@ from .cache.policy import (
     is_not_modified,
     key_path,
     request_directives,
+    variant_key,
 )
 from .cache.store import Entry, ResponseStore, entry_shell_size
 from .closing import ClosingResponse
@@ -134,6 +135,7 @@ class MemoryOptimizer:
         self._hit_response = _response_class(list, self._request_finished)
         self._entry_at, self._touch, self._count_hit = self.cache.hot_path()
         self._count_miss = self.cache.miss_counter()
+        self._variants_of = self.cache.variants_of()
         self._count_method_bypass = self.cache.bypass_counter("method")
         self._unkeyed_rule_headers = frozenset(
             (
@@ -187,6 +189,12 @@ class MemoryOptimizer:
                         entry = None  # one user's page must never reach another
                 else:
                     return self._respond(environ, start_response, None)
+                if entry is None:
+                    # Stored under the request's values of what its Vary names (a compressing
+                    # app's Accept-Encoding): found as the full path would find it.
+                    variants = self._variants_of(key)
+                    if variants is not None and variants[0]:
+                        entry = self._variant(key, variants[0], environ, credentials)
                 if entry is not None:
                     now = self.cache.clock()
                     # Fresh, its Age header still right, and no validator a conditional
@@ -196,7 +204,7 @@ class MemoryOptimizer:
                         and ("HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ)
                     ):
                         try:  # noqa: SIM105 (a with block costs five times as much here)
-                            self._touch(key)  # least recently used goes first
+                            self._touch(entry.key)  # least recently used goes first
                         except KeyError:
                             pass  # evicted meanwhile by another thread: still ours to send
                         self._count_hit()
@@ -359,6 +367,23 @@ class MemoryOptimizer:
         else:
             self._count_miss()
         return Capture(self._rules, environ, start_response, base_key, False, "miss", key, owner)
+
+    def _variant(
+        self,
+        base_key: CacheKey,
+        names: tuple[str, ...],
+        environ: WSGIEnvironment,
+        credentials: bool,
+    ) -> Entry | None:
+        """The entry stored for this request's values of ``names`` (what the response's
+        Vary named), if a request with these ``credentials`` may be served it."""
+        try:
+            entry = self._entry_at(variant_key(base_key, names, environ))
+        except TypeError:
+            return None  # an unhashable value a broken server put in environ
+        if entry is None or (credentials and not entry.shareable_with_credentials):
+            return None
+        return entry
 
     def _keyed(self, base_key: CacheKey, environ: WSGIEnvironment) -> CacheKey:
         """``base_key`` with the request's values of the keyed headers: one spelling for the

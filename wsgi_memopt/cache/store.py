@@ -87,6 +87,11 @@ class ResponseStore:
         """
         return self._entries.get, self._entries.move_to_end, self._hits.__next__
 
+    def variants_of(self) -> Callable[[CacheKey], list[Any] | None]:
+        """``get(base_key)`` for the hit lane: ``[environ keys the newest Vary named, number
+        of variants]`` for a base key whose entries vary, else None. A C call."""
+        return self._vary.get
+
     def lookup(
         self,
         base_key: CacheKey,
