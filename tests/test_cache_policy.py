@@ -481,6 +481,24 @@ def test_is_not_modified_without_last_modified(environ: dict[str, str]) -> None:
     assert is_not_modified(environ, None, None) is False
 
 
+def test_is_not_modified_answers_the_same_from_remembered_and_long_validators() -> None:
+    # Short validators are parsed once and remembered; a long list (the client's to make as
+    # long as it likes) is parsed every time and not kept.
+    short = {"HTTP_IF_NONE_MATCH": '"v1"'}
+    long_list = ", ".join(f'"tag-{n}"' for n in range(60)) + ', "v1"'
+    assert len(long_list) > 256
+    kept = policy._remembered_etags.cache_info().currsize
+
+    answers = [is_not_modified(short, '"v1"', None) for _ in range(3)]
+    answers.append(is_not_modified({"HTTP_IF_NONE_MATCH": long_list}, '"v1"', None))
+    answers.append(is_not_modified({"HTTP_IF_NONE_MATCH": long_list}, '"v2"', None))
+
+    assert answers == [True, True, True, True, False]
+    assert policy._remembered_etags.cache_info().currsize <= kept + 1  # only the short one
+    since = {"HTTP_IF_MODIFIED_SINCE": http_date(DATE) + " " * 300}  # long, still a date
+    assert is_not_modified(since, None, LAST_MODIFIED) is True
+
+
 # -- variant_key and environ_key
 
 BASE = ("http", "localhost", "/", "")
