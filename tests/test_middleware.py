@@ -17,6 +17,9 @@ from wsgiref.handlers import SimpleHandler
 
 import pytest
 from conftest import checked, get, wrap
+from hypothesis import HealthCheck, example, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from werkzeug.http import http_date
 from werkzeug.test import Client, EnvironBuilder, TestResponse
 
@@ -1458,3 +1461,144 @@ def test_a_request_behind_a_tls_proxy_is_a_plain_hit_keyed_by_its_scheme() -> No
     keys = {entry.key for entry in optimizer.cache.entries()}
     assert ("http", "localhost", "", "/p", "", (None, None, "https")) in keys
     assert ("http", "localhost", "", "/p", "") in keys
+
+
+# -- the hit lane finds what the full path finds, and serves nobody what it would not
+
+LANE_ROUTES: dict[str, list[tuple[str, str]]] = {
+    "/plain": [],
+    "/public": [("Cache-Control", "public, max-age=30")],
+    "/short": [("Cache-Control", "max-age=2")],
+    "/vary": [("Vary", "Accept-Encoding")],
+    "/vary-public": [("Vary", "Accept-Encoding"), ("Cache-Control", "public, max-age=30")],
+    "/etag": [("ETag", '"v1"'), ("Cache-Control", "max-age=30")],
+    "/no-store": [("Cache-Control", "no-store")],
+}
+# A request carries none, one or two of these: sparse enough that plain, keyed, credentialed
+# and varying requests meet the same entries often.
+LANE_REQUEST_HEADERS = [
+    ("Cookie", "s=alice"),
+    ("Cookie", "s=bob"),
+    ("Authorization", "Bearer carol"),
+    ("Accept-Encoding", "gzip"),
+    ("Accept-Encoding", "br"),
+    ("Accept-Encoding", ""),
+    ("X-Forwarded-Proto", "https"),
+    ("If-None-Match", '"v1"'),
+    ("If-None-Match", '"v2"'),
+    ("Cache-Control", "no-cache"),
+    ("Cache-Control", "no-store"),
+    ("X-Forwarded-Host", "evil.example"),
+]
+LANE_STEPS = st.lists(
+    st.tuples(
+        st.sampled_from(["GET", "GET", "GET", "HEAD", "POST"]),
+        st.sampled_from(sorted(LANE_ROUTES)),
+        st.lists(st.sampled_from(LANE_REQUEST_HEADERS), max_size=2).map(dict),
+        st.sampled_from([0, 0, 0, 1, 3]),  # seconds the clock moves first
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+class RouteApp:
+    """Answers ``LANE_ROUTES``; each body names its call and whom and what it was made for."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        self.calls += 1
+        body = "{} #{} for {} ae={}".format(
+            environ["PATH_INFO"],
+            self.calls,
+            environ.get("HTTP_COOKIE") or environ.get("HTTP_AUTHORIZATION") or "anyone",
+            environ.get("HTTP_ACCEPT_ENCODING"),
+        ).encode()
+        headers = [*LANE_ROUTES[environ["PATH_INFO"]], ("Content-Length", str(len(body)))]
+        start_response("200 OK", [("Content-Type", "text/plain"), *headers])
+        return [] if environ["REQUEST_METHOD"] == "HEAD" else [body]
+
+
+def served(optimizer: MemoryOptimizer, environ: dict[str, Any]) -> tuple[str, list[Any], bytes]:
+    seen: list[Any] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        seen[:] = [status, list(headers)]
+        return lambda data: None
+
+    response = optimizer(dict(environ), start_response)
+    try:
+        body = b"".join(response)
+    finally:
+        response.close()  # type: ignore[attr-defined]
+    return seen[0], seen[1], body
+
+
+@hypothesis_settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=LANE_STEPS)
+# Besides the random sequences, always these: one user's page, then another user, through
+# each lane (plain, keyed, varying), and a stale public page fetched again with a cookie.
+@example(steps=[("GET", "/plain", {}, 0), ("GET", "/plain", {"Cookie": "s=alice"}, 0)])
+@example(
+    steps=[
+        ("GET", "/plain", {"Cookie": "s=alice", "X-Forwarded-Proto": "https"}, 0),
+        ("GET", "/plain", {"X-Forwarded-Proto": "https"}, 0),
+        ("GET", "/plain", {"Cookie": "s=bob", "X-Forwarded-Proto": "https"}, 0),
+    ]
+)
+@example(
+    steps=[
+        ("GET", "/vary", {"Accept-Encoding": "gzip"}, 0),
+        ("GET", "/vary", {"Accept-Encoding": "gzip", "Cookie": "s=alice"}, 0),
+        ("GET", "/vary-public", {"Accept-Encoding": "br", "Authorization": "Bearer carol"}, 0),
+        ("GET", "/vary-public", {"Accept-Encoding": "br", "Cookie": "s=bob"}, 0),
+    ]
+)
+@example(
+    steps=[
+        ("GET", "/public", {"Cookie": "s=alice"}, 0),
+        ("GET", "/public", {"Cookie": "s=bob"}, 0),
+        ("GET", "/public", {"Cookie": "s=bob"}, 31),
+        ("GET", "/public", {}, 0),
+    ]
+)
+def test_the_hit_lane_answers_as_the_full_path_does(
+    steps: list[tuple[str, str, dict[str, str], int]],
+) -> None:
+    # The reference sends every request down the full path: the lane's rules (plain, keyed,
+    # credentials, Vary) must find and refuse exactly what _plan does.
+    optimizers = []
+    for _ in range(2):
+        optimizer = MemoryOptimizer(
+            RouteApp(), monitor_interval_s=0, gc_freeze=False, cache_lock_timeout_s=0
+        )
+        optimizer.cache.clock = FakeClock()
+        optimizers.append(optimizer)
+    lane, reference = optimizers
+    reference._rule_headers = reference._plan_headers = frozenset({"REQUEST_METHOD"})
+    try:
+        for method, path, headers, advance in steps:
+            for optimizer in optimizers:
+                optimizer.cache.clock.advance(advance)  # type: ignore[attr-defined]
+            sent = headers
+            environ = EnvironBuilder(path=path, method=method, headers=sent).get_environ()
+            answer = served(lane, environ)
+            assert answer == served(reference, environ), (method, path, sent)
+
+            status, _, body = answer
+            if status.startswith("200") and method == "GET":
+                made_for = body.decode().split(" for ", 1)[1]
+                me = sent.get("Cookie") or sent.get("Authorization") or "anyone"
+                if "public" not in path:  # only a public page may reach someone else
+                    assert made_for.startswith(f"{me} "), (made_for, sent)
+                if "vary" in path:  # and only one made for the same Accept-Encoding
+                    assert made_for.endswith(f"ae={sent.get('Accept-Encoding')}"), made_for
+        stats = [optimizer.cache.stats() for optimizer in optimizers]
+        counted = ("hits", "misses", "stores", "items", "rejected", "bypassed")
+        assert [stats[0][name] for name in counted] == [stats[1][name] for name in counted]
+        assert lane.app.calls == reference.app.calls  # type: ignore[attr-defined]
+    finally:
+        for optimizer in optimizers:
+            optimizer.governor.stop()
