@@ -1284,6 +1284,40 @@ def test_failing_cache_never_fails_the_request(
     assert {name: stats[name] for name in counter} == counter
 
 
+@pytest.mark.parametrize(
+    ("request_headers", "broken_key"),
+    [
+        ({}, "QUERY_STRING"),
+        ({"Cookie": "s=alice"}, "QUERY_STRING"),
+        ({"X-Forwarded-Proto": "https"}, "HTTP_X_FORWARDED_PROTO"),
+        ({"Cache-Control": "no-cache"}, "QUERY_STRING"),
+        ({"Accept-Encoding": "gzip"}, "HTTP_ACCEPT_ENCODING"),  # a Vary value
+    ],
+    ids=["plain", "credentials", "keyed-header", "rule-header", "vary-value"],
+)
+def test_an_unhashable_environ_value_never_fails_the_request(
+    request_headers: dict[str, str], broken_key: str
+) -> None:
+    # A broken server may put a list where PEP 3333 wants a string: no key can hold it, so
+    # the request is passed through (as a cache error), through every lane.
+    app = CountingApp(headers=[("Vary", "Accept-Encoding")])
+    optimizer = MemoryOptimizer(app, monitor_interval_s=0, gc_freeze=False, cache_lock_timeout_s=0)
+    sound = EnvironBuilder(path="/p", headers=request_headers).get_environ()
+    served(optimizer, sound)  # an entry under /p, with variants
+
+    broken = dict(sound, **{broken_key: ["not", "a", "string"]})
+    answers = [served(optimizer, broken) for _ in range(2)]
+
+    assert [(status, body) for status, _, body in answers] == [
+        ("200 OK", b"body #2"),
+        ("200 OK", b"body #3"),
+    ]
+    stats = optimizer.cache.stats()
+    # Counted as a cache error: in the lookup, or (a refresh looks nothing up) in the store.
+    assert stats["bypassed"].get("cache-error", 0) + stats["rejected"].get("cache-error", 0) == 2
+    optimizer.governor.stop()
+
+
 @pytest.mark.parametrize("method", ["GET", "POST"])
 def test_store_down_never_fails_the_request(monkeypatch: pytest.MonkeyPatch, method: str) -> None:
     app = CountingApp()

@@ -169,10 +169,6 @@ class MemoryOptimizer:
                         key = _PLAIN_KEY(environ)
                     except KeyError:
                         key = request_key(environ)
-                    try:
-                        entry = self._entry_at(key)
-                    except TypeError:
-                        entry = None  # an unhashable value a broken server put in environ
                 elif environ.keys().isdisjoint(self._plan_headers):
                     # Only credentials (a browser's cookies) and keyed forwarding headers (a
                     # TLS proxy's X-Forwarded-Proto): the same lane, the keyed values in the
@@ -181,20 +177,22 @@ class MemoryOptimizer:
                     key = request_key(environ)
                     if not credentials or not environ.keys().isdisjoint(self._key_environ):
                         key = self._keyed(key, environ)
-                    try:
-                        entry = self._entry_at(key)
-                    except TypeError:
-                        entry = None
-                    if credentials and entry is not None and not entry.shareable_with_credentials:
-                        entry = None  # one user's page must never reach another
                 else:
                     return self._respond(environ, start_response, None)
-                if entry is None:
-                    # Stored under the request's values of what its Vary names (a compressing
-                    # app's Accept-Encoding): found as the full path would find it.
-                    variants = self._variants_of(key)
-                    if variants is not None and variants[0]:
-                        entry = self._variant(key, variants[0], environ, credentials)
+                try:
+                    entry = self._entry_at(key)
+                    if entry is None:
+                        # Stored under the request's values of what its Vary names (a
+                        # compressing app's Accept-Encoding): found as _plan finds it.
+                        variants = self._variants_of(key)
+                        if variants is not None and variants[0]:
+                            entry = self._entry_at(variant_key(key, variants[0], environ))
+                except TypeError:
+                    # An unhashable value a broken server put in environ: the full path
+                    # (below) passes such a request through.
+                    entry = None
+                if credentials and entry is not None and not entry.shareable_with_credentials:
+                    entry = None  # one user's page must never reach another
                 if entry is not None:
                     now = self.cache.clock()
                     # Fresh, its Age header still right, and no validator a conditional
@@ -372,23 +370,6 @@ class MemoryOptimizer:
         else:
             self._count_miss()
         return Capture(self._rules, environ, start_response, base_key, False, "miss", key, owner)
-
-    def _variant(
-        self,
-        base_key: CacheKey,
-        names: tuple[str, ...],
-        environ: WSGIEnvironment,
-        credentials: bool,
-    ) -> Entry | None:
-        """The entry stored for this request's values of ``names`` (what the response's
-        Vary named), if a request with these ``credentials`` may be served it."""
-        try:
-            entry = self._entry_at(variant_key(base_key, names, environ))
-        except TypeError:
-            return None  # an unhashable value a broken server put in environ
-        if entry is None or (credentials and not entry.shareable_with_credentials):
-            return None
-        return entry
 
     def _keyed(self, base_key: CacheKey, environ: WSGIEnvironment) -> CacheKey:
         """``base_key`` with the request's values of the keyed headers: one spelling for the
