@@ -156,10 +156,12 @@ class MemoryOptimizer:
         Every response goes back wrapped so that the server's ``close()`` reaches the
         governor: that is the end of the request, when memory is looked after.
         """
-        # The commonest request first: a GET or HEAD with none of the headers a rule reads,
-        # whose fresh entry has no Vary. It needs no API check (API answers are never
-        # stored), no GC switch (a replay allocates next to nothing) and no allocation but
-        # the header list the server may change; it is in flight until its close().
+        # The hit lane first: a GET or HEAD with no header that changes its plan (cookies,
+        # Authorization and keyed forwarding headers may be there: the key and the public
+        # rule see to them) whose entry, direct or under its Vary values, is fresh. It needs
+        # no API check (API answers are never stored), no GC switch (a replay allocates next
+        # to nothing) and no allocation but the header list the server may change; it is in
+        # flight until its close(). The rest goes the full path, _respond.
         if self._cache_enabled:
             method = environ.get("REQUEST_METHOD")
             if method == "GET" or method == "HEAD":
