@@ -10,9 +10,9 @@ the worker is critical and above ``restart_percent`` from its first request, wit
   in the bodies changes;
 - under uWSGI with ``--master`` the worker sends itself SIGHUP (uWSGI's "gracefully killing
   worker") and the master respawns it, every request answered;
-- under werkzeug's development server, or uWSGI without ``--master``, where no master would
-  respawn it, the process keeps serving with one PID and reports ``governor.restart_reason``
-  instead.
+- under werkzeug's development server, waitress, or uWSGI without ``--master``, where no
+  master would respawn it, the process keeps serving with one PID and reports
+  ``governor.restart_reason`` instead.
 
 Each client request opens its own connection (urllib sends ``Connection: close``), and none is
 ever retried: a request that lands while a worker exits must still get its 200.
@@ -116,17 +116,26 @@ APP_SOURCE = textwrap.dedent(
     """
 )
 
-WERKZEUG_SERVER = textwrap.dedent(
+# Servers with no master process: each prints the port it listens on, then serves app.py.
+MASTERLESS_SERVER = textwrap.dedent(
     """\
     import sys
 
-    from werkzeug.serving import make_server
-
     import app
 
-    server = make_server("127.0.0.1", 0, app.application, threaded=sys.argv[1] == "threaded")
-    print(server.server_port, flush=True)
-    server.serve_forever()
+    if sys.argv[1] == "waitress":
+        from waitress import create_server
+
+        server = create_server(app.application, host="127.0.0.1", port=0, threads=4)
+        print(server.effective_port, flush=True)
+        server.run()
+    else:
+        from werkzeug.serving import make_server
+
+        threaded = sys.argv[1] == "werkzeug-threaded"
+        server = make_server("127.0.0.1", 0, app.application, threaded=threaded)
+        print(server.server_port, flush=True)
+        server.serve_forever()
     """
 )
 
@@ -433,21 +442,23 @@ def test_gunicorn_worker_recycles_and_every_request_succeeds(
     assert server.proc.poll() is None, report  # the master itself is still serving
 
 
-# -- werkzeug's development server: no master, so no suicide
+# -- werkzeug's development server and waitress: no master, so no suicide
 
 
 @pytest.fixture
-def start_werkzeug(
+def start_masterless(
     tmp_path: Path,
 ) -> Iterator[Callable[[str], tuple[subprocess.Popen[bytes], int]]]:
     write_app(tmp_path)
-    (tmp_path / "serve.py").write_text(WERKZEUG_SERVER)
+    (tmp_path / "serve.py").write_text(MASTERLESS_SERVER)
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(mode: str) -> tuple[subprocess.Popen[bytes], int]:
-        log_file = (tmp_path / "werkzeug.log").open("wb")
+    def start(server: str) -> tuple[subprocess.Popen[bytes], int]:
+        if server == "waitress":
+            require_module("waitress")
+        log_file = (tmp_path / "server.log").open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "serve.py", mode],
+            [sys.executable, "serve.py", server],
             cwd=tmp_path,
             stdout=subprocess.PIPE,
             stderr=log_file,
@@ -459,10 +470,10 @@ def start_werkzeug(
         with selectors.DefaultSelector() as selector:
             selector.register(proc.stdout, selectors.EVENT_READ)
             if not selector.select(timeout=BOOT_TIMEOUT_S):
-                pytest.fail(f"werkzeug did not print its port within {BOOT_TIMEOUT_S:g} s")
+                pytest.fail(f"{server} did not print its port within {BOOT_TIMEOUT_S:g} s")
         line = proc.stdout.readline()
         if not line.strip():
-            pytest.fail(f"werkzeug exited ({proc.wait(5)}) before printing its port")
+            pytest.fail(f"{server} exited ({proc.wait(5)}) before printing its port")
         return proc, int(line)
 
     yield start
@@ -472,17 +483,15 @@ def start_werkzeug(
             proc.stdout.close()
 
 
-@pytest.mark.parametrize(
-    "mode", ["single", "threaded"], ids=["werkzeug-single", "werkzeug-threaded"]
-)
-def test_werkzeug_server_keeps_serving_and_reports_restart_reason(
-    start_werkzeug: Callable[[str], tuple[subprocess.Popen[bytes], int]],
+@pytest.mark.parametrize("server", ["werkzeug-single", "werkzeug-threaded", "waitress"])
+def test_masterless_server_keeps_serving_and_reports_restart_reason(
+    start_masterless: Callable[[str], tuple[subprocess.Popen[bytes], int]],
     tmp_path: Path,
-    mode: str,
+    server: str,
 ) -> None:
-    proc, port = start_werkzeug(mode)
+    proc, port = start_masterless(server)
     log = assert_serves_on_and_reports_restart(
-        port, proc, lambda: (tmp_path / "werkzeug.log").read_text(errors="replace"), mode
+        port, proc, lambda: (tmp_path / "server.log").read_text(errors="replace"), server
     )
     assert RECYCLE_WARNING not in log
 
