@@ -682,9 +682,23 @@ def test_personalised_page_reaches_only_its_user_in_every_order(
     assert stats(optimizer)["items"] == 1
 
 
-def test_personalised_page_isolation_holds_under_concurrent_requests() -> None:
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param((("Cache-Control", "max-age=60"),), id="max-age"),
+        # Public, but one variant per user: each user's page is cached for that user alone,
+        # and replayed from the hit lane (credentials, Vary) to them and nobody else.
+        pytest.param(
+            (("Cache-Control", "public, max-age=60"), ("Vary", "Cookie, Authorization")),
+            id="public-varying-by-user",
+        ),
+    ],
+)
+def test_personalised_page_isolation_holds_under_concurrent_requests(
+    headers: tuple[tuple[str, str], ...],
+) -> None:
     optimizer = MemoryOptimizer(
-        checked(personalised_app(("Cache-Control", "max-age=60"))),
+        checked(personalised_app(*headers)),
         cache_lock_timeout_s=WAIT_S,
     )
     wrong: list[str] = []
