@@ -120,10 +120,54 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = POLL_S) -> bool:
     return condition()
 
 
+# What every script below starts with: an app answering "ok", one request served and closed
+# as a server does, and a forked child whose function's return value is its exit code.
+_SCRIPT_PRELUDE = """
+import json, logging, os, sys, threading, time, traceback
+from werkzeug.test import EnvironBuilder
+from wsgi_memopt import MemoryOptimizer
+
+def ok_app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    return [b"ok"]
+
+def call(optimizer, path):
+    statuses = []
+    response = optimizer(
+        EnvironBuilder(path=path).get_environ(), lambda s, h, e=None: statuses.append(s)
+    )
+    try:
+        body = b"".join(response)
+    finally:
+        response.close()
+    return statuses[0], body
+
+OK = ("200 OK", b"ok")
+
+def fork_child(child):
+    pid = os.fork()
+    if pid == 0:
+        code = 99  # the child raised (its traceback is on stderr)
+        try:
+            code = child()
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    return pid
+
+def exit_code(pid):
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+"""
+
+
 def run_script(script: str, *args: str) -> dict[str, Any]:
-    """Run ``script`` in a fresh interpreter; the JSON object it printed last."""
+    """Run ``script``, after ``_SCRIPT_PRELUDE``, in a fresh interpreter; the JSON it printed
+    last."""
     done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script), *args],
+        [sys.executable, "-c", _SCRIPT_PRELUDE + textwrap.dedent(script), *args],
         capture_output=True,
         text=True,
         timeout=SUBPROCESS_TIMEOUT_S,
@@ -704,16 +748,8 @@ def test_the_monitor_samples_without_traffic_and_stops(make: Make) -> None:
 # --- fork ------------------------------------------------------------------------------------
 
 _FORK_SCRIPT = """
-import json, os, sys, time, traceback
-from werkzeug.test import EnvironBuilder
-from wsgi_memopt import MemoryOptimizer
-
-def app(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
-    return [b"ok"]
-
 optimizer = MemoryOptimizer(
-    app, monitor_interval_s=0.05, sample_interval_s=0, gc_freeze=False, trim_threshold_mb=0,
+    ok_app, monitor_interval_s=0.05, sample_interval_s=0, gc_freeze=False, trim_threshold_mb=0,
     pressure_source="process", process_limit_mb=10_000_000,
 )
 governor = optimizer.governor
@@ -726,10 +762,7 @@ def start(path):
     assert b"".join(response) == b"ok" and statuses == ["200 OK"]
     return response
 
-def call(path):
-    start(path).close()
-
-call("/first")
+assert call(optimizer, "/first") == OK
 assert governor._started and governor._monitor._thread.is_alive()
 held = start("/held")  # in flight in the parent when it forks
 assert governor.in_flight == 1
@@ -741,7 +774,7 @@ def child():
         return 11
     if governor._monitor is not None:
         return 12
-    call("/child")
+    assert call(optimizer, "/child") == OK
     if not governor._started:
         return 13
     monitor = governor._monitor
@@ -758,22 +791,12 @@ def child():
     governor.stop()
     return 0
 
-pid = os.fork()
-if pid == 0:
-    code = 99
-    try:
-        code = child()
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        sys.stderr.flush()
-        os._exit(code)
-
-_, status = os.waitpid(pid, 0)
+pid = fork_child(child)
+child_code = exit_code(pid)
 parent_in_flight = governor.in_flight
 held.close()
 print(json.dumps({
-    "child": os.waitstatus_to_exitcode(status),
+    "child": child_code,
     "parent_in_flight_at_fork": parent_in_flight,
     "parent_in_flight_after": governor.in_flight,
     "parent_monitor_alive": governor._monitor._thread.is_alive(),
@@ -793,29 +816,12 @@ def test_a_forked_child_starts_afresh_on_its_first_request() -> None:
 
 
 _FORK_DURING_EMERGENCY_SCRIPT = """
-import json, logging, os, sys, threading, traceback
-from werkzeug.test import EnvironBuilder
-from wsgi_memopt import MemoryOptimizer
-
-def app(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
-    return [b"ok"]
-
 # Every tick is an emergency (1 MB budget): the monitor runs them while the process idles.
 optimizer = MemoryOptimizer(
-    app, monitor_interval_s=0.05, sample_interval_s=0, gc_freeze=False, trim_threshold_mb=0,
+    ok_app, monitor_interval_s=0.05, sample_interval_s=0, gc_freeze=False, trim_threshold_mb=0,
     pressure_source="process", process_limit_mb=1, restart_percent=100,
     restart_after_s=3600,
 )
-
-def call(path):
-    statuses = []
-    response = optimizer(
-        EnvironBuilder(path=path).get_environ(), lambda s, h, e=None: statuses.append(s)
-    )
-    b"".join(response)
-    response.close()
-    return statuses[0]
 
 inside, release = threading.Event(), threading.Event()
 
@@ -834,25 +840,21 @@ logger = logging.getLogger("wsgi_memopt")
 logger.setLevel(logging.DEBUG)
 logger.addHandler(HoldTheMonitorInItsCollection())
 
-call("/first")  # starts the monitor
+call(optimizer, "/first")  # starts the monitor
 assert inside.wait(30), "the monitor ran no emergency"
-pid = os.fork()
-if pid == 0:
-    code = 99
-    try:
-        served = []
-        thread = threading.Thread(target=lambda: served.append(call("/child")), daemon=True)
-        thread.start()
-        thread.join(10)
-        code = 0 if served == ["200 OK"] else 3  # 3: the child's first request hangs
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        sys.stderr.flush()
-        os._exit(code)
+
+def child():
+    served = []
+    thread = threading.Thread(
+        target=lambda: served.append(call(optimizer, "/child")[0]), daemon=True
+    )
+    thread.start()
+    thread.join(10)
+    return 0 if served == ["200 OK"] else 3  # 3: the child's first request hangs
+
+pid = fork_child(child)
 release.set()
-_, status = os.waitpid(pid, 0)
-print(json.dumps({"child": os.waitstatus_to_exitcode(status)}))
+print(json.dumps({"child": exit_code(pid)}))
 optimizer.governor.stop()
 """
 
@@ -865,16 +867,8 @@ def test_a_child_forked_during_a_monitor_emergency_still_serves() -> None:
 
 
 _FORK_AFTER_RESTART_NEEDED_SCRIPT = """
-import json, os, sys, traceback
-from werkzeug.test import EnvironBuilder
-from wsgi_memopt import MemoryOptimizer
-
-def app(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
-    return [b"ok"]
-
 optimizer = MemoryOptimizer(
-    app, monitor_interval_s=0, sample_interval_s=0, gc_freeze=False, trim_threshold_mb=0,
+    ok_app, monitor_interval_s=0, sample_interval_s=0, gc_freeze=False, trim_threshold_mb=0,
     pressure_source="process", process_limit_mb=1, max_memory_percent=50,
     critical_percent=60, restart_percent=70, restart_after_s=0, min_worker_lifetime_s=0,
 )
@@ -882,33 +876,20 @@ governor = optimizer.governor
 reasons = []
 governor.on_recycle_needed = reasons.append
 
-def call(path):
-    response = optimizer(EnvironBuilder(path=path).get_environ(), lambda s, h, e=None: None)
-    b"".join(response)
-    response.close()
-
-call("/parent")
+call(optimizer, "/parent")
 assert governor.restart_reason and len(reasons) == 1
-pid = os.fork()
-if pid == 0:
-    code = 99
-    try:
-        reasons.clear()
-        inherited = governor.restart_reason
-        call("/child")  # the child's own tick: still far above restart_percent
-        if inherited is not None:
-            code = 20  # the child says it needs a restart before it measured anything
-        elif not governor.restart_reason or len(reasons) != 1:
-            code = 21  # the child's own need was never reported to its hook
-        else:
-            code = 0
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        sys.stderr.flush()
-        os._exit(code)
-_, status = os.waitpid(pid, 0)
-print(json.dumps({"child": os.waitstatus_to_exitcode(status)}))
+
+def child():
+    reasons.clear()
+    inherited = governor.restart_reason
+    call(optimizer, "/child")  # the child's own tick: still far above restart_percent
+    if inherited is not None:
+        return 20  # the child says it needs a restart before it measured anything
+    if not governor.restart_reason or len(reasons) != 1:
+        return 21  # the child's own need was never reported to its hook
+    return 0
+
+print(json.dumps({"child": exit_code(fork_child(child))}))
 """
 
 
@@ -1004,10 +985,7 @@ def test_a_failing_recycle_hook_is_logged_not_raised(
 # --- a burst's heap given back between requests (SPEC §11) ------------------------------------
 
 _BURST_SCRIPT = """
-import json, sys
 import psutil
-from werkzeug.test import EnvironBuilder
-from wsgi_memopt import MemoryOptimizer
 
 process = psutil.Process()
 
@@ -1040,19 +1018,10 @@ optimizer = MemoryOptimizer(
     restart_percent=100,
 )
 
-def call(path):
-    statuses = []
-    response = optimizer(
-        EnvironBuilder(path=path).get_environ(), lambda s, h, e=None: statuses.append(s)
-    )
-    body = b"".join(response)
-    response.close()
-    assert statuses == ["200 OK"] and body == b"ok"
-
-call("/warm")
-call("/warm")
+assert call(optimizer, "/warm") == OK
+assert call(optimizer, "/warm") == OK
 figures["before_mb"] = rss_mb()
-call("/burst")
+assert call(optimizer, "/burst") == OK
 figures["after_close_mb"] = rss_mb()  # the response is closed; no next request yet
 figures["actions"] = [
     {"kind": a.kind, "trimmed": a.trimmed} for a in optimizer.governor.history
@@ -1089,17 +1058,11 @@ def test_without_the_trim_a_freed_burst_stays_resident() -> None:
 
 def test_tracemalloc_frames_starts_tracing_at_the_first_request() -> None:
     script = """
-import json, tracemalloc
-from werkzeug.test import Client
-from wsgi_memopt import MemoryOptimizer
+import tracemalloc
 
-def app(environ, start_response):
-    start_response("200 OK", [("Content-Length", "2")])
-    return [b"ok"]
-
-optimizer = MemoryOptimizer(app, tracemalloc_frames=5, monitor_interval_s=0, gc_freeze=False)
+optimizer = MemoryOptimizer(ok_app, tracemalloc_frames=5, monitor_interval_s=0, gc_freeze=False)
 before = tracemalloc.is_tracing()
-Client(optimizer).get("/", buffered=True)
+call(optimizer, "/")
 print(json.dumps([before, tracemalloc.is_tracing(), tracemalloc.get_traceback_limit()]))
 """
     assert run_script(script) == [False, True, 5]
