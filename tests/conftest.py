@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.validate import validator
@@ -40,6 +41,17 @@ def wrap(app: WSGIApp, **settings: Any) -> tuple[MemoryOptimizer, Client]:
 def get(client: Client, path: str = "/", **kwargs: Any) -> TestResponse:
     """A GET whose response is read to its end and closed, as a server does."""
     return client.get(path, buffered=True, **kwargs)
+
+
+def run_threads(count: int, worker: Callable[[int], object], timeout_s: float) -> None:
+    """``worker(n)`` for n in ``range(count)``, each in its own thread, all started, then
+    joined; fails if any is still running after ``timeout_s`` (a bug fails, never hangs)."""
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout_s)
+    assert not any(thread.is_alive() for thread in threads)
 
 
 def require_peer(executable: str) -> str:

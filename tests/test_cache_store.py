@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
-from conftest import checked, get, wrap
+from conftest import checked, get, run_threads, wrap
 from pympler import asizeof
 from werkzeug.test import Client, EnvironBuilder, TestResponse
 
@@ -870,12 +870,7 @@ def run_concurrently(
         except BaseException as error:
             errors.append(error)
 
-    threads = [threading.Thread(target=worker) for _ in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(4 * BOUND_S)
-    assert not any(thread.is_alive() for thread in threads)
+    run_threads(count, lambda _: worker(), timeout_s=4 * BOUND_S)
     assert errors == []
     return responses
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import run_threads
 
 from wsgi_memopt.memory import gc_schedule
 from wsgi_memopt.memory.gc_schedule import Collection, GCScheduler
@@ -204,12 +205,7 @@ def test_sixteen_threads_always_overlapping_still_get_young_collections(
                 made.append(collection)
 
     scheduler.request_started()
-    threads = [threading.Thread(target=worker) for _ in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert not any(thread.is_alive() for thread in threads)
+    run_threads(16, lambda _: worker(), timeout_s=30)
 
     assert not any(gc_was_on)
     assert max(concurrent) == 1  # one collection at a time

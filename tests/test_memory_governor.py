@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import get, wrap
+from conftest import get, run_threads, wrap
 from werkzeug.test import Client, EnvironBuilder
 
 from wsgi_memopt import MemoryOptimizer
@@ -561,12 +561,7 @@ def test_constantly_overlapping_requests_still_get_young_collections(make: Make)
             errors.append(error)
             barrier.abort()
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(threads_count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not any(thread.is_alive() for thread in threads)
+    run_threads(threads_count, worker, timeout_s=60)
     assert errors == []
 
     stats = scheduler.stats()
@@ -630,12 +625,7 @@ def test_no_tick_runs_concurrently_with_another(make: Make) -> None:
             errors.append(error)
             barrier.abort()
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(threads_count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not any(thread.is_alive() for thread in threads)
+    run_threads(threads_count, worker, timeout_s=60)
     assert errors == []
 
     assert probe.max_active == 1
