@@ -43,7 +43,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import pytest
 from conftest import require_peer
@@ -328,22 +328,27 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
 
+ServerT = TypeVar("ServerT", bound=Server)
+
+
 def launch(
     command: list[str],
     port: int,
     log_path: Path,
     started: list[subprocess.Popen[bytes]],
-    ready: Callable[[str], bool],
+    ready: Callable[[str], bool] | None,
     what: str,
-) -> Server:
-    """Start ``command`` (recorded in ``started``, for the fixture to stop) and wait until
-    its log says it is ``ready``: no probe connection, which a worker would have to answer
-    (and which would count as its first request)."""
+    server_type: type[ServerT] = Server,  # type: ignore[assignment]
+) -> ServerT:
+    """Start ``command`` (recorded in ``started``, for the fixture to stop) and, unless
+    ``ready`` is None, wait until its log says it is: no probe connection, which a worker
+    would have to answer (and which would count as its first request)."""
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=child_env())
     started.append(proc)
-    server = Server(proc, port, log_path)
-    wait_for(lambda: ready(server.log()), proc, what)
+    server = server_type(proc, port, log_path)
+    if ready is not None:
+        wait_for(lambda: ready(server.log()), proc, what)
     return server
 
 

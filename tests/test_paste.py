@@ -15,9 +15,7 @@ import http.client
 import json
 import subprocess
 import textwrap
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -26,9 +24,10 @@ from test_memory_recycle import (
     BOOT_TIMEOUT_S,
     HOST,
     REQUEST_TIMEOUT_S,
-    child_env,
+    Server,
     free_port,
     gunicorn_command,
+    launch,
     require_module,
     stop,
 )
@@ -177,14 +176,8 @@ def test_the_ini_file_wins_over_the_environment(
 # -- gunicorn --paste, for real on 127.0.0.1
 
 
-@dataclass
-class Server:
-    proc: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+class PasteServer(Server):
+    """gunicorn serving an ini file, and a client for it."""
 
     def get(self, path: str, headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
         """One GET on its own connection, read to the end (``.body`` holds the bytes)."""
@@ -206,25 +199,19 @@ class Servers:
         self.log_dir = log_dir
         self.started: list[subprocess.Popen[bytes]] = []
 
-    def start(self, *args: str, worker_class: str = "sync", wait_boot: bool = True) -> Server:
+    def start(self, *args: str, worker_class: str = "sync", wait_boot: bool = True) -> PasteServer:
         port = free_port()
-        log_path = self.log_dir / f"gunicorn-{port}.log"
-        command = gunicorn_command(port, worker_class, "--workers", "1", *args)
-        with log_path.open("wb") as log_file:
-            proc = subprocess.Popen(
-                command, stdout=log_file, stderr=subprocess.STDOUT, env=child_env()
-            )
-        self.started.append(proc)
-        server = Server(proc, port, log_path)
-        if wait_boot:
-            # Ready once a worker is booting: the master listens already, and a request that
-            # arrives while the worker still loads the app waits in the listen queue.
-            deadline = time.monotonic() + BOOT_TIMEOUT_S
-            while "Booting worker with pid" not in server.log():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"gunicorn did not boot a worker:\n{server.log()[-4000:]}")
-                time.sleep(0.05)
-        return server
+        # Ready once a worker is booting: the master listens already, and a request that
+        # arrives while the worker still loads the app waits in the listen queue.
+        return launch(
+            gunicorn_command(port, worker_class, "--workers", "1", *args),
+            port,
+            self.log_dir / f"gunicorn-{port}.log",
+            self.started,
+            (lambda log: "Booting worker with pid" in log) if wait_boot else None,
+            "gunicorn to boot a worker",
+            PasteServer,
+        )
 
     def stop_all(self) -> None:
         for proc in self.started:
