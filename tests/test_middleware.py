@@ -24,6 +24,8 @@ from werkzeug.http import http_date
 from werkzeug.test import Client, EnvironBuilder, TestResponse
 
 from wsgi_memopt import MemoryOptimizer
+from wsgi_memopt.cache.policy import BYPASS_HEADERS, FORWARDED_KEY_HEADERS, environ_key
+from wsgi_memopt.middleware import LANE_PLAN_HEADERS
 
 Headers = list[tuple[str, str]]
 
@@ -1523,6 +1525,8 @@ LANE_REQUEST_HEADERS = [
     ("Cache-Control", "no-cache"),
     ("Cache-Control", "no-store"),
     ("X-Forwarded-Host", "evil.example"),
+    ("X-Tenant", "acme"),
+    ("X-Tenant", ""),
 ]
 LANE_STEPS = st.lists(
     st.tuples(
@@ -1544,11 +1548,12 @@ class RouteApp:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         self.calls += 1
-        body = "{} #{} for {} ae={}".format(
+        body = "{} #{} for {} ae={} tenant={}".format(
             environ["PATH_INFO"],
             self.calls,
             environ.get("HTTP_COOKIE") or environ.get("HTTP_AUTHORIZATION") or "anyone",
             environ.get("HTTP_ACCEPT_ENCODING"),
+            environ.get("HTTP_X_TENANT"),
         ).encode()
         headers = [*LANE_ROUTES[environ["PATH_INFO"]], ("Content-Length", str(len(body)))]
         start_response("200 OK", [("Content-Type", "text/plain"), *headers])
@@ -1570,6 +1575,19 @@ def served(optimizer: MemoryOptimizer, environ: dict[str, Any]) -> tuple[str, li
     return seen[0], seen[1], body
 
 
+class FullPathOnly(MemoryOptimizer):
+    """The reference: every request down the full path, as if the hit lane were not there."""
+
+    def __call__(self, environ: Any, start_response: Any) -> Iterable[bytes]:
+        return self._respond(environ, start_response, None)
+
+
+# Beside the defaults, settings that key two headers: one only _plan sees (a forwarding
+# header it would otherwise bypass) and one the lane must put in the key itself.
+LANE_SETTINGS = [{}, {"cache_key_headers": ("X-Tenant", "X-Forwarded-Host")}]
+
+
+@pytest.mark.parametrize("keyed", LANE_SETTINGS, ids=["defaults", "own-keyed-headers"])
 @hypothesis_settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=LANE_STEPS)
 # Besides the random sequences, always these: one user's page, then another user, through
@@ -1598,20 +1616,25 @@ def served(optimizer: MemoryOptimizer, environ: dict[str, Any]) -> tuple[str, li
         ("GET", "/public", {}, 0),
     ]
 )
+@example(
+    steps=[
+        ("GET", "/plain", {"X-Tenant": "acme"}, 0),
+        ("GET", "/plain", {"X-Tenant": ""}, 0),
+        ("GET", "/plain", {}, 0),
+        ("GET", "/plain", {"X-Tenant": "acme", "Cookie": "s=alice"}, 0),
+    ]
+)
 def test_the_hit_lane_answers_as_the_full_path_does(
-    steps: list[tuple[str, str, dict[str, str], int]],
+    keyed: dict[str, Any], steps: list[tuple[str, str, dict[str, str], int]]
 ) -> None:
     # The reference sends every request down the full path: the lane's rules (plain, keyed,
     # credentials, Vary) must find and refuse exactly what _plan does.
-    optimizers = []
-    for _ in range(2):
-        optimizer = MemoryOptimizer(
-            RouteApp(), monitor_interval_s=0, gc_freeze=False, cache_lock_timeout_s=0
-        )
+    options = {"monitor_interval_s": 0, "gc_freeze": False, "cache_lock_timeout_s": 0, **keyed}
+    lane = MemoryOptimizer(RouteApp(), **options)
+    reference = FullPathOnly(RouteApp(), **options)
+    optimizers = [lane, reference]
+    for optimizer in optimizers:
         optimizer.cache.clock = FakeClock()
-        optimizers.append(optimizer)
-    lane, reference = optimizers
-    reference._rule_headers = reference._plan_headers = frozenset({"REQUEST_METHOD"})
     try:
         for method, path, headers, advance in steps:
             for optimizer in optimizers:
@@ -1628,7 +1651,9 @@ def test_the_hit_lane_answers_as_the_full_path_does(
                 if "public" not in path:  # only a public page may reach someone else
                     assert made_for.startswith(f"{me} "), (made_for, sent)
                 if "vary" in path:  # and only one made for the same Accept-Encoding
-                    assert made_for.endswith(f"ae={sent.get('Accept-Encoding')}"), made_for
+                    assert f" ae={sent.get('Accept-Encoding')} " in made_for, made_for
+                if keyed:  # and, when keyed, for the same tenant
+                    assert made_for.endswith(f"tenant={sent.get('X-Tenant')}"), made_for
         stats = [optimizer.cache.stats() for optimizer in optimizers]
         counted = ("hits", "misses", "stores", "items", "rejected", "bypassed")
         assert [stats[0][name] for name in counted] == [stats[1][name] for name in counted]
@@ -1636,3 +1661,44 @@ def test_the_hit_lane_answers_as_the_full_path_does(
     finally:
         for optimizer in optimizers:
             optimizer.governor.stop()
+
+
+def test_the_reference_of_the_lane_test_never_takes_the_lane() -> None:
+    # Else the test above compares the lane with itself.
+    environ = EnvironBuilder(path="/public", headers={"Cookie": "s=alice"}).get_environ()
+
+    def full_path_calls(optimizer: MemoryOptimizer) -> tuple[int, list[bytes]]:
+        calls: list[object] = []
+        respond = optimizer._respond
+        optimizer._respond = lambda *args: calls.append(args) or respond(*args)  # type: ignore[method-assign]
+        try:
+            bodies = [served(optimizer, environ)[2] for _ in range(2)]
+            return len(calls), bodies
+        finally:
+            optimizer.governor.stop()
+
+    lane_calls, lane_bodies = full_path_calls(MemoryOptimizer(RouteApp()))
+    reference_calls, reference_bodies = full_path_calls(FullPathOnly(RouteApp()))
+    assert (lane_calls, reference_calls) == (1, 2)
+    assert lane_bodies == reference_bodies  # the second from the cache, both times
+
+
+def test_the_lane_asks_every_header_a_rule_reads() -> None:
+    # The lane asks for headers by name (a set operation costs more): the names it asks for
+    # must be those policy's rules read, and the settings' own keyed headers are its to key.
+    asked = {
+        name
+        for name in MemoryOptimizer.__call__.__code__.co_consts
+        if isinstance(name, str) and name.startswith("HTTP_")
+    }
+    rule_headers = {"HTTP_CACHE_CONTROL", "HTTP_PRAGMA", "HTTP_AUTHORIZATION", "HTTP_COOKIE"}
+    forwarding = {environ_key(name) for name in (*BYPASS_HEADERS, *FORWARDED_KEY_HEADERS)}
+    assert asked >= rule_headers | forwarding
+    assert set(LANE_PLAN_HEADERS) == {"HTTP_CACHE_CONTROL", "HTTP_PRAGMA"} | {
+        environ_key(name) for name in BYPASS_HEADERS
+    }
+    optimizer = MemoryOptimizer(CountingApp(), cache_key_headers=("X-Tenant", "Forwarded"))
+    try:
+        assert optimizer._own_key_environ == {"HTTP_X_TENANT"}
+    finally:
+        optimizer.governor.stop()
