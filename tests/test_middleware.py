@@ -1407,8 +1407,9 @@ def test_a_hit_is_in_flight_until_the_server_closes_it() -> None:
 
 
 def test_a_hit_closed_twice_neither_raises_nor_leaves_the_count_wrong() -> None:
-    # The plain hit's close() is a C call on the in-flight list; a server closing a response
-    # twice must get no error, and the count must not go below the requests really running.
+    # The plain hit's close() is a C count; a server closing a response twice must get no
+    # error, and the count never goes below 0: the extra close is forgotten once it shows
+    # (at the latest when the governor samples with nothing running).
     _, optimizer, environ = stored_once("/p")
 
     first = optimizer(dict(environ), ignore_start_response)
@@ -1420,7 +1421,17 @@ def test_a_hit_closed_twice_neither_raises_nor_leaves_the_count_wrong() -> None:
     assert optimizer.governor.in_flight == 1
     second.close()  # type: ignore[attr-defined]
     assert optimizer.governor.in_flight == 0
-    assert optimizer.cache.stats()["hits"] == 2
+
+    third, fourth = (optimizer(dict(environ), ignore_start_response) for _ in range(2))
+    third.close()  # type: ignore[attr-defined]
+    third.close()  # type: ignore[attr-defined]
+    fourth.close()  # type: ignore[attr-defined]
+    assert optimizer.governor.in_flight == 0
+    fifth = optimizer(dict(environ), ignore_start_response)
+    assert optimizer.governor.in_flight == 1
+    fifth.close()  # type: ignore[attr-defined]
+    assert optimizer.governor.in_flight == 0
+    assert optimizer.cache.stats()["hits"] == 5
 
 
 def test_a_hit_replays_a_response_built_once_and_the_headers_afresh() -> None:

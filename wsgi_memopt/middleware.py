@@ -125,6 +125,7 @@ class MemoryOptimizer:
         self._hit_started = governor.hit_started
         self._hit_open = governor.hit_open
         self._hit_close = governor.hit_close
+        self.cache.count_hits_from(governor.lane_hits)  # what hit_open counts
         # A hit's response: its body in a tuple whose close() ends the request. Prebuilt per
         # entry with the C-level hit_close (no Python frame at all); a hit that must tick
         # (a sample is due) or that went the full path gets a list whose close() is Python.
@@ -216,9 +217,8 @@ class MemoryOptimizer:
                             self._touch(entry.key)  # least recently used goes first
                         except KeyError:
                             pass  # evicted meanwhile by another thread: still ours to send
-                        self._count_hit()
                         if now < self.governor.next_tick:
-                            self._hit_open(None)
+                            self._hit_open()  # one C call: a hit, and in flight until close()
                             try:
                                 start_response(entry.status, entry.replay.copy())
                             except BaseException:
@@ -228,6 +228,7 @@ class MemoryOptimizer:
                                 return entry.response
                             return self._empty_hit
                         # A sample is due: this hit's close() ticks.
+                        self._count_hit()
                         self._hit_started()
                         try:
                             start_response(entry.status, entry.replay.copy())

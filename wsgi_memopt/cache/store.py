@@ -69,6 +69,7 @@ class ResponseStore:
         self.stores = self.evictions = self.expirations = 0
         # Bumped on the lock-free request path: next() on a count is one C call.
         self._hits = itertools.count()
+        self._hits_elsewhere: list[itertools.count[int]] = []  # see count_hits_from
         self._misses = itertools.count()
         self._rejected = Tally()
         self._bypassed = Tally()
@@ -86,6 +87,14 @@ class ResponseStore:
         These are the store's own C-level methods: no lock, no Python frame (SPEC §11).
         """
         return self._entries.get, self._entries.move_to_end, self._hits.__next__
+
+    def count_hits_from(self, counter: itertools.count[int]) -> None:
+        """Count in :attr:`hits` what ``counter`` counts: hits its owner serves itself.
+
+        The middleware's hit lane counts a hit and a request in flight in one C call, on the
+        governor's count (``Governor.lane_hits``); the store adds it to its own.
+        """
+        self._hits_elsewhere.append(counter)
 
     def variants_of(self) -> Callable[[CacheKey], list[Any] | None]:
         """``get(base_key)`` for the hit lane: ``[environ keys the newest Vary named, number
@@ -298,8 +307,8 @@ class ResponseStore:
 
     @property
     def hits(self) -> int:
-        """Lookups that found a fresh entry."""
-        return read_count(self._hits)
+        """Requests answered from a fresh entry."""
+        return read_count(self._hits) + sum(map(read_count, self._hits_elsewhere))
 
     @property
     def misses(self) -> int:

@@ -23,8 +23,8 @@ thread at a time. Every action is measured before and after and kept in a bounde
 from __future__ import annotations
 
 import collections
-import functools
 import gc
+import itertools
 import logging
 import os
 import random
@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..cache.store import ResponseStore
+from ..counting import read_count
 from ..lazy import LazyModules
 from ..settings import Settings
 from .cleanups import CleanupResult, Cleanups, malloc_trim
@@ -55,7 +56,6 @@ _COLLECT_ROUNDS = 5  # "collect until nothing more is freed", bounded
 _LAZY_IDLE_S = 300.0  # an emergency unloads lazy modules unused for this long
 _ACTION_BACKOFF_S = 30.0  # optimize/emergency at most this often under steady pressure...
 _ACTION_RISE_PERCENT = 5.0  # ...unless memory rose this much since the last one
-_LAST = slice(-1, None)
 # The request path calls these C functions through module globals: cheaper than gc.<name>.
 _gc_disable = gc.disable
 _gc_enable = gc.enable
@@ -146,15 +146,18 @@ class Governor:
         self.last_sample: MemorySample | None = None
         self.restart_reason: str | None = None  # set when a recycle is needed and not possible
         self._tick_lock = threading.Lock()  # one tick at a time, never waited for
-        # Requests in flight, exactly (pauses wait for it to reach 0), without a lock: one
-        # item per request, and list.append / del list[-1:] are single C calls under the GIL.
+        # Requests in flight (pauses wait for them to end), counted without a lock: one item
+        # per request, and list.append / del list[-1:] are single C calls under the GIL.
         self._flight: list[None] = []
-        # A request's start and end, in C with no Python frame, bound once: hit_open(None)
-        # counts one in flight (every request does, a cache hit's lane directly); a hit's
-        # close() *is* hit_close, which, unlike list.pop, never raises, so a server closing
-        # a response twice cannot fail it. (See hit_started.)
-        self.hit_open: Callable[[None], None] = self._flight.append
-        self.hit_close: Callable[[], object] = functools.partial(self._flight.__delitem__, _LAST)
+        self._enter = self._flight.append
+        # The cache hits the middleware's lane serves are counted apart, by two counts whose
+        # next() is one C call each: hit_open() is also the store's count of those hits
+        # (one call for both), and a hit's close() *is* hit_close. See in_flight.
+        self._hits_opened = itertools.count()
+        self._hits_closed = itertools.count()
+        self._hits_closed_twice = 0  # closes beyond the opens, forgotten once seen
+        self.hit_open: Callable[[], object] = self._hits_opened.__next__
+        self.hit_close: Callable[[], object] = self._hits_closed.__next__
         # When the next sample is due. 0 until this process serves (and again after a fork):
         # the cache-hit lane checks only this before it skips hit_started() (see there).
         self.next_tick = 0.0
@@ -177,7 +180,7 @@ class Governor:
         """A request of this process starts: counted in flight; GC off in ``between`` mode."""
         if not self._started:
             self._start_in_this_process()
-        self.hit_open(None)
+        self._enter(None)
         if self.gc.active:
             # Unconditionally: libraries switch the collector back on (SPEC §7).
             _gc_disable()
@@ -193,9 +196,11 @@ class Governor:
             scheduler = self.gc
             if scheduler.active:
                 if _gc_get_count()[0] > scheduler.gen0_threshold:
-                    scheduler.request_finished(len(self._flight))  # a collection may be due
+                    scheduler.request_finished(self.in_flight)  # a collection may be due
                 elif not self._flight:
-                    _gc_enable()  # idle: CPython's collector runs until the next request
+                    # Idle: CPython's collector runs until the next request. (A hit of the
+                    # lane may still be sending: it allocates next to nothing.)
+                    _gc_enable()
             if self.clock() >= self.next_tick:
                 self.tick()
         except Exception:
@@ -211,7 +216,7 @@ class Governor:
         """
         if not self._started:
             self._start_in_this_process()
-        self.hit_open(None)
+        self._enter(None)
 
     def hit_finished(self) -> None:
         """The server closed a cache hit's response: the count, and a tick if one is due."""
@@ -225,7 +230,24 @@ class Governor:
     @property
     def in_flight(self) -> int:
         """Requests of this process running now."""
-        return len(self._flight)
+        return len(self._flight) + self._lane_hits_in_flight()
+
+    @property
+    def lane_hits(self) -> itertools.count[int]:
+        """The count :attr:`hit_open` advances: the hits the middleware's lane served."""
+        return self._hits_opened
+
+    def _lane_hits_in_flight(self) -> int:
+        # Closed first: a hit opened and closed between the two reads then shows for a
+        # moment as still open, never as a close too many.
+        closed = read_count(self._hits_closed)
+        open_hits = read_count(self._hits_opened) - closed + self._hits_closed_twice
+        if open_hits < 0:
+            # A server closed a response twice (a tuple's close() cannot tell): the extra
+            # close is forgotten here, at the latest at the next sample with no hit running.
+            self._hits_closed_twice -= open_hits
+            return 0
+        return open_hits
 
     def _start_in_this_process(self) -> None:
         # Lazily, in the serving process: never before a fork (a preloaded app forks after
@@ -259,7 +281,10 @@ class Governor:
         # request of this process is in flight, and this worker's life starts now.
         self._started = False
         self._monitor = None
-        self._flight.clear()  # the same list: its bound append and hit_close stay valid
+        self._flight.clear()  # the same list: its bound append stays valid
+        # The same counts too (hit responses close with hit_close): what is open is the
+        # parent's, gone with its threads.
+        self._hits_closed_twice = read_count(self._hits_closed) - read_count(self._hits_opened)
         self.next_tick = 0.0  # a sample at its first request, which also starts it here
         self._tick_lock = threading.Lock()
         self._start_lock = threading.Lock()
