@@ -1320,6 +1320,30 @@ def test_an_unhashable_environ_value_never_fails_the_request(
     optimizer.governor.stop()
 
 
+def test_a_request_without_a_method_is_passed_through() -> None:
+    # PEP 3333 requires REQUEST_METHOD; a server that leaves it out still gets the app's
+    # answer, never one from the cache.
+    calls: list[object] = []
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        calls.append(environ.get("REQUEST_METHOD"))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"body #%d" % len(calls)]
+
+    optimizer = MemoryOptimizer(app, monitor_interval_s=0, gc_freeze=False)
+    environ = EnvironBuilder(path="/p").get_environ()
+    served(optimizer, environ)
+    del environ["REQUEST_METHOD"]
+
+    answers = [served(optimizer, environ) for _ in range(2)]
+
+    assert calls == ["GET", None, None]
+    assert [body for _, _, body in answers] == [b"body #2", b"body #3"]
+    assert ("Cache-Status", "wsgi-memopt; fwd=method") in answers[0][1]
+    assert optimizer.cache.stats()["bypassed"] == {"method": 2}
+    optimizer.governor.stop()
+
+
 @pytest.mark.parametrize("method", ["GET", "POST"])
 def test_store_down_never_fails_the_request(monkeypatch: pytest.MonkeyPatch, method: str) -> None:
     app = CountingApp()
