@@ -920,6 +920,149 @@ def test_waiters_call_the_app_when_the_leaders_response_is_not_storable(
     assert len(optimizer.cache) == 0
 
 
+# -- keys whose response could not be stored ("hit-for-miss")
+
+
+def test_a_key_is_remembered_uncacheable_until_its_time_is_up(clock: FakeClock) -> None:
+    store = new_store(clock, uncacheable_ttl_s=30.0)
+    until = store.uncacheable_until()
+    key = base_key_of("/private")
+
+    store.remember_uncacheable(key)
+
+    assert until(key, 0.0) == clock() + 30.0
+    clock.advance(31)
+    assert until(key, 0.0) < clock()  # the middleware compares it with its own reading
+    assert until(base_key_of("/other"), 0.0) == 0.0
+
+
+def test_uncacheable_keys_are_bounded_by_max_items(clock: FakeClock) -> None:
+    store = new_store(clock, max_items=3)
+    for number in range(10):
+        store.remember_uncacheable(base_key_of(f"/p{number}"))
+    assert list(store._uncacheable) == [base_key_of(f"/p{number}") for number in (7, 8, 9)]
+
+
+@pytest.mark.parametrize(
+    ("forget", "others_kept"),
+    [
+        pytest.param(lambda store, clock: store.put(make_entry(clock, "/a")), True, id="stored"),
+        pytest.param(
+            lambda store, clock: store.put(
+                make_entry(clock, "/a", vary=("HTTP_ACCEPT",), request={"HTTP_ACCEPT": "x"}),
+                ("HTTP_ACCEPT",),
+            ),
+            True,
+            id="a-variant-stored",
+        ),
+        pytest.param(lambda store, clock: store.invalidate("/a"), True, id="invalidated"),
+        pytest.param(lambda store, clock: store.clear(), False, id="cleared"),
+    ],
+)
+def test_an_uncacheable_key_is_forgotten_when(
+    clock: FakeClock, forget: Callable[[ResponseStore, FakeClock], object], others_kept: bool
+) -> None:
+    store = new_store(clock)
+    store.remember_uncacheable(base_key_of("/a"))
+    store.remember_uncacheable(base_key_of("/ab"))  # not under /a: a path segment apart
+
+    forget(store, clock)
+
+    assert base_key_of("/a") not in store._uncacheable
+    assert (base_key_of("/ab") in store._uncacheable) is others_kept
+
+
+def test_concurrent_misses_of_a_key_known_uncacheable_do_not_queue_behind_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Eight requests of a no-store page, each of which stays in the app until all eight are
+    # in it: under single flight seven would wait for the first's response, and the barrier
+    # would break instead.
+    inside = threading.Barrier(8)
+    broken: list[bool] = []
+    calls: list[int] = []
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        calls.append(1)
+        if len(calls) > 1:
+            try:
+                inside.wait(BOUND_S)
+            except threading.BrokenBarrierError:
+                broken.append(True)
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Cache-Control", "no-store")])
+        return [b"private"]
+
+    optimizer, client = wrap(app, cache_lock_timeout_s=30)
+    first = get(client, "/private")  # its response says no-store: remembered
+    assert first.headers["Cache-Status"] == "wsgi-memopt; fwd=miss; detail=no-store"
+    returned = count_begin_fill(monkeypatch, optimizer.cache, open_after=99, gate=threading.Event())
+
+    responses = run_concurrently(8, lambda client: get(client, "/private"), optimizer)
+
+    assert broken == []
+    assert returned == []  # none of them joined (or led) a fill
+    assert [response.data for response in responses] == [b"private"] * 8
+    stats = optimizer.cache.stats()
+    assert (stats["misses"], stats["stores"], stats["rejected"]) == (9, 0, {"no-store": 9})
+
+
+def test_an_uncacheable_key_whose_response_becomes_storable_is_stored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    headers = [("Cache-Control", "no-store")]
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        start_response(
+            "200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4"), *headers]
+        )
+        return [b"page"]
+
+    optimizer, client = wrap(app, cache_lock_timeout_s=5)
+    get(client, "/page")
+    headers[:] = [("Cache-Control", "max-age=60")]
+
+    assert get(client, "/page").headers["Cache-Status"] == "wsgi-memopt; fwd=miss; stored"
+    assert get(client, "/page").headers["X-Cache"] == "HIT"
+    assert optimizer.cache._uncacheable == {}
+    optimizer.cache.invalidate("/page")
+    returned = count_begin_fill(monkeypatch, optimizer.cache, open_after=99, gate=threading.Event())
+    get(client, "/page")
+    assert returned == [None]  # single flight again: this miss led the fill
+
+
+@pytest.mark.parametrize(
+    "failure", ["app-raised", "body-cut-short"], ids=["app-raised", "body-cut-short"]
+)
+def test_a_response_lost_to_an_error_is_not_remembered_uncacheable(
+    monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    failed: list[bool] = []
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if not failed:
+            failed.append(True)
+            if failure == "app-raised":
+                raise RuntimeError("the database is down")
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return _cut_short()
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4")])
+        return [b"page"]
+
+    optimizer, client = wrap(app, cache_lock_timeout_s=5)
+    with pytest.raises(RuntimeError):
+        get(client, "/page")
+    assert optimizer.cache._uncacheable == {}
+    returned = count_begin_fill(monkeypatch, optimizer.cache, open_after=99, gate=threading.Event())
+
+    assert get(client, "/page").headers["Cache-Status"] == "wsgi-memopt; fwd=miss; stored"
+    assert returned == [None]
+
+
+def _cut_short() -> Iterable[bytes]:
+    yield b"pa"
+    raise RuntimeError("the connection to the backend dropped")
+
+
 @pytest.mark.parametrize(
     ("age_s", "served_by", "counts"),
     [

@@ -94,6 +94,7 @@ class MemoryOptimizer:
             item_max_bytes=item_limit,
             evict_fraction=settings.cache_evict_fraction,
             cleanup_interval_s=settings.cache_cleanup_interval_s,
+            uncacheable_ttl_s=settings.cache_ttl_s,
         )
         keyed = set(settings.cache_key_headers)
         self._key_environ = tuple(
@@ -136,6 +137,7 @@ class MemoryOptimizer:
         self._hit_response = _response_class(list, self._request_finished)
         self._entry_at, self._touch, self._count_hit = self.cache.hot_path()
         self._count_miss = self.cache.miss_counter()
+        self._uncacheable_until = self.cache.uncacheable_until()
         self._variants_of = self.cache.variants_of()
         self._count_method_bypass = self.cache.bypass_counter("method")
         # The keyed headers the hit lane does not ask for by name: the settings' own.
@@ -367,6 +369,10 @@ class MemoryOptimizer:
             return "miss", "head"  # a HEAD response has no body to store
         if not flight:
             return Capture(self._rules, environ, start_response, base_key, credentials)
+        if self._uncacheable_until(key, 0.0) > now:
+            # Its last response could not be stored: nobody waits for this one either.
+            self._count_miss()
+            return Capture(self._rules, environ, start_response, base_key)
         owner = object()
         event = self.cache.begin_fill(key, self._lock_wait, owner, now)
         if event is not None:

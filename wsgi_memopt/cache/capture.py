@@ -34,6 +34,8 @@ __all__ = ["Capture", "CaptureRules", "cache_status"]
 log = logging.getLogger("wsgi_memopt")
 
 _STATUS_HEADERS: dict[tuple[str, str | None, bool], list[tuple[str, str]]] = {}
+# Refusals that say nothing of the key's next response: the next miss leads a fill again.
+_TRANSIENT_REFUSALS = frozenset({"app-error", "cache-error", "no-response", "incomplete"})
 
 
 def cache_status(
@@ -172,15 +174,20 @@ class Capture:
         self.reason = reason
         self._chunks = None
         if self.fill_key is not None:
-            self._release_waiters()
+            self._release_waiters(reason not in _TRANSIENT_REFUSALS)
 
-    def _release_waiters(self) -> None:
+    def _release_waiters(self, uncacheable: bool = False) -> None:
         # Requests waiting for this response need not wait for a body that will not be
-        # stored (a 10 MB stream, say): let them go to the app now.
+        # stored (a 10 MB stream, say): let them go to the app now. When the response
+        # itself says so (no-store, a cookie, ...), the key's next misses need not wait
+        # either (ResponseStore.remember_uncacheable).
         fill_key, self.fill_key = self.fill_key, None
         if fill_key is not None:
+            store = self._rules.store
             try:
-                self._rules.store.end_fill(fill_key, self.fill_owner)
+                if uncacheable:
+                    store.remember_uncacheable(fill_key)
+                store.end_fill(fill_key, self.fill_owner)
             except Exception:
                 # Runs inside the response stream: a broken store must not cut it short.
                 log.warning("[CACHE] could not release single-flight waiters", exc_info=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..counting import Tally, read_count
 from .entry import _HIT_CONSTANT_BYTES, Entry, ResponseType, SharedObjects, entry_shell_size
-from .policy import CacheKey, variant_key
+from .policy import CacheKey, key_path, variant_key
 
 __all__ = ["Entry", "ResponseStore", "entry_shell_size"]
 
@@ -44,6 +44,7 @@ class ResponseStore:
         item_max_bytes: int,
         evict_fraction: float = 0.3,
         cleanup_interval_s: float = 120.0,
+        uncacheable_ttl_s: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
         response_type: ResponseType = tuple,
     ) -> None:
@@ -62,6 +63,10 @@ class ResponseStore:
         # key absent here has no variants: its entry, if any, is under the base key itself.
         self._vary: dict[CacheKey, list[Any]] = {}
         self._filling: dict[CacheKey, list[Any]] = {}  # key -> [event or None, start, owner]
+        # key -> until when its misses skip single flight (see remember_uncacheable); at most
+        # max_items keys, the oldest forgotten first.
+        self._uncacheable: dict[CacheKey, float] = {}
+        self.uncacheable_ttl_s = uncacheable_ttl_s
         self._bytes = 0  # what the entries alone hold; the shared objects add theirs
         self._shared = SharedObjects()
         self._shell_bytes = entry_shell_size()
@@ -182,6 +187,9 @@ class ResponseStore:
             entries[entry.key] = entry
             self._bytes += entry.size
             self.stores += 1
+            if self._uncacheable:
+                self._uncacheable.pop(entry.key, None)
+                self._uncacheable.pop(entry.base_key, None)
         return True
 
     def reject(self, reason: str) -> None:
@@ -230,6 +238,25 @@ class ResponseStore:
                 return held[0]  # type: ignore[no-any-return]
             self._filling[key] = mine
             return None
+
+    def uncacheable_until(self) -> Callable[[CacheKey, float], float]:
+        """``get(key, 0.0)`` for the request path: until when ``key`` is remembered as
+        uncacheable (see :meth:`remember_uncacheable`). A C call."""
+        return self._uncacheable.get
+
+    def remember_uncacheable(self, key: CacheKey) -> None:
+        """Remember that ``key``'s response could not be stored, for ``uncacheable_ttl_s``.
+
+        Its next misses skip single flight: waiting for a response that will not be stored
+        would queue every request of a ``no-store`` page behind another (Varnish's
+        "hit-for-miss"). They are still captured, so a response that becomes storable is
+        stored (and the key forgotten here). The keys are bounded by ``max_items``.
+        """
+        self._uncacheable[key] = self.clock() + self.uncacheable_ttl_s
+        if len(self._uncacheable) > self.max_items:
+            with self._lock:
+                while len(self._uncacheable) > self.max_items:
+                    del self._uncacheable[next(iter(self._uncacheable))]
 
     def end_fill(self, key: CacheKey, owner: object = None) -> None:
         """Wake the requests waiting for ``key``.
@@ -280,6 +307,7 @@ class ResponseStore:
             dropped = len(self._entries), self.bytes
             self._entries.clear()
             self._vary.clear()
+            self._uncacheable.clear()
             self._bytes = 0
             self._shared.clear()
         return dropped
@@ -298,6 +326,10 @@ class ResponseStore:
             ]
             for entry in doomed:
                 self._remove(entry)
+            for key in list(self._uncacheable):
+                path = key_path(key if type(key[0]) is str else key[0])
+                if path == path_prefix or path.startswith(below):
+                    del self._uncacheable[key]
         return len(doomed)
 
     def entries(self) -> list[Entry]:
