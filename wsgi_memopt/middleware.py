@@ -140,10 +140,14 @@ class MemoryOptimizer:
         self._uncacheable_until = self.cache.uncacheable_until()
         self._variants_of = self.cache.variants_of()
         self._count_method_bypass = self.cache.bypass_counter("method")
-        # The keyed headers the hit lane does not ask for by name: the settings' own.
-        self._own_key_environ = frozenset(self._key_environ).difference(
-            LANE_PLAN_HEADERS, LANE_KEYED_HEADERS
+        # The keyed headers beyond the three forwarding ones: the settings' own (_keyed puts
+        # their values in the key after those three)...
+        self._settings_key_environ = tuple(
+            name for name in self._key_environ if name not in LANE_KEYED_HEADERS
         )
+        # ...and of those, the ones the hit lane looks for itself (it leaves the others, the
+        # forwarding headers _plan would bypass unless keyed, to _plan).
+        self._own_key_environ = frozenset(self._settings_key_environ).difference(LANE_PLAN_HEADERS)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Serve from the cache when allowed and fresh; otherwise call the app and capture.
@@ -179,6 +183,10 @@ class MemoryOptimizer:
                     return self._respond(environ, start_response, None)
                 # Credentials (a browser's cookies) are served only what said "public".
                 credentials = "HTTP_AUTHORIZATION" in environ or "HTTP_COOKIE" in environ
+                try:
+                    key = _PLAIN_KEY(environ)
+                except KeyError:
+                    key = request_key(environ)
                 if (
                     "HTTP_X_FORWARDED_PROTO" in environ
                     or "HTTP_X_FORWARDED_PORT" in environ
@@ -190,12 +198,7 @@ class MemoryOptimizer:
                 ):
                     # A keyed header (a TLS proxy's X-Forwarded-Proto): its value in the key,
                     # spelled as _plan spells it.
-                    key = self._keyed(request_key(environ), environ)
-                else:
-                    try:
-                        key = _PLAIN_KEY(environ)
-                    except KeyError:
-                        key = request_key(environ)
+                    key = self._keyed(key, environ)
                 try:
                     entry = self._entry_at(key)
                     if entry is None:
@@ -395,7 +398,17 @@ class MemoryOptimizer:
     def _keyed(self, base_key: CacheKey, environ: WSGIEnvironment) -> CacheKey:
         """``base_key`` with the request's values of the keyed headers: one spelling for the
         hit lane and the full path, so both find the same entry."""
-        return (*base_key, tuple(map(environ.get, self._key_environ)))
+        get = environ.get
+        # The three forwarding headers every key holds, asked for by name: a third of what
+        # tuple(map(get, names)) costs; then those the settings added, if any.
+        values: tuple[object, ...] = (
+            get(_FORWARDED_PORT),
+            get(_FORWARDED_PREFIX),
+            get(_FORWARDED_PROTO),
+        )
+        if self._settings_key_environ:
+            values += tuple(map(get, self._settings_key_environ))
+        return (*base_key, values)
 
     # -- answering
 
@@ -475,6 +488,7 @@ _FORWARD_METHOD = cache_status("method")
 # request's plan, which it leaves to _plan, and the forwarding headers keyed by default.
 LANE_PLAN_HEADERS = ("HTTP_CACHE_CONTROL", "HTTP_PRAGMA", *map(environ_key, BYPASS_HEADERS))
 LANE_KEYED_HEADERS = tuple(map(environ_key, FORWARDED_KEY_HEADERS))
+_FORWARDED_PORT, _FORWARDED_PREFIX, _FORWARDED_PROTO = sorted(LANE_KEYED_HEADERS)
 _new_object = object.__new__
 
 # The base key of a request from a server that sets every variable it may leave out

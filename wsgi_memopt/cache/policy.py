@@ -78,8 +78,7 @@ def variant_key(
     base_key: CacheKey, environ_keys: Iterable[str], environ: Mapping[str, object]
 ) -> CacheKey:
     """The key of the variant of ``base_key`` selected by the request's ``Vary`` values."""
-    get = environ.get
-    return (base_key, tuple(get(name) for name in environ_keys))
+    return (base_key, tuple(map(environ.get, environ_keys)))
 
 
 def request_directives(environ: Mapping[str, object]) -> tuple[bool, bool]:
