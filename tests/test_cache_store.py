@@ -923,26 +923,6 @@ def test_waiters_call_the_app_when_the_leaders_response_is_not_storable(
 # -- keys whose response could not be stored ("hit-for-miss")
 
 
-def test_a_key_is_remembered_uncacheable_until_its_time_is_up(clock: FakeClock) -> None:
-    store = new_store(clock, uncacheable_ttl_s=30.0)
-    until = store.uncacheable_until()
-    key = base_key_of("/private")
-
-    store.remember_uncacheable(key)
-
-    assert until(key, 0.0) == clock() + 30.0
-    clock.advance(31)
-    assert until(key, 0.0) < clock()  # the middleware compares it with its own reading
-    assert until(base_key_of("/other"), 0.0) == 0.0
-
-
-def test_uncacheable_keys_are_bounded_by_max_items(clock: FakeClock) -> None:
-    store = new_store(clock, max_items=3)
-    for number in range(10):
-        store.remember_uncacheable(base_key_of(f"/p{number}"))
-    assert list(store._uncacheable) == [base_key_of(f"/p{number}") for number in (7, 8, 9)]
-
-
 @pytest.mark.parametrize(
     ("forget", "others_kept"),
     [
@@ -963,13 +943,15 @@ def test_an_uncacheable_key_is_forgotten_when(
     clock: FakeClock, forget: Callable[[ResponseStore, FakeClock], object], others_kept: bool
 ) -> None:
     store = new_store(clock)
-    store.remember_uncacheable(base_key_of("/a"))
-    store.remember_uncacheable(base_key_of("/ab"))  # not under /a: a path segment apart
+    for credentials in (False, True):
+        store.remember_uncacheable(base_key_of("/a"), credentials)
+        store.remember_uncacheable(base_key_of("/ab"), credentials)  # a path segment apart
 
     forget(store, clock)
 
-    assert base_key_of("/a") not in store._uncacheable
-    assert (base_key_of("/ab") in store._uncacheable) is others_kept
+    for remembered in (store._uncacheable, store._private):
+        assert base_key_of("/a") not in remembered
+        assert (base_key_of("/ab") in remembered) is others_kept
 
 
 def test_concurrent_misses_of_a_key_known_uncacheable_do_not_queue_behind_one(
@@ -1023,7 +1005,7 @@ def test_an_uncacheable_key_whose_response_becomes_storable_is_stored(
 
     assert get(client, "/page").headers["Cache-Status"] == "wsgi-memopt; fwd=miss; stored"
     assert get(client, "/page").headers["X-Cache"] == "HIT"
-    assert optimizer.cache._uncacheable == {}
+    assert len(optimizer.cache._uncacheable) == 0
     optimizer.cache.invalidate("/page")
     returned = count_begin_fill(monkeypatch, optimizer.cache, open_after=99, gate=threading.Event())
     get(client, "/page")
@@ -1051,7 +1033,7 @@ def test_a_response_lost_to_an_error_is_not_remembered_uncacheable(
     optimizer, client = wrap(app, cache_lock_timeout_s=5)
     with pytest.raises(RuntimeError):
         get(client, "/page")
-    assert optimizer.cache._uncacheable == {}
+    assert len(optimizer.cache._uncacheable) == 0
     returned = count_begin_fill(monkeypatch, optimizer.cache, open_after=99, gate=threading.Event())
 
     assert get(client, "/page").headers["Cache-Status"] == "wsgi-memopt; fwd=miss; stored"

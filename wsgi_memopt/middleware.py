@@ -94,7 +94,7 @@ class MemoryOptimizer:
             item_max_bytes=item_limit,
             evict_fraction=settings.cache_evict_fraction,
             cleanup_interval_s=settings.cache_cleanup_interval_s,
-            uncacheable_ttl_s=settings.cache_ttl_s,
+            uncacheable_ttl_s=min(settings.cache_ttl_s, _REMEMBER_UNCACHEABLE_S),
         )
         keyed = set(settings.cache_key_headers)
         self._key_environ = tuple(
@@ -138,8 +138,10 @@ class MemoryOptimizer:
         self._entry_at, self._touch, self._count_hit = self.cache.hot_path()
         self._count_miss = self.cache.miss_counter()
         self._uncacheable_until = self.cache.uncacheable_until()
+        self._private_until = self.cache.uncacheable_until(credentials=True)
         self._variants_of = self.cache.variants_of()
         self._count_method_bypass = self.cache.bypass_counter("method")
+        self._bypass_counts: dict[str, Callable[[], int]] = {}
         # The keyed headers beyond the three forwarding ones: the settings' own (_keyed puts
         # their values in the key after those three)...
         self._settings_key_environ = tuple(
@@ -371,6 +373,10 @@ class MemoryOptimizer:
         if method == "HEAD":
             return "miss", "head"  # a HEAD response has no body to store
         if not flight:
+            if credentials and self._private_until(base_key, 0.0) > now:
+                # The page's last response to a request with credentials was not public:
+                # passed through without a capture (counted as a bypass, as a HEAD miss is).
+                return "miss", "credentials"
             return Capture(self._rules, environ, start_response, base_key, credentials)
         if self._uncacheable_until(key, 0.0) > now:
             # Its last response could not be stored: nobody waits for this one either.
@@ -458,7 +464,11 @@ class MemoryOptimizer:
 
     def _count_bypass(self, reason: str) -> None:
         try:
-            self.cache.bypass(reason)
+            # The store's C-level count for the reason, bound once per reason (a handful).
+            count = self._bypass_counts.get(reason)
+            if count is None:
+                count = self._bypass_counts[reason] = self.cache.bypass_counter(reason)
+            count()
         except Exception:  # counting must not cost the request its response either
             log.warning("[CACHE] could not count a bypass", exc_info=True)
 
@@ -484,6 +494,9 @@ class MemoryOptimizer:
 
 
 _FORWARD_METHOD = cache_status("method")
+# How long a page whose response could not be stored is remembered as such (at most
+# cache_ttl_s): Varnish's default for its hit-for-miss and hit-for-pass objects.
+_REMEMBER_UNCACHEABLE_S = 120.0
 # The request headers the hit lane asks for by name (in __call__): those that change a
 # request's plan, which it leaves to _plan, and the forwarding headers keyed by default.
 LANE_PLAN_HEADERS = ("HTTP_CACHE_CONTROL", "HTTP_PRAGMA", *map(environ_key, BYPASS_HEADERS))

@@ -175,6 +175,12 @@ class Capture:
         self._chunks = None
         if self.fill_key is not None:
             self._release_waiters(reason not in _TRANSIENT_REFUSALS)
+        elif reason == "credentials":
+            # Not public: the page's next requests with credentials need no capture.
+            try:
+                self._rules.store.remember_uncacheable(self.base_key, credentials=True)
+            except Exception:
+                log.warning("[CACHE] could not remember an uncacheable page", exc_info=True)
 
     def _release_waiters(self, uncacheable: bool = False) -> None:
         # Requests waiting for this response need not wait for a body that will not be

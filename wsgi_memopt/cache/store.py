@@ -20,7 +20,8 @@ from typing import Any
 
 from ..counting import Tally, read_count
 from .entry import _HIT_CONSTANT_BYTES, Entry, ResponseType, SharedObjects, entry_shell_size
-from .policy import CacheKey, key_path, variant_key
+from .policy import CacheKey, variant_key
+from .remembered import RememberedKeys
 
 __all__ = ["Entry", "ResponseStore", "entry_shell_size"]
 
@@ -63,10 +64,10 @@ class ResponseStore:
         # key absent here has no variants: its entry, if any, is under the base key itself.
         self._vary: dict[CacheKey, list[Any]] = {}
         self._filling: dict[CacheKey, list[Any]] = {}  # key -> [event or None, start, owner]
-        # key -> until when its misses skip single flight (see remember_uncacheable); at most
-        # max_items keys, the oldest forgotten first.
-        self._uncacheable: dict[CacheKey, float] = {}
-        self.uncacheable_ttl_s = uncacheable_ttl_s
+        # Keys whose last response could not be stored (see remember_uncacheable): the
+        # anonymous request's lookup key, and the base key for a request with credentials.
+        self._uncacheable = RememberedKeys(max_items, uncacheable_ttl_s)
+        self._private = RememberedKeys(max_items, uncacheable_ttl_s)
         self._bytes = 0  # what the entries alone hold; the shared objects add theirs
         self._shared = SharedObjects()
         self._shell_bytes = entry_shell_size()
@@ -187,9 +188,10 @@ class ResponseStore:
             entries[entry.key] = entry
             self._bytes += entry.size
             self.stores += 1
-            if self._uncacheable:
-                self._uncacheable.pop(entry.key, None)
-                self._uncacheable.pop(entry.base_key, None)
+            for remembered in (self._uncacheable, self._private):
+                if remembered:
+                    remembered.forget(entry.key)
+                    remembered.forget(entry.base_key)
         return True
 
     def reject(self, reason: str) -> None:
@@ -239,24 +241,24 @@ class ResponseStore:
             self._filling[key] = mine
             return None
 
-    def uncacheable_until(self) -> Callable[[CacheKey, float], float]:
+    def uncacheable_until(self, credentials: bool = False) -> Callable[[CacheKey, float], float]:
         """``get(key, 0.0)`` for the request path: until when ``key`` is remembered as
-        uncacheable (see :meth:`remember_uncacheable`). A C call."""
-        return self._uncacheable.get
+        uncacheable (see :meth:`remember_uncacheable`), 0.0 if it is not. A C call."""
+        return (self._private if credentials else self._uncacheable).until
 
-    def remember_uncacheable(self, key: CacheKey) -> None:
+    def remember_uncacheable(self, key: CacheKey, credentials: bool = False) -> None:
         """Remember that ``key``'s response could not be stored, for ``uncacheable_ttl_s``.
 
-        Its next misses skip single flight: waiting for a response that will not be stored
-        would queue every request of a ``no-store`` page behind another (Varnish's
-        "hit-for-miss"). They are still captured, so a response that becomes storable is
-        stored (and the key forgotten here). The keys are bounded by ``max_items``.
+        Without ``credentials`` (a lookup key): its next misses skip single flight, since
+        waiting for a response that will not be stored would queue every request of a
+        ``no-store`` page behind another (Varnish's "hit-for-miss"); they are still captured.
+        With ``credentials`` (a base key whose response to a request with credentials was
+        not public): such requests pass through without a capture ("hit-for-pass"), while
+        requests without credentials still capture, and store, what the page answers them.
+        A key is forgotten when an entry is stored under it; each kind is bounded by
+        ``max_items``, the oldest forgotten first.
         """
-        self._uncacheable[key] = self.clock() + self.uncacheable_ttl_s
-        if len(self._uncacheable) > self.max_items:
-            with self._lock:
-                while len(self._uncacheable) > self.max_items:
-                    del self._uncacheable[next(iter(self._uncacheable))]
+        (self._private if credentials else self._uncacheable).remember(key, self.clock())
 
     def end_fill(self, key: CacheKey, owner: object = None) -> None:
         """Wake the requests waiting for ``key``.
@@ -308,6 +310,7 @@ class ResponseStore:
             self._entries.clear()
             self._vary.clear()
             self._uncacheable.clear()
+            self._private.clear()
             self._bytes = 0
             self._shared.clear()
         return dropped
@@ -326,10 +329,8 @@ class ResponseStore:
             ]
             for entry in doomed:
                 self._remove(entry)
-            for key in list(self._uncacheable):
-                path = key_path(key if type(key[0]) is str else key[0])
-                if path == path_prefix or path.startswith(below):
-                    del self._uncacheable[key]
+            self._uncacheable.forget_under(path_prefix, below)
+            self._private.forget_under(path_prefix, below)
         return len(doomed)
 
     def entries(self) -> list[Entry]:

@@ -1,0 +1,64 @@
+"""RememberedKeys: keys kept for a while, bounded, forgotten by key, path or all at once."""
+
+from __future__ import annotations
+
+from wsgi_memopt.cache.policy import CacheKey
+from wsgi_memopt.cache.remembered import RememberedKeys
+
+
+def key_of(path: str) -> CacheKey:
+    return ("http", "localhost", "", path, "")
+
+
+def test_a_key_is_remembered_until_ttl_after_it_was_remembered() -> None:
+    remembered = RememberedKeys(limit=10, ttl_s=30.0)
+
+    remembered.remember(key_of("/a"), 1000.0)
+
+    assert remembered.until(key_of("/a"), 0.0) == 1030.0
+    assert remembered.until(key_of("/b"), 0.0) == 0.0
+    remembered.remember(key_of("/a"), 1010.0)  # remembered again: for longer
+    assert remembered.until(key_of("/a"), 0.0) == 1040.0
+
+
+def test_at_most_limit_keys_the_oldest_forgotten_first() -> None:
+    remembered = RememberedKeys(limit=3, ttl_s=30.0)
+
+    for number in range(10):
+        remembered.remember(key_of(f"/p{number}"), 1000.0 + number)
+
+    assert len(remembered) == 3
+    assert [key_of(f"/p{number}") in remembered for number in (6, 7, 8, 9)] == [
+        False,
+        True,
+        True,
+        True,
+    ]
+
+
+def test_forget_under_takes_whole_path_segments_and_variants() -> None:
+    remembered = RememberedKeys(limit=10, ttl_s=30.0)
+    variant = (key_of("/a/b"), ("gzip",))
+    for key in (key_of("/a"), variant, key_of("/ab"), key_of("/b")):
+        remembered.remember(key, 1000.0)
+
+    remembered.forget_under("/a", "/a/")
+
+    assert [key in remembered for key in (key_of("/a"), variant, key_of("/ab"), key_of("/b"))] == [
+        False,
+        False,
+        True,
+        True,
+    ]
+
+
+def test_forget_and_clear() -> None:
+    remembered = RememberedKeys(limit=10, ttl_s=30.0)
+    remembered.remember(key_of("/a"), 1000.0)
+    remembered.remember(key_of("/b"), 1000.0)
+
+    remembered.forget(key_of("/a"))
+    remembered.forget(key_of("/never"))
+    assert (key_of("/a") in remembered, key_of("/b") in remembered) == (False, True)
+    remembered.clear()
+    assert len(remembered) == 0
