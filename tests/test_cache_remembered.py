@@ -52,13 +52,13 @@ def test_forget_under_takes_whole_path_segments_and_variants() -> None:
     ]
 
 
-def test_forget_and_clear() -> None:
+def test_pop_and_clear() -> None:
     remembered = RememberedKeys(limit=10, ttl_s=30.0)
     remembered.remember(key_of("/a"), 1000.0)
     remembered.remember(key_of("/b"), 1000.0)
 
-    remembered.forget(key_of("/a"))
-    remembered.forget(key_of("/never"))
+    remembered.pop(key_of("/a"), None)
+    remembered.pop(key_of("/never"), None)
     assert (key_of("/a") in remembered, key_of("/b") in remembered) == (False, True)
     remembered.clear()
     assert len(remembered) == 0

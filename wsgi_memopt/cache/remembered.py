@@ -20,48 +20,36 @@ from .policy import CacheKey, key_path
 __all__ = ["RememberedKeys"]
 
 
-class RememberedKeys:
+class RememberedKeys(dict[CacheKey, float]):
     """Keys remembered until ``ttl_s`` after they were last remembered; at most ``limit`` of
     them, the oldest forgotten first.
 
-    ``until(key, 0.0)`` is the moment ``key`` stops being remembered (0.0 if it is not): the
-    caller compares it with its own reading of the clock, so the lookup is one C call.
+    A dict of key -> the moment it stops being remembered: ``until(key, 0.0)`` (its
+    ``get``, bound once) is 0.0 for a key not remembered, and the caller compares it with its
+    own reading of the clock, so the request path asks in one C call. ``pop(key, None)``
+    forgets a key.
     """
 
     def __init__(self, limit: int, ttl_s: float) -> None:
+        super().__init__()
         self.limit = limit
         self.ttl_s = ttl_s
-        self._until: dict[CacheKey, float] = {}
         self._lock = threading.Lock()  # only to forget the oldest: a dict op is atomic
-        self.until: Callable[[CacheKey, float], float] = self._until.get
+        self.until: Callable[[CacheKey, float], float] = self.get
 
     def remember(self, key: CacheKey, now: float) -> None:
         """Remember ``key`` until ``now + ttl_s``."""
-        self._until[key] = now + self.ttl_s
-        if len(self._until) > self.limit:
+        self[key] = now + self.ttl_s
+        if len(self) > self.limit:
             with self._lock:
-                while len(self._until) > self.limit:
-                    del self._until[next(iter(self._until))]
-
-    def forget(self, key: CacheKey) -> None:
-        """Forget ``key``, if it is remembered."""
-        self._until.pop(key, None)
+                while len(self) > self.limit:
+                    del self[next(iter(self))]
 
     def forget_under(self, path_prefix: str, below: str) -> None:
         """Forget the keys of ``path_prefix`` and of the paths starting with ``below``."""
         with self._lock:
-            for key in list(self._until):
+            for key in list(self):
                 # A variant's key is (base key, values); a base key starts with the scheme.
                 path = key_path(key if type(key[0]) is str else key[0])
                 if path == path_prefix or path.startswith(below):
-                    del self._until[key]
-
-    def clear(self) -> None:
-        """Forget every key."""
-        self._until.clear()
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._until
-
-    def __len__(self) -> int:
-        return len(self._until)
+                    del self[key]

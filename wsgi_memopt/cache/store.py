@@ -190,8 +190,8 @@ class ResponseStore:
             self.stores += 1
             for remembered in (self._uncacheable, self._private):
                 if remembered:
-                    remembered.forget(entry.key)
-                    remembered.forget(entry.base_key)
+                    remembered.pop(entry.key, None)
+                    remembered.pop(entry.base_key, None)
         return True
 
     def reject(self, reason: str) -> None:
