@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -28,6 +29,7 @@ from wsgi_memopt.cache.policy import BYPASS_HEADERS, FORWARDED_KEY_HEADERS, envi
 from wsgi_memopt.middleware import LANE_PLAN_HEADERS
 
 Headers = list[tuple[str, str]]
+BOUND_S = 5.0  # the longest a test waits for another thread: a bug fails, never hangs
 
 # werkzeug's lint warns that "Content-Length and the number of bytes sent do not match" for
 # every HEAD response that carries one, but a HEAD response legitimately has a Content-Length
@@ -1494,6 +1496,42 @@ def test_a_hit_closed_twice_neither_raises_nor_leaves_the_count_wrong() -> None:
     fifth.close()  # type: ignore[attr-defined]
     assert optimizer.governor.in_flight == 0
     assert optimizer.cache.stats()["hits"] == 5
+
+
+def test_two_readers_forget_a_surplus_close_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One reader finds the count below 0 and, before it forgets the extra close, another
+    # reader forgets it: the first must not forget it a second time (the count would then
+    # stay one above the requests running, and nothing would ever pause).
+    _, optimizer, environ = stored_once("/p")
+    governor = optimizer.governor
+    first = optimizer(dict(environ), ignore_start_response)
+    first.close()  # type: ignore[attr-defined]
+    first.close()  # type: ignore[attr-defined]
+    read_once, go_on = threading.Event(), threading.Event()
+    reads = governor._lane_hits_open
+    slow_reader: list[threading.Thread] = []
+
+    def open_hits() -> int:
+        value = reads()
+        if threading.current_thread() in slow_reader and not read_once.is_set():
+            read_once.set()
+            go_on.wait(BOUND_S)
+        return value
+
+    monkeypatch.setattr(governor, "_lane_hits_open", open_hits)
+    seen: list[int] = []
+    slow_reader.append(threading.Thread(target=lambda: seen.append(governor.in_flight)))
+    slow_reader[0].start()
+    assert read_once.wait(BOUND_S)
+    assert governor.in_flight == 0  # this reader forgets the extra close
+    go_on.set()
+    slow_reader[0].join(BOUND_S)
+
+    assert seen == [0]
+    second = optimizer(dict(environ), ignore_start_response)
+    assert governor.in_flight == 1
+    second.close()  # type: ignore[attr-defined]
+    assert governor.in_flight == 0
 
 
 def test_a_hit_replays_a_response_built_once_and_the_headers_afresh() -> None:

@@ -156,6 +156,7 @@ class Governor:
         self._hits_opened = itertools.count()
         self._hits_closed = itertools.count()
         self._hits_closed_twice = 0  # closes beyond the opens, forgotten once seen
+        self._forget_lock = threading.Lock()
         self.hit_open: Callable[[], object] = self._hits_opened.__next__
         self.hit_close: Callable[[], object] = self._hits_closed.__next__
         # When the next sample is due. 0 until this process serves (and again after a fork):
@@ -238,16 +239,23 @@ class Governor:
         return self._hits_opened
 
     def _lane_hits_in_flight(self) -> int:
-        # Closed first: a hit opened and closed between the two reads then shows for a
-        # moment as still open, never as a close too many.
-        closed = read_count(self._hits_closed)
-        open_hits = read_count(self._hits_opened) - closed + self._hits_closed_twice
+        open_hits = self._lane_hits_open()
         if open_hits < 0:
             # A server closed a response twice (a tuple's close() cannot tell): the extra
             # close is forgotten here, at the latest at the next sample with no hit running.
-            self._hits_closed_twice -= open_hits
-            return 0
+            # Under a lock, asked again: two readers must not both forget the same close.
+            with self._forget_lock:
+                open_hits = self._lane_hits_open()
+                if open_hits < 0:
+                    self._hits_closed_twice -= open_hits
+                    return 0
         return open_hits
+
+    def _lane_hits_open(self) -> int:
+        # Closed first: a hit opened and closed between the two reads then shows for a
+        # moment as still open, never as a close too many.
+        closed = read_count(self._hits_closed)
+        return read_count(self._hits_opened) - closed + self._hits_closed_twice
 
     def _start_in_this_process(self) -> None:
         # Lazily, in the serving process: never before a fork (a preloaded app forks after
@@ -288,6 +296,7 @@ class Governor:
         self.next_tick = 0.0  # a sample at its first request, which also starts it here
         self._tick_lock = threading.Lock()
         self._start_lock = threading.Lock()
+        self._forget_lock = threading.Lock()
         self._recycle_sent = False
         self._above_restart_since = None
         self.restart_reason = None  # the parent's need is not this new worker's
