@@ -219,17 +219,11 @@ class LeastCapture(LeastWrapper):
             yield chunk
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            close = getattr(self.iterable, "close", None)
-            if close is not None:
-                close()
-        finally:
+        closing = not self._closed
+        super().close()
+        if closing:
             body = b"".join(self._chunks)
             self.stored[self._key] = (self._status, tuple(self._headers), body)
-            del self.in_flight[-1:]
 
 
 _REQUEST_KEY = operator.itemgetter(
