@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
+from conftest import run_threads
+
 from wsgi_memopt.cache.policy import CacheKey
 from wsgi_memopt.cache.remembered import RememberedKeys
 
@@ -62,3 +66,28 @@ def test_pop_and_clear() -> None:
     assert (key_of("/a") in remembered, key_of("/b") in remembered) == (False, True)
     remembered.clear()
     assert len(remembered) == 0
+
+
+def test_threads_remembering_and_forgetting_at_once_keep_the_bound() -> None:
+    # Eight threads remember 2,000 keys each over a limit of 50 while they forget others:
+    # no error, and never more than the limit once they are done.
+    remembered = RememberedKeys(limit=50, ttl_s=30.0)
+    errors: list[BaseException] = []
+
+    def worker(number: int) -> None:
+        try:
+            for item in range(2000):
+                remembered.remember(key_of(f"/t{number}/{item}"), 1000.0)
+                remembered.pop(key_of(f"/t{(number + 1) % 8}/{item}"), None)
+        except BaseException as error:
+            errors.append(error)
+
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        run_threads(8, worker, timeout_s=30.0)
+    finally:
+        sys.setswitchinterval(switch_interval)
+
+    assert errors == []
+    assert len(remembered) <= 50

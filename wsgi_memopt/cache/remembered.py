@@ -43,7 +43,10 @@ class RememberedKeys(dict[CacheKey, float]):
         if len(self) > self.limit:
             with self._lock:
                 while len(self) > self.limit:
-                    del self[next(iter(self))]
+                    try:
+                        self.pop(next(iter(self)), None)
+                    except RuntimeError:
+                        continue  # another thread changed the dict between iter and next
 
     def forget_under(self, path_prefix: str, below: str) -> None:
         """Forget the keys of ``path_prefix`` and of the paths starting with ``below``."""
