@@ -1,0 +1,42 @@
+"""The cache benchmark runs, and its own checks hold (a smoke test: no time is asserted).
+
+``benchmarks/cache.py`` checks, before it times anything, that every contender does what its
+row says (our cache hits, a pass-through is not stored, Flask-Caching does not call the view,
+the bare app answers as the Flask route does): a change that broke one would make the README's
+figures wrong without failing any other test.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def test_the_cache_benchmark_runs_and_its_checks_hold() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "cache.py"), "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=BENCHMARKS,
+    )
+
+    assert done.returncode == 0, done.stderr
+    rows = {row["measure"]: row for row in json.loads(done.stdout)["rows"]}
+    assert list(rows) == [
+        "hit vs Flask-Caching hit",
+        "hit vs bare WSGI floor",
+        "hit at 100 KB vs hit at 5 B",
+        "pass-through: POST",
+        "pass-through: GET + Authorization",
+        "pass-through: GET, response no-store",
+        "miss + store vs unwrapped Flask",
+    ]
+    assert all(row["ratio"] > 0 and row["verdict"] in ("meets", "misses") for row in rows.values())
+    notes = [note for row in rows.values() for note in row["notes"]]
+    for yardstick in ("least_hit", "LeastWrapper", "LeastCapture"):
+        assert any(yardstick in note for note in notes), yardstick
