@@ -19,10 +19,10 @@ def test_a_key_is_remembered_until_ttl_after_it_was_remembered() -> None:
 
     remembered.remember(key_of("/a"), 1000.0)
 
-    assert remembered.until(key_of("/a"), 0.0) == 1030.0
-    assert remembered.until(key_of("/b"), 0.0) == 0.0
+    assert remembered.get(key_of("/a"), 0.0) == 1030.0
+    assert remembered.get(key_of("/b"), 0.0) == 0.0
     remembered.remember(key_of("/a"), 1010.0)  # remembered again: for longer
-    assert remembered.until(key_of("/a"), 0.0) == 1040.0
+    assert remembered.get(key_of("/a"), 0.0) == 1040.0
 
 
 def test_at_most_limit_keys_the_oldest_forgotten_first() -> None:

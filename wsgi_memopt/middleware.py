@@ -141,7 +141,6 @@ class MemoryOptimizer:
         self._private_until = self.cache.uncacheable_until(credentials=True)
         self._variants_of = self.cache.variants_of()
         self._count_method_bypass = self.cache.bypass_counter("method")
-        self._bypass_counts: dict[str, Callable[[], int]] = {}
         # The keyed headers beyond the three forwarding ones: the settings' own (_keyed puts
         # their values in the key after those three)...
         self._settings_key_environ = tuple(
@@ -464,11 +463,7 @@ class MemoryOptimizer:
 
     def _count_bypass(self, reason: str) -> None:
         try:
-            # The store's C-level count for the reason, bound once per reason (a handful).
-            count = self._bypass_counts.get(reason)
-            if count is None:
-                count = self._bypass_counts[reason] = self.cache.bypass_counter(reason)
-            count()
+            self.cache.bypass(reason)
         except Exception:  # counting must not cost the request its response either
             log.warning("[CACHE] could not count a bypass", exc_info=True)
 

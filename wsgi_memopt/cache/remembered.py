@@ -7,13 +7,12 @@ or capturing a response to a request with credentials that the page never makes 
 
     remembered = RememberedKeys(limit=500, ttl_s=120.0)
     remembered.remember(key, now)
-    if remembered.until(key, 0.0) > now: ...   # one C call
+    if remembered.get(key, 0.0) > now: ...   # one C call
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 
 from .policy import CacheKey, key_path
 
@@ -24,10 +23,9 @@ class RememberedKeys(dict[CacheKey, float]):
     """Keys remembered until ``ttl_s`` after they were last remembered; at most ``limit`` of
     them, the oldest forgotten first.
 
-    A dict of key -> the moment it stops being remembered: ``until(key, 0.0)`` (its
-    ``get``, bound once) is 0.0 for a key not remembered, and the caller compares it with its
-    own reading of the clock, so the request path asks in one C call. ``pop(key, None)``
-    forgets a key.
+    A dict of key -> the moment it stops being remembered: ``get(key, 0.0)`` is 0.0 for a
+    key not remembered, and the caller compares it with its own reading of the clock, so the
+    request path asks in one C call. ``pop(key, None)`` forgets a key.
     """
 
     def __init__(self, limit: int, ttl_s: float) -> None:
@@ -35,7 +33,6 @@ class RememberedKeys(dict[CacheKey, float]):
         self.limit = limit
         self.ttl_s = ttl_s
         self._lock = threading.Lock()  # only to forget the oldest: a dict op is atomic
-        self.until: Callable[[CacheKey, float], float] = self.get
 
     def remember(self, key: CacheKey, now: float) -> None:
         """Remember ``key`` until ``now + ttl_s``."""

@@ -244,7 +244,7 @@ class ResponseStore:
     def uncacheable_until(self, credentials: bool = False) -> Callable[[CacheKey, float], float]:
         """``get(key, 0.0)`` for the request path: until when ``key`` is remembered as
         uncacheable (see :meth:`remember_uncacheable`), 0.0 if it is not. A C call."""
-        return (self._private if credentials else self._uncacheable).until
+        return (self._private if credentials else self._uncacheable).get
 
     def remember_uncacheable(self, key: CacheKey, credentials: bool = False) -> None:
         """Remember that ``key``'s response could not be stored, for ``uncacheable_ttl_s``.
