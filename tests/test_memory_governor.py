@@ -31,7 +31,8 @@ from werkzeug.test import Client, EnvironBuilder
 
 from wsgi_memopt import MemoryOptimizer
 from wsgi_memopt.memory.cleanups import malloc_trim, malloc_trim_available
-from wsgi_memopt.memory.governor import Action, serving_master
+from wsgi_memopt.memory.governor import Action
+from wsgi_memopt.memory.pool import serving_master
 from wsgi_memopt.memory.pressure import MemorySample, ProcessSampler
 
 Make = Callable[..., tuple[MemoryOptimizer, Client]]
@@ -53,7 +54,9 @@ def rss_mb() -> float:
 
 
 def hand_back_freed_heap() -> None:
-    """Give the heap other tests freed back to the OS, so new allocations grow RSS again."""
+    """Collect and give the heap other tests freed back to the OS: new allocations grow RSS
+    again, and a governor's cleanups find nothing of theirs to free."""
+    gc.collect()
     if malloc_trim_available():
         malloc_trim()
 
@@ -229,6 +232,9 @@ def check_measured(result: dict[str, Any], kind: str, reason: str) -> None:
     # and improvement are each rounded to 0.1 MB, hence the tolerance).
     assert improvement["mb_freed"] == pytest.approx(
         max(before["rss_mb"] - after["rss_mb"], 0.0), abs=0.11
+    )
+    assert improvement["used_mb_freed"] == pytest.approx(
+        max(before["used_mb"] - after["used_mb"], 0.0), abs=0.11
     )
     assert improvement["percent_freed"] == pytest.approx(
         max(before["memory_percent"] - after["memory_percent"], 0.0), abs=0.011
@@ -413,7 +419,7 @@ def test_nothing_freed_is_reported_as_zero_not_negative(make: Make) -> None:
 
     check_measured(result, "emergency", "manual")
     assert result["after"]["rss_mb"] > result["before"]["rss_mb"] + 32
-    assert result["improvement"] == {"mb_freed": 0.0, "percent_freed": 0.0}
+    assert result["improvement"] == {"mb_freed": 0.0, "used_mb_freed": 0.0, "percent_freed": 0.0}
     assert optimizer.governor.history[-1].rss_mb_freed == 0.0
     kept.clear()
 
@@ -465,7 +471,9 @@ def test_one_alert_line_per_status_transition_not_per_tick(
     assert ticks(5) == "excellent"
 
     assert kinds(optimizer) == []  # no action: the lines are alerts only
-    lines = [r for r in caplog.records if r.name == "wsgi_memopt" and "[MEMORY]" in r.message]
+    lines = [
+        r for r in caplog.records if r.name == "wsgi_memopt" and "[MEMORY] memory" in r.message
+    ]
     assert len(lines) == 2, [r.message for r in lines]
     alert, recovered = lines
     assert alert.levelno == logging.ERROR
@@ -1058,28 +1066,68 @@ print(json.dumps([before, tracemalloc.is_tracing(), tracemalloc.get_traceback_li
     assert run_script(script) == [False, True, 5]
 
 
-def test_steady_critical_pressure_is_not_cleaned_up_every_sample(make: Make) -> None:
-    # Memory no cleanup lowers (here: the process's own baseline over a tiny limit) must not
-    # cost a full emergency at every sample: one, then again after the back-off or a rise.
-    optimizer, client = make(
-        body_app(1000),
-        pressure_source="process",
-        process_limit_mb=rss_mb() * 0.5,  # ~200%: a few MB of drift moves it a point or two
-        max_memory_percent=65,
-        critical_percent=85,
-        restart_percent=100,
-        sample_interval_s=0,
-        trim_threshold_mb=0,
-    )
+STEADY_CRITICAL: dict[str, Any] = {
+    "pressure_source": "process",
+    "max_memory_percent": 65,
+    "critical_percent": 85,
+    "restart_percent": 100,
+    "sample_interval_s": 0,
+    "trim_threshold_mb": 0,
+}
+
+
+def test_an_emergency_that_freed_nothing_is_not_repeated_at_that_level(make: Make) -> None:
+    # Memory no cleanup lowers (a leak, native memory) must not cost an emergency (the cache,
+    # full collections) again and again: once, then not at that level, even after the back-off.
+    hand_back_freed_heap()
+    optimizer, client = make(body_app(1000), process_limit_mb=rss_mb() / 0.88, **STEADY_CRITICAL)
+    kept: list[bytes] = []
+    # A cleanup that allocates instead of freeing: this emergency measurably frees nothing.
+    optimizer.cleanups.register("grows", lambda: kept.append(os.urandom(4 << 20)))
+    governor = optimizer.governor
     clock = [1000.0]
-    optimizer.governor.clock = lambda: clock[0]
+    governor.clock = lambda: clock[0]
     for number in range(10):
         assert get(client, f"/page/{number}").status_code == 200
-    kinds = [action.kind for action in optimizer.governor.history]
-    assert kinds == ["emergency"]
-    clock[0] += 31.0  # past the back-off
-    assert get(client, "/page/after").status_code == 200
-    assert [action.kind for action in optimizer.governor.history] == ["emergency"] * 2
+    assert kinds(optimizer) == ["emergency"]
+    assert governor.history[-1].percent_freed < 1.0
+    assert governor.history[-1].as_dict()["improvement"]["mb_freed"] == 0.0
+
+    clock[0] += 31.0  # past the back-off: still nothing
+    assert get(client, "/page/later").status_code == 200
+    assert kinds(optimizer) == ["emergency"]
+
+    governor.sampler = ProcessSampler(10_000)  # memory falls below critical_percent...
+    assert get(client, "/page/calm").status_code == 200
+    governor.sampler = ProcessSampler(rss_mb() / 0.88)  # ...and comes back: tried again
+    clock[0] += 31.0
+    assert get(client, "/page/again").status_code == 200
+    assert kinds(optimizer) == ["emergency", "emergency"]
+
+
+def test_an_emergency_that_freed_memory_runs_again_after_the_back_off(make: Make) -> None:
+    hand_back_freed_heap()
+    optimizer, client = make(body_app(1000), process_limit_mb=rss_mb() / 0.88, **STEADY_CRITICAL)
+    held: list[bytes] = []
+    # What the app's own cache would hold: a few MB the cleanup gives back, refilled by the
+    # next request (a rise of fewer points than the back-off's "rose since" allows).
+    optimizer.cleanups.register("app cache", held.clear)
+    governor = optimizer.governor
+    clock = [1000.0]
+    governor.clock = lambda: clock[0]
+
+    def fill_and_get(path: str) -> None:
+        held.append(os.urandom(4 << 20))
+        assert get(client, path).status_code == 200
+
+    fill_and_get("/one")
+    assert kinds(optimizer) == ["emergency"]
+    assert governor.history[-1].percent_freed >= 1.0
+    fill_and_get("/two")  # within the back-off: not yet
+    assert kinds(optimizer) == ["emergency"]
+    clock[0] += 31.0
+    fill_and_get("/three")
+    assert kinds(optimizer) == ["emergency", "emergency"]
 
 
 def test_a_cache_hit_samples_when_a_sample_is_due_and_only_then(make: Make) -> None:
@@ -1101,3 +1149,147 @@ def test_a_cache_hit_samples_when_a_sample_is_due_and_only_then(make: Make) -> N
     assert get(client, "/p").headers["X-Cache"] == "HIT"
     assert len(governor.samples) == samples + 1
     assert governor.in_flight == 0
+
+
+# --- the forecast and the escalation: a leak is recycled before the limit ---------------------
+
+# Only the recycle rules act here: no cleanup threshold is ever crossed, and no dwell time or
+# lifetime would allow a recycle within the test.
+FORECAST_ONLY: dict[str, Any] = {
+    "pressure_source": "process",
+    "max_memory_percent": 100,
+    "critical_percent": 100,
+    "restart_percent": 100,
+    "restart_after_s": 3600,
+    "min_worker_lifetime_s": 3600,
+    "sample_interval_s": 0,
+    "trim_threshold_mb": 0,
+    "cache_enabled": False,
+}
+LEAK_REQUESTS = 200  # the most any leak below is served; each waits LEAK_PAUSE_S
+LEAK_PAUSE_S = 0.05
+
+
+def leaking_app(chunk_mb: float, kept: list[bytes]) -> Callable[..., Iterable[bytes]]:
+    """An app that keeps ``chunk_mb`` of written memory per request, as a leak does."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        kept.append(b"x" * int(chunk_mb * (1 << 20)))
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+        return [b"ok"]
+
+    return app
+
+
+def serve_until_restart_reason(client: Client, optimizer: MemoryOptimizer) -> list[float]:
+    """Requests ``LEAK_PAUSE_S`` apart until a restart reason is reported (bounded); the
+    memory percent each request's tick measured."""
+    governor = optimizer.governor
+    seen: list[float] = []
+    for number in range(LEAK_REQUESTS):
+        assert get(client, f"/leak/{number}").status_code == 200
+        assert governor.last_sample is not None
+        seen.append(governor.last_sample.memory_percent)
+        if governor.restart_reason is not None:
+            return seen
+        time.sleep(LEAK_PAUSE_S)
+    pytest.fail(f"no restart reason after {LEAK_REQUESTS} requests; percents {seen}")
+
+
+def test_a_leak_forecast_to_reach_the_limit_is_recycled_before_it_and_before_its_lifetime(
+    make: Make,
+) -> None:
+    kept: list[bytes] = []
+    hand_back_freed_heap()
+    optimizer, client = make(leaking_app(2, kept), process_limit_mb=rss_mb() + 200, **FORECAST_ONLY)
+
+    seen = serve_until_restart_reason(client, optimizer)
+
+    reason = optimizer.governor.restart_reason
+    assert reason is not None
+    assert reason.startswith("the limit is"), reason
+    assert "MB/s" in reason, reason
+    assert max(seen) < 100, seen  # before the limit, at well under a minute of age
+    trend = optimizer.governor.forecast.trend
+    assert trend is not None
+    assert trend.seconds_to_limit <= 10  # forecast_lead_s, the default
+    assert trend.rate_mb_s > 0
+    stats = optimizer.memory_stats()["governor"]["forecast"]
+    assert stats["rate_mb_per_s"] > 0
+    assert stats["seconds_to_limit"] is not None
+
+
+def test_a_worker_recycles_for_a_forecast_only_once_it_would_give_back_enough(
+    make: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A recycle gives back what this worker grew since it started; less than 5% of the limit
+    # means the pressure is not this worker's, and a fresh one would find the same. Here the
+    # worker started holding 40 MB it then freed: the leak must first grow past that.
+    caplog.set_level(logging.INFO, logger="wsgi_memopt")
+    kept: list[bytes] = []
+    hand_back_freed_heap()
+    ballast = [b"x" * (40 << 20)]
+    limit = rss_mb() + 10
+    optimizer, client = make(leaking_app(0.5, kept), process_limit_mb=limit, **FORECAST_ONLY)
+    assert get(client, "/start").status_code == 200  # the worker's start: ballast included
+    ballast.clear()
+
+    serve_until_restart_reason(client, optimizer)
+
+    notes = [r.message for r in caplog.records if "not recycling it" in r.message]
+    assert len(notes) == 1, notes  # said once, not at every sample
+    assert f"must give back {0.05 * limit:.1f} MB" in notes[0]
+    reason = optimizer.governor.restart_reason
+    assert reason is not None
+    assert reason.startswith("the limit is")
+    assert len(kept) * 0.5 >= 40 + 0.05 * limit - 1  # regrown past the start, and more
+
+
+def test_memory_that_does_not_grow_is_never_recycled_by_the_forecast(make: Make) -> None:
+    hand_back_freed_heap()
+    optimizer, client = make(body_app(1000), process_limit_mb=rss_mb() / 0.95, **FORECAST_ONLY)
+    deadline = time.monotonic() + 2.0
+    served = 0
+    while time.monotonic() < deadline and served < 400:
+        assert get(client, f"/flat/{served % 20}").status_code == 200
+        served += 1
+        time.sleep(0.005)
+
+    trend = optimizer.governor.forecast.trend
+    assert trend is not None  # measured, at 95% of the limit...
+    assert trend.seconds_to_limit > 10  # ...and going nowhere
+    assert optimizer.governor.restart_reason is None
+    assert "recycle" not in kinds(optimizer)
+
+
+def test_above_restart_percent_after_a_futile_emergency_recycles_without_the_dwell_time(
+    make: Make,
+) -> None:
+    # The cleanups had their chance and freed nothing: waiting restart_after_s more would only
+    # wait for the OOM killer.
+    hand_back_freed_heap()
+    kept: list[bytes] = []
+    optimizer, client = make(
+        body_app(1000),
+        pressure_source="process",
+        process_limit_mb=rss_mb() / 0.95,
+        max_memory_percent=65,
+        critical_percent=85,
+        restart_percent=90,
+        restart_after_s=3600,
+        min_worker_lifetime_s=0,
+        forecast_lead_s=0,  # the escalation alone
+        sample_interval_s=0,
+        trim_threshold_mb=0,
+    )
+    optimizer.cleanups.register("grows", lambda: kept.append(os.urandom(16 << 20)))
+
+    assert get(client, "/one").status_code == 200
+
+    assert kinds(optimizer) == ["emergency", "recycle"]
+    emergency = optimizer.governor.history[0]
+    assert emergency.percent_freed < 1.0
+    reason = optimizer.governor.restart_reason
+    assert reason is not None
+    assert "the emergency cleanup freed nothing" in reason
+    assert "above 90%" in reason

@@ -32,6 +32,8 @@ NON_DEFAULT: dict[str, Any] = {
     "critical_percent": 70.5,
     "restart_percent": 95,
     "restart_after_s": 30,
+    "forecast_lead_s": 5,
+    "forecast_window_s": 20,
     "pressure_source": "process",
     "process_limit_mb": 512,
     "sample_interval_s": 0.05,
@@ -73,6 +75,8 @@ SPEC_DEFAULTS = [
     ("critical_percent", 85),
     ("restart_percent", 90),
     ("restart_after_s", 300),
+    ("forecast_lead_s", 10),
+    ("forecast_window_s", 10),
     ("pressure_source", "auto"),
     ("process_limit_mb", None),
     ("sample_interval_s", 0.5),
@@ -322,6 +326,10 @@ BAD_VALUES = [
     pytest.param("restart_percent", "100.5", "> 0 and <= 100", id="restart-100.5"),
     pytest.param("restart_percent", "inf", "> 0 and <= 100", id="restart-inf"),
     pytest.param("restart_after_s", "-1", ">= 0", id="restart-after-negative"),
+    pytest.param("forecast_lead_s", "-1", ">= 0", id="forecast-lead-negative"),
+    pytest.param("forecast_lead_s", "soon", NUMBER, id="forecast-lead-word"),
+    pytest.param("forecast_window_s", "0", "> 0", id="forecast-window-zero"),
+    pytest.param("forecast_window_s", "inf", "> 0", id="forecast-window-inf"),
     pytest.param("pressure_source", "disk", "auto, host, container, process", id="source-disk"),
     pytest.param("pressure_source", 1, "auto, host, container, process", id="source-int"),
     pytest.param("pressure_source", "", "auto, host, container, process", id="source-empty"),
@@ -482,6 +490,15 @@ def test_percent_order_checked_by_from_mapping_and_replace() -> None:
         Settings.from_mapping({"max_memory_percent": "90"})
     with pytest.raises(SettingsError, match="critical_percent"):
         Settings().replace(restart_percent=80)
+
+
+def test_the_forecast_window_must_hold_four_samples() -> None:
+    error = _raises_settings_error(sample_interval_s=5, forecast_window_s=10)
+    assert error.setting == "forecast_window_s"
+    assert "forecast_window_s >= 3 x sample_interval_s (15)" in str(error)
+    # With the forecast off, the window is not used and not checked.
+    assert Settings(sample_interval_s=5, forecast_window_s=10, forecast_lead_s=0)
+    assert Settings(sample_interval_s=5, forecast_window_s=15)
 
 
 def test_process_pressure_needs_a_limit() -> None:

@@ -261,6 +261,15 @@ class Settings:
     restart_after_s: float = _setting(
         300.0, _seconds, "how long memory must stay above restart_percent before a recycle"
     )
+    forecast_lead_s: float = _setting(
+        10.0,
+        _seconds,
+        "recycle at once when the limit is forecast closer than this, at the measured rate of "
+        "approach (0: off)",
+    )
+    forecast_window_s: float = _setting(
+        10.0, _positive, "the recent samples the rate of approach to the limit is fitted over"
+    )
     pressure_source: str = _setting(
         "auto",
         _choice("auto", "host", "container", "process"),
@@ -287,7 +296,9 @@ class Settings:
     trim_threshold_mb: float = _setting(
         32.0, _seconds, "RSS growth that triggers malloc_trim between requests (0: off)"
     )
-    min_worker_lifetime_s: float = _setting(60.0, _seconds, "no recycle before this age")
+    min_worker_lifetime_s: float = _setting(
+        60.0, _seconds, "no recycle before this age, unless the limit is forecast to come first"
+    )
     tracemalloc_frames: int = _setting(
         0, _number(int, 0, 65535), "0 = off (it slows allocation-heavy code); N = trace N frames"
     )
@@ -331,6 +342,13 @@ class Settings:
                 "process_limit_mb",
                 None,
                 "pressure_source=process needs process_limit_mb, the RSS that counts as 100%",
+            )
+        if self.forecast_lead_s > 0 and self.forecast_window_s < 3 * self.sample_interval_s:
+            raise SettingsError(
+                "forecast_window_s",
+                self.forecast_window_s,
+                "the forecast fits at least 4 samples: expected forecast_window_s >= 3 x "
+                f"sample_interval_s ({3 * self.sample_interval_s:g}), or forecast_lead_s=0",
             )
 
     # -- construction from strings

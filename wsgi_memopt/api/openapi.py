@@ -50,7 +50,9 @@ _ACTION = _object(
         "duration_ms": _NUMBER,
         "before": {"$ref": "#/components/schemas/Sample"},
         "after": {"$ref": "#/components/schemas/Sample"},
-        "improvement": _object({"mb_freed": _NUMBER, "percent_freed": _NUMBER}),
+        "improvement": _object(
+            {"mb_freed": _NUMBER, "used_mb_freed": _NUMBER, "percent_freed": _NUMBER}
+        ),
         "actions": _object(
             {
                 "cache_items_freed": _INTEGER,
@@ -79,6 +81,13 @@ _HEALTH = _object(
             **_object({"level": _STRING, "message": _STRING, "recommendation": _NULLABLE_STRING}),
         },
         "restart_reason": _NULLABLE_STRING,
+        "recycle": _object(
+            {
+                "possible": {"type": "boolean"},
+                "server": _NULLABLE_STRING,
+                "note": _NULLABLE_STRING,
+            }
+        ),
         "recommendations": {
             "type": "array",
             "items": {"$ref": "#/components/schemas/Recommendation"},
@@ -119,6 +128,17 @@ _STATS = _object(
             {
                 "in_flight": _INTEGER,
                 "restart_reason": _NULLABLE_STRING,
+                "forecast": {
+                    "nullable": True,
+                    **_object(
+                        {
+                            "rate_mb_per_s": _NUMBER,
+                            "seconds_to_limit": {"type": "number", "nullable": True},
+                            "samples": _INTEGER,
+                            "span_s": _NUMBER,
+                        }
+                    ),
+                },
                 "last_actions": {"type": "array", "items": {"$ref": "#/components/schemas/Action"}},
             }
         ),

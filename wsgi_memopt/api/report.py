@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from ..memory.governor import serving_master
+from ..memory.pool import current_pool, serving_master
 from ..memory.pressure import MemorySample
 
 if TYPE_CHECKING:
@@ -73,6 +73,7 @@ def memory_stats(optimizer: MemoryOptimizer) -> dict[str, Any]:
         "governor": {
             "in_flight": governor.in_flight,
             "restart_reason": governor.restart_reason,
+            "forecast": trend.as_dict() if (trend := governor.forecast.trend) else None,
             "last_actions": [action.as_dict() for action in list(governor.history)[-5:]],
         },
         # The dashboard's chart: (time, percent, rss_mb) samples, oldest first, bounded.
@@ -102,12 +103,21 @@ def health(optimizer: MemoryOptimizer) -> tuple[int, dict[str, Any]]:
             "recommendation": advice[0]["action"] if advice else None,
         }
     reason = optimizer.governor.restart_reason
+    server = serving_master()
     body = {
         "status": "restart-needed" if reason else sample.status,
         "memory_percent": round(sample.memory_percent, 2),
         "source": sample.source,
         "alert": alert,
         "restart_reason": reason,
+        "recycle": {
+            "possible": server is not None,
+            "server": server,
+            "note": None
+            if server
+            else "no gunicorn or uWSGI master respawns this process, so the governor cannot "
+            "recycle it: when it needs one, this endpoint answers 503 with restart_reason",
+        },
         "recommendations": advice,
     }
     return (503 if reason else 200), body
@@ -188,29 +198,16 @@ def recommendations(optimizer: MemoryOptimizer, sample: MemorySample) -> list[di
 
 def worker_pool() -> dict[str, Any] | None:
     """The server's worker pool when the parent is a gunicorn or uWSGI master, else None."""
-    # The governor's own test: a parent whose command line merely says "uwsgi" (uWSGI
-    # without --master forks its workers from the first one) is no master.
-    server = serving_master()
-    if server is None:
+    pool = current_pool()
+    if pool is None:
         return None
-    try:
-        parent = psutil.Process(os.getppid())
-        workers = []
-        for child in parent.children():
-            try:
-                workers.append(
-                    {"pid": child.pid, "rss_mb": round(child.memory_info().rss / _MB, 1)}
-                )
-            except psutil.Error:
-                continue  # a worker that exited while we looked
-        return {
-            "server": server,
-            "master_pid": parent.pid,
-            "workers": workers,
-            "total_rss_mb": round(sum(worker["rss_mb"] for worker in workers), 1),
-        }
-    except psutil.Error:
-        return None
+    workers = [{"pid": pid, "rss_mb": round(rss / _MB, 1)} for pid, rss in pool.workers.items()]
+    return {
+        "server": pool.server,
+        "master_pid": pool.master_pid,
+        "workers": workers,
+        "total_rss_mb": round(sum(worker["rss_mb"] for worker in workers), 1),
+    }
 
 
 def _process_started() -> float:

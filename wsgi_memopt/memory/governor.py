@@ -9,8 +9,13 @@ memory at most every ``sample_interval_s`` and decides:
 - above ``max_memory_percent``: optimize (sweep expired entries, evict
   ``cache_evict_fraction``, collect, ``malloc_trim``);
 - RSS grown by ``trim_threshold_mb`` since the last trim: ``malloc_trim`` alone;
-- above ``restart_percent`` for ``restart_after_s``: recycle the worker where a master
-  respawns it, else report the need.
+- the limit forecast closer than ``forecast_lead_s`` at the measured rate of approach, or
+  above ``restart_percent`` for ``restart_after_s``, or above it after an emergency that freed
+  nothing: recycle the worker where a master respawns it (in a pool, the one that gives back
+  the most, one at a time), else report the need.
+
+An optimize or emergency that freed less than a point of the limit is not repeated at the same
+level: what no cleanup lowers (a leak, native memory) is the recycle's to give back.
 
 Anything that pauses runs only with no other request of this process in flight, and one
 thread at a time. Every action is measured before and after and kept in a bounded history.
@@ -29,7 +34,6 @@ import logging
 import os
 import random
 import signal
-import sys
 import threading
 import time
 import tracemalloc
@@ -43,7 +47,9 @@ from ..counting import read_count
 from ..lazy import LazyModules
 from ..settings import Settings
 from .cleanups import CleanupResult, Cleanups, malloc_trim
+from .forecast import Forecast
 from .gc_schedule import GCScheduler
+from .pool import RecycleLease, current_pool, serving_master
 from .pressure import MemorySample, Sampler, make_sampler, status_for
 
 __all__ = ["Action", "Governor"]
@@ -56,6 +62,13 @@ _COLLECT_ROUNDS = 5  # "collect until nothing more is freed", bounded
 _LAZY_IDLE_S = 300.0  # an emergency unloads lazy modules unused for this long
 _ACTION_BACKOFF_S = 30.0  # optimize/emergency at most this often under steady pressure...
 _ACTION_RISE_PERCENT = 5.0  # ...unless memory rose this much since the last one
+_FUTILE_PERCENT = 1.0  # an optimize or emergency that freed less than this did nothing...
+_FUTILE_RETRY_S = 600.0  # ...and is tried again at that level only after this long
+# A recycle must give back at least this share of the limit (or _GAIN_MB): the growth of this
+# worker since it started. Less means the pressure is not this worker's, and a fresh worker
+# would find the same.
+_GAIN_SHARE = 0.05
+_GAIN_MB = 64.0
 # The request path calls these C functions through module globals: cheaper than gc.<name>.
 _gc_disable = gc.disable
 _gc_enable = gc.enable
@@ -84,9 +97,18 @@ class Action:
         """RSS given back, measured; 0 when it grew (nothing was freed is an honest answer)."""
         return max(self.before.rss_mb - self.after.rss_mb, 0.0)
 
+    @property
+    def used_mb_freed(self) -> float:
+        """Memory of the measured source (container, host, process) given back; 0 if it grew."""
+        return max(self.before.used_mb - self.after.used_mb, 0.0)
+
+    @property
+    def percent_freed(self) -> float:
+        """Points of ``memory_percent`` given back; 0 when it grew."""
+        return max(self.before.memory_percent - self.after.memory_percent, 0.0)
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, as the API returns it."""
-        before_percent = self.before.memory_percent
         return {
             "kind": self.kind,
             "reason": self.reason,
@@ -96,7 +118,8 @@ class Action:
             "after": self.after.as_dict(),
             "improvement": {
                 "mb_freed": round(self.rss_mb_freed, 1),
-                "percent_freed": round(max(before_percent - self.after.memory_percent, 0.0), 2),
+                "used_mb_freed": round(self.used_mb_freed, 1),
+                "percent_freed": round(self.percent_freed, 2),
             },
             "actions": {
                 "cache_items_freed": self.cache_items_freed,
@@ -145,6 +168,7 @@ class Governor:
         )  # (time, memory_percent, rss_mb): the dashboard's chart
         self.last_sample: MemorySample | None = None
         self.restart_reason: str | None = None  # set when a recycle is needed and not possible
+        self.forecast = Forecast(settings.forecast_window_s)
         self._tick_lock = threading.Lock()  # one tick at a time, never waited for
         # Requests in flight (pauses wait for them to end), counted without a lock: one item
         # per request, and list.append / del list[-1:] are single C calls under the GIL.
@@ -164,6 +188,10 @@ class Governor:
         self.next_tick = 0.0
         self._status: str | None = None
         self._above_restart_since: float | None = None
+        self._futile: dict[str, float] = {}  # optimize/emergency that freed nothing -> when
+        self._rss_at_start: float | None = None  # what a fresh worker of this app holds
+        self._lease: RecycleLease | None = None
+        self._noted: str | None = None  # the last "not recycling because..." line logged
         self._trimmed_at_rss: float | None = None
         self._last_action_at: float | None = None  # the last optimize or emergency
         self._last_action_percent = 0.0
@@ -267,7 +295,13 @@ class Governor:
             self._started_at = self.clock()
             try:
                 # The RSS before the first request: a burst in that request is growth too.
-                self._trimmed_at_rss = self.sampler.sample().rss_mb
+                self._trimmed_at_rss = self._rss_at_start = self.sampler.sample().rss_mb
+                if serving_master() is None:
+                    log.info(
+                        "[MEMORY] no gunicorn or uWSGI master respawns this process: the "
+                        "governor cannot recycle it, and /health answers 503 when it needs a "
+                        "restart"
+                    )
                 self.gc.start()
                 frames = self.settings.tracemalloc_frames
                 if frames > 0 and not tracemalloc.is_tracing():
@@ -301,7 +335,13 @@ class Governor:
         self._above_restart_since = None
         self.restart_reason = None  # the parent's need is not this new worker's
         self._restart_jitter = self._draw_jitter()  # each worker its own (--preload forks)
-        self._trimmed_at_rss = None
+        self._trimmed_at_rss = self._rss_at_start = None
+        self.forecast.reset()
+        self._futile.clear()
+        self._noted = None
+        if self._lease is not None:
+            self._lease.after_fork()
+            self._lease = None
         self.store.after_fork()
         self.cleanups.after_fork()
 
@@ -319,12 +359,13 @@ class Governor:
                 self.next_tick = now + self.settings.sample_interval_s
             sample = self.sample()
             quiet = self.in_flight == 0  # pausing work only with nothing in flight
-            due = quiet and self._pressure_action_due(sample, now)
+            level = self._cleanup_level(sample, now)
             action = None
-            if due and sample.memory_percent > self.settings.critical_percent:
-                action = self._emergency("critical", sample)
-            elif due and sample.memory_percent > self.settings.max_memory_percent:
-                action = self._optimize("pressure", sample)
+            if level is not None and quiet and self._pressure_action_due(sample, now):
+                if level == "emergency":
+                    action = self._emergency("critical", sample)
+                else:
+                    action = self._optimize("pressure", sample)
             elif quiet and self._grew_past_trim_threshold(sample):
                 action = self._trim(sample)
             self._check_recycle(action.after if action else sample, now)
@@ -333,12 +374,29 @@ class Governor:
             self._tick_lock.release()
 
     def sample(self) -> MemorySample:
-        """Measure memory now (and keep it for the dashboard's chart)."""
+        """Measure memory now (kept for the dashboard's chart and the forecast)."""
         sample = self.sampler.sample()
         self.last_sample = sample
         self.samples.append((sample.taken_at, sample.memory_percent, sample.rss_mb))
+        self.forecast.add(self.clock(), sample.used_mb, sample.limit_mb)
         self._log_transition(sample)
         return sample
+
+    def _cleanup_level(self, sample: MemorySample, now: float) -> str | None:
+        """``"emergency"``, ``"optimize"`` or None for the pressure in ``sample``. A level whose
+        last cleanup freed nothing is skipped, until memory falls below it or after
+        ``_FUTILE_RETRY_S``: repeating it would only cost pauses and the cache."""
+        thresholds = {
+            "emergency": self.settings.critical_percent,
+            "optimize": self.settings.max_memory_percent,
+        }
+        for kind, since in list(self._futile.items()):
+            if sample.memory_percent <= thresholds[kind] or now - since >= _FUTILE_RETRY_S:
+                del self._futile[kind]
+        for kind, threshold in thresholds.items():
+            if sample.memory_percent > threshold:
+                return None if kind in self._futile else kind
+        return None
 
     def _pressure_action_due(self, sample: MemorySample, now: float) -> bool:
         """Whether optimize/emergency may run again: memory that no cleanup lowers (native
@@ -438,16 +496,21 @@ class Governor:
     def _record(self, action: Action) -> Action:
         self.history.append(action)
         self.action_counts[action.kind] += 1
+        futile = action.percent_freed < _FUTILE_PERCENT
         if action.kind in ("optimize", "emergency"):
             self._last_action_at = self.clock()
             self._last_action_percent = action.after.memory_percent
+            if futile:
+                self._futile[action.kind] = self._last_action_at
         self.last_sample = action.after
         self._trimmed_at_rss = action.after.rss_mb
         log.info(
-            "[MEMORY] %s (%s): %.1f%% -> %.1f%%, rss %.1f -> %.1f MB, cache -%d items, "
-            "%d objects collected, in %.1f ms",
+            "[MEMORY] %s (%s): freed %.1f MB of %s, %.1f%% -> %.1f%%, rss %.1f -> %.1f MB, "
+            "cache -%d items, %d objects collected, in %.1f ms%s",
             action.kind,
             action.reason,
+            action.used_mb_freed,
+            action.after.source,
             action.before.memory_percent,
             action.after.memory_percent,
             action.before.rss_mb,
@@ -455,48 +518,136 @@ class Governor:
             action.cache_items_freed,
             action.objects_collected,
             action.duration_ms,
+            "; not repeated at this level: what no cleanup frees, only a recycle gives back"
+            if futile and action.kind in ("optimize", "emergency")
+            else "",
         )
         return action
 
     # -- recycling
 
     def _check_recycle(self, sample: MemorySample, now: float) -> None:
-        if sample.memory_percent <= self.settings.restart_percent:
-            self._above_restart_since = None
+        why = self._recycle_reason(sample, now)
+        if why is None:
             return
-        if self._above_restart_since is None:
-            self._above_restart_since = now
-        sustained = now - self._above_restart_since
-        old_enough = now - self._started_at >= self.settings.min_worker_lifetime_s
-        if sustained >= self.settings.restart_after_s + self._restart_jitter and old_enough:
-            self._recycle(
-                f"memory above {self.settings.restart_percent:g}% for {sustained:.0f} s "
-                f"({sample.memory_percent:.1f}% of {sample.source})"
-            )
+        reason, urgent = why
+        self._recycle(reason, urgent=urgent)
 
-    def _recycle(self, reason: str) -> None:
+    def _recycle_reason(self, sample: MemorySample, now: float) -> tuple[str, bool] | None:
+        """Why this worker should be recycled now, and whether it is urgent (then it goes even
+        if a sibling would give back more); None while it should not."""
+        settings = self.settings
+        percent, source = sample.memory_percent, sample.source
+        if percent <= settings.restart_percent:
+            self._above_restart_since = None
+        elif self._above_restart_since is None:
+            self._above_restart_since = now
+        old_enough = now - self._started_at >= settings.min_worker_lifetime_s
+        if self._above_restart_since is not None and old_enough:
+            sustained = now - self._above_restart_since
+            if sustained >= settings.restart_after_s + self._restart_jitter:
+                return (
+                    f"memory above {settings.restart_percent:g}% for {sustained:.0f} s "
+                    f"({percent:.1f}% of {source})",
+                    False,
+                )
+        trend = self.forecast.trend
+        lead = settings.forecast_lead_s
+        # The forecast overrides min_worker_lifetime_s: a young worker the kernel kills is
+        # worse than a young worker recycled.
+        if lead > 0 and trend is not None and trend.seconds_to_limit <= lead:
+            if not self._would_give_back(sample):
+                return None
+            return (
+                f"the limit is {trend.seconds_to_limit:.1f} s away at "
+                f"+{trend.rate_mb_s:.1f} MB/s ({percent:.1f}% of {source})",
+                trend.seconds_to_limit <= lead / 2,
+            )
+        # The cleanups had their chance and freed nothing: waiting out restart_after_s would
+        # only wait for the OOM killer.
+        if self._above_restart_since is not None and old_enough and "emergency" in self._futile:
+            if not self._would_give_back(sample):
+                return None
+            return (
+                f"memory above {settings.restart_percent:g}% ({percent:.1f}% of {source}) "
+                "and the emergency cleanup freed nothing",
+                False,
+            )
+        self._noted = None  # no recycle is wanted: a new episode may say again why it waits
+        return None
+
+    def _would_give_back(self, sample: MemorySample) -> bool:
+        """Whether this worker grew enough since it started for its recycle to matter."""
+        if self._rss_at_start is None:
+            return False
+        grown = sample.rss_mb - self._rss_at_start
+        needed = min(_GAIN_SHARE * sample.limit_mb, _GAIN_MB)
+        if grown >= needed:
+            return True
+        self._note(
+            "small",
+            f"[MEMORY] memory at {sample.memory_percent:.1f}% of {sample.source}, but this "
+            f"worker's RSS changed by {grown:+.1f} MB since it started (a recycle must give "
+            f"back {needed:.1f} MB): not recycling it",
+        )
+        return False
+
+    def _recycle(self, reason: str, *, urgent: bool = False) -> None:
         if self._recycle_sent:
             return
         server = serving_master()
+        if server is None:
+            if self.restart_reason is None:
+                self.restart_reason = reason
+                log.warning("[MEMORY] this worker needs a restart nothing here can do: %s", reason)
+                self._record_recycle(reason)
+                if self.on_recycle_needed is not None:
+                    try:
+                        self.on_recycle_needed(reason)
+                    except Exception:
+                        log.warning("[MEMORY] on_recycle_needed hook failed", exc_info=True)
+            return
+        if not self._my_turn(reason, urgent):
+            return
+        self._recycle_sent = True
+        log.warning("[MEMORY] recycling this %s worker: %s", server, reason)
+        self._record_recycle(reason)
         # No wait for a quiet moment: both masters' signals are graceful (the requests in
         # flight finish first), and a threaded worker under constant load has none.
-        if server is not None:
-            self._recycle_sent = True
-            log.warning("[MEMORY] recycling this %s worker: %s", server, reason)
-            self._record_recycle(reason)
-            # gunicorn: SIGTERM is a worker's graceful exit; uWSGI: a worker's SIGHUP is its
-            # graceful exit ("Gracefully killing worker"), and its master respawns it.
-            os.kill(os.getpid(), signal.SIGHUP if server == "uwsgi" else signal.SIGTERM)
-            return
-        if server is None and self.restart_reason is None:
-            self.restart_reason = reason
-            log.warning("[MEMORY] this worker needs a restart nothing here can do: %s", reason)
-            self._record_recycle(reason)
-            if self.on_recycle_needed is not None:
-                try:
-                    self.on_recycle_needed(reason)
-                except Exception:
-                    log.warning("[MEMORY] on_recycle_needed hook failed", exc_info=True)
+        # gunicorn: SIGTERM is a worker's graceful exit; uWSGI: a worker's SIGHUP is its
+        # graceful exit ("Gracefully killing worker"), and its master respawns it.
+        os.kill(os.getpid(), signal.SIGHUP if server == "uwsgi" else signal.SIGTERM)
+
+    def _my_turn(self, reason: str, urgent: bool) -> bool:
+        """In a pool: whether this worker goes now. Under a shared limit the largest worker
+        goes first unless the limit is urgent, and only one worker at a time (the lease)."""
+        pool = current_pool()
+        if pool is None:
+            return True  # the master vanished while we looked: nothing to share with
+        if not urgent and self.sampler.source != "process":
+            largest = pool.largest()
+            if largest is not None and largest != os.getpid():
+                self._note(
+                    "largest",
+                    f"[MEMORY] {reason}: worker {largest} gives back more and goes first",
+                )
+                return False
+        if self._lease is None:
+            self._lease = RecycleLease.for_master(pool.master_pid)
+        if self._lease is not None and not self._lease.try_acquire():
+            self._note(
+                "lease",
+                f"[MEMORY] {reason}: another worker of the pool is recycling; this one "
+                "measures again after it",
+            )
+            return False
+        return True
+
+    def _note(self, key: str, message: str) -> None:
+        # Why a recycle waits, once per episode rather than at every sample.
+        if self._noted != key:
+            self._noted = key
+            log.info(message)
 
     def _record_recycle(self, reason: str) -> None:
         sample = self.last_sample or self.sampler.sample()
@@ -542,28 +693,6 @@ class Governor:
             self._monitor.stop()
             self._monitor = None
         self.gc.stop()
-
-
-def serving_master() -> str | None:
-    """``"gunicorn"`` or ``"uwsgi"`` when this process is a worker a master respawns."""
-    uwsgi = sys.modules.get("uwsgi")
-    if uwsgi is not None:
-        # uWSGI started without --master respawns nothing: a worker's SIGHUP would end the
-        # server for good. masterpid() is 0 then.
-        try:
-            return "uwsgi" if int(uwsgi.masterpid()) > 0 else None
-        except Exception:
-            return None  # a module of that name that is not uWSGI's
-    if "gunicorn" in sys.modules and "gunicorn.workers.base" in sys.modules:
-        try:
-            import psutil
-
-            parent = psutil.Process(os.getppid())
-            if "gunicorn" in " ".join(parent.cmdline()):
-                return "gunicorn"
-        except Exception:
-            return None
-    return None
 
 
 class _Monitor:

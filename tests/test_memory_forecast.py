@@ -1,0 +1,131 @@
+"""The forecast: the rate at which measured memory approaches its limit, and when it gets there.
+
+The samples here are series written out by hand: the forecast is pure arithmetic on
+``(time, used MB)`` pairs, and each series is the shape a real one has (a leak's straight
+line, a request's short burst, a sibling's recycle).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from wsgi_memopt.memory.forecast import Forecast, Trend
+
+LIMIT_MB = 300.0
+
+
+def feed(forecast: Forecast, series: list[tuple[float, float]]) -> Trend | None:
+    trend = None
+    for at, used in series:
+        trend = forecast.add(at, used, LIMIT_MB)
+    return trend
+
+
+def line(
+    start_mb: float, rate_mb_s: float, count: int, every_s: float = 0.5
+) -> list[tuple[float, float]]:
+    """``count`` samples of a straight leak, ``every_s`` apart, starting at t=100."""
+    return [(100 + n * every_s, start_mb + rate_mb_s * n * every_s) for n in range(count)]
+
+
+def test_a_steady_leak_is_forecast_to_reach_the_limit_at_its_rate() -> None:
+    trend = feed(Forecast(window_s=10), line(100, 7.0, 10))  # 100 MB + 7 MB/s for 4.5 s
+
+    assert trend is not None
+    assert trend.rate_mb_s == pytest.approx(7.0)
+    assert trend.seconds_to_limit == pytest.approx((300 - 131.5) / 7.0)
+    assert (trend.samples, trend.span_s) == (10, 4.5)
+    assert trend.as_dict() == {
+        "rate_mb_per_s": 7.0,
+        "seconds_to_limit": 24.1,
+        "samples": 10,
+        "span_s": 4.5,
+    }
+
+
+@pytest.mark.parametrize(
+    "series",
+    [
+        pytest.param([(100.0, 200.0), (100.5, 200.0), (101.0, 200.0), (101.5, 200.0)], id="level"),
+        pytest.param(line(250, -2.0, 8), id="falling"),
+    ],
+)
+def test_memory_that_does_not_rise_never_reaches_the_limit(
+    series: list[tuple[float, float]],
+) -> None:
+    trend = feed(Forecast(window_s=10), series)
+
+    assert trend is not None
+    assert trend.seconds_to_limit == math.inf
+    assert trend.as_dict()["seconds_to_limit"] is None
+
+
+def test_one_sample_taken_during_a_burst_makes_no_trend() -> None:
+    # A request held 60 MB for a moment, and one sample saw it; then it was freed.
+    series = [(100 + n * 0.5, 200.0) for n in range(12)]
+    series[6] = (103.0, 260.0)
+
+    trend = feed(Forecast(window_s=10), series)
+
+    assert trend is not None
+    assert trend.rate_mb_s == pytest.approx(0.0)
+    assert trend.seconds_to_limit == math.inf
+
+
+def test_the_level_is_the_higher_of_the_last_sample_and_the_fitted_line() -> None:
+    # The last sample jumped above a slow line: the forecast starts from it (early, not late).
+    series = [*line(200, 1.0, 8), (104.0, 280.0)]
+
+    trend = feed(Forecast(window_s=10), series)
+
+    assert trend is not None
+    assert trend.rate_mb_s == pytest.approx(1.0, rel=0.2)
+    assert trend.seconds_to_limit == pytest.approx(20 / trend.rate_mb_s)
+
+
+def test_no_trend_from_too_few_samples_or_too_short_a_span() -> None:
+    forecast = Forecast(window_s=10)
+    assert feed(forecast, line(100, 7.0, 3)) is None  # three samples
+    forecast.reset()
+    assert feed(forecast, line(100, 7.0, 6, every_s=0.1)) is None  # six over 0.5 s
+    assert feed(forecast, [(101.0, 107.0)]) is not None  # a seventh makes it 1 s
+
+
+def test_only_the_window_counts() -> None:
+    # A fast rise long ago, level since: the old rise has left the window.
+    series = line(100, 20.0, 5) + [(110 + n * 0.5, 200.0) for n in range(21)]
+
+    trend = feed(Forecast(window_s=10), series)
+
+    assert trend is not None
+    assert trend.span_s == 10.0
+    assert trend.seconds_to_limit == math.inf
+
+
+def test_a_fall_of_more_than_a_percent_of_the_limit_starts_afresh() -> None:
+    # A sibling worker recycled: 80 MB given back at once. The trend before says nothing of
+    # the level after, and the rate is measured again from there.
+    forecast = Forecast(window_s=10)
+    assert feed(forecast, line(150, 7.0, 10)) is not None
+
+    assert forecast.add(105.0, 130.0, LIMIT_MB) is None  # 80 MB fell: one sample in the window
+    trend = feed(forecast, [(105.5 + n * 0.5, 133.0 + 3 * n) for n in range(3)])
+
+    assert trend is not None
+    assert trend.rate_mb_s == pytest.approx(6.0, rel=0.2)
+
+
+def test_a_fall_within_a_percent_is_noise_and_kept() -> None:
+    forecast = Forecast(window_s=10)
+    feed(forecast, line(150, 1.0, 6))
+    trend = forecast.add(103.0, 152.0, LIMIT_MB)  # 1.5 MB below the last: 0.5% of the limit
+
+    assert trend is not None
+    assert trend.samples == 7
+
+
+def test_the_window_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        Forecast(window_s=0)

@@ -1,0 +1,100 @@
+"""When will memory reach its limit? A trend fitted to the governor's recent samples.
+
+A leak cannot be collected, and a container's OOM killer does not wait: from 90% to the limit
+may take seconds. The governor therefore looks at the *rate* at which the measured memory
+approaches its limit, and recycles a worker while a graceful exit can still finish first::
+
+    forecast = Forecast(window_s=10)
+    for sample in samples:
+        trend = forecast.add(clock(), sample.used_mb, sample.limit_mb)
+    trend.seconds_to_limit        # 4.2: the limit is 4.2 s away at the fitted rate
+
+The rules, each one checkable:
+
+- The rate is the Theil-Sen slope of the samples of the last ``window_s`` seconds: the median
+  of the slopes between every pair of samples, so that one sample taken in the middle of a
+  request's short-lived burst does not make a trend.
+- The level the trend starts from is the higher of the last sample and the fitted line at its
+  time: a forecast may err early, never late.
+- A fall of more than 1% of the limit between two samples (a sibling worker recycled, the
+  cache cleared) starts the window afresh: the old level says nothing of the new one.
+- No trend until the window holds 4 samples over at least 1 s; a level or falling trend never
+  reaches the limit (``seconds_to_limit`` is infinite).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import math
+import statistics
+from dataclasses import dataclass
+
+__all__ = ["Forecast", "Trend"]
+
+_MIN_SAMPLES = 4
+_MIN_SPAN_S = 1.0
+_RESTART_ON_FALL = 0.01  # of the limit
+
+
+@dataclass(frozen=True, slots=True)
+class Trend:
+    """The fitted approach of the measured memory to its limit."""
+
+    rate_mb_s: float  # MiB per second; negative when memory falls
+    seconds_to_limit: float  # math.inf when memory is not rising
+    samples: int  # how many samples the fit used
+    span_s: float  # the time they cover
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        """JSON-ready; an infinite forecast is ``None``."""
+        eta = self.seconds_to_limit
+        return {
+            "rate_mb_per_s": round(self.rate_mb_s, 3),
+            "seconds_to_limit": None if math.isinf(eta) else round(eta, 1),
+            "samples": self.samples,
+            "span_s": round(self.span_s, 1),
+        }
+
+
+class Forecast:
+    """The trend of the last ``window_s`` seconds of samples (see the module docstring)."""
+
+    def __init__(self, window_s: float) -> None:
+        if not window_s > 0:
+            raise ValueError(f"a forecast window must be positive, not {window_s!r}")
+        self.window_s = window_s
+        self._points: collections.deque[tuple[float, float]] = collections.deque()
+        self.trend: Trend | None = None  # the latest fit, None while there is too little
+
+    def add(self, at: float, used_mb: float, limit_mb: float) -> Trend | None:
+        """Take a sample (``at`` on a monotonic clock) and return the trend, if there is one."""
+        points = self._points
+        if points and used_mb < points[-1][1] - _RESTART_ON_FALL * limit_mb:
+            points.clear()
+        points.append((at, used_mb))
+        while points[0][0] < at - self.window_s:
+            points.popleft()
+        self.trend = _fit(points, limit_mb)
+        return self.trend
+
+    def reset(self) -> None:
+        """Forget every sample (a new process starts its own window)."""
+        self._points.clear()
+        self.trend = None
+
+
+def _fit(points: collections.deque[tuple[float, float]], limit_mb: float) -> Trend | None:
+    span = points[-1][0] - points[0][0]
+    if len(points) < _MIN_SAMPLES or span < _MIN_SPAN_S:
+        return None
+    rate = statistics.median(
+        (used_b - used_a) / (at_b - at_a)
+        for (at_a, used_a), (at_b, used_b) in itertools.combinations(points, 2)
+        if at_b > at_a
+    )
+    last_at, last_used = points[-1]
+    intercept = statistics.median(used - rate * at for at, used in points)
+    level = max(last_used, intercept + rate * last_at)
+    eta = max(limit_mb - level, 0.0) / rate if rate > 0 else math.inf
+    return Trend(rate, eta, len(points), span)
