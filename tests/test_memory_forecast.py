@@ -129,3 +129,16 @@ def test_a_fall_within_a_percent_is_noise_and_kept() -> None:
 def test_the_window_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         Forecast(window_s=0)
+
+
+def test_a_trend_foresees_no_further_than_three_times_its_span() -> None:
+    # A sibling worker booting: 14 MB/s for a second and a half, 140 MB below the limit.
+    trend = feed(Forecast(window_s=10), line(160, 14.0, 4))
+
+    assert trend is not None
+    assert trend.span_s == 1.5
+    assert trend.seconds_to_limit == pytest.approx((300 - 181) / 14.0)
+    assert not trend.reaches_limit_within(10)  # 8.5 s ahead: more than 3 x 1.5 s
+    later = feed(Forecast(window_s=10), line(160, 14.0, 7))  # the same rise, for 3 s
+    assert later is not None
+    assert later.reaches_limit_within(10)

@@ -20,6 +20,9 @@ The rules, each one checkable:
   cache cleared) starts the window afresh: the old level says nothing of the new one.
 - No trend until the window holds 4 samples over at least 1 s; a level or falling trend never
   reaches the limit (``seconds_to_limit`` is infinite).
+- A trend is trusted no further ahead than three times the span it was fitted over
+  (:meth:`Trend.reaches_limit_within`): a worker booting beside this one grows fast for a
+  second or two, and that is no leak.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ __all__ = ["Forecast", "Trend"]
 _MIN_SAMPLES = 4
 _MIN_SPAN_S = 1.0
 _RESTART_ON_FALL = 0.01  # of the limit
+_REACH = 3.0  # a trend foresees at most this many times the span it was fitted over
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +49,10 @@ class Trend:
     seconds_to_limit: float  # math.inf when memory is not rising
     samples: int  # how many samples the fit used
     span_s: float  # the time they cover
+
+    def reaches_limit_within(self, horizon_s: float) -> bool:
+        """Whether the limit comes within ``horizon_s``, as far as this trend can tell."""
+        return self.seconds_to_limit <= min(horizon_s, _REACH * self.span_s)
 
     def as_dict(self) -> dict[str, float | int | None]:
         """JSON-ready; an infinite forecast is ``None``."""

@@ -69,6 +69,9 @@ _FUTILE_RETRY_S = 600.0  # ...and is tried again at that level only after this l
 # would find the same.
 _GAIN_SHARE = 0.05
 _GAIN_MB = 64.0
+# A worker that lets a larger sibling go first waits this long (beyond a sample interval)
+# for it: a sibling that has not recycled by then is busy in a long request, or idle.
+_DEFER_S = 1.0
 # The request path calls these C functions through module globals: cheaper than gc.<name>.
 _gc_disable = gc.disable
 _gc_enable = gc.enable
@@ -192,6 +195,7 @@ class Governor:
         self._rss_at_start: float | None = None  # what a fresh worker of this app holds
         self._lease: RecycleLease | None = None
         self._noted: str | None = None  # the last "not recycling because..." line logged
+        self._deferred_since: float | None = None  # since when a larger sibling may go first
         self._trimmed_at_rss: float | None = None
         self._last_action_at: float | None = None  # the last optimize or emergency
         self._last_action_percent = 0.0
@@ -338,7 +342,7 @@ class Governor:
         self._trimmed_at_rss = self._rss_at_start = None
         self.forecast.reset()
         self._futile.clear()
-        self._noted = None
+        self._noted = self._deferred_since = None
         if self._lease is not None:
             self._lease.after_fork()
             self._lease = None
@@ -527,15 +531,12 @@ class Governor:
     # -- recycling
 
     def _check_recycle(self, sample: MemorySample, now: float) -> None:
-        why = self._recycle_reason(sample, now)
-        if why is None:
-            return
-        reason, urgent = why
-        self._recycle(reason, urgent=urgent)
+        reason = self._recycle_reason(sample, now)
+        if reason is not None:
+            self._recycle(reason, now)
 
-    def _recycle_reason(self, sample: MemorySample, now: float) -> tuple[str, bool] | None:
-        """Why this worker should be recycled now, and whether it is urgent (then it goes even
-        if a sibling would give back more); None while it should not."""
+    def _recycle_reason(self, sample: MemorySample, now: float) -> str | None:
+        """Why this worker should be recycled now; None while it should not."""
         settings = self.settings
         percent, source = sample.memory_percent, sample.source
         if percent <= settings.restart_percent:
@@ -548,20 +549,18 @@ class Governor:
             if sustained >= settings.restart_after_s + self._restart_jitter:
                 return (
                     f"memory above {settings.restart_percent:g}% for {sustained:.0f} s "
-                    f"({percent:.1f}% of {source})",
-                    False,
+                    f"({percent:.1f}% of {source})"
                 )
         trend = self.forecast.trend
         lead = settings.forecast_lead_s
         # The forecast overrides min_worker_lifetime_s: a young worker the kernel kills is
         # worse than a young worker recycled.
-        if lead > 0 and trend is not None and trend.seconds_to_limit <= lead:
+        if lead > 0 and trend is not None and trend.reaches_limit_within(lead):
             if not self._would_give_back(sample):
                 return None
             return (
                 f"the limit is {trend.seconds_to_limit:.1f} s away at "
-                f"+{trend.rate_mb_s:.1f} MB/s ({percent:.1f}% of {source})",
-                trend.seconds_to_limit <= lead / 2,
+                f"+{trend.rate_mb_s:.1f} MB/s ({percent:.1f}% of {source})"
             )
         # The cleanups had their chance and freed nothing: waiting out restart_after_s would
         # only wait for the OOM killer.
@@ -570,10 +569,11 @@ class Governor:
                 return None
             return (
                 f"memory above {settings.restart_percent:g}% ({percent:.1f}% of {source}) "
-                "and the emergency cleanup freed nothing",
-                False,
+                "and the emergency cleanup freed nothing"
             )
-        self._noted = None  # no recycle is wanted: a new episode may say again why it waits
+        # No recycle is wanted: a new episode may say again why it waits, and defers afresh.
+        self._noted = None
+        self._deferred_since = None
         return None
 
     def _would_give_back(self, sample: MemorySample) -> bool:
@@ -592,7 +592,7 @@ class Governor:
         )
         return False
 
-    def _recycle(self, reason: str, *, urgent: bool = False) -> None:
+    def _recycle(self, reason: str, now: float) -> None:
         if self._recycle_sent:
             return
         server = serving_master()
@@ -607,7 +607,7 @@ class Governor:
                     except Exception:
                         log.warning("[MEMORY] on_recycle_needed hook failed", exc_info=True)
             return
-        if not self._my_turn(reason, urgent):
+        if not self._my_turn(reason, now):
             return
         self._recycle_sent = True
         log.warning("[MEMORY] recycling this %s worker: %s", server, reason)
@@ -618,20 +618,24 @@ class Governor:
         # graceful exit ("Gracefully killing worker"), and its master respawns it.
         os.kill(os.getpid(), signal.SIGHUP if server == "uwsgi" else signal.SIGTERM)
 
-    def _my_turn(self, reason: str, urgent: bool) -> bool:
+    def _my_turn(self, reason: str, now: float) -> bool:
         """In a pool: whether this worker goes now. Under a shared limit the largest worker
-        goes first unless the limit is urgent, and only one worker at a time (the lease)."""
+        goes first (unless it has not acted within ``_DEFER_S``: busy in a long request, or
+        idle), and only one worker at a time (the lease)."""
         pool = current_pool()
         if pool is None:
             return True  # the master vanished while we looked: nothing to share with
-        if not urgent and self.sampler.source != "process":
+        if self.sampler.source != "process":
             largest = pool.largest()
             if largest is not None and largest != os.getpid():
-                self._note(
-                    "largest",
-                    f"[MEMORY] {reason}: worker {largest} gives back more and goes first",
-                )
-                return False
+                if self._deferred_since is None:
+                    self._deferred_since = now
+                if now - self._deferred_since < self.settings.sample_interval_s + _DEFER_S:
+                    self._note(
+                        "largest",
+                        f"[MEMORY] {reason}: worker {largest} gives back more and goes first",
+                    )
+                    return False
         if self._lease is None:
             self._lease = RecycleLease.for_master(pool.master_pid)
         if self._lease is not None and not self._lease.try_acquire():
