@@ -17,7 +17,7 @@ at 1000/100: what each costs when there is nothing to fix. The pools run one aft
 never two at once; the baseline of each worker type is measured first, by a short run of the
 non-leaking app.
 
-    python3 benchmarks/oom.py                 # 24 pools of 90 s, one after another
+    python3 benchmarks/oom.py                 # 32 pools of 90 s, one after another
     python3 benchmarks/oom.py --quick         # 15 s, sync, 20 KiB only: a smoke test
     python3 benchmarks/oom.py --json          # the same figures as JSON
 
@@ -141,13 +141,34 @@ def notes(
                 f"{head} p99 ours/max-requests = {ours.p99_ms / capped.p99_ms:.2f} "
                 f"({ours.p99_ms:.1f} ms vs {capped.p99_ms:.1f} ms)"
             )
+    lines.extend(fastest_safe_rates(results))
+    return lines
+
+
+def fastest_safe_rates(results: list[PoolResult]) -> list[str]:
+    """Per worker type: the fastest leak the defaults kept at 0 OOM kills and 0 failures, and
+    the slowest they did not."""
+    lines = []
+    for worker_type in dict.fromkeys(result.worker_class for result in results):
+        ours = [
+            result
+            for result in results
+            if result.worker_class == worker_type and result.variant.startswith("ours")
+        ]
+        safe = [r.leak_kb for r in ours if r.oom_kills == 0 and r.failed == 0]
+        unsafe = [r.leak_kb for r in ours if r.oom_kills or r.failed]
+        lines.append(
+            f"{worker_type}: fastest leak with 0 OOM kills and 0 failed under the defaults: "
+            f"{max(safe) if safe else 'none'} KiB/request"
+            + (f"; first that failed: {min(unsafe)} KiB/request" if unsafe else "")
+        )
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=90.0, help="seconds of load per pool")
-    parser.add_argument("--rates", default="1,20,200", help="leak rates, KiB per request")
+    parser.add_argument("--rates", default="1,20,200,500", help="leak rates, KiB per request")
     parser.add_argument("--workers-types", default="sync,gthread", help="gunicorn worker types")
     parser.add_argument("--limit-mb", type=int, default=300, help="the cgroup's limit, MiB")
     parser.add_argument("--quick", action="store_true", help="15 s, sync, 20 KiB: a smoke test")
