@@ -35,7 +35,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,8 +48,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from _servers import HOST, child_env, control_socket_args, free_port
 
-HOST = "127.0.0.1"  # never any other address
 TARGET_RATIO = 5.0  # SPEC §11: throughput >= 5x the unwrapped app
 TARGET_ERRORS = 0  # SPEC §11: error rate 0
 WORK_MS = 5.0
@@ -129,34 +128,6 @@ def calibrate(target_ms: float = WORK_MS) -> tuple[int, float]:
 
 
 # -- gunicorn
-
-
-def control_socket_args() -> tuple[str, ...]:
-    """``--no-control-socket`` where this gunicorn has a control socket (>= 23), else nothing.
-
-    Asked of ``gunicorn --help`` in a subprocess, as tests/test_memory_recycle.py does.
-    """
-    help_text = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
-    return ("--no-control-socket",) if "--no-control-socket" in help_text else ()
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 now (bound to port 0, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WSGI_MEMOPT_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 @dataclass

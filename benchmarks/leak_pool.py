@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import os
 import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -43,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar
+
+from _servers import HOST, child_env, control_socket_args, free_port
 
 __all__ = [
     "CgroupUnavailable",
@@ -56,7 +56,6 @@ __all__ = [
     "write_leak_app",
 ]
 
-HOST = "127.0.0.1"  # never any other address
 MB = 1 << 20
 BOOT_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0  # the pool is idle by then; whatever lingers dies with the cgroup
@@ -514,23 +513,6 @@ def _wrk_binary() -> str:
 # -- the servers
 
 
-@functools.cache
-def _control_socket_args() -> tuple[str, ...]:
-    """``--no-control-socket`` where this gunicorn has a control socket, else nothing.
-
-    Asked of ``gunicorn --help`` in a subprocess: importing gunicorn here would put it in this
-    process's ``sys.modules``, which the governor reads to tell whether it serves a master.
-    """
-    help_text = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
-    return ("--no-control-socket",) if "--no-control-socket" in help_text else ()
-
-
 def find_uwsgi() -> str:
     """The ``uwsgi`` pip built beside this Python, else one on PATH."""
     beside = Path(sys.executable).with_name("uwsgi")
@@ -540,13 +522,6 @@ def find_uwsgi() -> str:
     if found is None:
         raise ToolMissing("uwsgi is not installed: pip install 'uwsgi>=2.0'")
     return found
-
-
-def _free_port() -> int:
-    """A port free on 127.0.0.1 now (bound to port 0, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def _server_command(
@@ -579,7 +554,7 @@ def _server_command(
             "info",
             "--chdir",
             str(workdir),
-            *_control_socket_args(),
+            *control_socket_args(),
             *extra_args,
             "app:application",
         ]
@@ -609,12 +584,6 @@ def _server_command(
             *extra_args,
         ]
     raise ValueError(f"server must be 'gunicorn' or 'uwsgi', not {server!r}")
-
-
-def _child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WSGI_MEMOPT_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 def _booted(server: str, log: str) -> int:
@@ -824,7 +793,7 @@ def run_pool(
     """
     wrk = _wrk_binary()
     workdir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     command = _server_command(server, worker_class, workers, threads, port, workdir, extra_args)
     write_leak_app(workdir, leak_kb, settings, work_ms)
     log_path = workdir / f"{server}-{worker_class}-{port}.log"
@@ -847,7 +816,7 @@ def run_pool(
                 wrapped,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                env=_child_env(),
+                env=child_env(),
                 cwd=workdir,
                 start_new_session=True,
             )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import threading
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 from wsgiref.validate import validator
 
@@ -17,6 +19,10 @@ from werkzeug.test import Client, TestResponse
 from wsgi_memopt import MemoryOptimizer
 
 WSGIApp = Callable[..., Iterable[bytes]]
+
+# The benchmarks' server helpers (a free port, gunicorn's flags, a clean environment) and the
+# leaking-pool harness serve the tests that start real servers too.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 
 def checked(app: WSGIApp) -> WSGIApp:

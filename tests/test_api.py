@@ -243,6 +243,11 @@ def test_health_fields(api: Api) -> None:
     else:
         assert body["alert"] is None
     assert body["restart_reason"] is None
+    # No gunicorn or uWSGI master here (a test client): /health says the worker cannot be
+    # recycled by the governor, and how a need for a restart will show.
+    assert body["recycle"]["possible"] is False
+    assert body["recycle"]["server"] is None
+    assert "503" in body["recycle"]["note"]
     for advice in body["recommendations"]:
         assert advice["finding"]
         assert advice["action"]
@@ -276,6 +281,7 @@ def test_stats_fields(api: Api) -> None:
     assert "modules" in stats
     assert stats["modules"] is None or set(stats["modules"]) >= {"loaded", "unloaded", "pinned"}
     assert isinstance(stats["governor"]["last_actions"], list)
+    assert "forecast" in stats["governor"]  # None until the samples make a trend
     assert stats["process"]["pid"] == os.getpid()
     assert stats["process"]["uptime_s"] >= 0
     assert "workers" in stats

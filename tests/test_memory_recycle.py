@@ -27,18 +27,17 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import functools
 import importlib.util
 import json
 import os
 import re
 import selectors
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -46,9 +45,9 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 import pytest
+from _servers import HOST, child_env, control_socket_args, free_port
 from conftest import require_peer
 
-HOST = "127.0.0.1"  # never any other address
 BOOT_TIMEOUT_S = 30.0
 REQUEST_TIMEOUT_S = 10.0
 LOOP_REQUESTS = 40
@@ -56,6 +55,7 @@ LOOP_SECONDS = 30.0
 STOP_TIMEOUT_S = 10.0
 RECYCLE_WARNING = "[MEMORY] recycling this gunicorn worker"
 NEEDS_RESTART_WARNING = "[MEMORY] this worker needs a restart nothing here can do"
+CANNOT_RECYCLE_NOTICE = "[MEMORY] no gunicorn or uWSGI master respawns this process"
 
 APP_SOURCE = textwrap.dedent(
     """\
@@ -151,23 +151,6 @@ def require_module(name: str) -> None:
         pytest.skip(f"{name} is not installed")
 
 
-@functools.cache
-def _control_socket_args() -> tuple[str, ...]:
-    """``--no-control-socket`` where this gunicorn has a control socket (>= 23), else nothing.
-
-    Asked of ``gunicorn --help`` in a subprocess: importing gunicorn here would put it in this
-    process's ``sys.modules``, which the governor reads to tell whether it serves a master.
-    """
-    help_text = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
-    return ("--no-control-socket",) if "--no-control-socket" in help_text else ()
-
-
 def gunicorn_command(port: int, worker_class: str, *args: str) -> list[str]:
     """``python -m gunicorn`` on 127.0.0.1:``port``, logging to stderr, control socket off."""
     return [
@@ -183,16 +166,9 @@ def gunicorn_command(port: int, worker_class: str, *args: str) -> list[str]:
         "5",
         "--error-logfile",
         "-",
-        *_control_socket_args(),
+        *control_socket_args(),
         *args,
     ]
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 now (bound to port 0, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 # The app is critical and above restart_percent from its first request, with no wait.
@@ -214,12 +190,6 @@ def write_app(directory: Path, settings: dict[str, object] | None = None) -> Non
     """``app.py`` in ``directory``, its optimizer built with ``settings`` (``RECYCLE_NOW``)."""
     source = APP_SOURCE.replace("**SETTINGS", f"**{settings or RECYCLE_NOW!r}")
     (directory / "app.py").write_text(source)
-
-
-def child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WSGI_MEMOPT_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -533,6 +503,14 @@ def assert_serves_on_and_reports_restart(
     assert reported["stats_restart_reason"] == reason, report
     assert reported["history"].count("recycle") == 1, report  # reported once, not per request
     assert log.count(NEEDS_RESTART_WARNING) == 1, report
+    # Said at start, and by /health: this server cannot recycle the worker, so it answers 503.
+    assert CANNOT_RECYCLE_NOTICE in log, report
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        fetch(port, "/api/v1/memory/health")
+    assert refused.value.code == 503, report
+    health = json.loads(refused.value.read())
+    assert health["restart_reason"] == reason, report
+    assert health["recycle"]["possible"] is False, report
     return log
 
 

@@ -26,15 +26,10 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import require_peer
-
-# The harness is a benchmark module, not part of the package: found through benchmarks/.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-
 from leak_pool import (
     CgroupUnavailable,
     MemoryCgroup,
