@@ -8,8 +8,10 @@ line, a request's short burst, a sibling's recycle).
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
+from conftest import run_threads
 
 from wsgi_memopt.memory.forecast import Forecast, Trend
 
@@ -142,3 +144,31 @@ def test_a_trend_foresees_no_further_than_three_times_its_span() -> None:
     later = feed(Forecast(window_s=10), line(160, 14.0, 7))  # the same rise, for 3 s
     assert later is not None
     assert later.reaches_limit_within(10)
+
+
+def test_samples_from_many_threads_at_once_never_break_the_fit() -> None:
+    # The governor's tick and the memory API both sample; a fit must never see a window that
+    # another thread is changing.
+    forecast = Forecast(window_s=2.0)
+    failures: list[BaseException] = []
+    fits: list[Trend] = []
+
+    def sampler(number: int) -> None:
+        try:
+            for step in range(600):
+                # Every 30th sample falls by 10% of the limit: the window restarts under the
+                # other threads' fits.
+                used = 100.0 + step * 0.5 - (30.0 if step % 30 == 0 else 0.0) + number
+                trend = forecast.add(step * 0.05, used, LIMIT_MB)
+                if trend is not None:
+                    fits.append(trend)
+        except BaseException as error:  # any error in a thread fails the test
+            failures.append(error)
+
+    sys.setswitchinterval(1e-6)
+    try:
+        run_threads(4, sampler, timeout_s=60)
+    finally:
+        sys.setswitchinterval(0.005)
+    assert failures == []
+    assert len(fits) > 100  # fits ran while the others added

@@ -31,6 +31,7 @@ import collections
 import itertools
 import math
 import statistics
+import threading
 from dataclasses import dataclass
 
 __all__ = ["Forecast", "Trend"]
@@ -66,30 +67,36 @@ class Trend:
 
 
 class Forecast:
-    """The trend of the last ``window_s`` seconds of samples (see the module docstring)."""
+    """The trend of the last ``window_s`` seconds of samples (see the module docstring).
+
+    Thread safe: the governor's tick and the memory API may both take samples.
+    """
 
     def __init__(self, window_s: float) -> None:
         if not window_s > 0:
             raise ValueError(f"a forecast window must be positive, not {window_s!r}")
         self.window_s = window_s
         self._points: collections.deque[tuple[float, float]] = collections.deque()
+        self._lock = threading.Lock()
         self.trend: Trend | None = None  # the latest fit, None while there is too little
 
     def add(self, at: float, used_mb: float, limit_mb: float) -> Trend | None:
         """Take a sample (``at`` on a monotonic clock) and return the trend, if there is one."""
-        points = self._points
-        if points and used_mb < points[-1][1] - _RESTART_ON_FALL * limit_mb:
-            points.clear()
-        points.append((at, used_mb))
-        while points[0][0] < at - self.window_s:
-            points.popleft()
-        self.trend = _fit(points, limit_mb)
-        return self.trend
+        with self._lock:
+            points = self._points
+            if points and used_mb < points[-1][1] - _RESTART_ON_FALL * limit_mb:
+                points.clear()
+            points.append((at, used_mb))
+            while points[0][0] < at - self.window_s:
+                points.popleft()
+            self.trend = _fit(points, limit_mb)
+            return self.trend
 
     def reset(self) -> None:
         """Forget every sample (a new process starts its own window)."""
-        self._points.clear()
-        self.trend = None
+        with self._lock:
+            self._points.clear()
+            self.trend = None
 
 
 def _fit(points: collections.deque[tuple[float, float]], limit_mb: float) -> Trend | None:

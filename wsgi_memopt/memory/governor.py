@@ -340,7 +340,7 @@ class Governor:
         self.restart_reason = None  # the parent's need is not this new worker's
         self._restart_jitter = self._draw_jitter()  # each worker its own (--preload forks)
         self._trimmed_at_rss = self._rss_at_start = None
-        self.forecast.reset()
+        self.forecast = Forecast(self.settings.forecast_window_s)  # its lock is the parent's
         self._futile.clear()
         self._noted = self._deferred_since = None
         if self._lease is not None:
