@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -174,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="15 s, sync, 20 KiB: a smoke test")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     options = parser.parse_args(argv)
+    # Stopped by SIGTERM, the pools' `with` blocks still stop their servers and remove their
+    # cgroups.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     duration = options.duration
     rates = [int(rate) for rate in options.rates.split(",") if rate.strip()]

@@ -106,17 +106,30 @@ def test_only_the_window_counts() -> None:
     assert trend.seconds_to_limit == math.inf
 
 
-def test_a_fall_of_more_than_a_percent_of_the_limit_starts_afresh() -> None:
-    # A sibling worker recycled: 80 MB given back at once. The trend before says nothing of
-    # the level after, and the rate is measured again from there.
+def test_a_fall_moves_the_level_and_keeps_the_rate() -> None:
+    # A sibling worker recycled: 80 MB given back at once. The leak goes on at the pace of the
+    # requests, so the trend goes on from the new level without waiting for new samples.
     forecast = Forecast(window_s=10)
-    assert feed(forecast, line(150, 7.0, 10)) is not None
+    assert feed(forecast, line(150, 7.0, 10)) is not None  # 150 -> 181.5 MB by t=104.5
 
-    assert forecast.add(105.0, 130.0, LIMIT_MB) is None  # 80 MB fell: one sample in the window
-    trend = feed(forecast, [(105.5 + n * 0.5, 133.0 + 3 * n) for n in range(3)])
+    trend = forecast.add(105.0, 105.0, LIMIT_MB)  # 80 MB below the line
 
     assert trend is not None
-    assert trend.rate_mb_s == pytest.approx(6.0, rel=0.2)
+    assert trend.samples == 11
+    assert trend.rate_mb_s == pytest.approx(7.0, rel=0.05)
+    assert trend.seconds_to_limit == pytest.approx((300 - 105) / trend.rate_mb_s, rel=0.05)
+
+
+def test_a_leak_that_stops_is_no_fall_and_its_rate_fades_with_the_window() -> None:
+    # 20 MB/s for 3 s, then level for 12 s: no sample falls, the old rise leaves the window.
+    series = line(100, 20.0, 7) + [(103.5 + n * 0.5, 160.0) for n in range(24)]
+    forecast = Forecast(window_s=10)
+    trends = [forecast.add(at, used, LIMIT_MB) for at, used in series]
+
+    assert trends[-1] is not None
+    assert trends[-1].rate_mb_s == pytest.approx(0.0)
+    assert trends[-1].seconds_to_limit == math.inf
+    assert all(trend is None or trend.rate_mb_s <= 20.0 for trend in trends)
 
 
 def test_a_fall_within_a_percent_is_noise_and_kept() -> None:
@@ -155,7 +168,7 @@ def test_samples_from_many_threads_at_once_never_break_the_fit() -> None:
 
     def sampler(number: int) -> None:
         try:
-            for step in range(600):
+            for step in range(300):
                 # Every 30th sample falls by 10% of the limit: the window restarts under the
                 # other threads' fits.
                 used = 100.0 + step * 0.5 - (30.0 if step % 30 == 0 else 0.0) + number

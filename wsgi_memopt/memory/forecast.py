@@ -16,8 +16,11 @@ The rules, each one checkable:
   request's short-lived burst does not make a trend.
 - The level the trend starts from is the higher of the last sample and the fitted line at its
   time: a forecast may err early, never late.
-- A fall of more than 1% of the limit between two samples (a sibling worker recycled, the
-  cache cleared) starts the window afresh: the old level says nothing of the new one.
+- A sample more than 1% of the limit below both the last sample and the fitted line (a
+  sibling worker recycled or killed, the cache cleared) moves the level, not the rate: the
+  window's earlier samples are moved down by the fall, and the trend goes on without a gap.
+  A leak leaks at the pace of the requests, whichever worker serves them. (Memory back at the
+  line after a burst is no fall, nor is a leak that slows down.)
 - No trend until the window holds 4 samples over at least 1 s; a level or falling trend never
   reaches the limit (``seconds_to_limit`` is infinite).
 - A trend is trusted no further ahead than three times the span it was fitted over
@@ -38,7 +41,7 @@ __all__ = ["Forecast", "Trend"]
 
 _MIN_SAMPLES = 4
 _MIN_SPAN_S = 1.0
-_RESTART_ON_FALL = 0.01  # of the limit
+_FALL = 0.01  # of the limit: a fall of more than this moves the window's level
 _REACH = 3.0  # a trend foresees at most this many times the span it was fitted over
 
 
@@ -77,6 +80,7 @@ class Forecast:
             raise ValueError(f"a forecast window must be positive, not {window_s!r}")
         self.window_s = window_s
         self._points: collections.deque[tuple[float, float]] = collections.deque()
+        self._line: _Line | None = None
         self._lock = threading.Lock()
         self.trend: Trend | None = None  # the latest fit, None while there is too little
 
@@ -84,32 +88,52 @@ class Forecast:
         """Take a sample (``at`` on a monotonic clock) and return the trend, if there is one."""
         with self._lock:
             points = self._points
-            if points and used_mb < points[-1][1] - _RESTART_ON_FALL * limit_mb:
-                points.clear()
+            if points:
+                # A fall since the last sample, and below the line too: after a burst, memory
+                # falls back to the line, which is no fall of the level.
+                last = points[-1][1]
+                fall = min(last, self._line.at(at) if self._line else last) - used_mb
+                if fall > _FALL * limit_mb:
+                    points = self._points = collections.deque((t, u - fall) for t, u in points)
             points.append((at, used_mb))
             while points[0][0] < at - self.window_s:
                 points.popleft()
-            self.trend = _fit(points, limit_mb)
+            self._line = _fit(points)
+            self.trend = None if self._line is None else self._line.trend(points, limit_mb)
             return self.trend
 
     def reset(self) -> None:
         """Forget every sample (a new process starts its own window)."""
         with self._lock:
             self._points.clear()
+            self._line = None
             self.trend = None
 
 
-def _fit(points: collections.deque[tuple[float, float]], limit_mb: float) -> Trend | None:
-    span = points[-1][0] - points[0][0]
-    if len(points) < _MIN_SAMPLES or span < _MIN_SPAN_S:
+@dataclass(frozen=True, slots=True)
+class _Line:
+    """The robust line through the window: used MiB = intercept + rate x time."""
+
+    rate: float
+    intercept: float
+
+    def at(self, at: float) -> float:
+        return self.intercept + self.rate * at
+
+    def trend(self, points: collections.deque[tuple[float, float]], limit_mb: float) -> Trend:
+        last_at, last_used = points[-1]
+        level = max(last_used, self.at(last_at))
+        eta = max(limit_mb - level, 0.0) / self.rate if self.rate > 0 else math.inf
+        return Trend(self.rate, eta, len(points), last_at - points[0][0])
+
+
+def _fit(points: collections.deque[tuple[float, float]]) -> _Line | None:
+    """The Theil-Sen line through ``points``, or None while they are too few or too close."""
+    if len(points) < _MIN_SAMPLES or points[-1][0] - points[0][0] < _MIN_SPAN_S:
         return None
     rate = statistics.median(
         (used_b - used_a) / (at_b - at_a)
         for (at_a, used_a), (at_b, used_b) in itertools.combinations(points, 2)
         if at_b > at_a
     )
-    last_at, last_used = points[-1]
-    intercept = statistics.median(used - rate * at for at, used in points)
-    level = max(last_used, intercept + rate * last_at)
-    eta = max(limit_mb - level, 0.0) / rate if rate > 0 else math.inf
-    return Trend(rate, eta, len(points), span)
+    return _Line(rate, statistics.median(used - rate * at for at, used in points))
