@@ -1,8 +1,10 @@
-"""GC scheduling: automatic collection off during requests and on between them, young
-collections between requests, the ceiling under constant load, freeze once, full by interval.
+"""GC scheduling: young collections inside a request only past its budget, never a full one;
+young collections between requests, a full one by interval, freeze once; and a long request
+building cyclic garbage stays within a few MB of CPython's own collector.
 
 The collector's state is process-wide: every test gets it back as it found it (enabled, the
-original threshold, nothing frozen), and the freeze test runs in a subprocess of its own.
+original threshold, nothing frozen), and the freeze and long-request tests run in subprocesses
+of their own.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -21,7 +24,9 @@ import pytest
 from conftest import run_threads
 
 from wsgi_memopt.memory import gc_schedule
-from wsgi_memopt.memory.gc_schedule import Collection, GCScheduler
+from wsgi_memopt.memory.gc_schedule import REQUEST_BUDGET, Collection, GCScheduler
+
+NEVER = 2**31 - 1  # the largest C int: a threshold CPython's counts never pass
 
 
 @pytest.fixture(autouse=True)
@@ -59,61 +64,106 @@ def make_garbage_cycles(n: int) -> None:
 
 
 def past_gen0() -> int:
-    """Enough new containers to push the gen-0 count past its threshold."""
-    return gc.get_threshold()[0] + 100
+    """Enough new containers to push the gen-0 count past CPython's gen-0 threshold."""
+    return 700 + 100
+
+
+def collections_by_cpython() -> list[int]:
+    """Collections of each generation since the interpreter started, whoever ran them."""
+    return [generation["collections"] for generation in gc.get_stats()]
 
 
 def started(**kwargs: Any) -> GCScheduler:
     kwargs.setdefault("freeze", False)  # gc.freeze is process-wide: only in a subprocess
+    kwargs.setdefault("threshold", (700, 10, 10))  # CPython's defaults, whatever ran before
     scheduler = GCScheduler(**kwargs)
     scheduler.start()
     gc.collect()  # counts from zero, whatever the test process did before
     return scheduler
 
 
-# -- between: off during requests, on between them
+def collect_if_due(scheduler: GCScheduler) -> Collection | None:
+    """What the governor does after a response with nothing else in flight."""
+    return scheduler.collect_between() if scheduler.collection_due() else None
 
 
-def test_start_and_request_started_turn_automatic_gc_off() -> None:
-    scheduler = started()
-    assert not gc.isenabled()
-    gc.enable()
-    scheduler.request_started()
-    assert not gc.isenabled()
+# -- between: inside a request, young collections past the budget and never a full one
 
 
-def test_a_library_enabling_gc_mid_request_is_corrected_at_the_next_request_started() -> None:
-    scheduler = started()
-    scheduler.request_started()
-    gc.enable()  # what some libraries do on import or in a context manager's exit
-    scheduler.request_finished(1)  # another request is still running: not ours to touch
+def test_start_puts_the_budget_in_force_and_leaves_the_collector_on() -> None:
+    started()
+    assert gc.get_threshold() == (REQUEST_BUDGET, 10, NEVER)
     assert gc.isenabled()
-    scheduler.request_started()
-    assert not gc.isenabled()
 
 
-def test_idle_request_finished_collects_past_the_threshold_and_turns_gc_back_on() -> None:
+def test_the_collector_switch_is_the_apps() -> None:
+    gc.disable()  # an app that turned automatic collection off on purpose
     scheduler = started()
-    scheduler.request_started()
-    make_garbage_cycles(past_gen0())
     assert not gc.isenabled()
-    collection = scheduler.request_finished(0)
+    make_garbage_cycles(past_gen0())
+    assert collect_if_due(scheduler) is not None  # between requests all the same
+    assert not gc.isenabled()
+
+
+def test_young_collections_run_inside_a_request_only_past_the_budget() -> None:
+    started(request_budget=5_000)
+    before = collections_by_cpython()
+    make_garbage_cycles(4_500)  # past the gen-0 threshold, not the budget
+    assert collections_by_cpython() == before
+    assert gc.get_count()[0] >= 4_500
+    make_garbage_cycles(1_000)
+    after = collections_by_cpython()
+    assert after[0] + after[1] > before[0] + before[1]  # CPython's own, inside the "request"
+    assert gc.get_count()[0] < 1_000
+
+
+@pytest.mark.parametrize("mode", ["between", "auto"])
+def test_cpython_never_starts_a_full_collection_under_between(mode: str) -> None:
+    started(mode=mode, threshold=(100, 2, 2), request_budget=200)
+    # CPython starts a full collection once the survivors of young ones exceed a quarter of
+    # the old generation: as many as the whole heap holds are more than enough.
+    survivors = len(gc.get_objects())
+    before = collections_by_cpython()
+    kept = [Node() for _ in range(survivors)]
+    after = collections_by_cpython()
+    assert len(kept) == survivors
+    assert after[0] > before[0]
+    assert after[1] > before[1]
+    if mode == "between":
+        assert after[2] == before[2]
+    else:
+        assert after[2] > before[2]  # CPython's own schedule, as it comes
+
+
+def test_a_gen0_threshold_of_0_keeps_automatic_collection_off() -> None:
+    scheduler = started(threshold=(0, 10, 10))
+    assert gc.get_threshold() == (0, 10, NEVER)
+    make_garbage_cycles(past_gen0())
+    assert not scheduler.collection_due()
+
+
+# -- between: young collections between requests
+
+
+def test_a_collection_is_due_past_the_gen0_threshold_and_collects_the_young() -> None:
+    scheduler = started()
+    make_garbage_cycles(past_gen0())
+    assert scheduler.collection_due()
+    collection = scheduler.collect_between()
     assert collection is not None
     assert (collection.generation, collection.reason) == (0, "threshold")
     assert collection.collected >= past_gen0() - 100
     assert collection.duration_ms >= 0
     assert gc.get_count()[0] < 100
+    assert not scheduler.collection_due()
     assert gc.isenabled()
-    scheduler.request_started()
-    assert not gc.isenabled()
 
 
-def test_idle_request_finished_below_the_threshold_only_turns_gc_back_on() -> None:
+def test_below_the_gen0_threshold_nothing_is_due_or_collected() -> None:
     scheduler = started()
-    scheduler.request_started()
     make_garbage_cycles(10)
-    assert scheduler.request_finished(0) is None
-    assert gc.isenabled()
+    assert not scheduler.collection_due()
+    assert scheduler.collect_between() is None
     assert scheduler.stats()["collections"] == [0, 0, 0]
 
 
@@ -121,9 +171,8 @@ def test_gen_1_is_collected_when_its_count_passed_its_threshold() -> None:
     scheduler = started(threshold=(100, 2, 1000))
     generations = []
     for _ in range(4):
-        scheduler.request_started()
         make_garbage_cycles(150)
-        collection = scheduler.request_finished(0)
+        collection = collect_if_due(scheduler)
         assert collection is not None
         generations.append(collection.generation)
     # Each gen-0 collection adds one to count[1]; the fourth finds it past 2.
@@ -131,42 +180,19 @@ def test_gen_1_is_collected_when_its_count_passed_its_threshold() -> None:
     assert scheduler.stats()["collections"] == [3, 1, 0]
 
 
-def test_request_finished_skips_while_another_thread_collects() -> None:
+def test_collect_between_skips_while_another_thread_collects() -> None:
     scheduler = started()
-    scheduler.request_started()
     make_garbage_cycles(past_gen0())
     with scheduler._lock:  # another thread is collecting
-        assert scheduler.request_finished(0) is None
-    assert gc.isenabled()  # idle all the same
+        assert scheduler.collection_due()
+        assert scheduler.collect_between() is None
+    assert scheduler.collect_between() is not None
 
 
-# -- between: overlapping requests and the ceiling
-
-
-def test_overlapping_requests_collect_only_once_the_ceiling_passed() -> None:
-    clock = FakeClock()
-    scheduler = started(ceiling_s=1.0, clock=clock)
-    scheduler.request_started()
-    make_garbage_cycles(past_gen0())
-    assert scheduler.request_finished(2) is None
-    clock.now = 0.9
-    assert scheduler.request_finished(1) is None
-    assert gc.get_count()[0] > gc.get_threshold()[0]
-    clock.now = 1.0
-    collection = scheduler.request_finished(1)
-    assert collection is not None
-    assert (collection.generation, collection.reason) == (0, "ceiling")
-    assert not gc.isenabled()  # requests still run
-    make_garbage_cycles(past_gen0())
-    clock.now = 1.5  # the ceiling counts from the last collection
-    assert scheduler.request_finished(1) is None
-
-
-def test_sixteen_threads_always_overlapping_still_get_young_collections(
+def test_sixteen_threads_finishing_together_collect_one_at_a_time(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    clock = FakeClock()
-    scheduler = started(ceiling_s=1.0, clock=clock)
+    scheduler = started()
     running = 0
     concurrent: list[int] = []
     real_collect = gc.collect
@@ -182,36 +208,22 @@ def test_sixteen_threads_always_overlapping_still_get_young_collections(
 
     monkeypatch.setattr(gc_schedule.gc, "collect", collect)
     made: list[Collection] = []
-    gc_was_on: list[bool] = []
-    in_flight = 1  # a long request held open for the whole test: never idle
-    count_lock = threading.Lock()
     barrier = threading.Barrier(16)
 
     def worker() -> None:
-        nonlocal in_flight
         barrier.wait()
         for _ in range(50):
-            with count_lock:
-                in_flight += 1
-                clock.now += 0.05
-            scheduler.request_started()
             make_garbage_cycles(100)
-            gc_was_on.append(gc.isenabled())
-            with count_lock:
-                in_flight -= 1
-                still_running = in_flight
-            collection = scheduler.request_finished(still_running)
+            collection = collect_if_due(scheduler)
             if collection is not None:
                 made.append(collection)
 
-    scheduler.request_started()
     run_threads(16, lambda _: worker(), timeout_s=30)
 
-    assert not any(gc_was_on)
     assert max(concurrent) == 1  # one collection at a time
-    # 40 fake seconds with a 1 s ceiling: about 40 collections, some lost to skips.
+    # 80k containers past a 700 threshold: about 100 collections, some lost to skips.
     assert len(made) >= 10
-    assert {c.reason for c in made} == {"ceiling"}
+    assert {c.reason for c in made} == {"threshold"}
     assert {c.generation for c in made} <= {0, 1}
     stats = scheduler.stats()
     assert stats["collections"] == [
@@ -224,26 +236,22 @@ def test_sixteen_threads_always_overlapping_still_get_young_collections(
 # -- full collections
 
 
-def test_full_collection_after_full_interval_s_and_only_when_idle() -> None:
+def test_full_collection_between_requests_after_full_interval_s() -> None:
     clock = FakeClock()
-    scheduler = started(full_interval_s=300.0, ceiling_s=1.0, clock=clock)
+    scheduler = started(full_interval_s=300.0, clock=clock)
 
-    def request(at: float, in_flight: int) -> Collection | None:
+    def request(at: float) -> Collection | None:
         clock.now = at
-        scheduler.request_started()
         make_garbage_cycles(past_gen0())
-        return scheduler.request_finished(in_flight)
+        return collect_if_due(scheduler)
 
-    first = request(10.0, 0)
+    first = request(10.0)
     assert first is not None
     assert (first.generation, first.reason) == (0, "threshold")
-    busy = request(400.0, 3)  # due, but other requests run: a young one by the ceiling
-    assert busy is not None
-    assert (busy.generation, busy.reason) == (0, "ceiling")
-    full = request(401.0, 0)
+    full = request(300.0)
     assert full is not None
     assert (full.generation, full.reason) == (2, "interval")
-    after = request(402.0, 0)  # the interval counts from the last full collection
+    after = request(301.0)  # the interval counts from the last full collection
     assert after is not None
     assert after.generation == 0
 
@@ -260,14 +268,89 @@ def test_collect_full_collects_everything_and_restarts_the_interval(mode: str) -
     assert scheduler.collect_full("forced").reason == "forced"
     assert scheduler.stats()["collections"] == [0, 0, 2]
     clock.now = 499.0  # 499 s after start(), 299 s after the last full collection
-    scheduler.request_started()
     make_garbage_cycles(past_gen0())
-    young = scheduler.request_finished(0)
+    young = collect_if_due(scheduler)
     if mode == "between":
         assert young is not None
         assert young.generation == 0
     else:
         assert young is None
+
+
+# -- the long request: one that builds and drops reference cycles for a while
+
+LONG_REQUEST_SCRIPT = textwrap.dedent(
+    """
+    import gc, json, sys, threading
+    import psutil
+    from werkzeug.test import EnvironBuilder
+    from wsgi_memopt import MemoryOptimizer
+
+    class Row:  # an ORM-like row and its child, referring to each other
+        def __init__(self, ident, parent=None):
+            self.id, self.name, self.parent, self.child = ident, "row", parent, None
+
+    def app(environ, start_response):
+        for i in range(int(environ["QUERY_STRING"])):
+            parent = Row(i)
+            parent.child = Row(i, parent)  # garbage once the next one is built
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"done"]
+
+    optimizer = MemoryOptimizer(
+        app, gc_mode=sys.argv[1], cache_enabled=False, monitor_interval_s=0
+    )
+
+    def serve(cycles):
+        environ = EnvironBuilder(path="/", query_string=str(cycles)).get_environ()
+        response = optimizer(environ, lambda status, headers, exc_info=None: None)
+        assert b"".join(response) == b"done"
+        response.close()
+
+    serve(1_000)  # the first request starts the governor
+    process = psutil.Process()
+    before = peak = process.memory_info().rss
+    done = threading.Event()
+
+    def sample():
+        global peak
+        while not done.wait(0.001):
+            peak = max(peak, process.memory_info().rss)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    full_before = gc.get_stats()[2]["collections"]
+    serve(int(sys.argv[2]))
+    full_inside = gc.get_stats()[2]["collections"] - full_before
+    done.set()
+    sampler.join()
+    peak = max(peak, process.memory_info().rss)
+    print(json.dumps({"growth_mb": (peak - before) / 2**20, "full_inside": full_inside}))
+    """
+)
+LONG_REQUEST_CYCLES = 500_000  # a million containers, under a second
+
+
+def long_request(gc_mode: str) -> dict[str, Any]:
+    """The long request served through the middleware in a fresh process: its peak RSS
+    growth (sampled every ms) and the full collections CPython started inside it."""
+    result = subprocess.run(
+        [sys.executable, "-c", LONG_REQUEST_SCRIPT, gc_mode, str(LONG_REQUEST_CYCLES)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+    )
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def test_a_long_request_building_cycles_grows_rss_about_as_little_as_cpythons_own_gc() -> None:
+    auto = long_request("auto")
+    between = long_request("between")
+    # The product's bound: 1.5x CPython's own growth, or 10 MB, whichever is larger.
+    assert between["growth_mb"] <= max(1.5 * auto["growth_mb"], 10.0), (auto, between)
+    assert between["full_inside"] == 0  # the young collections did it, no full one
 
 
 # -- auto mode, threshold, freeze
@@ -276,14 +359,13 @@ def test_collect_full_collects_everything_and_restarts_the_interval(mode: str) -
 @pytest.mark.parametrize("enabled", [True, False], ids=["gc-on", "gc-off"])
 def test_auto_mode_never_touches_automatic_gc(enabled: bool) -> None:
     scheduler = started(mode="auto")
-    assert gc.isenabled()
+    assert gc.get_threshold() == (700, 10, 10)
     (gc.enable if enabled else gc.disable)()
-    for in_flight in (0, 2):
-        scheduler.request_started()
-        assert gc.isenabled() is enabled
-        make_garbage_cycles(past_gen0())
-        assert scheduler.request_finished(in_flight) is None
-        assert gc.isenabled() is enabled
+    make_garbage_cycles(past_gen0())
+    assert not scheduler.collection_due()
+    assert scheduler.collect_between() is None
+    assert gc.isenabled() is enabled
+    assert gc.get_threshold() == (700, 10, 10)
     assert scheduler.stats()["collections"] == [0, 0, 0]
 
 
@@ -291,16 +373,36 @@ def test_auto_mode_never_touches_automatic_gc(enabled: bool) -> None:
 def test_threshold_is_applied_at_start_and_restored_at_stop(mode: str) -> None:
     original = gc.get_threshold()
     scheduler = started(mode=mode, threshold=(300, 5, 5))
-    assert gc.get_threshold() == (300, 5, 5)
     if mode == "between":
-        scheduler.request_started()
+        assert gc.get_threshold() == (REQUEST_BUDGET, 5, NEVER)
         make_garbage_cycles(350)  # past 300, not past CPython's default 700
-        assert scheduler.request_finished(0) is not None
+        assert collect_if_due(scheduler) is not None
+    else:
+        assert gc.get_threshold() == (300, 5, 5)
     scheduler.stop()
     assert gc.get_threshold() == original
     assert gc.isenabled()
-    scheduler.request_started()  # stopped: inert
-    assert gc.isenabled()
+    make_garbage_cycles(past_gen0())
+    assert not scheduler.collection_due()  # stopped: inert
+
+
+def test_a_gen0_threshold_above_the_budget_is_kept_in_requests() -> None:
+    started(threshold=(100_000, 10, 10))
+    assert gc.get_threshold() == (100_000, 10, NEVER)
+
+
+def test_a_second_scheduler_sees_cpythons_thresholds_under_the_first_ones_budget() -> None:
+    original = gc.get_threshold()
+    first = started(threshold=(300, 5, 5))
+    second = started(threshold=None, request_budget=1_000)
+    assert gc.get_threshold() == (1_000, 5, NEVER)
+    make_garbage_cycles(350)  # past 300: due for both, the budget is not a gen-0 threshold
+    assert second.collection_due()
+    assert first.collection_due()
+    second.stop()
+    assert gc.get_threshold() == (300, 5, 5)  # what the second one found under the budget
+    first.stop()
+    assert gc.get_threshold() == original
 
 
 def test_start_is_idempotent() -> None:
@@ -312,11 +414,14 @@ def test_start_is_idempotent() -> None:
     assert gc.get_threshold()[0] != 300
 
 
-def test_bad_mode_and_threshold_are_refused() -> None:
+def test_bad_mode_threshold_and_budget_are_refused() -> None:
     with pytest.raises(ValueError, match="gc mode"):
         GCScheduler(mode="sometimes")
     with pytest.raises(ValueError, match="threshold"):
         GCScheduler(threshold=(1, 2, 3, 4))
+    for budget in (0, NEVER + 1):
+        with pytest.raises(ValueError, match="budget"):
+            GCScheduler(request_budget=budget)
 
 
 FREEZE_SCRIPT = textwrap.dedent(
@@ -363,7 +468,7 @@ def test_freeze_collects_then_freezes_once_per_process() -> None:
     report = json.loads(result.stdout)
     assert report["calls"] == ["collect", "freeze"]
     assert report["frozen"] >= 10_000
-    assert report["enabled"] is False  # between mode
+    assert report["enabled"] is True  # between mode leaves the collector on
     assert report["child_freezes"] == 1
 
 
@@ -373,9 +478,8 @@ def test_freeze_collects_then_freezes_once_per_process() -> None:
 def test_stats_report_the_scheduler_and_cpython_side_by_side() -> None:
     scheduler = started(threshold=(300, 5, 5))
     assert scheduler.stats()["last"] is None
-    scheduler.request_started()
     make_garbage_cycles(350)
-    collection = scheduler.request_finished(0)
+    collection = collect_if_due(scheduler)
     assert collection is not None
     stats = scheduler.stats()
     assert set(stats) == {
@@ -392,7 +496,7 @@ def test_stats_report_the_scheduler_and_cpython_side_by_side() -> None:
     assert stats["mode"] == "between"
     assert stats["enabled"] is True
     assert stats["frozen"] == 0
-    assert stats["threshold"] == [300, 5, 5]
+    assert stats["threshold"] == [REQUEST_BUDGET, 5, NEVER]  # in force
     assert stats["collections"] == [1, 0, 0]
     assert stats["collected"] == [collection.collected, 0, 0]
     generations: Any = stats["generations"]

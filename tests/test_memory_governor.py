@@ -31,6 +31,7 @@ from werkzeug.test import Client, EnvironBuilder
 
 from wsgi_memopt import MemoryOptimizer
 from wsgi_memopt.memory.cleanups import malloc_trim, malloc_trim_available
+from wsgi_memopt.memory.gc_schedule import REQUEST_BUDGET, GCScheduler
 from wsgi_memopt.memory.governor import Action
 from wsgi_memopt.memory.pool import serving_master
 from wsgi_memopt.memory.pressure import MemorySample, ProcessSampler
@@ -487,46 +488,60 @@ def test_one_alert_line_per_status_transition_not_per_tick(
 # --- GC scheduling in "between" mode, with traffic -------------------------------------------
 
 
-def test_between_mode_collector_is_off_during_the_app_and_on_after_close(make: Make) -> None:
-    seen: dict[str, bool] = {}
+def young_collections(scheduler: GCScheduler) -> int:
+    """The scheduler's collections of gen 0 or 1 (gen 1 when its count passed); none of gen 2."""
+    collections: list[int] = scheduler.stats()["collections"]  # type: ignore[assignment]
+    assert collections[2] == 0
+    return collections[0] + collections[1]
+
+
+def test_between_mode_keeps_full_collections_out_of_the_app_and_collects_after_close(
+    make: Make,
+) -> None:
+    seen: dict[str, tuple[bool, tuple[int, int, int]]] = {}
     inner = body_app(1000)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         path = environ["PATH_INFO"]
-        seen[path] = gc.isenabled()
-        if path == "/enable":
-            gc.enable()  # a library switching automatic collection back on mid-request
-            seen["/enable after"] = gc.isenabled()
+        seen[path] = (gc.isenabled(), gc.get_threshold())
+        garbage = None
+        for _ in range(2_000):  # cyclic garbage past the gen-0 threshold, under the budget
+            cycle: list[Any] = [garbage]
+            cycle.append(cycle)
+            garbage = None
         return inner(environ, start_response)  # type: ignore[return-value]
 
+    gc.set_threshold(700, 10, 10)  # CPython's defaults, whatever ran before
     optimizer, client = make(app, **NO_PRESSURE, gc_mode="between")
-    assert gc.isenabled()
+    scheduler = optimizer.governor.gc
 
     assert get(client, "/one").status_code == 200
-    assert seen["/one"] is False
-    assert optimizer.governor.in_flight == 0
-    assert gc.isenabled()  # closed with nothing in flight: CPython's collector is back
+    # On, with young collections only past the budget and never a full one.
+    assert seen["/one"] == (True, (REQUEST_BUDGET, 10, 2**31 - 1))
+    assert gc.get_count()[0] < 700  # collected after close, with nothing in flight
+    assert young_collections(scheduler) == 1
 
-    held = Open(optimizer, "/enable")  # its app turned the collector on; still in flight
-    assert seen["/enable"] is False
-    assert seen["/enable after"] is True
-    assert gc.isenabled()
+    held = Open(optimizer, "/held")
     assert get(client, "/two").status_code == 200
-    assert seen["/two"] is False  # corrected when the next request started
-    assert not gc.isenabled()  # still a request in flight: stays off
+    assert gc.get_count()[0] > 700  # still a request in flight: not collected
+    assert young_collections(scheduler) == 1
     held.close()
-    assert gc.isenabled()
+    assert gc.get_count()[0] < 700
+    assert young_collections(scheduler) == 2
     assert optimizer.governor.in_flight == 0
+    optimizer.governor.stop()
+    assert gc.get_threshold() == (700, 10, 10)
 
 
-def test_constantly_overlapping_requests_still_get_young_collections(make: Make) -> None:
+def test_constantly_overlapping_requests_get_young_collections_and_never_a_full_one(
+    make: Make,
+) -> None:
     threads_count = 8
-    seen_enabled: list[bool] = []
+    counts_seen: list[int] = []
     seen_lock = threading.Lock()
     inner = body_app(1000)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        enabled = gc.isenabled()
         garbage = None
         for _ in range(1000):  # cyclic garbage: containers only a collection frees
             cycle: list[Any] = [garbage]
@@ -534,24 +549,23 @@ def test_constantly_overlapping_requests_still_get_young_collections(make: Make)
             garbage = None
         time.sleep(0.005)  # long enough that the threads' requests overlap
         with seen_lock:
-            seen_enabled.append(enabled)
+            counts_seen.append(gc.get_count()[0])
         return inner(environ, start_response)  # type: ignore[return-value]
 
     optimizer, _client = make(app, **NO_PRESSURE, gc_mode="between")
-    scheduler = optimizer.governor.gc
 
-    def collections_made() -> int:
-        return sum(scheduler.stats()["collections"])  # type: ignore[arg-type]
+    def collections(generation: int) -> int:
+        return int(gc.get_stats()[generation]["collections"])
 
     # One request stays in flight all along: no moment is ever "between requests".
     holder = Open(optimizer, "/held")
-    start = collections_made()
-    deadline = time.monotonic() + 20  # ceiling_s is 1 s: two ceilings well within it
+    young, full = collections(0), collections(2)
+    deadline = time.monotonic() + 20  # a budget's worth of garbage takes ~64 requests
     done = threading.Event()
     errors: list[BaseException] = []
 
     def decide() -> None:
-        if collections_made() >= start + 2 or time.monotonic() > deadline:
+        if collections(0) >= young + 2 or time.monotonic() > deadline:
             done.set()
 
     barrier = threading.Barrier(threads_count, action=decide)
@@ -572,16 +586,12 @@ def test_constantly_overlapping_requests_still_get_young_collections(make: Make)
     run_threads(threads_count, worker, timeout_s=60)
     assert errors == []
 
-    stats = scheduler.stats()
-    assert collections_made() >= start + 2, stats
-    assert stats["last"] is not None
-    assert stats["last"]["reason"] == "ceiling"
-    assert seen_enabled
-    assert not any(seen_enabled)
+    assert collections(0) >= young + 2  # CPython's own, at the budget
+    assert collections(2) == full
+    assert max(counts_seen) <= REQUEST_BUDGET + threads_count * 1000
     assert optimizer.governor.in_flight == 1
     holder.close()
     assert optimizer.governor.in_flight == 0
-    assert gc.isenabled()
 
 
 # --- one tick at a time; a tick never fails a request ----------------------------------------

@@ -28,7 +28,6 @@ thread at a time. Every action is measured before and after and kept in a bounde
 from __future__ import annotations
 
 import collections
-import gc
 import itertools
 import logging
 import os
@@ -72,10 +71,6 @@ _GAIN_MB = 64.0
 # A worker that lets a larger sibling go first waits this long (beyond a sample interval)
 # for it: a sibling that has not recycled by then is busy in a long request, or idle.
 _DEFER_S = 1.0
-# The request path calls these C functions through module globals: cheaper than gc.<name>.
-_gc_disable = gc.disable
-_gc_enable = gc.enable
-_gc_get_count = gc.get_count
 
 
 @dataclass
@@ -210,30 +205,19 @@ class Governor:
     # -- the request path
 
     def request_started(self) -> None:
-        """A request of this process starts: counted in flight; GC off in ``between`` mode."""
+        """A request of this process starts: counted in flight."""
         if not self._started:
             self._start_in_this_process()
         self._enter(None)
-        if self.gc.active:
-            # Unconditionally: libraries switch the collector back on (SPEC §7).
-            _gc_disable()
 
     def request_finished(self) -> None:
-        """The server closed a response: between requests. Never raises.
-
-        The scheduler's fast path (see :meth:`GCScheduler.request_finished`) is written out
-        here: this runs after every request, and a Python call more would double its cost.
-        """
+        """The server closed a response: between requests. Never raises."""
         del self._flight[-1:]  # never below 0, even when a server closes a response twice
         try:
             scheduler = self.gc
-            if scheduler.active:
-                if _gc_get_count()[0] > scheduler.gen0_threshold:
-                    scheduler.request_finished(self.in_flight)  # a collection may be due
-                elif not self._flight:
-                    # Idle: CPython's collector runs until the next request. (A hit of the
-                    # lane may still be sending: it allocates next to nothing.)
-                    _gc_enable()
+            # in_flight (a few reads) is counted only when a collection is due.
+            if scheduler.collection_due() and not self.in_flight:
+                scheduler.collect_between()
             if self.clock() >= self.next_tick:
                 self.tick()
         except Exception:
@@ -723,11 +707,9 @@ class _Monitor:
             if governor is None:
                 return  # the middleware is gone
             try:
-                in_flight = governor.in_flight
-                # The GC's safety net: a server that never closes its responses must not
-                # leave automatic collection off for good.
-                governor.gc.request_finished(in_flight)
-                if in_flight == 0:
+                if governor.in_flight == 0:
+                    # An idle process gets its collections between requests all the same.
+                    governor.gc.collect_between()
                     governor.tick()
             except Exception:
                 log.warning("[MEMORY] the background monitor's tick failed", exc_info=True)
