@@ -90,7 +90,7 @@ SPEC_DEFAULTS = [
     ("api_enabled", True),
     ("api_prefix", "/api/v1/memory"),
     ("api_token", None),
-    ("api_allow_networks", LOOPBACK),
+    ("api_allow_networks", ()),  # closed until the operator opens it
     ("api_min_interval_s", 1.0),
 ]
 
@@ -810,7 +810,7 @@ def test_as_text_of_defaults() -> None:
     assert text["gc_freeze"] == "true"
     assert text["api_token"] == "none"
     assert text["gc_threshold"] == "none"
-    assert text["api_allow_networks"] == "127.0.0.0/8,::1/128"
+    assert text["api_allow_networks"] == ""
 
 
 def test_describe_has_one_row_per_setting() -> None:

@@ -1,8 +1,15 @@
 """The memory API: ``api_prefix`` (default ``/api/v1/memory``), answered by the middleware itself.
 
-Never cached, never passed to the app (SPEC §8). Every response is JSON (the dashboard: HTML;
-metrics: Prometheus text) with ``Cache-Control: no-store``; every error is
+Never cached, never passed to the app. Every response is JSON (the dashboard: HTML; metrics:
+Prometheus text) with ``Cache-Control: no-store``; every error is
 ``{"error": {"status": N, "message": "..."}}``; no traceback ever leaves the process.
+
+Closed until the operator opens it (see :mod:`.access`): ``/health`` always answers, with the
+status band only unless the request is let in; the dashboard page holds no data and loads for
+anyone; every other endpoint needs ``api_token`` or ``api_allow_networks`` and refuses what a
+browser made for another site's page.
+
+The middleware routes to it::
 
     api = MemoryAPI(optimizer)
     if api.handles(environ["PATH_INFO"]):
@@ -21,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from werkzeug.wrappers import Request, Response
 
 from . import report
-from .access import Access, RateLimiter
+from .access import Access, RateLimiter, cross_site
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -34,6 +41,10 @@ log = logging.getLogger("wsgi_memopt")
 
 _MB = float(1 << 20)
 _DEEP_PROFILE_INTERVAL_S = 10.0  # pympler's full summary takes seconds at 1M objects
+# Answered to anyone: a load balancer's probe brings no token, and the page must load before
+# it can ask for one. Every other path is guarded.
+_OPEN = frozenset({"/health", "/"})
+_NOSNIFF = ("X-Content-Type-Options", "nosniff")
 
 Handler = Callable[[Request], Response]
 
@@ -84,19 +95,15 @@ class MemoryAPI:
             log.exception("[MEMORY] the memory API failed on %s %s", request.method, request.path)
             response = _error(500, "the memory API failed; the server's log has the details")
         response.headers["Cache-Control"] = "no-store"
+        response.headers.setdefault(*_NOSNIFF)
         return response
 
     def _route(self, request: Request) -> Response:
         sub = request.path[len(self.prefix) :] or "/"
-        # The dashboard page holds no data and must load before it can ask for the token;
-        # everything it shows comes from `stats`, which the access rule guards.
-        denied = None if sub == "/" else self.access.check(request.environ)
-        if denied is not None:
-            status, message = denied
-            response = _error(status, message)
-            if status == 401:
-                response.headers["WWW-Authenticate"] = 'Bearer realm="wsgi_memopt"'
-            return response
+        if sub not in _OPEN:
+            refused = self._guard(request)
+            if refused is not None:
+                return refused
         methods = self._routes.get(sub)
         if methods is None:
             return _error(404, f"no such endpoint: {sub}; see {self.prefix}/openapi.json")
@@ -109,10 +116,27 @@ class MemoryAPI:
             return response
         return handler(request)
 
+    def _guard(self, request: Request) -> Response | None:
+        """The refusal of a request that may not use a guarded endpoint; None if it may."""
+        if cross_site(request.environ):
+            # A page elsewhere must not make the operator's browser read or act on the API.
+            return _error(403, "the memory API refuses requests made by another site's page")
+        denied = self.access.check(request.environ)
+        if denied is None:
+            return None
+        status, message = denied
+        response = _error(status, message)
+        if status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="wsgi_memopt"'
+        return response
+
     # -- endpoints
 
     def _health(self, request: Request) -> Response:
         status, body = report.health(self.optimizer)
+        if self.access.check(request.environ) is not None:
+            # A load balancer's probe needs the band, not the process's figures.
+            body = {"status": body["status"]}
         return _json(body, status)
 
     def _stats(self, request: Request) -> Response:
@@ -145,21 +169,7 @@ class MemoryAPI:
         waited = self._limited("gc/force")
         if waited is not None:
             return waited
-        before = gc.get_count()
-        started = time.perf_counter()
-        # Youngest first, each reporting what it collected: "collected per generation".
-        collected = {str(generation): gc.collect(generation) for generation in (0, 1, 2)}
-        duration_ms = (time.perf_counter() - started) * 1000
-        return _json(
-            {
-                "collected": collected,
-                "total_collected": sum(collected.values()),
-                "duration_ms": round(duration_ms, 2),
-                "before": {"counts": list(before)},
-                "after": {"counts": list(gc.get_count())},
-                "uncollectable": len(gc.garbage),
-            }
-        )
+        return _json(_collect_every_generation())
 
     def _cache_clear(self, request: Request) -> Response:
         waited = self._limited("cache/clear")
@@ -183,9 +193,12 @@ class MemoryAPI:
         return _json(document(self.prefix))
 
     def _dashboard(self, request: Request) -> Response:
-        from .dashboard import dashboard_html
+        from .dashboard import dashboard_csp, dashboard_html
 
-        return Response(dashboard_html(self.prefix), 200, mimetype="text/html")
+        response = Response(dashboard_html(self.prefix), 200, mimetype="text/html")
+        response.headers["Content-Security-Policy"] = dashboard_csp(self.prefix)
+        response.headers["X-Frame-Options"] = "DENY"
+        return response
 
     # -- helpers
 
@@ -198,6 +211,22 @@ class MemoryAPI:
         response = _error(429, f"{key} runs at most once every {every:g} s per process")
         response.headers["Retry-After"] = str(retry_after)
         return response
+
+
+def _collect_every_generation() -> dict[str, Any]:
+    """A collection of each generation, youngest first, each reporting what it collected."""
+    before = gc.get_count()
+    started = time.perf_counter()
+    collected = {str(generation): gc.collect(generation) for generation in (0, 1, 2)}
+    duration_ms = (time.perf_counter() - started) * 1000
+    return {
+        "collected": collected,
+        "total_collected": sum(collected.values()),
+        "duration_ms": round(duration_ms, 2),
+        "before": {"counts": list(before)},
+        "after": {"counts": list(gc.get_count())},
+        "uncollectable": len(gc.garbage),
+    }
 
 
 def _json(body: Any, status: int = 200) -> Response:

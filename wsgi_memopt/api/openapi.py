@@ -68,31 +68,32 @@ _ACTION = _object(
 _RECOMMENDATION = _object(
     {"finding": _STRING, "action": _STRING}, setting=_STRING, endpoint=_STRING
 )
+# Without access, /health answers the status alone; let in, every field.
 _HEALTH = _object(
     {
         "status": {
             "type": "string",
             "enum": ["excellent", "good", "warning", "critical", "restart-needed"],
         },
-        "memory_percent": _NUMBER,
-        "source": _STRING,
-        "alert": {
-            "nullable": True,
-            **_object({"level": _STRING, "message": _STRING, "recommendation": _NULLABLE_STRING}),
-        },
-        "restart_reason": _NULLABLE_STRING,
-        "recycle": _object(
-            {
-                "possible": {"type": "boolean"},
-                "server": _NULLABLE_STRING,
-                "note": _NULLABLE_STRING,
-            }
-        ),
-        "recommendations": {
-            "type": "array",
-            "items": {"$ref": "#/components/schemas/Recommendation"},
-        },
-    }
+    },
+    memory_percent=_NUMBER,
+    source=_STRING,
+    alert={
+        "nullable": True,
+        **_object({"level": _STRING, "message": _STRING, "recommendation": _NULLABLE_STRING}),
+    },
+    restart_reason=_NULLABLE_STRING,
+    recycle=_object(
+        {
+            "possible": {"type": "boolean"},
+            "server": _NULLABLE_STRING,
+            "note": _NULLABLE_STRING,
+        }
+    ),
+    recommendations={
+        "type": "array",
+        "items": {"$ref": "#/components/schemas/Recommendation"},
+    },
 )
 _STATS = _object(
     {
@@ -187,7 +188,9 @@ def _errors(*statuses: int) -> dict[str, Any]:
     why = {
         "400": "a query value the endpoint cannot take",
         "401": "a bearer token is required, or the one given is wrong",
-        "403": "not from an allowed network, or through a proxy, and no token is configured",
+        "403": "the API is closed (neither api_token nor api_allow_networks is set), the "
+        "request is not let in by api_allow_networks and no token is configured, or a browser "
+        "made it for another site's page",
         "429": "rate limited (api_min_interval_s); Retry-After says when to come back",
         "500": "the endpoint failed; the server's log has the details",
         "501": "prometheus_client is not installed",
@@ -218,14 +221,17 @@ def document(prefix: str) -> dict[str, Any]:
             "title": "wsgi_memopt memory API",
             "version": __version__,
             "description": "Answered by the middleware itself, never cached, never passed "
-            "to the app. Open to api_allow_networks without forwarding headers, or with "
-            "Authorization: Bearer <api_token>.",
+            "to the app. Closed until the operator opens it: /health always answers (the "
+            "status alone without access) and the dashboard page loads for anyone; the rest "
+            "needs Authorization: Bearer <api_token>, or a request from api_allow_networks "
+            "with no client-address header and a Host that is an IP address or localhost. "
+            "Requests a browser made for another site's page are refused.",
         },
         "paths": {
             f"{prefix}/health": {
                 "get": _with_response(
                     _operation(
-                        "status, memory percent, alert and recommendations",
+                        "status band; with access also memory percent, alert, recommendations",
                         _json_response("healthy or degraded", "Health"),
                     ),
                     "503",
