@@ -49,6 +49,7 @@ NON_DEFAULT: dict[str, Any] = {
     "api_token": "s3cr3t-t0ken",
     "api_allow_networks": ("10.0.0.0/8", "fd00::/8"),
     "api_min_interval_s": 2.5,
+    "api_quiet_wait_s": 0.5,
 }
 
 
@@ -92,6 +93,7 @@ SPEC_DEFAULTS = [
     ("api_token", None),
     ("api_allow_networks", ()),  # closed until the operator opens it
     ("api_min_interval_s", 1.0),
+    ("api_quiet_wait_s", 2.0),
 ]
 
 
@@ -373,6 +375,9 @@ BAD_VALUES = [
     pytest.param("api_allow_networks", None, LIST, id="networks-None"),
     pytest.param("api_min_interval_s", "-1", ">= 0", id="api-interval-negative"),
     pytest.param("api_min_interval_s", "abc", NUMBER, id="api-interval-abc"),
+    pytest.param("api_quiet_wait_s", "-1", ">= 0 and <= 60", id="quiet-wait-negative"),
+    pytest.param("api_quiet_wait_s", "61", ">= 0 and <= 60", id="quiet-wait-61"),
+    pytest.param("api_quiet_wait_s", "soon", NUMBER, id="quiet-wait-word"),
 ]
 
 

@@ -319,6 +319,12 @@ class Settings:
     api_min_interval_s: float = _setting(
         1.0, _seconds, "mutating and expensive endpoints run at most this often per process"
     )
+    api_quiet_wait_s: float = _setting(
+        2.0,
+        _number(float, 0, 60),
+        "POST optimize, optimize/force and gc/force wait this long for the other requests in "
+        "flight to end, then answer 202 and run at the next moment none is",
+    )
 
     _sources: dict[str, str] = dataclasses.field(
         default_factory=dict, init=False, repr=False, compare=False

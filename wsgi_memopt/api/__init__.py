@@ -7,9 +7,11 @@ Prometheus text) with ``Cache-Control: no-store``; every error is
 Closed until the operator opens it (see :mod:`.access`): ``/health`` always answers, with the
 status band only unless the request is let in; the dashboard page holds no data and loads for
 anyone; every other endpoint needs ``api_token`` or ``api_allow_networks`` and refuses what a
-browser made for another site's page.
+browser made for another site's page. What pauses the process or clears app state (optimize,
+the emergency, a forced collection) waits ``api_quiet_wait_s`` for the other requests in
+flight to end, else answers 202 and runs at the next moment none is.
 
-The middleware routes to it::
+The middleware routes to it, with the request counted in flight::
 
     api = MemoryAPI(optimizer)
     if api.handles(environ["PATH_INFO"]):
@@ -18,6 +20,7 @@ The middleware routes to it::
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import logging
@@ -41,6 +44,7 @@ log = logging.getLogger("wsgi_memopt")
 
 _MB = float(1 << 20)
 _DEEP_PROFILE_INTERVAL_S = 10.0  # pympler's full summary takes seconds at 1M objects
+_OWN_REQUEST = 1  # the middleware counts the API's own request in flight before routing it
 # Answered to anyone: a load balancer's probe brings no token, and the page must load before
 # it can ask for one. Every other path is guarded.
 _OPEN = frozenset({"/health", "/"})
@@ -62,6 +66,7 @@ class MemoryAPI:
         self.prefix = settings.api_prefix
         self.access = Access(settings)
         self.limits = RateLimiter(settings.api_min_interval_s)
+        self.quiet_wait_s = settings.api_quiet_wait_s
         self._routes: dict[str, dict[str, Handler]] = {
             "/": {"GET": self._dashboard},
             "/health": {"GET": self._health},
@@ -157,21 +162,27 @@ class MemoryAPI:
 
     def _optimize(self, request: Request) -> Response:
         waited = self._limited("optimize")
-        return waited if waited is not None else _json(self.optimizer.governor.optimize("api"))
+        if waited is not None:
+            return waited
+        optimize = functools.partial(self.optimizer.governor.optimize, "api")
+        return self._when_quiet("optimize", optimize)
 
     def _optimize_force(self, request: Request) -> Response:
         waited = self._limited("optimize/force")
         if waited is not None:
             return waited
-        return _json(self.optimizer.governor.emergency("api"))
+        emergency = functools.partial(self.optimizer.governor.emergency, "api")
+        return self._when_quiet("emergency", emergency)
 
     def _gc_force(self, request: Request) -> Response:
         waited = self._limited("gc/force")
         if waited is not None:
             return waited
-        return _json(_collect_every_generation())
+        return self._when_quiet("collection", _collect_every_generation)
 
     def _cache_clear(self, request: Request) -> Response:
+        # At once, requests in flight or not: the store is built to lose entries under them
+        # (evictions happen mid-request), and a replay holds its own reference to its body.
         waited = self._limited("cache/clear")
         if waited is not None:
             return waited
@@ -201,6 +212,24 @@ class MemoryAPI:
         return response
 
     # -- helpers
+
+    def _when_quiet(self, kind: str, work: Callable[[], dict[str, Any]]) -> Response:
+        """``work``'s body once no other request is in flight, or 202 saying it was deferred."""
+        governor = self.optimizer.governor
+        body = governor.run_when_quiet(kind, work, wait_s=self.quiet_wait_s, own=_OWN_REQUEST)
+        if body is not None:
+            return _json(body)
+        others = max(governor.in_flight - _OWN_REQUEST, 0)
+        return _json(
+            {
+                "deferred": kind,
+                "in_flight": others,
+                "waited_s": self.quiet_wait_s,
+                "message": f"other requests were still in flight after {self.quiet_wait_s:g} s "
+                f"(api_quiet_wait_s): the {kind} runs at the next moment none is",
+            },
+            202,
+        )
 
     def _limited(self, key: str, deep: bool = False) -> Response | None:
         interval = max(_DEEP_PROFILE_INTERVAL_S, self.limits.interval_s) if deep else None

@@ -129,6 +129,7 @@ _STATS = _object(
             {
                 "in_flight": _INTEGER,
                 "restart_reason": _NULLABLE_STRING,
+                "deferred": {"type": "array", "items": _STRING},
                 "forecast": {
                     "nullable": True,
                     **_object(
@@ -175,6 +176,14 @@ _GC_FORCE = _object(
     }
 )
 _CACHE_CLEAR = _object({"cleared_items": _INTEGER, "freed_mb": _NUMBER})
+_DEFERRED = _object(
+    {
+        "deferred": {"type": "string", "enum": ["optimize", "emergency", "collection"]},
+        "in_flight": _INTEGER,
+        "waited_s": _NUMBER,
+        "message": _STRING,
+    }
+)
 
 
 def _json_response(description: str, schema: str) -> dict[str, Any]:
@@ -211,6 +220,19 @@ def _operation(summary: str, ok: dict[str, Any], *errors: int, **extra: Any) -> 
 def _with_response(operation: dict[str, Any], status: str, response: Any) -> dict[str, Any]:
     operation["responses"][status] = response
     return operation
+
+
+def _when_quiet(summary: str, schema: str) -> dict[str, Any]:
+    """A POST that pauses the process or clears app state: 200 when it ran, 202 deferred."""
+    return _with_response(
+        _operation(summary, _json_response("what was done and freed", schema), 429),
+        "202",
+        _json_response(
+            "other requests were in flight for api_quiet_wait_s: deferred to the next moment "
+            "none is",
+            "Deferred",
+        ),
+    )
 
 
 def document(prefix: str) -> dict[str, Any]:
@@ -271,25 +293,15 @@ def document(prefix: str) -> dict[str, Any]:
                 )
             },
             f"{prefix}/optimize": {
-                "post": _operation(
-                    "sweep, evict a fraction, collect, malloc_trim; measured",
-                    _json_response("what was done and freed", "Action"),
-                    429,
+                "post": _when_quiet(
+                    "sweep, evict a fraction, collect, malloc_trim; measured", "Action"
                 )
             },
             f"{prefix}/optimize/force": {
-                "post": _operation(
-                    "the emergency cleanup; measured",
-                    _json_response("what was done and freed", "Action"),
-                    429,
-                )
+                "post": _when_quiet("the emergency cleanup; measured", "Action")
             },
             f"{prefix}/gc/force": {
-                "post": _operation(
-                    "a collection of every generation, youngest first",
-                    _json_response("collected per generation", "GcForce"),
-                    429,
-                )
+                "post": _when_quiet("a collection of every generation, youngest first", "GcForce")
             },
             f"{prefix}/cache/clear": {
                 "post": _operation(
@@ -332,6 +344,7 @@ def document(prefix: str) -> dict[str, Any]:
                 "Stats": _STATS,
                 "GcForce": _GC_FORCE,
                 "CacheClear": _CACHE_CLEAR,
+                "Deferred": _DEFERRED,
             },
         },
     }

@@ -73,6 +73,7 @@ def memory_stats(optimizer: MemoryOptimizer) -> dict[str, Any]:
         "governor": {
             "in_flight": governor.in_flight,
             "restart_reason": governor.restart_reason,
+            "deferred": governor.deferred,  # waiting for a moment with no request in flight
             "forecast": trend.as_dict() if (trend := governor.forecast.trend) else None,
             "last_actions": [action.as_dict() for action in list(governor.history)[-5:]],
         },
