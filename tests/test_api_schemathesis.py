@@ -1,4 +1,4 @@
-"""schemathesis against the memory API through its WSGI interface (SPEC §8, OpenAPI).
+"""schemathesis against the memory API through its WSGI interface (its OpenAPI document).
 
 Every operation of ``openapi.json`` is called with generated inputs; each response must be no
 server error and must conform to the document (status code, content type, body schema).

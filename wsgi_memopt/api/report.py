@@ -37,7 +37,7 @@ def current_sample(optimizer: MemoryOptimizer, max_age_s: float = 1.0) -> Memory
 
 
 def memory_stats(optimizer: MemoryOptimizer) -> dict[str, Any]:
-    """The ``stats`` endpoint's body (SPEC §8.1), JSON-ready."""
+    """The ``stats`` endpoint's body, JSON-ready."""
     sample = current_sample(optimizer)
     cache = optimizer.cache.stats()
     governor = optimizer.governor
