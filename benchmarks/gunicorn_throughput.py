@@ -4,7 +4,8 @@ A Flask app is written into a temporary directory: ``/work/<n>`` burns ~5 ms of 
 bounded loop (calibrated here, in this process, before any server starts; not a sleep) and
 answers a small body with ``Cache-Control: public, max-age=60``. One module serves it
 unwrapped (``plain = app.wsgi_app``), another through the middleware with its defaults, the
-background monitor off (``wrapped = MemoryOptimizer(app.wsgi_app, monitor_interval_s=0)``).
+background monitor off and the memory API opened to this script's loopback address
+(``MemoryOptimizer(app.wsgi_app, monitor_interval_s=0, api_allow_networks="127.0.0.1/32")``).
 
 Each contender gets its own gunicorn on 127.0.0.1 (a free port; ``--workers 2 --worker-class
 gthread --threads 4``; ``--no-control-socket`` where this gunicorn has one), started fresh,
@@ -15,7 +16,7 @@ all). Every response is read to its end; non-200s and connection errors are coun
 retried. The contenders run interleaved (plain, wrapped, plain, wrapped, ...), each gunicorn
 is stopped by PID (SIGTERM, SIGKILL after a bound) before the next starts, and none survives
 the script. Before a wrapped server stops, its workers' cache counters are read from
-``GET /api/v1/memory/stats`` (127.0.0.1, no forwarding headers: the API's loopback rule).
+``GET /api/v1/memory/stats`` (from 127.0.0.1, no forwarding headers: let in by that setting).
 
 The load generator shares the machine with the server: on a small box it takes a share of the
 CPU the server could have used, which caps the wrapped server's figure more than the plain
@@ -93,7 +94,7 @@ WRAPPED_SOURCE = textwrap.dedent(
 
     from wsgi_memopt import MemoryOptimizer
 
-    wrapped = MemoryOptimizer(app.wsgi_app, monitor_interval_s=0)
+    wrapped = MemoryOptimizer(app.wsgi_app, monitor_interval_s=0, api_allow_networks="127.0.0.1/32")
     """
 )
 CONTENDERS = {"plain": "plain_app:plain", "wrapped": "wrapped_app:wrapped"}

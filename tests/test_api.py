@@ -1,15 +1,20 @@
-"""The memory API through the WSGI interface (SPEC §8): endpoints, errors, access, OpenAPI.
+"""The memory API through the WSGI interface: endpoints, errors, access, OpenAPI.
 
 Every request goes through ``checked(optimizer)`` (wsgiref's validator + werkzeug's lint) around
 an app that counts its calls; every API response is checked for ``Cache-Control: no-store``,
-for the app not being called, for the error shape, and against the OpenAPI document's schema.
+``nosniff``, for the app not being called, for the error shape, and against the OpenAPI
+document's schema. The API is closed by default: the optimizers here get a token, and the
+requests send it, unless a test is about access.
 """
 
 from __future__ import annotations
 
+import base64
 import gc
+import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +79,7 @@ def make_api() -> Iterator[Callable[..., Api]]:
 
     def make(**settings: Any) -> Api:
         settings.setdefault("api_min_interval_s", 0)
+        settings.setdefault("api_token", TOKEN)
         app = CountingApp()
         optimizer, client = wrap(app, **settings)
         made.append(optimizer)
@@ -116,22 +122,31 @@ def call(
     *,
     remote: str = LOOPBACK,
     headers: dict[str, str] | None = None,
+    token: str | None = TOKEN,
     query: str = "",
     conform: bool = True,
     **kwargs: Any,
 ) -> TestResponse:
-    """One API request, read to its end; checks what every API response must satisfy."""
+    """One API request, read to its end; checks what every API response must satisfy.
+
+    It sends ``Authorization: Bearer <token>`` unless ``token`` is None or ``headers`` has
+    its own ``Authorization``.
+    """
     calls = len(api.app.calls)
     stores = api.optimizer.cache.stats()["stores"]
+    sent = dict(headers or {})
+    if token is not None:
+        sent.setdefault("Authorization", f"Bearer {token}")
     response = api.client.open(
         path + (f"?{query}" if query else ""),
         method=method,
-        headers=headers or {},
+        headers=sent,
         environ_base={"REMOTE_ADDR": remote},
         buffered=True,
         **kwargs,
     )
     assert response.headers.get("Cache-Control") == "no-store", (method, path, response.status)
+    assert response.headers.get("X-Content-Type-Options") == "nosniff", (method, path)
     assert api.app.calls[calls:] == [], "the app was called for an API path"
     assert "HIT" not in response.headers.get("X-Cache", "")
     assert api.optimizer.cache.stats()["stores"] == stores, "an API response was cached"
@@ -528,36 +543,39 @@ def test_a_huge_post_body_is_not_read(api: Api) -> None:
     assert body.read_bytes <= HugeInput.LIMIT
 
 
-# -- access (SPEC §8.3)
+# -- access: closed until the operator opens it
 
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": token}
 
 
-TOKEN_SET = {"api_token": TOKEN}
-TEN = {"api_allow_networks": "10.0.0.0/8"}
+CLOSED: dict[str, Any] = {"api_token": None}  # the defaults: neither setting
+TOKEN_SET: dict[str, Any] = {"api_token": TOKEN}
+LOOP: dict[str, Any] = {"api_token": None, "api_allow_networks": "loopback"}
+BOTH: dict[str, Any] = {"api_token": TOKEN, "api_allow_networks": "loopback"}
+TEN: dict[str, Any] = {"api_token": None, "api_allow_networks": "10.0.0.0/8"}
 XFF = {"X-Forwarded-For": "1.2.3.4"}
 RIGHT = bearer(f"Bearer {TOKEN}")
 LB = LOOPBACK
 ACCESS = [
     # (id, settings, REMOTE_ADDR, headers, expected status)
-    ("loopback", {}, LB, {}, 200),
-    ("loopback-127/8", {}, "127.9.8.7", {}, 200),
-    ("ipv6-loopback", {}, "::1", {}, 200),
-    ("ipv4-mapped-loopback", {}, "::ffff:127.0.0.1", {}, 200),
-    ("loopback-xff-no-token", {}, LB, XFF, 403),
-    ("loopback-forwarded-no-token", {}, LB, {"Forwarded": "for=1.2.3.4"}, 403),
-    ("loopback-x-real-ip-no-token", {}, LB, {"X-Real-IP": "1.2.3.4"}, 403),
-    ("loopback-xff-loopback-value", {}, LB, {"X-Forwarded-For": "127.0.0.1"}, 403),
-    ("loopback-xff-token-set", TOKEN_SET, LB, XFF, 401),
-    ("loopback-forwarded-token-set", TOKEN_SET, LB, {"Forwarded": "for=1.2.3.4"}, 401),
-    ("loopback-x-real-ip-token-set", TOKEN_SET, LB, {"X-Real-IP": "1.2.3.4"}, 401),
-    ("loopback-xff-right-token", TOKEN_SET, LB, {**XFF, **RIGHT}, 200),
-    ("loopback-token-set-no-token", TOKEN_SET, LB, {}, 200),
-    ("loopback-wrong-token", TOKEN_SET, LB, bearer("Bearer nope"), 401),
-    ("remote-no-token-configured", {}, REMOTE, {}, 403),
-    ("remote-bearer-but-no-token-configured", {}, REMOTE, bearer("Bearer anything"), 403),
+    ("default-loopback-closed", CLOSED, LB, {}, 403),
+    ("default-remote-closed", CLOSED, REMOTE, {}, 403),
+    ("default-bearer-closed", CLOSED, LB, RIGHT, 403),
+    ("token-set-loopback-not-open", TOKEN_SET, LB, {}, 401),
+    ("allow-loopback", LOOP, LB, {}, 200),
+    ("allow-loopback-127/8", LOOP, "127.9.8.7", {}, 200),
+    ("allow-ipv6-loopback", LOOP, "::1", {}, 200),
+    ("allow-ipv4-mapped-loopback", LOOP, "::ffff:127.0.0.1", {}, 200),
+    ("allow-loopback-remote", LOOP, REMOTE, {}, 403),
+    ("allow-loopback-xff", LOOP, LB, XFF, 403),
+    ("allow-loopback-xff-loopback-value", LOOP, LB, {"X-Forwarded-For": "127.0.0.1"}, 403),
+    ("both-loopback", BOTH, LB, {}, 200),
+    ("both-loopback-xff", BOTH, LB, XFF, 401),
+    ("both-loopback-xff-right-token", BOTH, LB, {**XFF, **RIGHT}, 200),
+    ("both-wrong-token", BOTH, LB, bearer("Bearer nope"), 401),
+    ("remote-bearer-but-no-token-configured", LOOP, REMOTE, bearer("Bearer anything"), 403),
     ("remote-token-missing", TOKEN_SET, REMOTE, {}, 401),
     ("remote-right-token", TOKEN_SET, REMOTE, RIGHT, 200),
     ("remote-wrong-token", TOKEN_SET, REMOTE, bearer("Bearer nope"), 401),
@@ -569,13 +587,14 @@ ACCESS = [
     ("bearer-empty", TOKEN_SET, REMOTE, bearer("Bearer "), 401),
     ("basic-scheme", TOKEN_SET, REMOTE, bearer(f"Basic {TOKEN}"), 401),
     ("token-without-scheme", TOKEN_SET, REMOTE, bearer(TOKEN), 401),
+    ("token-in-a-cookie", TOKEN_SET, REMOTE, {"Cookie": f"api_token={TOKEN}"}, 401),
     ("allow-network-in", TEN, REMOTE, {}, 200),
     ("allow-network-out", TEN, "11.0.0.1", {}, 403),
     ("allow-network-excludes-loopback", TEN, LB, {}, 403),
     ("allow-network-xff", TEN, REMOTE, XFF, 403),
-    ("allow-none", {"api_allow_networks": "none"}, LB, {}, 403),
-    ("remote-addr-garbage", {}, "not-an-ip", {}, 403),
-    ("remote-addr-empty", {}, "", {}, 403),
+    ("allow-none", {"api_token": None, "api_allow_networks": "none"}, LB, {}, 403),
+    ("remote-addr-garbage", LOOP, "not-an-ip", {}, 403),
+    ("remote-addr-empty", LOOP, "", {}, 403),
 ]
 
 
@@ -592,7 +611,7 @@ def test_access_matrix(
     status: int,
 ) -> None:
     api = make_api(**settings)
-    response = call(api, "GET", PREFIX + "/stats", remote=remote, headers=headers)
+    response = call(api, "GET", PREFIX + "/stats", remote=remote, headers=headers, token=None)
     assert response.status_code == status
     if status == 401:
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
@@ -600,24 +619,263 @@ def test_access_matrix(
         assert response.get_json()["process"]["pid"] == os.getpid()
 
 
+def test_the_defaults_open_only_health_and_say_which_settings_open_the_rest(
+    make_api: Callable[..., Api],
+) -> None:
+    # No setting: even loopback without any proxy header is refused (a same-host proxy that
+    # adds no header would otherwise hand the API to the Internet).
+    api = make_api(**CLOSED)
+    assert call(api, "GET", PREFIX + "/health", token=None).status_code == 200
+    for method, sub in [("GET", "/stats"), ("GET", "/profile"), ("GET", "/metrics")] + [
+        ("POST", sub) for sub in POST_ENDPOINTS
+    ]:
+        response = call(api, method, PREFIX + sub, token=None)
+        assert response.status_code == 403, sub
+        message = response.get_json()["error"]["message"]
+        assert "api_token" in message
+        assert "api_allow_networks" in message
+    assert len(api.optimizer.governor.history) == 0
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["api_token", "token", "access_token", "Authorization"],
+    ids=str,
+)
+def test_a_token_in_the_query_string_is_not_taken(make_api: Callable[..., Api], where: str) -> None:
+    api = make_api(**TOKEN_SET)
+    response = call(
+        api, "GET", PREFIX + "/stats", remote=REMOTE, token=None, query=f"{where}={TOKEN}"
+    )
+    assert response.status_code == 401
+
+
+# The client-address headers proxies and CDNs add. Any of them means REMOTE_ADDR is a proxy.
+CLIENT_ADDRESS_HEADERS = [
+    "Forwarded",
+    "X-Forwarded-For",
+    "X-Real-IP",
+    "X-Client-IP",
+    "True-Client-IP",
+    "CF-Connecting-IP",
+    "X-Forwarded",
+    "X-Cluster-Client-IP",
+    "Client-IP",
+    "Fastly-Client-IP",
+    "X-Forwarded-Host",
+    "X-Forwarded-Proto",
+    "X-Original-Forwarded-For",
+    "X-Azure-ClientIP",
+    "X-Appengine-User-IP",
+    "X-Envoy-External-Address",
+    "X-Remote-Addr",
+    "Via",
+]
+
+
+@pytest.mark.parametrize("header", CLIENT_ADDRESS_HEADERS, ids=str)
+def test_an_allow_list_is_refused_with_any_client_address_header(
+    make_api: Callable[..., Api], header: str
+) -> None:
+    closed = make_api(**LOOP)
+    response = call(closed, "GET", PREFIX + "/stats", headers={header: "127.0.0.1"}, token=None)
+    assert response.status_code == 403
+    assert "proxy" in response.get_json()["error"]["message"]
+    assert call(closed, "GET", PREFIX + "/stats", token=None).status_code == 200  # without it
+
+    with_token = make_api(**BOTH)
+    asked = call(with_token, "GET", PREFIX + "/stats", headers={header: "1.2.3.4"}, token=None)
+    assert asked.status_code == 401
+    brought = call(with_token, "GET", PREFIX + "/stats", headers={header: "1.2.3.4"})
+    assert brought.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        ("localhost", 200),
+        ("LOCALHOST:8000", 200),
+        ("127.0.0.1", 200),
+        ("127.0.0.1:8000", 200),
+        ("[::1]:8000", 200),
+        ("rebind.evil.example", 403),
+        ("rebind.evil.example:8000", 403),
+        ("localhost.evil.example", 403),
+        ("127.0.0.1.nip.io:8000", 403),
+    ],
+    ids=str,
+)
+def test_an_allow_list_needs_a_host_that_is_an_address(
+    make_api: Callable[..., Api], host: str, status: int
+) -> None:
+    # DNS rebinding: a page of evil.example, resolved to 127.0.0.1 in the operator's browser,
+    # reaches a loopback server as its own origin, and its requests say Host: evil.example.
+    api = make_api(**LOOP)
+    response = call(api, "GET", PREFIX + "/stats", headers={"Host": host}, token=None)
+    assert response.status_code == status
+    if status == 403:
+        assert "Host" in response.get_json()["error"]["message"]
+
+
+def test_a_token_works_whatever_the_host(make_api: Callable[..., Api]) -> None:
+    # A rebinding page cannot know the token: behind a proxy, names are what Host says.
+    api = make_api(**BOTH)
+    rebound = {"Host": "rebind.evil.example:8000"}
+    assert call(api, "GET", PREFIX + "/stats", headers=rebound, token=None).status_code == 401
+    assert call(api, "GET", PREFIX + "/stats", headers=rebound).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("settings", "remote", "headers"),
+    [
+        (CLOSED, LB, {}),
+        (TOKEN_SET, REMOTE, {}),
+        (TOKEN_SET, REMOTE, bearer("Bearer nope")),
+        (LOOP, LB, XFF),
+        (LOOP, LB, {"Host": "rebind.evil.example"}),
+    ],
+    ids=["closed", "token-missing", "token-wrong", "proxied", "rebound-host"],
+)
+def test_health_always_answers_and_without_access_tells_the_band_only(
+    make_api: Callable[..., Api],
+    settings: dict[str, Any],
+    remote: str,
+    headers: dict[str, str],
+) -> None:
+    api = make_api(**settings)
+    response = call(api, "GET", PREFIX + "/health", remote=remote, headers=headers, token=None)
+    assert response.status_code == 200
+    body = response.get_json()
+    assert set(body) == {"status"}
+    assert body["status"] in ("excellent", "good", "warning", "critical")
+    api.optimizer.governor.restart_reason = "test"  # a load balancer still sees the need
+    needed = call(
+        api, "GET", PREFIX + "/health", remote=remote, headers=headers, token=None, conform=False
+    )
+    assert (needed.status_code, needed.get_json()) == (503, {"status": "restart-needed"})
+    assert schema_errors("GET", PREFIX + "/health", 503, needed.get_json()) == []
+
+
+def test_health_with_access_has_every_field(make_api: Callable[..., Api]) -> None:
+    for settings, headers in [(TOKEN_SET, RIGHT), (LOOP, {})]:
+        api = make_api(**settings)
+        body = call(api, "GET", PREFIX + "/health", headers=headers, token=None).get_json()
+        assert {"status", "memory_percent", "source", "alert", "recommendations"} <= set(body)
+
+
 @pytest.mark.parametrize(
     ("method", "sub"),
     [
-        ("GET", "/health"),
         ("POST", "/optimize"),
         ("GET", "/nope"),
         pytest.param("HEAD", "/stats", marks=HEAD_LINT),
     ],
-    ids=["health", "optimize", "unknown", "head-stats"],
+    ids=["optimize", "unknown", "head-stats"],
 )
 def test_access_is_checked_before_anything_else(
     make_api: Callable[..., Api], method: str, sub: str
 ) -> None:
     api = make_api(api_token=TOKEN)
-    response = call(api, method, PREFIX + sub, remote=REMOTE)
+    response = call(api, method, PREFIX + sub, remote=REMOTE, token=None)
     assert response.status_code == 401
     assert "WWW-Authenticate" in response.headers
     assert len(api.optimizer.governor.history) == 0
+
+
+# -- requests a browser made for another site's page
+
+EVIL_FORM = {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+CROSS_SITE = [
+    pytest.param(EVIL_FORM, id="form-post"),
+    pytest.param({"Origin": "https://evil.example"}, id="origin-only"),
+    pytest.param({"Origin": "null"}, id="origin-null"),
+    pytest.param({"Origin": "http://localhost:8080"}, id="origin-other-port"),
+    pytest.param({"Sec-Fetch-Site": "cross-site"}, id="sec-fetch-cross-site"),
+    pytest.param({"Sec-Fetch-Site": "same-site"}, id="sec-fetch-same-site"),
+    pytest.param({"Sec-Fetch-Site": "cross-site", "Origin": "http://localhost"}, id="mixed"),
+]
+
+
+@pytest.mark.parametrize("headers", CROSS_SITE)
+@pytest.mark.parametrize("settings", [LOOP, BOTH], ids=["allow-list", "token-too"])
+def test_a_cross_site_post_is_refused_and_changes_nothing(
+    make_api: Callable[..., Api], settings: dict[str, Any], headers: dict[str, str]
+) -> None:
+    # What a page elsewhere can make the operator's browser send: no token, its own Origin.
+    api = make_api(**settings)
+    page(api, "/cached")
+    for sub in POST_ENDPOINTS:
+        response = call(
+            api,
+            "POST",
+            PREFIX + sub,
+            headers=headers,
+            token=None,
+            data="a=1",
+            content_type="application/x-www-form-urlencoded",
+        )
+        assert response.status_code == 403, sub
+        assert "another site" in response.get_json()["error"]["message"]
+    assert len(api.optimizer.cache) == 1
+    assert len(api.optimizer.governor.history) == 0
+    # Even a request that brings the token: a browser made it for another site's page.
+    assert call(api, "GET", PREFIX + "/stats", headers=headers).status_code == 403
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({}, id="no-browser-headers"),
+        pytest.param({"Sec-Fetch-Site": "same-origin", "Origin": "http://localhost"}, id="same"),
+        pytest.param({"Origin": "https://localhost:443"}, id="origin-https-default-port"),
+        pytest.param({"Origin": "http://LOCALHOST"}, id="origin-case"),
+        pytest.param({"Sec-Fetch-Site": "none"}, id="typed-by-the-user"),
+    ],
+)
+def test_the_dashboards_own_requests_are_not_cross_site(
+    make_api: Callable[..., Api], headers: dict[str, str]
+) -> None:
+    api = make_api(**LOOP)
+    assert (
+        call(api, "POST", PREFIX + "/cache/clear", headers=headers, token=None).status_code == 200
+    )
+
+
+def test_health_and_the_dashboard_page_answer_another_site(make_api: Callable[..., Api]) -> None:
+    api = make_api(**LOOP)
+    assert call(api, "GET", PREFIX + "/health", headers=EVIL_FORM, token=None).status_code == 200
+    assert call(api, "GET", PREFIX + "/", headers=EVIL_FORM, token=None).status_code == 200
+
+
+# -- the dashboard page's own protection
+
+
+def _sha256(text: str) -> str:
+    return "sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+
+
+def test_the_dashboard_is_served_with_a_strict_csp_and_no_framing(api: Api) -> None:
+    response = call(api, "GET", PREFIX + "/", token=None)
+    assert response.headers["X-Frame-Options"] == "DENY"
+    policy = dict(
+        directive.strip().split(" ", 1)
+        for directive in response.headers["Content-Security-Policy"].split(";")
+    )
+    page_text = response.get_data(as_text=True)
+    script = re.search(r"<script>(.*?)</script>", page_text, re.S)
+    style = re.search(r"<style>(.*?)</style>", page_text, re.S)
+    assert script is not None
+    assert style is not None
+    assert policy == {
+        "default-src": "'none'",
+        "script-src": f"'{_sha256(script[1])}'",
+        "style-src": f"'{_sha256(style[1])}'",
+        "connect-src": "'self'",
+        "base-uri": "'none'",
+        "form-action": "'none'",
+        "frame-ancestors": "'none'",
+    }
+    assert " style=" not in page_text  # an inline style attribute would need 'unsafe-inline'
 
 
 def test_api_disabled_passes_the_prefix_to_the_app(make_api: Callable[..., Api]) -> None:
@@ -632,7 +890,9 @@ def test_api_disabled_passes_the_prefix_to_the_app(make_api: Callable[..., Api])
 
 def test_a_custom_prefix_moves_the_api(make_api: Callable[..., Api]) -> None:
     api = make_api(api_prefix="/_mem/")
-    response = api.client.get("/_mem/stats", buffered=True, environ_base={"REMOTE_ADDR": LOOPBACK})
+    response = api.client.get(
+        "/_mem/stats", buffered=True, headers=RIGHT, environ_base={"REMOTE_ADDR": LOOPBACK}
+    )
     assert response.status_code == 200
     assert response.headers["Cache-Control"] == "no-store"
     assert page(api, PREFIX + "/stats").data.startswith(b"app:")
@@ -643,6 +903,7 @@ def test_the_api_works_under_a_script_name(api: Api) -> None:
         PREFIX + "/stats",
         base_url="http://localhost/mounted",
         buffered=True,
+        headers=RIGHT,
         environ_base={"REMOTE_ADDR": LOOPBACK},
     )
     assert response.request.environ["SCRIPT_NAME"] == "/mounted"
@@ -663,12 +924,14 @@ def test_a_tour_of_every_response_conforms_to_the_document(make_api: Callable[..
         call(api, "POST", PREFIX + sub)
         call(api, "POST", PREFIX + sub)  # 429
     call(api, "GET", PREFIX + "/profile", query="limit=0")
-    call(api, "GET", PREFIX + "/stats", remote=REMOTE)  # 401
+    call(api, "GET", PREFIX + "/stats", remote=REMOTE, token=None)  # 401
+    call(api, "GET", PREFIX + "/health", remote=REMOTE, token=None)  # the band only
     call(api, "GET", PREFIX + "/stats", remote=REMOTE, headers=bearer(f"Bearer {TOKEN}"))
     call(api, "POST", PREFIX + "/stats")  # 405
     call(api, "GET", PREFIX + "/nope")  # 404
+    call(api, "GET", PREFIX + "/stats", headers=EVIL_FORM)  # 403
     statuses = {status for _, _, status, _ in api.seen}
-    assert statuses >= {200, 400, 401, 404, 405, 429}
+    assert statuses >= {200, 400, 401, 403, 404, 405, 429}
     for method, path, status, body in api.seen:
         assert schema_errors(method, path, status, body) == [], (method, path, status)
 
@@ -703,8 +966,8 @@ def test_the_dashboard_page_loads_without_access_and_holds_no_data(
 ) -> None:
     # The page must load before it can ask for the token; what it shows comes from `stats`.
     api = make_api(api_token=TOKEN)
-    page = call(api, "GET", PREFIX + "/", remote=REMOTE)
+    page = call(api, "GET", PREFIX + "/", remote=REMOTE, token=None)
     assert page.status_code == 200
     assert page.mimetype == "text/html"
     assert str(os.getpid()) not in page.get_data(as_text=True)
-    assert call(api, "GET", PREFIX + "/stats", remote=REMOTE).status_code == 401
+    assert call(api, "GET", PREFIX + "/stats", remote=REMOTE, token=None).status_code == 401

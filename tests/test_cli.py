@@ -75,6 +75,12 @@ class Server:
     def errors(self) -> str:
         return self.stderr.read_text()
 
+    def token(self) -> str:
+        """The API token ``serve --demo`` made for this run and printed."""
+        found = re.search(r"^ \* API token: +(\S+)  \(made for this run\)$", self.output(), re.M)
+        assert found, self.output()
+        return found[1]
+
 
 @pytest.fixture
 def app_dir(tmp_path: Path) -> Path:
@@ -135,7 +141,9 @@ def serve(tmp_path: Path, app_dir: Path, request: pytest.FixtureRequest) -> Call
     return start
 
 
-def fetch(url: str, *, cookie: str | None = None) -> tuple[int, HTTPMessage, bytes]:
+def fetch(
+    url: str, *, cookie: str | None = None, token: str | None = None
+) -> tuple[int, HTTPMessage, bytes]:
     """GET ``url`` and read until the server closes the connection.
 
     The middleware stores a response when the server closes it (SPEC §5), after its last byte
@@ -147,6 +155,8 @@ def fetch(url: str, *, cookie: str | None = None) -> tuple[int, HTTPMessage, byt
     lines = [f"GET {parts.path or '/'} HTTP/1.1", f"Host: {parts.netloc}", "Connection: close"]
     if cookie:
         lines.append(f"Cookie: {cookie}")
+    if token:
+        lines.append(f"Authorization: Bearer {token}")
     address = (parts.hostname or "", parts.port or 80)
     with socket.create_connection(address, timeout=REQUEST_TIMEOUT_S) as sock:
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
@@ -187,7 +197,6 @@ def test_serve_demo_caches_slow_and_keeps_me_private(serve: Callable[..., Server
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)
     assert url.rsplit(":", 1)[1] != "0"  # the real bound port is printed
     output = server.output()
-    assert "memory API" not in output  # not built yet: nothing to point at
     assert f"try: curl -i {url}/slow twice" in output
 
     status, _, index = fetch(f"{url}/")
@@ -213,6 +222,38 @@ def test_serve_demo_caches_slow_and_keeps_me_private(serve: Callable[..., Server
 
     status, _, _ = fetch(f"{url}/no-such-page")
     assert status == 404
+
+
+def test_serve_demo_makes_a_token_prints_it_and_the_api_takes_only_it(
+    serve: Callable[..., Server],
+) -> None:
+    server = serve("--demo")
+    api = f"{server.url}/api/v1/memory"
+    token = server.token()
+    assert re.fullmatch(r"[0-9a-f]{32}", token)  # 128 random bits
+    output = server.output()
+    assert f" * memory API: {api}/  (the dashboard; it asks for the token)" in output
+    assert f'try: curl -H "Authorization: Bearer {token}" {api}/stats' in output
+    assert "api_token" not in output  # made here, not a setting the user gave
+
+    status, _, body = fetch(f"{api}/stats", token=token)
+    assert status == 200
+    assert json.loads(body)["process"]["pid"] == server.process.pid
+    assert fetch(f"{api}/stats")[0] == 401  # loopback alone is not enough
+    assert fetch(f"{api}/stats", token=token[:-1])[0] == 401
+    status, _, body = fetch(f"{api}/health")  # a load balancer's probe: the band only
+    assert (status, list(json.loads(body))) == (200, ["status"])
+
+    assert serve("--demo").token() != token  # a new one for every run
+
+
+def test_serve_demo_keeps_the_token_it_is_given(serve: Callable[..., Server]) -> None:
+    server = serve("--demo", "--set", "api_token=mine-42")
+    output = server.output()
+    assert " * API token:  the api_token you set" in output
+    assert "mine-42" not in output
+    assert "api_token=<hidden> (explicit)" in output
+    assert fetch(f"{server.url}/api/v1/memory/stats", token="mine-42")[0] == 200
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])

@@ -55,7 +55,7 @@ CRITICAL = (
     "--set",
     "restart_percent=30",
 )
-LOCKED = ("--set", "api_token=s3cret", "--set", "api_allow_networks=none")
+LOCKED = ("--set", "api_token=s3cret")
 _PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
 
@@ -104,7 +104,7 @@ def test_summary_of_a_calm_server(serve: Callable[..., Server], app_dir: Path) -
     assert fetch(f"{server.url}/slow")[0] == 200  # stored when the server closes it
     assert fetch(f"{server.url}/slow")[1]["X-Cache"] == "HIT"
 
-    result = status(server.url, app_dir=app_dir)
+    result = status(server.url, "--token", server.token(), app_dir=app_dir)
 
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
@@ -135,14 +135,16 @@ def test_url_forms(serve: Callable[..., Server], app_dir: Path) -> None:
         f"{server.url}{PREFIX}/",
         host_port,  # no scheme: http
     ):
-        result = status(url, app_dir=app_dir)
+        result = status(url, "--token", server.token(), app_dir=app_dir)
         assert result.returncode == 0, (url, result.stderr)
         assert field(result.stdout, "memory API") == server.url + PREFIX
 
 
 def test_json_has_both_bodies(serve: Callable[..., Server], app_dir: Path) -> None:
     server = serve("--demo", *CALM)
-    result = status(server.url, "--json", "--timeout", "5", app_dir=app_dir)
+    result = status(
+        server.url, "--json", "--timeout", "5", "--token", server.token(), app_dir=app_dir
+    )
     assert result.returncode == 0, result.stderr
     body = json.loads(result.stdout)
     assert set(body) == {"health", "stats"}
@@ -158,7 +160,8 @@ def test_a_token_is_required_and_sent(serve: Callable[..., Server], app_dir: Pat
     refused = status(server.url, app_dir=app_dir)
     assert refused.returncode == 3
     line = one_error_line(refused)
-    assert f"GET {server.url}{PREFIX}/health: HTTP 401" in line
+    # /health answered (the band only, as to a load balancer); stats asked for the token.
+    assert f"GET {server.url}{PREFIX}/stats: HTTP 401" in line
     assert "a bearer token is required" in line  # the server's own message
     assert "--token" in line
 
@@ -177,17 +180,21 @@ def test_a_token_is_required_and_sent(serve: Callable[..., Server], app_dir: Pat
 
 
 def test_forbidden_without_a_token_configured(serve: Callable[..., Server], app_dir: Path) -> None:
-    server = serve("--demo", *CALM, "--set", "api_allow_networks=none")
+    # An app served with the defaults: the memory API is closed, loopback included.
+    server = serve("webapp:app", *CALM)
     result = status(server.url, app_dir=app_dir)
     assert result.returncode == 3
-    assert "HTTP 403" in one_error_line(result)
+    line = one_error_line(result)
+    assert "HTTP 403" in line
+    assert "set api_token" in line
+    assert "api_allow_networks" in line
 
 
 def test_critical_exits_2(serve: Callable[..., Server], app_dir: Path) -> None:
     server = serve("--demo", *CRITICAL)
     assert fetch(f"{server.url}/")[0] == 200  # a request, so that the governor acts
 
-    result = status(server.url, app_dir=app_dir)
+    result = status(server.url, "--token", server.token(), app_dir=app_dir)
 
     assert result.returncode == 2, result.stderr
     out = result.stdout
@@ -198,7 +205,7 @@ def test_critical_exits_2(serve: Callable[..., Server], app_dir: Path) -> None:
     actions = re.findall(r"^  - \d\d:\d\d:\d\d (\w+) \((\w+)\): freed \d+\.\d MB", out, re.M)
     assert ("emergency", "critical") in actions
 
-    as_json = status(server.url, "--json", app_dir=app_dir)
+    as_json = status(server.url, "--json", "--token", server.token(), app_dir=app_dir)
     assert as_json.returncode == 2
     assert json.loads(as_json.stdout)["health"]["status"] == "critical"
 

@@ -186,9 +186,14 @@ RECYCLE_NOW = {
 }
 
 
+# The tests read the memory API from 127.0.0.1, which the operator must open explicitly.
+API_FROM_THE_TEST = {"api_allow_networks": "127.0.0.1/32"}
+
+
 def write_app(directory: Path, settings: dict[str, object] | None = None) -> None:
     """``app.py`` in ``directory``, its optimizer built with ``settings`` (``RECYCLE_NOW``)."""
-    source = APP_SOURCE.replace("**SETTINGS", f"**{settings or RECYCLE_NOW!r}")
+    settings = {**(settings or RECYCLE_NOW), **API_FROM_THE_TEST}
+    source = APP_SOURCE.replace("**SETTINGS", f"**{settings!r}")
     (directory / "app.py").write_text(source)
 
 

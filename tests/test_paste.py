@@ -232,7 +232,14 @@ def test_gunicorn_paste_serves_through_the_filter(
 ) -> None:
     require_module("paste.deploy")
     server = servers.start(
-        "--paste", str(EXAMPLES / ini), "--chdir", str(EXAMPLES), worker_class=worker_class
+        "--paste",
+        str(EXAMPLES / ini),
+        "--chdir",
+        str(EXAMPLES),
+        # The memory API is closed unless opened: to this test's loopback, through the env.
+        "--env",
+        "WSGI_MEMOPT_API_ALLOW_NETWORKS=127.0.0.1/32",
+        worker_class=worker_class,
     )
     first, second = server.get("/slow"), server.get("/slow")
     me = server.get("/me")

@@ -49,6 +49,7 @@ NON_DEFAULT: dict[str, Any] = {
     "api_token": "s3cr3t-t0ken",
     "api_allow_networks": ("10.0.0.0/8", "fd00::/8"),
     "api_min_interval_s": 2.5,
+    "api_quiet_wait_s": 0.5,
 }
 
 
@@ -90,8 +91,9 @@ SPEC_DEFAULTS = [
     ("api_enabled", True),
     ("api_prefix", "/api/v1/memory"),
     ("api_token", None),
-    ("api_allow_networks", LOOPBACK),
+    ("api_allow_networks", ()),  # closed until the operator opens it
     ("api_min_interval_s", 1.0),
+    ("api_quiet_wait_s", 2.0),
 ]
 
 
@@ -373,6 +375,9 @@ BAD_VALUES = [
     pytest.param("api_allow_networks", None, LIST, id="networks-None"),
     pytest.param("api_min_interval_s", "-1", ">= 0", id="api-interval-negative"),
     pytest.param("api_min_interval_s", "abc", NUMBER, id="api-interval-abc"),
+    pytest.param("api_quiet_wait_s", "-1", ">= 0 and <= 60", id="quiet-wait-negative"),
+    pytest.param("api_quiet_wait_s", "61", ">= 0 and <= 60", id="quiet-wait-61"),
+    pytest.param("api_quiet_wait_s", "soon", NUMBER, id="quiet-wait-word"),
 ]
 
 
@@ -810,7 +815,7 @@ def test_as_text_of_defaults() -> None:
     assert text["gc_freeze"] == "true"
     assert text["api_token"] == "none"
     assert text["gc_threshold"] == "none"
-    assert text["api_allow_networks"] == "127.0.0.0/8,::1/128"
+    assert text["api_allow_networks"] == ""
 
 
 def test_describe_has_one_row_per_setting() -> None:

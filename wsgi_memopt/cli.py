@@ -37,6 +37,7 @@ import inspect
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import sys
@@ -545,11 +546,13 @@ def _short_path(filename: str) -> str:
 def _serve(args: argparse.Namespace) -> int:
     if args.demo == (args.target is not None):
         raise UsageError("serve needs MODULE:APP or --demo (one of them)")
-    settings = load_settings(args.assignments)
+    settings = given = load_settings(args.assignments)
+    token = None
     if args.demo:
         from .demo import make_demo_app
 
         app, name = make_demo_app(), "the demo app"
+        settings, token = _with_demo_token(settings)
     else:
         # Like gunicorn and flask: an app in the current directory is importable, also
         # when the console script (whose sys.path[0] is its own directory) runs.
@@ -562,20 +565,30 @@ def _serve(args: argparse.Namespace) -> int:
     server = _listen(args.host, args.port, MemoryOptimizer(app, settings), args.threads)
     url = _url(args.host, server.port)
     overridden = [
-        f"{setting}={_shown(setting, text)} ({settings.source_of(setting)})"
-        for setting, text in settings.as_text().items()
-        if settings.source_of(setting) != "default"
+        f"{setting}={_shown(setting, text)} ({given.source_of(setting)})"
+        for setting, text in given.as_text().items()
+        if given.source_of(setting) != "default"
     ]
     lines = [
         f"{PROG}: serving {name} through MemoryOptimizer "
         f"({'threaded' if args.threads else 'one request at a time'})",
         f" * app:        {url}",
-        f" * settings:   {', '.join(overridden) or 'defaults'}",
     ]
+    api = url + settings.api_prefix
+    if args.demo and settings.api_enabled:
+        lines.append(f" * memory API: {api}/  (the dashboard; it asks for the token)")
+        lines.append(
+            f" * API token:  {token}  (made for this run)"
+            if token
+            else " * API token:  the api_token you set"
+        )
+    lines.append(f" * settings:   {', '.join(overridden) or 'defaults'}")
     if args.host.strip("[]") in ("0.0.0.0", "::", ""):
         lines.append(f" * listening on all addresses ({args.host}), port {server.port}")
     if args.demo:
         lines.append(f" * try: curl -i {url}/slow twice")
+        if token:
+            lines.append(f' * try: curl -H "Authorization: Bearer {token}" {api}/stats')
     lines.append("Development server: do not use it in production. Press Ctrl-C to stop.")
 
     with _sigterm_as_interrupt():
@@ -588,6 +601,16 @@ def _serve(args: argparse.Namespace) -> int:
             server.server_close()
     print(f"{PROG}: stopped", flush=True)
     return 0
+
+
+def _with_demo_token(settings: Settings) -> tuple[Settings, str | None]:
+    """The demo's settings with a fresh random ``api_token`` (and it), unless one was given:
+    the memory API is closed by default, and the demo shows it."""
+    if settings.api_token is not None or not settings.api_enabled:
+        return settings, None
+    # Hex: 128 random bits that copy cleanly and never start with "-" (an option to argparse).
+    token = secrets.token_hex(16)
+    return settings.replace(api_token=token), token
 
 
 def _listen(host: str, port: int, app: WSGIApplication, threaded: bool) -> BaseWSGIServer:

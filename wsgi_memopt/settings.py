@@ -305,13 +305,25 @@ class Settings:
     api_enabled: bool = _setting(True, _bool, "the memory API on/off")
     api_prefix: str = _setting("/api/v1/memory", _prefix, "where the memory API is mounted")
     api_token: str | None = _setting(
-        None, _optional(_token), "bearer token that opens the API from anywhere"
+        None,
+        _optional(_token),
+        "requests that send it as Authorization: Bearer may use the API from anywhere (none: "
+        "only /health answers, unless api_allow_networks is set)",
     )
     api_allow_networks: tuple[str, ...] = _setting(
-        _LOOPBACK, _networks, "networks allowed without a token (only with no forwarding headers)"
+        (),
+        _networks,
+        "networks let in without a token, only with no client-address header and a Host that is "
+        "an IP address or localhost (empty: none; 'loopback' names both loopback networks)",
     )
     api_min_interval_s: float = _setting(
         1.0, _seconds, "mutating and expensive endpoints run at most this often per process"
+    )
+    api_quiet_wait_s: float = _setting(
+        2.0,
+        _number(float, 0, 60),
+        "POST optimize, optimize/force and gc/force wait this long for the other requests in "
+        "flight to end, then answer 202 and run at the next moment none is",
     )
 
     _sources: dict[str, str] = dataclasses.field(

@@ -1,8 +1,17 @@
 """The memory API: ``api_prefix`` (default ``/api/v1/memory``), answered by the middleware itself.
 
-Never cached, never passed to the app (SPEC §8). Every response is JSON (the dashboard: HTML;
-metrics: Prometheus text) with ``Cache-Control: no-store``; every error is
+Never cached, never passed to the app. Every response is JSON (the dashboard: HTML; metrics:
+Prometheus text) with ``Cache-Control: no-store``; every error is
 ``{"error": {"status": N, "message": "..."}}``; no traceback ever leaves the process.
+
+Closed until the operator opens it (see :mod:`.access`): ``/health`` always answers, with the
+status band only unless the request is let in; the dashboard page holds no data and loads for
+anyone; every other endpoint needs ``api_token`` or ``api_allow_networks`` and refuses what a
+browser made for another site's page. What pauses the process or clears app state (optimize,
+the emergency, a forced collection) waits ``api_quiet_wait_s`` for the other requests in
+flight to end, else answers 202 and runs at the next moment none is.
+
+The middleware routes to it, with the request counted in flight::
 
     api = MemoryAPI(optimizer)
     if api.handles(environ["PATH_INFO"]):
@@ -11,6 +20,7 @@ metrics: Prometheus text) with ``Cache-Control: no-store``; every error is
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import logging
@@ -21,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from werkzeug.wrappers import Request, Response
 
 from . import report
-from .access import Access, RateLimiter
+from .access import Access, RateLimiter, cross_site
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -34,6 +44,11 @@ log = logging.getLogger("wsgi_memopt")
 
 _MB = float(1 << 20)
 _DEEP_PROFILE_INTERVAL_S = 10.0  # pympler's full summary takes seconds at 1M objects
+_OWN_REQUEST = 1  # the middleware counts the API's own request in flight before routing it
+# Answered to anyone: a load balancer's probe brings no token, and the page must load before
+# it can ask for one. Every other path is guarded.
+_OPEN = frozenset({"/health", "/"})
+_NOSNIFF = ("X-Content-Type-Options", "nosniff")
 
 Handler = Callable[[Request], Response]
 
@@ -51,6 +66,7 @@ class MemoryAPI:
         self.prefix = settings.api_prefix
         self.access = Access(settings)
         self.limits = RateLimiter(settings.api_min_interval_s)
+        self.quiet_wait_s = settings.api_quiet_wait_s
         self._routes: dict[str, dict[str, Handler]] = {
             "/": {"GET": self._dashboard},
             "/health": {"GET": self._health},
@@ -84,19 +100,15 @@ class MemoryAPI:
             log.exception("[MEMORY] the memory API failed on %s %s", request.method, request.path)
             response = _error(500, "the memory API failed; the server's log has the details")
         response.headers["Cache-Control"] = "no-store"
+        response.headers.setdefault(*_NOSNIFF)
         return response
 
     def _route(self, request: Request) -> Response:
         sub = request.path[len(self.prefix) :] or "/"
-        # The dashboard page holds no data and must load before it can ask for the token;
-        # everything it shows comes from `stats`, which the access rule guards.
-        denied = None if sub == "/" else self.access.check(request.environ)
-        if denied is not None:
-            status, message = denied
-            response = _error(status, message)
-            if status == 401:
-                response.headers["WWW-Authenticate"] = 'Bearer realm="wsgi_memopt"'
-            return response
+        if sub not in _OPEN:
+            refused = self._guard(request)
+            if refused is not None:
+                return refused
         methods = self._routes.get(sub)
         if methods is None:
             return _error(404, f"no such endpoint: {sub}; see {self.prefix}/openapi.json")
@@ -109,10 +121,27 @@ class MemoryAPI:
             return response
         return handler(request)
 
+    def _guard(self, request: Request) -> Response | None:
+        """The refusal of a request that may not use a guarded endpoint; None if it may."""
+        if cross_site(request.environ):
+            # A page elsewhere must not make the operator's browser read or act on the API.
+            return _error(403, "the memory API refuses requests made by another site's page")
+        denied = self.access.check(request.environ)
+        if denied is None:
+            return None
+        status, message = denied
+        response = _error(status, message)
+        if status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="wsgi_memopt"'
+        return response
+
     # -- endpoints
 
     def _health(self, request: Request) -> Response:
         status, body = report.health(self.optimizer)
+        if self.access.check(request.environ) is not None:
+            # A load balancer's probe needs the band, not the process's figures.
+            body = {"status": body["status"]}
         return _json(body, status)
 
     def _stats(self, request: Request) -> Response:
@@ -133,35 +162,27 @@ class MemoryAPI:
 
     def _optimize(self, request: Request) -> Response:
         waited = self._limited("optimize")
-        return waited if waited is not None else _json(self.optimizer.governor.optimize("api"))
+        if waited is not None:
+            return waited
+        optimize = functools.partial(self.optimizer.governor.optimize, "api")
+        return self._when_quiet("optimize", optimize)
 
     def _optimize_force(self, request: Request) -> Response:
         waited = self._limited("optimize/force")
         if waited is not None:
             return waited
-        return _json(self.optimizer.governor.emergency("api"))
+        emergency = functools.partial(self.optimizer.governor.emergency, "api")
+        return self._when_quiet("emergency", emergency)
 
     def _gc_force(self, request: Request) -> Response:
         waited = self._limited("gc/force")
         if waited is not None:
             return waited
-        before = gc.get_count()
-        started = time.perf_counter()
-        # Youngest first, each reporting what it collected: "collected per generation".
-        collected = {str(generation): gc.collect(generation) for generation in (0, 1, 2)}
-        duration_ms = (time.perf_counter() - started) * 1000
-        return _json(
-            {
-                "collected": collected,
-                "total_collected": sum(collected.values()),
-                "duration_ms": round(duration_ms, 2),
-                "before": {"counts": list(before)},
-                "after": {"counts": list(gc.get_count())},
-                "uncollectable": len(gc.garbage),
-            }
-        )
+        return self._when_quiet("collection", _collect_every_generation)
 
     def _cache_clear(self, request: Request) -> Response:
+        # At once, requests in flight or not: the store is built to lose entries under them
+        # (evictions happen mid-request), and a replay holds its own reference to its body.
         waited = self._limited("cache/clear")
         if waited is not None:
             return waited
@@ -183,11 +204,32 @@ class MemoryAPI:
         return _json(document(self.prefix))
 
     def _dashboard(self, request: Request) -> Response:
-        from .dashboard import dashboard_html
+        from .dashboard import dashboard_csp, dashboard_html
 
-        return Response(dashboard_html(self.prefix), 200, mimetype="text/html")
+        response = Response(dashboard_html(self.prefix), 200, mimetype="text/html")
+        response.headers["Content-Security-Policy"] = dashboard_csp(self.prefix)
+        response.headers["X-Frame-Options"] = "DENY"
+        return response
 
     # -- helpers
+
+    def _when_quiet(self, kind: str, work: Callable[[], dict[str, Any]]) -> Response:
+        """``work``'s body once no other request is in flight, or 202 saying it was deferred."""
+        governor = self.optimizer.governor
+        body = governor.run_when_quiet(kind, work, wait_s=self.quiet_wait_s, own=_OWN_REQUEST)
+        if body is not None:
+            return _json(body)
+        others = max(governor.in_flight - _OWN_REQUEST, 0)
+        return _json(
+            {
+                "deferred": kind,
+                "in_flight": others,
+                "waited_s": self.quiet_wait_s,
+                "message": f"other requests were still in flight after {self.quiet_wait_s:g} s "
+                f"(api_quiet_wait_s): the {kind} runs at the next moment none is",
+            },
+            202,
+        )
 
     def _limited(self, key: str, deep: bool = False) -> Response | None:
         interval = max(_DEEP_PROFILE_INTERVAL_S, self.limits.interval_s) if deep else None
@@ -198,6 +240,22 @@ class MemoryAPI:
         response = _error(429, f"{key} runs at most once every {every:g} s per process")
         response.headers["Retry-After"] = str(retry_after)
         return response
+
+
+def _collect_every_generation() -> dict[str, Any]:
+    """A collection of each generation, youngest first, each reporting what it collected."""
+    before = gc.get_count()
+    started = time.perf_counter()
+    collected = {str(generation): gc.collect(generation) for generation in (0, 1, 2)}
+    duration_ms = (time.perf_counter() - started) * 1000
+    return {
+        "collected": collected,
+        "total_collected": sum(collected.values()),
+        "duration_ms": round(duration_ms, 2),
+        "before": {"counts": list(before)},
+        "after": {"counts": list(gc.get_count())},
+        "uncollectable": len(gc.garbage),
+    }
 
 
 def _json(body: Any, status: int = 200) -> Response:

@@ -1,25 +1,33 @@
-"""The memory API's dashboard (SPEC §8.1 ``GET /``): one self-contained HTML page.
+"""The memory API's dashboard (``GET <prefix>/``): one self-contained HTML page.
 
 Inline CSS and vanilla JS, no external asset of any kind. The page polls ``<prefix>/stats``
 every 2 s and draws, from the governor's bounded ring of samples (``history``), memory pressure
 over time as an inline SVG chart with the band lines at 70/75/85 %, next to the current status
-band, the cache and GC figures and the governor's last actions. On 401/403 it asks for the API
-token once and keeps it in the tab's ``sessionStorage``.
+band, the cache and GC figures and the governor's last actions. On 401/403 it shows the API's
+message and asks for the token, keeps it in the tab's ``sessionStorage`` and sends it as
+``Authorization: Bearer`` with every poll: never in a cookie or the URL.
+
+The page is served with a strict Content-Security-Policy (:func:`dashboard_csp`): nothing but
+its own inline script and style, each allowed by its hash, and requests to its own origin.
 
 Everything taken from the JSON goes into the DOM through ``textContent`` or ``setAttribute``,
 never ``innerHTML``; the prefix is embedded HTML-escaped in the markup and as a JSON string with
 ``<``, ``>`` and ``&`` escaped in the script.
 
     body = dashboard_html("/api/v1/memory").encode()   # text/html; charset=utf-8
+    policy = dashboard_csp("/api/v1/memory")           # its Content-Security-Policy
 """
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import html
 import json
+import re
 
-__all__ = ["dashboard_html"]
+__all__ = ["dashboard_csp", "dashboard_html"]
 
 _PAGE = """<!DOCTYPE html>
 <html lang="en">
@@ -37,6 +45,7 @@ header code{color:#aab4c0}
 main{display:grid;grid-template-columns:2fr 1fr;gap:1em;padding:1em 1.2em;max-width:1300px}
 section{background:#fff;border-radius:6px;padding:.8em 1em;box-shadow:0 1px 2px #0002}
 h2{font-size:.95em;margin:0 0 .6em;text-transform:uppercase;letter-spacing:.04em;color:#556}
+h2.next{margin-top:1em}
 .wide{grid-column:1/-1}
 dl{display:grid;grid-template-columns:auto 1fr;gap:.2em 1em;margin:0}
 dt{color:#667}dd{margin:0;font-variant-numeric:tabular-nums;text-align:right}
@@ -91,7 +100,7 @@ td.num,th.num{text-align:right}
 <dt>used / limit</dt><dd id="mem-used">\u2013</dd>
 <dt>source</dt><dd id="mem-source">\u2013</dd>
 </dl>
-<h2 style="margin-top:1em">Cache</h2>
+<h2 class="next">Cache</h2>
 <dl>
 <dt>items</dt><dd id="cache-items">\u2013</dd>
 <dt>size</dt><dd id="cache-size">\u2013</dd>
@@ -203,7 +212,8 @@ async function poll() {
     return schedule();
   }
   if (res.status === 401 || res.status === 403) {
-    const why = token ? "token refused" : "an API token is needed";
+    let why = token ? "token refused" : "an API token is needed";
+    try { why = (await res.json()).error.message || why; } catch (e) { /* keep the default */ }
     $("token-form").hidden = false;
     problem(why + " (HTTP " + res.status + ")");
     return;  // wait for a token
@@ -235,6 +245,29 @@ poll();
 </body>
 </html>
 """
+
+
+@functools.lru_cache(maxsize=8)
+def dashboard_csp(prefix: str) -> str:
+    """The page's Content-Security-Policy: its own script and style (by hash) and requests to
+    its origin, nothing else; no framing, no form submission, no ``<base>``."""
+    page = dashboard_html(prefix)
+    script, style = (_inline(page, tag) for tag in ("script", "style"))
+    return (
+        f"default-src 'none'; script-src '{_sha256(script)}'; style-src '{_sha256(style)}'; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+
+
+def _inline(page: str, tag: str) -> str:
+    found = re.search(f"<{tag}>(.*?)</{tag}>", page, re.S)
+    if found is None:
+        raise RuntimeError(f"the dashboard page lost its <{tag}>")
+    return found[1]
+
+
+def _sha256(text: str) -> str:
+    return "sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
 
 
 @functools.lru_cache(maxsize=8)

@@ -68,31 +68,32 @@ _ACTION = _object(
 _RECOMMENDATION = _object(
     {"finding": _STRING, "action": _STRING}, setting=_STRING, endpoint=_STRING
 )
+# Without access, /health answers the status alone; let in, every field.
 _HEALTH = _object(
     {
         "status": {
             "type": "string",
             "enum": ["excellent", "good", "warning", "critical", "restart-needed"],
         },
-        "memory_percent": _NUMBER,
-        "source": _STRING,
-        "alert": {
-            "nullable": True,
-            **_object({"level": _STRING, "message": _STRING, "recommendation": _NULLABLE_STRING}),
-        },
-        "restart_reason": _NULLABLE_STRING,
-        "recycle": _object(
-            {
-                "possible": {"type": "boolean"},
-                "server": _NULLABLE_STRING,
-                "note": _NULLABLE_STRING,
-            }
-        ),
-        "recommendations": {
-            "type": "array",
-            "items": {"$ref": "#/components/schemas/Recommendation"},
-        },
-    }
+    },
+    memory_percent=_NUMBER,
+    source=_STRING,
+    alert={
+        "nullable": True,
+        **_object({"level": _STRING, "message": _STRING, "recommendation": _NULLABLE_STRING}),
+    },
+    restart_reason=_NULLABLE_STRING,
+    recycle=_object(
+        {
+            "possible": {"type": "boolean"},
+            "server": _NULLABLE_STRING,
+            "note": _NULLABLE_STRING,
+        }
+    ),
+    recommendations={
+        "type": "array",
+        "items": {"$ref": "#/components/schemas/Recommendation"},
+    },
 )
 _STATS = _object(
     {
@@ -128,6 +129,7 @@ _STATS = _object(
             {
                 "in_flight": _INTEGER,
                 "restart_reason": _NULLABLE_STRING,
+                "deferred": {"type": "array", "items": _STRING},
                 "forecast": {
                     "nullable": True,
                     **_object(
@@ -174,6 +176,14 @@ _GC_FORCE = _object(
     }
 )
 _CACHE_CLEAR = _object({"cleared_items": _INTEGER, "freed_mb": _NUMBER})
+_DEFERRED = _object(
+    {
+        "deferred": {"type": "string", "enum": ["optimize", "emergency", "collection"]},
+        "in_flight": _INTEGER,
+        "waited_s": _NUMBER,
+        "message": _STRING,
+    }
+)
 
 
 def _json_response(description: str, schema: str) -> dict[str, Any]:
@@ -187,7 +197,9 @@ def _errors(*statuses: int) -> dict[str, Any]:
     why = {
         "400": "a query value the endpoint cannot take",
         "401": "a bearer token is required, or the one given is wrong",
-        "403": "not from an allowed network, or through a proxy, and no token is configured",
+        "403": "the API is closed (neither api_token nor api_allow_networks is set), the "
+        "request is not let in by api_allow_networks and no token is configured, or a browser "
+        "made it for another site's page",
         "429": "rate limited (api_min_interval_s); Retry-After says when to come back",
         "500": "the endpoint failed; the server's log has the details",
         "501": "prometheus_client is not installed",
@@ -210,6 +222,19 @@ def _with_response(operation: dict[str, Any], status: str, response: Any) -> dic
     return operation
 
 
+def _when_quiet(summary: str, schema: str) -> dict[str, Any]:
+    """A POST that pauses the process or clears app state: 200 when it ran, 202 deferred."""
+    return _with_response(
+        _operation(summary, _json_response("what was done and freed", schema), 429),
+        "202",
+        _json_response(
+            "other requests were in flight for api_quiet_wait_s: deferred to the next moment "
+            "none is",
+            "Deferred",
+        ),
+    )
+
+
 def document(prefix: str) -> dict[str, Any]:
     """The OpenAPI 3.0 document, paths under ``prefix``."""
     return {
@@ -218,14 +243,17 @@ def document(prefix: str) -> dict[str, Any]:
             "title": "wsgi_memopt memory API",
             "version": __version__,
             "description": "Answered by the middleware itself, never cached, never passed "
-            "to the app. Open to api_allow_networks without forwarding headers, or with "
-            "Authorization: Bearer <api_token>.",
+            "to the app. Closed until the operator opens it: /health always answers (the "
+            "status alone without access) and the dashboard page loads for anyone; the rest "
+            "needs Authorization: Bearer <api_token>, or a request from api_allow_networks "
+            "with no client-address header and a Host that is an IP address or localhost. "
+            "Requests a browser made for another site's page are refused.",
         },
         "paths": {
             f"{prefix}/health": {
                 "get": _with_response(
                     _operation(
-                        "status, memory percent, alert and recommendations",
+                        "status band; with access also memory percent, alert, recommendations",
                         _json_response("healthy or degraded", "Health"),
                     ),
                     "503",
@@ -265,25 +293,15 @@ def document(prefix: str) -> dict[str, Any]:
                 )
             },
             f"{prefix}/optimize": {
-                "post": _operation(
-                    "sweep, evict a fraction, collect, malloc_trim; measured",
-                    _json_response("what was done and freed", "Action"),
-                    429,
+                "post": _when_quiet(
+                    "sweep, evict a fraction, collect, malloc_trim; measured", "Action"
                 )
             },
             f"{prefix}/optimize/force": {
-                "post": _operation(
-                    "the emergency cleanup; measured",
-                    _json_response("what was done and freed", "Action"),
-                    429,
-                )
+                "post": _when_quiet("the emergency cleanup; measured", "Action")
             },
             f"{prefix}/gc/force": {
-                "post": _operation(
-                    "a collection of every generation, youngest first",
-                    _json_response("collected per generation", "GcForce"),
-                    429,
-                )
+                "post": _when_quiet("a collection of every generation, youngest first", "GcForce")
             },
             f"{prefix}/cache/clear": {
                 "post": _operation(
@@ -326,6 +344,7 @@ def document(prefix: str) -> dict[str, Any]:
                 "Stats": _STATS,
                 "GcForce": _GC_FORCE,
                 "CacheClear": _CACHE_CLEAR,
+                "Deferred": _DEFERRED,
             },
         },
     }

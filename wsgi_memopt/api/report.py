@@ -37,7 +37,7 @@ def current_sample(optimizer: MemoryOptimizer, max_age_s: float = 1.0) -> Memory
 
 
 def memory_stats(optimizer: MemoryOptimizer) -> dict[str, Any]:
-    """The ``stats`` endpoint's body (SPEC §8.1), JSON-ready."""
+    """The ``stats`` endpoint's body, JSON-ready."""
     sample = current_sample(optimizer)
     cache = optimizer.cache.stats()
     governor = optimizer.governor
@@ -73,6 +73,7 @@ def memory_stats(optimizer: MemoryOptimizer) -> dict[str, Any]:
         "governor": {
             "in_flight": governor.in_flight,
             "restart_reason": governor.restart_reason,
+            "deferred": governor.deferred,  # waiting for a moment with no request in flight
             "forecast": trend.as_dict() if (trend := governor.forecast.trend) else None,
             "last_actions": [action.as_dict() for action in list(governor.history)[-5:]],
         },

@@ -18,7 +18,9 @@ An optimize or emergency that freed less than a point of the limit is not repeat
 level: what no cleanup lowers (a leak, native memory) is the recycle's to give back.
 
 Anything that pauses runs only with no other request of this process in flight, and one
-thread at a time. Every action is measured before and after and kept in a bounded history.
+thread at a time; what is asked for by hand while requests run (the memory API) waits a
+bounded time for that moment, else is deferred to it (:meth:`Governor.run_when_quiet`). Every
+action is measured before and after and kept in a bounded history.
 
     governor = optimizer.governor
     governor.sample().memory_percent
@@ -39,7 +41,7 @@ import tracemalloc
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ..cache.store import ResponseStore
 from ..counting import read_count
@@ -71,6 +73,8 @@ _GAIN_MB = 64.0
 # A worker that lets a larger sibling go first waits this long (beyond a sample interval)
 # for it: a sibling that has not recycled by then is busy in a long request, or idle.
 _DEFER_S = 1.0
+_QUIET_POLL_S = 0.005  # how often run_when_quiet looks at the requests in flight
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -167,7 +171,11 @@ class Governor:
         self.last_sample: MemorySample | None = None
         self.restart_reason: str | None = None  # set when a recycle is needed and not possible
         self.forecast = Forecast(settings.forecast_window_s)
-        self._tick_lock = threading.Lock()  # one tick at a time, never waited for
+        # One tick at a time, never waited for; re-entrant, since the work deferred to a
+        # quiet moment runs inside a tick and may be optimize() or emergency().
+        self._tick_lock = threading.RLock()
+        self._deferred: dict[str, Callable[[], object]] = {}  # kind -> work (run_when_quiet)
+        self._sample_due = 0.0  # next_tick, unless deferred work has it at 0
         # Requests in flight (pauses wait for them to end), counted without a lock: one item
         # per request, and list.append / del list[-1:] are single C calls under the GIL.
         self._flight: list[None] = []
@@ -316,7 +324,9 @@ class Governor:
         # parent's, gone with its threads.
         self._hits_closed_twice = read_count(self._hits_closed) - read_count(self._hits_opened)
         self.next_tick = 0.0  # a sample at its first request, which also starts it here
-        self._tick_lock = threading.Lock()
+        self._tick_lock = threading.RLock()
+        self._deferred.clear()  # the parent's, asked of the parent
+        self._sample_due = 0.0
         self._start_lock = threading.Lock()
         self._forget_lock = threading.Lock()
         self._recycle_sent = False
@@ -336,15 +346,20 @@ class Governor:
     # -- deciding
 
     def tick(self) -> Action | None:
-        """Sample (at most every ``sample_interval_s``) and act on the pressure found."""
+        """Sample (at most every ``sample_interval_s``) and act on the pressure found; first,
+        when nothing is in flight, the work :meth:`run_when_quiet` deferred."""
         if not self._tick_lock.acquire(blocking=False):
             return None  # another thread is ticking: never wait for it
         try:
             now = self.clock()
             if now < self.next_tick:
                 return None
+            if self._deferred:
+                self._run_deferred()
+                if now < self._sample_due:
+                    return None  # only looked for a quiet moment: no sample due yet
             if self._started:  # until then the hit lane must keep calling hit_started()
-                self.next_tick = now + self.settings.sample_interval_s
+                self.next_tick = self._sample_due = now + self.settings.sample_interval_s
             sample = self.sample()
             quiet = self.in_flight == 0  # pausing work only with nothing in flight
             level = self._cleanup_level(sample, now)
@@ -359,6 +374,8 @@ class Governor:
             self._check_recycle(action.after if action else sample, now)
             return action
         finally:
+            if self._deferred:
+                self.next_tick = 0.0  # until it has run, every closed response ticks
             self._tick_lock.release()
 
     def sample(self) -> MemorySample:
@@ -416,6 +433,50 @@ class Governor:
         """Run the emergency cleanup now; returns the measured action."""
         with self._tick_lock:
             return self._emergency(reason, self.sample()).as_dict()
+
+    def run_when_quiet(
+        self, kind: str, work: Callable[[], _T], *, wait_s: float, own: int = 0
+    ) -> _T | None:
+        """``work()`` with no request of this process in flight but the caller's ``own``.
+
+        Now, if the others end within ``wait_s``; else None, and ``work`` runs at the next
+        moment nothing is in flight (the tick of the response closed last, or the monitor's),
+        the latest of each ``kind`` only. Under the tick lock, as every pausing action.
+        """
+        deadline = time.monotonic() + wait_s
+        while self.in_flight > own:
+            if time.monotonic() >= deadline:
+                with self._tick_lock:
+                    self._deferred[kind] = work
+                    self.next_tick = 0.0  # the next closed response looks for the moment
+                log.info(
+                    "[MEMORY] %s deferred: %d other request(s) still in flight after %.1f s; it "
+                    "runs at the next moment none is",
+                    kind,
+                    max(self.in_flight - own, 0),
+                    wait_s,
+                )
+                return None
+            time.sleep(_QUIET_POLL_S)
+        with self._tick_lock:
+            return work()
+
+    @property
+    def deferred(self) -> list[str]:
+        """The kinds of work waiting for a moment with no request in flight."""
+        return list(self._deferred)
+
+    def _run_deferred(self) -> None:
+        # Inside a tick: each piece of deferred work, as long as nothing is in flight.
+        for kind in list(self._deferred):
+            if self.in_flight:
+                return
+            work = self._deferred.pop(kind)
+            log.info("[MEMORY] running the deferred %s: no request in flight", kind)
+            try:
+                work()
+            except Exception:
+                log.warning("[MEMORY] the deferred %s failed", kind, exc_info=True)
 
     def _optimize(self, reason: str, before: MemorySample) -> Action:
         started = time.perf_counter()
