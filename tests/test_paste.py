@@ -102,7 +102,15 @@ def test_both_ini_forms_load_and_cache_the_shared_page_only(ini: str) -> None:
     known = get(client, "/me", headers={"Cookie": "user=alice"})
     assert known.data == b"hello alice\n"
     assert "hit" not in known.headers["Cache-Status"]
-    assert optimizer.cache.stats()["items"] == 1  # /slow only
+
+    # /report says nothing about caching: kept only where the ini gives it a lifetime.
+    kept = optimizer.settings.cache_default_ttl_s > 0
+    assert kept is (ini == "production.ini")
+    first_report, second_report = get(client, "/report"), get(client, "/report")
+    assert ("hit" in second_report.headers["Cache-Status"]) is kept
+    if kept:
+        assert second_report.data == first_report.data
+    assert optimizer.cache.stats()["items"] == 1 + kept  # /slow, and /report if kept
 
 
 def test_the_pipeline_ini_reads_every_filter_key() -> None:

@@ -119,6 +119,7 @@ class MemoryOptimizer:
             statuses=frozenset(settings.cache_statuses),
             item_limit=item_limit,
             ttl_cap=settings.cache_ttl_s,
+            default_ttl=settings.cache_default_ttl_s,
             on_close=governor.request_finished,
         )
         self._request_started = governor.request_started

@@ -19,8 +19,11 @@ The rules, as a user can check them:
 - a response is not stored when it says ``no-store``, ``private`` or ``no-cache``, sets a
   cookie, has ``Vary: *``, a status outside ``cache_statuses``, a body over the item limit, a
   freshness lifetime of zero, or a ``Content-Length`` its body does not match;
-- freshness: ``s-maxage``, else ``max-age``, else ``Expires - Date``, each capped by
-  ``cache_ttl_s``; no header gives ``cache_ttl_s``.
+- freshness: ``s-maxage``, else ``max-age``, else ``Expires - Date``; without any of them, the
+  longer of the heuristic freshness RFC 9111 §4.2.2 allows (10% of the time since
+  ``Last-Modified``, for a status RFC 9110 §15.1 calls heuristically cacheable) and
+  ``cache_default_ttl_s`` (0 by default: a response that says nothing is not stored); every
+  lifetime capped by ``cache_ttl_s``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from werkzeug.http import parse_date, parse_dict_header, parse_etags, unquote_et
 __all__ = [
     "BYPASS_HEADERS",
     "FORWARDED_KEY_HEADERS",
+    "HEURISTIC_STATUSES",
     "CacheKey",
     "ResponseVerdict",
     "assess_response",
@@ -55,6 +59,10 @@ BYPASS_HEADERS = ("forwarded", "x-forwarded-host", "x-original-url", "x-rewrite-
 # keyed instead of bypassed, so a cache behind a TLS proxy still works and still cannot hand
 # an http:// page to an https:// client.
 FORWARDED_KEY_HEADERS = ("x-forwarded-port", "x-forwarded-prefix", "x-forwarded-proto")
+# RFC 9110 §15.1: the statuses a cache may give heuristic freshness (RFC 9111 §4.2.2).
+HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
+# RFC 9111 §4.2.2's "typical setting": a tenth of the time since Last-Modified.
+HEURISTIC_FRACTION = 0.1
 # A key is a tuple, never a joined string: no header value or path can be crafted to spell
 # another request's key. (scheme, host, path, query[, keyed header values]) is a base key;
 # (base key, Vary values) the key of one variant. An absent header is None, unlike "".
@@ -152,6 +160,7 @@ _REFUSED = {
         "content-length",
         "too-large",
         "stale",
+        "no-freshness",
     )
 }
 
@@ -185,8 +194,13 @@ def assess_response(
     item_limit: int,
     ttl_cap: float,
     now: float | None = None,
+    default_ttl: float = 0.0,
 ) -> ResponseVerdict:
-    """Decide at ``start_response`` time whether a GET response may be stored (SPEC §6)."""
+    """Decide at ``start_response`` time whether a GET response may be stored.
+
+    ``default_ttl`` is ``cache_default_ttl_s``: the lifetime of a response without explicit
+    freshness (when its heuristic freshness is shorter); ``ttl_cap`` caps every lifetime.
+    """
     code = _STATUS_CODES.get(status)
     if code is None:
         code = _status_code(status)
@@ -223,7 +237,7 @@ def assess_response(
         if credentials:
             return _REFUSED["credentials"]
         if vary is None and expires is None and etag is None and last_modified is None:
-            return _plain_verdict(length, item_limit, ttl_cap)
+            return _plain_verdict(length, item_limit, min(default_ttl, ttl_cap))
         directives: Mapping[str, str | None] = _NO_DIRECTIVES
     else:
         directives = cache_directives(cache_control)
@@ -247,21 +261,20 @@ def assess_response(
         return content_length
 
     max_age = _seconds(directives, "max-age")
-    lifetime = _lifetime(s_maxage, max_age, expires, date, ttl_cap, now)
-    if lifetime <= 0:
-        return _REFUSED["stale"]
     modified = parse_date(last_modified) if last_modified else None
-    return _verdict(
-        (
-            None,
-            lifetime,
-            shareable,
-            vary_keys,
-            content_length,
-            etag,
-            modified.timestamp() if modified else None,
-        )
-    )
+    modified_at = modified.timestamp() if modified else None
+    lifetime = _lifetime(s_maxage, max_age, expires, date, ttl_cap, now)
+    if lifetime is None:
+        # Nothing explicit: what RFC 9111 §4.2.2 allows, or what the operator set.
+        heuristic = 0.0
+        if modified_at is not None and code in HEURISTIC_STATUSES:
+            heuristic = _heuristic_lifetime(modified_at, date, now)
+        lifetime = min(max(heuristic, default_ttl), ttl_cap)
+        if lifetime <= 0:
+            return _REFUSED["no-freshness"]
+    elif lifetime <= 0:
+        return _REFUSED["stale"]
+    return _verdict((None, lifetime, shareable, vary_keys, content_length, etag, modified_at))
 
 
 _NO_DIRECTIVES: Mapping[str, str | None] = {}
@@ -286,12 +299,15 @@ def _status_code(status: str) -> int:
 _verdict = ResponseVerdict._make
 
 
-def _plain_verdict(length: str | None, item_limit: int, ttl_cap: float) -> ResponseVerdict:
-    """The verdict on a response without any caching header: stored for ``cache_ttl_s``."""
+def _plain_verdict(length: str | None, item_limit: int, lifetime: float) -> ResponseVerdict:
+    """The verdict on a response without any caching header: stored for ``lifetime``
+    (``cache_default_ttl_s``, capped), not at all when that is zero."""
     content_length = _content_length(length, item_limit)
     if type(content_length) is ResponseVerdict:
         return content_length
-    return _verdict((None, ttl_cap, False, (), content_length, None, None))
+    if lifetime <= 0:
+        return _REFUSED["no-freshness"]
+    return _verdict((None, lifetime, False, (), content_length, None, None))
 
 
 def _content_length(length: str | None, item_limit: int) -> int | ResponseVerdict | None:
@@ -315,8 +331,9 @@ def _lifetime(
     date: str | None,
     ttl_cap: float,
     now: float | None,
-) -> float:
-    """RFC 9111 §4.2.1 freshness lifetime, capped by ``cache_ttl_s``."""
+) -> float | None:
+    """RFC 9111 §4.2.1 freshness lifetime, capped by ``cache_ttl_s``; None when the response
+    gives none."""
     if s_maxage is not None:
         return min(float(s_maxage), ttl_cap)
     if max_age is not None:
@@ -325,10 +342,21 @@ def _lifetime(
         expires_at = parse_date(expires)
         if expires_at is None:
             return 0.0  # RFC 9111 §5.3: an invalid Expires means "already expired"
-        date_at = parse_date(date) if date else None
-        origin = date_at.timestamp() if date_at else (time.time() if now is None else now)
-        return min(expires_at.timestamp() - origin, ttl_cap)
-    return ttl_cap
+        return min(expires_at.timestamp() - _date_or_now(date, now), ttl_cap)
+    return None
+
+
+def _heuristic_lifetime(last_modified: float, date: str | None, now: float | None) -> float:
+    """RFC 9111 §4.2.2: a tenth of the time the response had gone unmodified when sent."""
+    return max(_date_or_now(date, now) - last_modified, 0.0) * HEURISTIC_FRACTION
+
+
+def _date_or_now(date: str | None, now: float | None) -> float:
+    """POSIX seconds of the response's ``Date``, or of now when it has none (or garbage)."""
+    date_at = parse_date(date) if date else None
+    if date_at is not None:
+        return date_at.timestamp()
+    return time.time() if now is None else now
 
 
 def is_not_modified(
