@@ -45,6 +45,7 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wsgi import ClosingIterator
 
 from wsgi_memopt import MemoryOptimizer
+from wsgi_memopt.cache.policy import NO_BODY_LENGTHS, plan_environ_keys
 
 BODY = b"hello"  # 5 B: the Flask route's body and the small entry
 BIG = b"x" * (100 * 1024)  # the 100 KB entry
@@ -230,7 +231,7 @@ class LeastCapture(LeastWrapper):
 
 
 _REQUEST_KEY = operator.itemgetter(
-    "wsgi.url_scheme", "HTTP_HOST", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING"
+    "wsgi.url_scheme", "HTTP_HOST", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "RAW_URI"
 )
 
 
@@ -259,25 +260,27 @@ _LEAN_STORED: dict[tuple[Any, ...], tuple[float, str, list[tuple[str, str]], lis
 
 def least_hit(app: WSGIApp) -> WSGIApp:
     """The least a hit can cost, as a yardstick: a function (not an object) that asks for the
-    eleven headers that change the rules, builds the key, looks it up, compares a deadline
-    and sends a copy of prebuilt headers (``Age`` and the rest frozen at store time) and the
-    body in a list. No LRU touch, no hit or in-flight count, no ``close()``: the least any
-    hit that keeps SPEC §6's rules can do. Its misses store naively (5 B bodies only)."""
+    headers that change the rules (one pass over policy's set, as the middleware does), for a
+    body, credentials and the keyed forwarding headers, builds the key, looks it up, compares
+    a deadline and sends a copy of prebuilt headers (``Age`` and the rest frozen at store
+    time) and the body in a list. No LRU touch, no hit or in-flight count, no ``close()``:
+    the least any hit that keeps the caching rules can do. Its misses store naively (5 B
+    bodies only)."""
     clock = time.monotonic
+    no_rule_header = plan_environ_keys(()).isdisjoint
 
     def wrapped(environ: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ["REQUEST_METHOD"] == "GET" and not (
-            "HTTP_CACHE_CONTROL" in environ
-            or "HTTP_PRAGMA" in environ
-            or "HTTP_FORWARDED" in environ
-            or "HTTP_X_FORWARDED_HOST" in environ
-            or "HTTP_X_ORIGINAL_URL" in environ
-            or "HTTP_X_REWRITE_URL" in environ
-            or "HTTP_AUTHORIZATION" in environ
-            or "HTTP_COOKIE" in environ
-            or "HTTP_X_FORWARDED_PROTO" in environ
-            or "HTTP_X_FORWARDED_PORT" in environ
-            or "HTTP_X_FORWARDED_PREFIX" in environ
+        if (
+            environ["REQUEST_METHOD"] == "GET"
+            and no_rule_header(environ)
+            and environ.get("CONTENT_LENGTH") in NO_BODY_LENGTHS
+            and not (
+                "HTTP_AUTHORIZATION" in environ
+                or "HTTP_COOKIE" in environ
+                or "HTTP_X_FORWARDED_PROTO" in environ
+                or "HTTP_X_FORWARDED_PORT" in environ
+                or "HTTP_X_FORWARDED_PREFIX" in environ
+            )
         ):
             key = _REQUEST_KEY(environ)
             entry = _LEAN_STORED.get(key)

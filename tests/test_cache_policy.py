@@ -14,12 +14,18 @@ from werkzeug.http import http_date, parse_dict_header
 
 from wsgi_memopt.cache import policy
 from wsgi_memopt.cache.policy import (
+    BYPASS_HEADERS,
+    FORWARDED_KEY_HEADERS,
+    FORWARDING_HEADERS,
     HEURISTIC_STATUSES,
     ResponseVerdict,
     assess_response,
     cache_directives,
     environ_key,
+    has_body,
     is_not_modified,
+    normalized_path,
+    plan_environ_keys,
     request_directives,
     variant_key,
 )
@@ -614,7 +620,16 @@ BASE = ("http", "localhost", "/", "")
     ids=["no-keys", "value", "absent", "empty", "two-in-order", "one-absent"],
 )
 def test_variant_key(keys: tuple[str, ...], environ: dict[str, str], values: tuple[object]) -> None:
-    assert variant_key(BASE, keys, environ) == (BASE, values)
+    assert variant_key(BASE, keys, environ) == (BASE, keys, values)
+
+
+def test_variant_key_holds_the_vary_names_not_only_their_values() -> None:
+    # A page that varied on Accept-Encoding, then on X-Flag: a client sending X-Flag: gzip
+    # and no Accept-Encoding must not select the gzip variant.
+    gzip = variant_key(BASE, ("HTTP_ACCEPT_ENCODING",), {"HTTP_ACCEPT_ENCODING": "gzip"})
+    flag = variant_key(BASE, ("HTTP_X_FLAG",), {"HTTP_X_FLAG": "gzip"})
+
+    assert gzip != flag
 
 
 def test_variant_key_absent_differs_from_any_header_value() -> None:
@@ -682,3 +697,81 @@ def test_an_unusual_spelling_of_a_header_name_is_read_all_the_same() -> None:
     assert assess([("cAcHe-CoNtRoL", "no-store")]).reason == "no-store"
     assert assess([("SET-COOKIE", "a=b")]).reason == "set-cookie"
     assert assess([("content-length", "12"), *MARKED]).content_length == 12
+
+
+# -- the request inputs the key does not hold: forwarding headers, bodies, path spellings
+
+
+def test_every_forwarding_header_names_who_reads_it() -> None:
+    assert all(reader.strip() for reader in FORWARDING_HEADERS.values())
+    assert all(name == name.lower() for name in FORWARDING_HEADERS)
+    assert set(FORWARDED_KEY_HEADERS) < set(FORWARDING_HEADERS)
+    assert set(BYPASS_HEADERS) == set(FORWARDING_HEADERS) - set(FORWARDED_KEY_HEADERS)
+    # Set by a TLS proxy on every request, and only REMOTE_ADDR follows it: never bypassed.
+    assert "x-forwarded-for" not in FORWARDING_HEADERS
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "X-Forwarded-Host",
+        "X-Forwarded-Server",
+        "X-Forwarded-Scheme",
+        "X-Host",
+        "X-Original-Host",
+        "X-Forwarded-Ssl",
+        "X-HTTP-Method-Override",
+        "X-Original-URL",
+        "Forwarded",
+    ],
+)
+def test_the_plan_keys_hold_every_unkeyed_forwarding_header(header: str) -> None:
+    assert environ_key(header) in plan_environ_keys(())
+    assert environ_key(header) not in plan_environ_keys((header.lower(),))
+
+
+def test_the_plan_keys_hold_the_directives_and_a_chunked_body_whatever_is_keyed() -> None:
+    everything = plan_environ_keys(FORWARDING_HEADERS)
+
+    assert everything == {"HTTP_CACHE_CONTROL", "HTTP_PRAGMA", "HTTP_TRANSFER_ENCODING"}
+    assert not {environ_key(name) for name in FORWARDED_KEY_HEADERS} & plan_environ_keys(())
+
+
+@pytest.mark.parametrize(
+    ("environ", "body"),
+    [
+        ({}, False),
+        ({"CONTENT_LENGTH": ""}, False),
+        ({"CONTENT_LENGTH": "0"}, False),
+        ({"CONTENT_LENGTH": "12"}, True),
+        ({"CONTENT_LENGTH": "00"}, True),  # not one of the spellings of "none": passed through
+        ({"HTTP_TRANSFER_ENCODING": "chunked"}, True),
+        ({"HTTP_TRANSFER_ENCODING": "chunked", "CONTENT_LENGTH": ""}, True),
+    ],
+    ids=["absent", "empty", "zero", "twelve", "zero-zero", "chunked", "chunked-empty-length"],
+)
+def test_has_body(environ: dict[str, str], body: bool) -> None:
+    assert has_body(environ) is body
+
+
+@pytest.mark.parametrize(
+    ("path", "normalized"),
+    [
+        ("", ""),
+        ("/", "/"),
+        ("/admin/x", "/admin/x"),
+        ("/static/app.css", "/static/app.css"),
+        ("/./admin/x", "/admin/x"),
+        ("/static/../admin/x", "/admin/x"),
+        ("/static/../../../admin/x", "/admin/x"),
+        ("//admin//x", "/admin/x"),
+        ("/admin/.", "/admin/"),
+        ("/admin/x/..", "/admin/"),
+        ("/admin/", "/admin/"),
+        ("/..", "/"),
+        ("/a/.../b", "/a/.../b"),  # three dots are a name
+        ("/a/..b/c", "/a/..b/c"),
+    ],
+)
+def test_normalized_path(path: str, normalized: str) -> None:
+    assert normalized_path(path) == normalized

@@ -7,11 +7,16 @@ without ``Cache-Control`` or conditional headers never builds a parser object.
 The rules, as a user can check them:
 
 - only GET and HEAD are served from the cache; HEAD is answered from a GET entry;
-- the key is scheme, host, ``SCRIPT_NAME + PATH_INFO``, the raw query string, the values of
-  ``X-Forwarded-Proto/-Port/-Prefix`` and of ``cache_key_headers``, and the request's values of
-  every header the stored response names in ``Vary`` (an absent header differs from an empty one);
-- a request carrying ``X-Forwarded-Host``, ``Forwarded``, ``X-Original-URL`` or
-  ``X-Rewrite-URL`` bypasses the cache unless that header is keyed by ``cache_key_headers``;
+- the key is scheme, host, ``SCRIPT_NAME + PATH_INFO``, the raw query string, the request
+  target as the server received it (``RAW_URI``, else ``REQUEST_URI``), the values of
+  ``X-Forwarded-Proto/-Port/-Prefix`` and of ``cache_key_headers``, and the names and the
+  request's values of the headers the stored response names in ``Vary`` (an absent header
+  differs from an empty one);
+- a request carrying a header of :data:`FORWARDING_HEADERS` (one that frameworks and WSGI
+  filters read to build URLs or pick the method) bypasses the cache unless that header is
+  keyed by ``cache_key_headers``; so does a GET or HEAD with a body;
+- ``cache_paths`` and ``cache_exclude_paths`` see the path as a router does: dot segments
+  resolved, repeated slashes merged (:func:`normalized_path`);
 - a request with ``Authorization`` or ``Cookie`` is served and stored only when the response
   says ``public`` or ``s-maxage``;
 - request ``no-store`` bypasses; request ``no-cache``, ``max-age=0`` or ``Pragma: no-cache``
@@ -39,33 +44,75 @@ from werkzeug.http import parse_date, parse_dict_header, parse_etags, unquote_et
 __all__ = [
     "BYPASS_HEADERS",
     "FORWARDED_KEY_HEADERS",
+    "FORWARDING_HEADERS",
     "HEURISTIC_STATUSES",
+    "NO_BODY_LENGTHS",
     "CacheKey",
     "ResponseVerdict",
     "assess_response",
     "cache_directives",
     "environ_key",
+    "has_body",
     "is_not_modified",
     "key_path",
+    "normalized_path",
+    "plan_environ_keys",
     "request_directives",
     "variant_key",
 ]
 
-# Headers that make an app behind a proxy-fixing middleware build another URL for the same
-# path: keying them would let any client fill the cache under an attacker's chosen host, so
-# they bypass it (SPEC §6). X-Rewrite-URL is X-Original-URL's IIS twin.
-BYPASS_HEADERS = ("forwarded", "x-forwarded-host", "x-original-url", "x-rewrite-url")
-# Forwarding headers with a handful of honest values (http/https, a port, a mount prefix) are
-# keyed instead of bypassed, so a cache behind a TLS proxy still works and still cannot hand
-# an http:// page to an https:// client.
+# The request headers that frameworks, servers and WSGI filters read to build a page's URLs
+# (host, scheme, port, mount point, path) or to pick its method, each with who reads it. A
+# request carrying one would let any client store a page built for its own values (a link to
+# its host, a javascript: scheme, a GET answered as a DELETE), so it passes through uncached
+# unless cache_key_headers keys the header. X-Forwarded-For, X-Real-IP and
+# X-Client-IP are not here: they set REMOTE_ADDR, not a URL, and a TLS proxy adds
+# X-Forwarded-For to every request (a page that shows the client's address says Vary).
+FORWARDING_HEADERS: Mapping[str, str] = {
+    "forwarded": "RFC 7239; waitress (trusted_proxy_headers)",
+    "x-forwarded-host": "werkzeug ProxyFix, Django USE_X_FORWARDED_HOST, PasteDeploy prefix, "
+    "waitress, mod_wsgi",
+    "x-forwarded-server": "PasteDeploy prefix (SERVER_NAME and Host), mod_wsgi",
+    "x-host": "mod_wsgi, cardinal_pythonlib ReverseProxiedMiddleware",
+    "x-original-host": "Django middlewares behind Azure or ngrok that copy it to Host",
+    "x-forwarded-proto": "werkzeug ProxyFix, Django SECURE_PROXY_SSL_HEADER, PasteDeploy prefix",
+    "x-forwarded-port": "werkzeug ProxyFix, Django USE_X_FORWARDED_PORT, waitress, mod_wsgi",
+    "x-forwarded-prefix": "werkzeug ProxyFix (SCRIPT_NAME)",
+    "x-forwarded-scheme": "PasteDeploy prefix (wsgi.url_scheme), mod_wsgi",
+    "x-scheme": "the Flask ReverseProxied snippet, mod_wsgi",
+    "x-url-scheme": "Galaxy's XForwardedHostMiddleware",
+    "x-forwarded-protocol": "gunicorn secure_scheme_headers, cardinal_pythonlib",
+    "x-forwarded-ssl": "gunicorn secure_scheme_headers, mod_wsgi",
+    "x-forwarded-https": "mod_wsgi",
+    "x-https": "mod_wsgi",
+    "x-script-name": "the Flask ReverseProxied snippet, mod_wsgi",
+    "x-forwarded-script-name": "mod_wsgi, cardinal_pythonlib",
+    "x-original-url": "IIS URL Rewrite; Symfony and Zend before their 2018 fixes",
+    "x-rewrite-url": "IIS (X-Original-URL's older twin); the same frameworks",
+    "x-http-method-override": "Flask's HTTPMethodOverrideMiddleware pattern, Django middlewares",
+    "x-http-method": "Microsoft's OData and SharePoint convention; PHP REST apps",
+    "x-method-override": "Django views and PHP frameworks",
+}
+# Of those, the ones with a handful of honest values (http/https, a port, a mount prefix) are
+# keyed by default instead of bypassed, so a cache behind a TLS proxy still works and still
+# cannot hand an http:// page to an https:// client.
 FORWARDED_KEY_HEADERS = ("x-forwarded-port", "x-forwarded-prefix", "x-forwarded-proto")
+# The others bypass the cache unless cache_key_headers names them.
+BYPASS_HEADERS = tuple(name for name in FORWARDING_HEADERS if name not in FORWARDED_KEY_HEADERS)
+# The request's own directives: which rule applies is the full path's to work out.
+DIRECTIVE_HEADERS = ("cache-control", "pragma")
+# A body makes a GET's page depend on what the key does not hold: Transfer-Encoding, or a
+# Content-Length other than these (absent, as gunicorn leaves it; empty, as werkzeug's
+# server sets it; zero).
+NO_BODY_LENGTHS = frozenset({None, "", "0"})
 # RFC 9110 §15.1: the statuses a cache may give heuristic freshness (RFC 9111 §4.2.2).
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
 # RFC 9111 §4.2.2's "typical setting": a tenth of the time since Last-Modified.
 HEURISTIC_FRACTION = 0.1
 # A key is a tuple, never a joined string: no header value or path can be crafted to spell
-# another request's key. (scheme, host, path, query[, keyed header values]) is a base key;
-# (base key, Vary values) the key of one variant. An absent header is None, unlike "".
+# another request's key. (scheme, host, script name, path, query, request target[, keyed
+# header values]) is a base key; (base key, Vary names, Vary values) the key of one variant.
+# An absent header is None, unlike "".
 CacheKey = tuple[Any, ...]
 
 
@@ -82,11 +129,50 @@ def key_path(base_key: CacheKey) -> str:
     return str(base_key[2]) + str(base_key[3])
 
 
+def normalized_path(path: str) -> str:
+    """``path`` as an app's router sees it: dot segments resolved (RFC 3986 §5.2.4) and
+    repeated slashes merged (werkzeug's ``merge_slashes``), so that no spelling of a path
+    slips past a path rule: ``/static/../admin/x`` and ``/./admin//x`` are ``/admin/x``."""
+    if "." not in path and "//" not in path:
+        return path
+    segments: list[str] = []
+    for segment in path.split("/"):
+        if segment == "..":
+            if segments:
+                segments.pop()
+        elif segment and segment != ".":
+            segments.append(segment)
+    normalized = "/" + "/".join(segments)
+    if segments and path.endswith(("/", "/.", "/..")):
+        normalized += "/"  # a directory stays one: /a/. is /a/
+    return normalized
+
+
 def variant_key(
-    base_key: CacheKey, environ_keys: Iterable[str], environ: Mapping[str, object]
+    base_key: CacheKey, environ_keys: tuple[str, ...], environ: Mapping[str, object]
 ) -> CacheKey:
-    """The key of the variant of ``base_key`` selected by the request's ``Vary`` values."""
-    return (base_key, tuple(map(environ.get, environ_keys)))
+    """The key of the variant of ``base_key`` selected by the request's values of the
+    ``Vary`` headers ``environ_keys`` names: the names are part of it, so that a value sent
+    under another header never selects the variant."""
+    return (base_key, environ_keys, tuple(map(environ.get, environ_keys)))
+
+
+def plan_environ_keys(keyed: Iterable[str]) -> frozenset[str]:
+    """The environ keys whose presence in a GET or HEAD calls for the full rules: the
+    request's own directives, a chunked body, and the forwarding headers the lower-cased
+    header names ``keyed`` do not key (a request carrying one of those passes through)."""
+    keyed = set(keyed)
+    names = [*DIRECTIVE_HEADERS, "transfer-encoding"]
+    names += [name for name in BYPASS_HEADERS if name not in keyed]
+    return frozenset(map(environ_key, names))
+
+
+def has_body(environ: Mapping[str, object]) -> bool:
+    """Whether a request carries a body (RFC 9112 §6.3: a Transfer-Encoding, or a
+    ``Content-Length`` above zero)."""
+    return (
+        "HTTP_TRANSFER_ENCODING" in environ or environ.get("CONTENT_LENGTH") not in NO_BODY_LENGTHS
+    )
 
 
 def request_directives(environ: Mapping[str, object]) -> tuple[bool, bool]:
