@@ -24,6 +24,9 @@ from wsgi_memopt import MemoryOptimizer
 app = Flask(__name__)
 # A real deployment reads its secret from the environment; this default is for the example only.
 app.secret_key = os.environ.get("FLASK_SECRET_KEY", "example-only-not-a-secret")
+# Only what a view marks cacheable (Cache-Control, Expires, Last-Modified) is stored, as /cached
+# does. To keep views that say nothing, give them a lifetime instead, scoped to some routes:
+# MemoryOptimizer(app.wsgi_app, cache_default_ttl_s=60, cache_paths="/reports/*").
 app.wsgi_app = MemoryOptimizer(app.wsgi_app)  # type: ignore[method-assign]
 
 

@@ -2,6 +2,9 @@
 
 - ``/slow``: the same page for everyone, slow to build (``slow_s``, default 0.2 s) and marked
   ``Cache-Control: public, max-age=60``: the cache answers it after the first request.
+- ``/report``: a page that says nothing about caching, as many apps' pages do. It is stored
+  only where the ini gives such pages a lifetime (``cache_default_ttl_s``, in
+  ``production.ini``); under ``production_filter_with.ini`` it is built for every request.
 - ``/me``: a personal page. A visitor without a ``user`` cookie is given one (``Set-Cookie``);
   the page names the visitor and says ``Cache-Control: private``. It is never stored: both
   the ``Set-Cookie`` and ``private`` keep it out of a shared cache, and a request with a
@@ -33,6 +36,9 @@ def make_app(global_conf: dict[str, str], **conf: str) -> Callable[..., Iterable
             time.sleep(slow_s)  # stands for a slow query or template
             body = f"built at {time.time():.6f} by pid {os.getpid()}\n".encode()
             headers = [("Cache-Control", "public, max-age=60")]
+        elif path == "/report":
+            body = f"report built at {time.time():.6f} by pid {os.getpid()}\n".encode()
+            headers = []  # no Cache-Control, Expires or Last-Modified
         elif path == "/me":
             cookie = SimpleCookie(environ.get("HTTP_COOKIE", ""))
             headers = [("Cache-Control", "private, no-store")]

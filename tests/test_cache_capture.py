@@ -34,6 +34,8 @@ from wsgi_memopt.cache.capture import Capture
 MB = 1 << 20
 CHUNK = 64 * 1024
 WAIT_S = 10.0  # the bound of every wait on another thread; never reached when all is well
+# How the test apps mark a response cacheable, where a test is about anything but freshness.
+CACHEABLE = (("Cache-Control", "max-age=1800"),)
 
 
 # -- helpers
@@ -133,13 +135,16 @@ class Body:
 
 
 class CountingApp:
-    """A tiny app returning a :class:`Body`; counts its calls and its bodies' close() calls."""
+    """A tiny app returning a :class:`Body`; counts its calls and its bodies' close() calls.
+
+    Its responses are marked cacheable (:data:`CACHEABLE`) unless ``headers`` says otherwise.
+    """
 
     def __init__(
         self,
         chunks: Iterable[bytes] = (b"hello ", b"world"),
         *,
-        headers: Iterable[tuple[str, str]] = (),
+        headers: Iterable[tuple[str, str]] = CACHEABLE,
         **body: Any,
     ) -> None:
         self.chunks = list(chunks)
@@ -222,7 +227,7 @@ def test_big_body_streams_chunk_by_chunk_and_its_copy_is_dropped_past_the_limit(
     total_chunks = 10 * MB // CHUNK
 
     def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
-        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        start_response("200 OK", [("Content-Type", "application/octet-stream"), *CACHEABLE])
 
         def body() -> Iterator[bytes]:
             for index in range(total_chunks):
@@ -289,7 +294,7 @@ def test_streamed_body_without_content_length_is_stored_and_replayed_whole() -> 
 
     def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
         calls.append(1)
-        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        start_response("200 OK", [("Content-Type", "application/octet-stream"), *CACHEABLE])
         return (chunk for chunk in chunks)
 
     optimizer, client = wrap(app)
@@ -317,12 +322,14 @@ def test_streamed_body_without_content_length_is_stored_and_replayed_whole() -> 
 @pytest.mark.parametrize(
     ("method", "request_headers", "response_headers", "stored"),
     [
-        pytest.param("GET", {}, [], True, id="miss-stored"),
+        pytest.param("GET", {}, CACHEABLE, True, id="miss-stored"),
         pytest.param("GET", {}, [("Cache-Control", "no-store")], False, id="miss-not-stored"),
-        pytest.param("GET", {"Cache-Control": "no-store"}, [], False, id="request-no-store"),
-        pytest.param("POST", {}, [], False, id="post-passes-through"),
-        pytest.param("GET", {"X-Forwarded-Host": "x.example"}, [], False, id="bypass"),
-        pytest.param("HEAD", {}, [], False, id="head-miss"),
+        pytest.param("GET", {}, [], False, id="miss-says-nothing"),
+        pytest.param("GET", {"Cache-Control": "no-store"}, CACHEABLE, False, id="request-no-store"),
+        pytest.param("POST", {}, CACHEABLE, False, id="post-passes-through"),
+        pytest.param("GET", {"X-Forwarded-Host": "x.example"}, CACHEABLE, False, id="bypass"),
+        pytest.param("GET", {"X-Forwarded-Server": "x.example"}, CACHEABLE, False, id="bypass-2"),
+        pytest.param("HEAD", {}, CACHEABLE, False, id="head-miss"),
     ],
 )
 def test_app_iterable_is_closed_once_per_response(
@@ -337,7 +344,7 @@ def test_app_iterable_is_closed_once_per_response(
 
 
 def test_a_hit_does_not_call_the_app_so_closes_nothing() -> None:
-    app = CountingApp(headers=[("ETag", '"v1"')])
+    app = CountingApp(headers=[("ETag", '"v1"'), *CACHEABLE])
     optimizer, client = wrap(app)
     assert get(client, "/page").headers["X-Cache"] == "MISS"
     assert (app.calls, app.closes) == (1, 1)
@@ -426,7 +433,7 @@ def test_app_close_raising_releases_single_flight_waiters(
     ("chunks", "headers"),
     [
         pytest.param([b"page", b"tail"], [("Cache-Control", "no-store")], id="refused-at-start"),
-        pytest.param([b"x" * CHUNK, b"x", b"tail"], [], id="too-large-mid-body"),
+        pytest.param([b"x" * CHUNK, b"x", b"tail"], CACHEABLE, id="too-large-mid-body"),
     ],
 )
 def test_waiters_are_released_as_soon_as_the_response_will_not_be_stored(
@@ -502,7 +509,7 @@ def test_write_callable_reaches_the_client_and_is_never_stored() -> None:
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         calls.append(1)
-        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write = start_response("200 OK", [("Content-Type", "text/plain"), *CACHEABLE])
         write(b"a")
         return [b"b"]
 
@@ -569,7 +576,7 @@ def test_app_raising_in_its_call_propagates_and_releases_the_key(
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         calls.append(1)
         if started or len(calls) > 1:
-            start_response("200 OK", [("Content-Type", "text/plain")])
+            start_response("200 OK", [("Content-Type", "text/plain"), *CACHEABLE])
         if len(calls) == 1:
             raise error
         return [b"second"]
@@ -658,16 +665,20 @@ def page_of(user: str) -> bytes:
 
 
 @pytest.mark.parametrize(
-    "headers",
+    ("headers", "settings"),
     [
-        pytest.param((), id="no-cache-control"),
-        pytest.param((("Cache-Control", "max-age=60"),), id="max-age"),
+        # An app that says nothing about caching, kept by the operator's default lifetime.
+        pytest.param((), {"cache_default_ttl_s": 60}, id="no-cache-control-default-ttl"),
+        pytest.param(
+            (("Last-Modified", "Sat, 01 Jan 2000 00:00:00 GMT"),), {}, id="heuristic-freshness"
+        ),
+        pytest.param((("Cache-Control", "max-age=60"),), {}, id="max-age"),
     ],
 )
 def test_personalised_page_reaches_only_its_user_in_every_order(
-    headers: tuple[tuple[str, str], ...],
+    headers: tuple[tuple[str, str], ...], settings: dict[str, Any]
 ) -> None:
-    optimizer, client = wrap(personalised_app(*headers))
+    optimizer, client = wrap(personalised_app(*headers), **settings)
     anonymous_hits = 0
     for order in itertools.permutations(USERS):
         for name in order:
@@ -775,14 +786,16 @@ def links_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     """Builds absolute links from the host, honouring X-Forwarded-Host as ProxyFix would."""
     host = environ.get("HTTP_X_FORWARDED_HOST") or environ["HTTP_HOST"]
     body = f'<a href="http://{host}/next">next</a>'.encode()
-    start_response("200 OK", [("Content-Type", "text/html"), ("Content-Length", str(len(body)))])
+    headers = [("Content-Type", "text/html"), ("Content-Length", str(len(body))), *CACHEABLE]
+    start_response("200 OK", headers)
     return [body]
 
 
 def host_links_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     """Builds absolute links from ``HTTP_HOST`` only (which ProxyFix rewrites)."""
     body = f'<a href="http://{environ["HTTP_HOST"]}/next">next</a>'.encode()
-    start_response("200 OK", [("Content-Type", "text/html"), ("Content-Length", str(len(body)))])
+    headers = [("Content-Type", "text/html"), ("Content-Length", str(len(body))), *CACHEABLE]
+    start_response("200 OK", headers)
     return [body]
 
 
@@ -832,6 +845,41 @@ def test_forwarded_host_keyed_by_setting_is_stored_apart(placement: str) -> None
     assert "evil.example" in str(evil_entries[0].key)
 
 
+class MethodOverride:
+    """Flask's "Adding HTTP Method Overrides" pattern: X-HTTP-Method-Override picks the method."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        method = environ.get("HTTP_X_HTTP_METHOD_OVERRIDE", "").upper()
+        if method in ("GET", "HEAD", "POST", "DELETE", "PUT", "PATCH", "OPTIONS"):
+            environ["REQUEST_METHOD"] = method
+        return self.app(environ, start_response)
+
+
+def test_a_method_override_filter_behind_the_cache_cannot_store_a_delete_as_the_get() -> None:
+    items = ["a", "b"]
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ["REQUEST_METHOD"] == "DELETE":
+            items.clear()
+        body = f"items: {items}".encode()
+        start_response(
+            "200 OK",
+            [("Content-Type", "text/plain"), ("Content-Length", str(len(body))), *CACHEABLE],
+        )
+        return [body]
+
+    optimizer, client = wrap(MethodOverride(app))
+    deleted = get(client, "/items", headers={"X-HTTP-Method-Override": "DELETE"})
+    items[:] = ["a", "b"]  # restored
+
+    assert deleted.data == b"items: []"  # the filter did act: the test is real
+    assert get(client, "/items").data == b"items: ['a', 'b']"
+    assert all(entry.body == b"items: ['a', 'b']" for entry in optimizer.cache.entries())
+
+
 def test_host_header_is_part_of_the_key() -> None:
     optimizer, client = wrap(host_links_app)
     assert get(client, "/links", base_url="http://evil.example/").data == EVIL
@@ -853,7 +901,7 @@ def test_host_header_is_part_of_the_key() -> None:
 def test_hit_gives_the_server_a_fresh_header_list_each_time(
     request_headers: dict[str, Any],
 ) -> None:
-    app = CountingApp(headers=[("ETag", '"v1"'), ("Content-Length", "11")])
+    app = CountingApp(headers=[("ETag", '"v1"'), ("Content-Length", "11"), *CACHEABLE])
     optimizer = MemoryOptimizer(checked(app), cache_lock_timeout_s=0)
     server = Server(optimizer)
 
@@ -897,7 +945,9 @@ def test_hit_gives_the_server_a_fresh_header_list_each_time(
 def test_head_refresh_never_stores_an_empty_body_for_get(stored_first: bool) -> None:
     def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         # A streamed werkzeug response: on HEAD it sends no body and no Content-Length.
-        response = Response((chunk for chunk in (b"full ", b"page")), mimetype="text/plain")
+        response = Response(
+            (chunk for chunk in (b"full ", b"page")), mimetype="text/plain", headers=CACHEABLE
+        )
         return response(environ, start_response)
 
     optimizer, client = wrap(app)

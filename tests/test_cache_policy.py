@@ -14,11 +14,18 @@ from werkzeug.http import http_date, parse_dict_header
 
 from wsgi_memopt.cache import policy
 from wsgi_memopt.cache.policy import (
+    BYPASS_HEADERS,
+    FORWARDED_KEY_HEADERS,
+    FORWARDING_HEADERS,
+    HEURISTIC_STATUSES,
     ResponseVerdict,
     assess_response,
     cache_directives,
     environ_key,
+    has_body,
     is_not_modified,
+    normalized_path,
+    plan_environ_keys,
     request_directives,
     variant_key,
 )
@@ -27,6 +34,8 @@ DATE = datetime(2030, 1, 1, tzinfo=timezone.utc)
 NOW = DATE.timestamp()
 TTL_CAP = 100.0
 ITEM_LIMIT = 1000
+# What an app sends to mark a response cacheable, for the tests of everything else.
+MARKED = [("Cache-Control", "max-age=60")]
 
 
 def assess(
@@ -35,6 +44,7 @@ def assess(
     *,
     credentials: bool = False,
     statuses: tuple[int, ...] = (200,),
+    default_ttl: float = 0.0,
 ) -> ResponseVerdict:
     return assess_response(
         status,
@@ -44,6 +54,7 @@ def assess(
         item_limit=ITEM_LIMIT,
         ttl_cap=TTL_CAP,
         now=NOW,
+        default_ttl=default_ttl,
     )
 
 
@@ -158,17 +169,110 @@ def test_assess_response_refuses_a_negative_content_length() -> None:
     assert assess([("Content-Length", "-1")]).reason == "content-length"
 
 
-# -- assess_response: what is stored, and what the store learns
+# -- assess_response: a response that says nothing about its freshness
+
+SAYS_NOTHING = [
+    pytest.param([], id="no-header"),
+    pytest.param([("Content-Type", "text/plain"), ("Content-Length", "5")], id="plain"),
+    pytest.param([("Vary", "Accept")], id="vary"),
+    pytest.param([("ETag", '"v1"')], id="etag"),
+    pytest.param([("Cache-Control", "public")], id="public"),
+    pytest.param([("Cache-Control", "must-revalidate, immutable, x-custom=1")], id="unknown"),
+    pytest.param([("Cache-Control", ",,;;=garbage")], id="garbage-cache-control"),
+    pytest.param([("Cache-Control", "")], id="empty-cache-control"),
+    pytest.param([("Last-Modified", "not a date")], id="last-modified-garbage"),
+    pytest.param([("Last-Modified", http_date(DATE + timedelta(days=1)))], id="modified-later"),
+]
 
 
-def test_assess_response_defaults() -> None:
-    assert assess([("Content-Type", "text/plain")]) == ResponseVerdict(None, lifetime=TTL_CAP)
+@pytest.mark.parametrize("headers", SAYS_NOTHING)
+def test_a_response_without_freshness_is_not_stored_by_default(
+    headers: list[tuple[str, str]],
+) -> None:
+    # No shared cache in wide use keeps a page that did not ask to be kept (a "database
+    # unavailable" page must not outlive the outage by cache_ttl_s).
+    assert assess(headers).reason == "no-freshness"
+
+
+@pytest.mark.parametrize("headers", SAYS_NOTHING)
+def test_a_response_without_freshness_lives_cache_default_ttl_s(
+    headers: list[tuple[str, str]],
+) -> None:
+    assert assess(headers, default_ttl=30).lifetime == 30
+    assert assess(headers, default_ttl=TTL_CAP * 10).lifetime == TTL_CAP  # capped
 
 
 @pytest.mark.parametrize(
     ("headers", "lifetime"),
     [
-        ([], TTL_CAP),
+        ([("Last-Modified", http_date(DATE - timedelta(seconds=500)))], 50),
+        ([("Last-Modified", http_date(DATE - timedelta(days=30)))], TTL_CAP),
+        (
+            [
+                ("Date", http_date(DATE - timedelta(seconds=100))),
+                ("Last-Modified", http_date(DATE - timedelta(seconds=300))),
+            ],
+            20,  # a tenth of Date - Last-Modified, whatever the clock says
+        ),
+        (
+            [("Date", "garbage"), ("Last-Modified", http_date(DATE - timedelta(seconds=300)))],
+            30,  # an unparsable Date counts from ``now``
+        ),
+        ([("Vary", "Accept"), ("Last-Modified", http_date(DATE - timedelta(seconds=90)))], 9),
+        (
+            [("Cache-Control", "public"), ("Last-Modified", http_date(DATE - timedelta(hours=1)))],
+            TTL_CAP,
+        ),
+    ],
+    ids=["tenth-of-age", "capped", "from-date", "garbage-date", "with-vary", "public"],
+)
+def test_heuristic_freshness_from_last_modified(
+    headers: list[tuple[str, str]], lifetime: float
+) -> None:
+    # RFC 9111 §4.2.2: a tenth of the time since Last-Modified, capped by cache_ttl_s.
+    verdict = assess(headers)
+
+    assert (verdict.reason, verdict.lifetime) == (None, pytest.approx(lifetime))
+
+
+def test_heuristic_freshness_only_for_heuristically_cacheable_statuses() -> None:
+    modified = [("Last-Modified", http_date(DATE - timedelta(seconds=500)))]
+    every = tuple(range(200, 600))
+    for code in (200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501):
+        assert assess(modified, f"{code} X", statuses=every).lifetime == 50, code
+    for code in (201, 202, 302, 303, 307, 400, 403, 500, 503):
+        assert assess(modified, f"{code} X", statuses=every).reason == "no-freshness", code
+    # The setting still decides what may be stored at all.
+    assert assess(modified, "404 Not Found").reason == "status"
+    assert {200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501} == HEURISTIC_STATUSES
+
+
+def test_the_longer_of_heuristic_and_default_freshness_wins() -> None:
+    modified = [("Last-Modified", http_date(DATE - timedelta(seconds=500)))]  # heuristic: 50
+
+    assert assess(modified, default_ttl=20).lifetime == 50
+    assert assess(modified, default_ttl=80).lifetime == 80
+
+
+def test_explicit_freshness_beats_heuristic_and_default() -> None:
+    modified = ("Last-Modified", http_date(DATE - timedelta(days=30)))
+
+    assert assess([("Cache-Control", "max-age=5"), modified], default_ttl=80).lifetime == 5
+    assert assess([("Cache-Control", "max-age=0"), modified], default_ttl=80).reason == "stale"
+    expired = ("Expires", http_date(DATE - timedelta(seconds=1)))
+    assert assess([expired, modified], default_ttl=80).reason == "stale"
+
+
+# -- assess_response: what is stored, and what the store learns
+
+
+def test_assess_response_defaults() -> None:
+    assert assess([("Content-Type", "text/plain"), *MARKED]) == ResponseVerdict(None, lifetime=60)
+
+
+@pytest.mark.parametrize(
+    ("headers", "lifetime"),
+    [
         ([("Cache-Control", "max-age=60")], 60),
         ([("Cache-Control", "max-age=60, s-maxage=30")], 30),
         ([("Cache-Control", "max-age=10, s-maxage=30")], 30),
@@ -194,12 +298,9 @@ def test_assess_response_defaults() -> None:
             20,  # Expires - Date, whatever the clock says
         ),
         ([("Expires", http_date(DATE + timedelta(days=1)))], TTL_CAP),
-        ([("Cache-Control", ",,;;=garbage")], TTL_CAP),
-        ([("Cache-Control", "")], TTL_CAP),
-        ([("Cache-Control", "must-revalidate, immutable, x-custom=1")], TTL_CAP),
+        ([("Cache-Control", "must-revalidate, immutable, x-custom=1, max-age=7")], 7),
     ],
     ids=[
-        "none",
         "max-age",
         "s-maxage-beats-max-age",
         "s-maxage-beats-shorter-max-age",
@@ -213,8 +314,6 @@ def test_assess_response_defaults() -> None:
         "expires-garbage-date",
         "expires-old-date",
         "expires-capped",
-        "garbage-cache-control",
-        "empty-cache-control",
         "unknown-directives",
     ],
 )
@@ -236,13 +335,13 @@ def test_assess_response_lifetime(headers: list[tuple[str, str]], lifetime: floa
     ],
 )
 def test_assess_response_shareable_with_credentials(cache_control: str, shareable: bool) -> None:
-    anonymous = assess([("Cache-Control", cache_control)])
+    # "public" alone gives no lifetime: cache_default_ttl_s gives it one here.
+    anonymous = assess([("Cache-Control", cache_control)], default_ttl=30)
 
     assert anonymous.reason is None
     assert anonymous.shareable_with_credentials is shareable
-    assert assess([("Cache-Control", cache_control)], credentials=True).reason == (
-        None if shareable else "credentials"
-    )
+    with_credentials = assess([("Cache-Control", cache_control)], credentials=True, default_ttl=30)
+    assert with_credentials.reason == (None if shareable else "credentials")
 
 
 @pytest.mark.parametrize(
@@ -264,7 +363,7 @@ def test_assess_response_shareable_with_credentials(cache_control: str, shareabl
     ids=["one", "two-sorted", "two-headers-deduplicated", "content-type", "only-commas", "empty"],
 )
 def test_assess_response_vary(vary_headers: list[tuple[str, str]], keys: tuple[str, ...]) -> None:
-    verdict = assess(vary_headers)
+    verdict = assess([*vary_headers, *MARKED])
 
     assert verdict.reason is None
     assert verdict.vary == keys
@@ -276,7 +375,7 @@ def test_assess_response_vary(vary_headers: list[tuple[str, str]], keys: tuple[s
     ids=["zero", "twelve", "spaces", "at-limit"],
 )
 def test_assess_response_content_length(value: str, length: int) -> None:
-    verdict = assess([("content-length", value)])
+    verdict = assess([("content-length", value), *MARKED])
 
     assert (verdict.reason, verdict.content_length) == (None, length)
 
@@ -294,7 +393,7 @@ def test_assess_response_content_length(value: str, length: int) -> None:
 def test_assess_response_validators(last_modified: str, timestamp: Any) -> None:
     if isinstance(timestamp, datetime):
         timestamp = timestamp.timestamp()
-    verdict = assess([("ETag", 'W/"v1"'), ("Last-Modified", last_modified)])
+    verdict = assess([("ETag", 'W/"v1"'), ("Last-Modified", last_modified), *MARKED])
 
     assert verdict.reason is None
     assert verdict.etag == 'W/"v1"'
@@ -302,9 +401,9 @@ def test_assess_response_validators(last_modified: str, timestamp: Any) -> None:
 
 
 def test_assess_response_status_codes_from_settings() -> None:
-    assert assess([], "404 Not Found", statuses=(200, 404)).reason is None
-    assert assess([], "203 Non-Authoritative Information", statuses=(200, 203)).reason is None
-    assert assess([], "200 OK", statuses=(404,)).reason == "status"
+    assert assess(MARKED, "404 Not Found", statuses=(200, 404)).reason is None
+    assert assess(MARKED, "203 Non-Authoritative Information", statuses=(200, 203)).reason is None
+    assert assess(MARKED, "200 OK", statuses=(404,)).reason == "status"
 
 
 @pytest.mark.parametrize("status", ["OK", "2x0 OK", "", "abc 200"], ids=repr)
@@ -316,10 +415,10 @@ def test_assess_response_refuses_a_status_line_without_a_code(status: str) -> No
 def test_status_lines_remembered_are_bounded() -> None:
     # An app may put anything in its status line: the memo of codes must not grow with it.
     for number in range(policy._STATUS_CODES_MAX * 2):
-        assert assess([], f"200 OK #{number}").reason is None
+        assert assess(MARKED, f"200 OK #{number}").reason is None
 
     assert len(policy._STATUS_CODES) <= policy._STATUS_CODES_MAX
-    assert assess([], "200 OK #never-seen").reason is None
+    assert assess(MARKED, "200 OK #never-seen").reason is None
 
 
 def test_assess_response_without_now_uses_the_wall_clock() -> None:
@@ -521,7 +620,16 @@ BASE = ("http", "localhost", "/", "")
     ids=["no-keys", "value", "absent", "empty", "two-in-order", "one-absent"],
 )
 def test_variant_key(keys: tuple[str, ...], environ: dict[str, str], values: tuple[object]) -> None:
-    assert variant_key(BASE, keys, environ) == (BASE, values)
+    assert variant_key(BASE, keys, environ) == (BASE, keys, values)
+
+
+def test_variant_key_holds_the_vary_names_not_only_their_values() -> None:
+    # A page that varied on Accept-Encoding, then on X-Flag: a client sending X-Flag: gzip
+    # and no Accept-Encoding must not select the gzip variant.
+    gzip = variant_key(BASE, ("HTTP_ACCEPT_ENCODING",), {"HTTP_ACCEPT_ENCODING": "gzip"})
+    flag = variant_key(BASE, ("HTTP_X_FLAG",), {"HTTP_X_FLAG": "gzip"})
+
+    assert gzip != flag
 
 
 def test_variant_key_absent_differs_from_any_header_value() -> None:
@@ -588,4 +696,82 @@ def test_a_content_length_that_is_no_number_is_refused_by_name(length: str) -> N
 def test_an_unusual_spelling_of_a_header_name_is_read_all_the_same() -> None:
     assert assess([("cAcHe-CoNtRoL", "no-store")]).reason == "no-store"
     assert assess([("SET-COOKIE", "a=b")]).reason == "set-cookie"
-    assert assess([("content-length", "12")]).content_length == 12
+    assert assess([("content-length", "12"), *MARKED]).content_length == 12
+
+
+# -- the request inputs the key does not hold: forwarding headers, bodies, path spellings
+
+
+def test_every_forwarding_header_names_who_reads_it() -> None:
+    assert all(reader.strip() for reader in FORWARDING_HEADERS.values())
+    assert all(name == name.lower() for name in FORWARDING_HEADERS)
+    assert set(FORWARDED_KEY_HEADERS) < set(FORWARDING_HEADERS)
+    assert set(BYPASS_HEADERS) == set(FORWARDING_HEADERS) - set(FORWARDED_KEY_HEADERS)
+    # Set by a TLS proxy on every request, and only REMOTE_ADDR follows it: never bypassed.
+    assert "x-forwarded-for" not in FORWARDING_HEADERS
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "X-Forwarded-Host",
+        "X-Forwarded-Server",
+        "X-Forwarded-Scheme",
+        "X-Host",
+        "X-Original-Host",
+        "X-Forwarded-Ssl",
+        "X-HTTP-Method-Override",
+        "X-Original-URL",
+        "Forwarded",
+    ],
+)
+def test_the_plan_keys_hold_every_unkeyed_forwarding_header(header: str) -> None:
+    assert environ_key(header) in plan_environ_keys(())
+    assert environ_key(header) not in plan_environ_keys((header.lower(),))
+
+
+def test_the_plan_keys_hold_the_directives_and_a_chunked_body_whatever_is_keyed() -> None:
+    everything = plan_environ_keys(FORWARDING_HEADERS)
+
+    assert everything == {"HTTP_CACHE_CONTROL", "HTTP_PRAGMA", "HTTP_TRANSFER_ENCODING"}
+    assert not {environ_key(name) for name in FORWARDED_KEY_HEADERS} & plan_environ_keys(())
+
+
+@pytest.mark.parametrize(
+    ("environ", "body"),
+    [
+        ({}, False),
+        ({"CONTENT_LENGTH": ""}, False),
+        ({"CONTENT_LENGTH": "0"}, False),
+        ({"CONTENT_LENGTH": "12"}, True),
+        ({"CONTENT_LENGTH": "00"}, True),  # not one of the spellings of "none": passed through
+        ({"HTTP_TRANSFER_ENCODING": "chunked"}, True),
+        ({"HTTP_TRANSFER_ENCODING": "chunked", "CONTENT_LENGTH": ""}, True),
+    ],
+    ids=["absent", "empty", "zero", "twelve", "zero-zero", "chunked", "chunked-empty-length"],
+)
+def test_has_body(environ: dict[str, str], body: bool) -> None:
+    assert has_body(environ) is body
+
+
+@pytest.mark.parametrize(
+    ("path", "normalized"),
+    [
+        ("", ""),
+        ("/", "/"),
+        ("/admin/x", "/admin/x"),
+        ("/static/app.css", "/static/app.css"),
+        ("/./admin/x", "/admin/x"),
+        ("/static/../admin/x", "/admin/x"),
+        ("/static/../../../admin/x", "/admin/x"),
+        ("//admin//x", "/admin/x"),
+        ("/admin/.", "/admin/"),
+        ("/admin/x/..", "/admin/"),
+        ("/admin/", "/admin/"),
+        ("/..", "/"),
+        ("/a/.../b", "/a/.../b"),  # three dots are a name
+        ("/a/..b/c", "/a/..b/c"),
+    ],
+)
+def test_normalized_path(path: str, normalized: str) -> None:
+    assert normalized_path(path) == normalized

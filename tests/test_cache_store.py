@@ -35,6 +35,8 @@ KB = 1 << 10
 MB = 1 << 20
 ACCEPT_LANGUAGE = ("HTTP_ACCEPT_LANGUAGE",)
 BOUND_S = 5.0  # the longest any test waits for another thread: a bug fails, never hangs
+# How the test apps mark a response cacheable, where a test is about anything but freshness.
+CACHEABLE = ("Cache-Control", "max-age=1800")
 
 StartResponse = Callable[..., Callable[[bytes], object]]
 
@@ -74,7 +76,7 @@ class SizedApp:
     """Answers ``/<anything>/<size>`` with ``body_for(path, size)``, and counts its calls.
 
     ``?stream`` sends the body in 64 KiB chunks without ``Content-Length``; ``?max-age=N``
-    adds ``Cache-Control: max-age=N``.
+    sends ``Cache-Control: max-age=N`` instead of :data:`CACHEABLE`'s.
     """
 
     def __init__(self) -> None:
@@ -89,7 +91,10 @@ class SizedApp:
         query = environ.get("QUERY_STRING", "")
         headers = [("Content-Type", "application/octet-stream")]
         if query.startswith("max-age="):
-            headers.append(("Cache-Control", query))
+            # A value of its own, as an app's is: the query's string is the key's too.
+            headers.append(("Cache-Control", "max-age=" + query.split("=", 1)[1]))
+        else:
+            headers.append(CACHEABLE)
         if query == "stream":
             start_response("200 OK", headers)
             return (body[i : i + 64 * KB] for i in range(0, len(body), 64 * KB))
@@ -188,11 +193,12 @@ def test_accounting_holds_after_hits_at_different_ages(size: int) -> None:
     optimizer, client = wrap(SizedApp(), cache_ttl_s=10**6)
     clock = install_clock(optimizer)
     path = f"/aged/{size}"
-    get(client, path)
+    fresh_for_ages = "max-age=1000000"
+    get(client, path, query_string=fresh_for_ages)
 
     for age in (1, 7, 61, 3_601, 86_401, 999_999):
         clock.now = optimizer.cache.entries()[0].created + age
-        hit = get(client, path)
+        hit = get(client, path, query_string=fresh_for_ages)
         assert hit.headers["X-Cache"] == "HIT"
         assert hit.headers["Age"] == str(age)
         assert hit.data == body_for(path, size)
@@ -815,7 +821,7 @@ class GatedApp:
     """Counts calls; each call waits (bounded) for ``gate`` before answering ``body #N``."""
 
     def __init__(self, headers: list[tuple[str, str]] | None = None) -> None:
-        self.headers = headers or []
+        self.headers = [CACHEABLE] if headers is None else headers
         self.gate = threading.Event()
         self.calls = 0
         self.gate_was_open: list[bool] = []
@@ -1025,9 +1031,11 @@ def test_a_response_lost_to_an_error_is_not_remembered_uncacheable(
             failed.append(True)
             if failure == "app-raised":
                 raise RuntimeError("the database is down")
-            start_response("200 OK", [("Content-Type", "text/plain")])
+            start_response("200 OK", [("Content-Type", "text/plain"), CACHEABLE])
             return _cut_short()
-        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4")])
+        start_response(
+            "200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4"), CACHEABLE]
+        )
         return [b"page"]
 
     optimizer, client = wrap(app, cache_lock_timeout_s=5)
@@ -1128,7 +1136,7 @@ def test_a_superseded_leader_does_not_release_the_new_leaders_waiters(
         # The first leader fails (an upstream timeout, say): its answer is not storable.
         status = "503 Service Unavailable" if number == 0 else "200 OK"
         body = b"answer %d" % number
-        start_response(status, [("Content-Type", "text/plain"), ("Content-Length", "8")])
+        start_response(status, [("Content-Type", "text/plain"), ("Content-Length", "8"), CACHEABLE])
         return [body]
 
     optimizer, _ = wrap(app, cache_lock_timeout_s=5)
@@ -1191,6 +1199,8 @@ def test_threads_hammering_more_keys_than_fit(caplog: pytest.LogCaptureFixture) 
             headers.append(("Vary", "Accept-Language"))
         if number % 7 == 0:
             headers.append(("Cache-Control", "max-age=1"))  # expires during the run
+        else:
+            headers.append(CACHEABLE)
         start_response("200 OK", headers)
         return [body]
 

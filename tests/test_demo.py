@@ -56,7 +56,7 @@ def test_index_links_every_route_and_says_what_to_look_for(optimizer_client: Any
     assert response.status_code == 200
     assert response.mimetype == "text/html"
     page = response.text
-    for route in ("/slow", "/me", "/stream"):
+    for route in ("/slow", "/plain", "/me", "/stream"):
         assert f'href="{route}"' in page
     assert "/echo" in page
     for header in ("Cache-Status", "X-Cache", "Age"):
@@ -69,6 +69,27 @@ def test_index_links_stay_under_the_mount_point(optimizer_client: Any) -> None:
     page = get(client, "/", base_url="http://example.test/demo/").text
     assert 'href="/demo/slow"' in page
     assert "curl -i http://example.test/demo/slow" in page
+
+
+# -- /plain
+
+
+def test_plain_says_nothing_about_caching_and_is_not_stored(optimizer_client: Any) -> None:
+    optimizer, client = optimizer_client
+    for _ in range(2):
+        response = get(client, "/plain")
+        assert "Cache-Control" not in response.headers
+        assert _cache_status(response) == ["wsgi-memopt", "fwd=miss", "detail=no-freshness"]
+    assert "cache_default_ttl_s" in response.text
+    assert optimizer.cache.stats()["items"] == 0
+
+
+def test_plain_is_stored_when_the_middleware_gives_it_a_lifetime() -> None:
+    _, client = wrap(make_demo_app(slow_seconds=0), cache_default_ttl_s=30)
+    first, second = get(client, "/plain"), get(client, "/plain")
+    assert _cache_status(first) == ["wsgi-memopt", "fwd=miss", "stored"]
+    assert _cache_status(second) == ["wsgi-memopt", "hit", "ttl=30"]
+    assert second.data == first.data
 
 
 # -- /slow

@@ -69,7 +69,12 @@ def body_app(size: int = 100_000) -> Callable[..., Iterable[bytes]]:
         head = environ["PATH_INFO"].encode()
         body = head + b"." * max(size - len(head), 0)
         start_response(
-            "200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+            "200 OK",
+            [
+                ("Content-Type", "text/plain"),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "max-age=600"),
+            ],
         )
         return [body]
 

@@ -17,6 +17,7 @@ import subprocess
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import checked, get
@@ -102,7 +103,15 @@ def test_both_ini_forms_load_and_cache_the_shared_page_only(ini: str) -> None:
     known = get(client, "/me", headers={"Cookie": "user=alice"})
     assert known.data == b"hello alice\n"
     assert "hit" not in known.headers["Cache-Status"]
-    assert optimizer.cache.stats()["items"] == 1  # /slow only
+
+    # /report says nothing about caching: kept only where the ini gives it a lifetime.
+    kept = optimizer.settings.cache_default_ttl_s > 0
+    assert kept is (ini == "production.ini")
+    first_report, second_report = get(client, "/report"), get(client, "/report")
+    assert ("hit" in second_report.headers["Cache-Status"]) is kept
+    if kept:
+        assert second_report.data == first_report.data
+    assert optimizer.cache.stats()["items"] == 1 + kept  # /slow, and /report if kept
 
 
 def test_the_pipeline_ini_reads_every_filter_key() -> None:
@@ -171,6 +180,70 @@ def test_the_ini_file_wins_over_the_environment(
     assert settings.cache_max_mb == 25
     assert settings.cache_max_items == 7
     assert settings.source_of("cache_max_items") == "WSGI_MEMOPT_CACHE_MAX_ITEMS"
+
+
+# -- a stock filter behind the cache cannot poison a page
+
+PREFIX_INI = """\
+    [pipeline:main]
+    pipeline = memopt prefix links
+
+    [filter:memopt]
+    use = egg:wsgi_memopt
+
+    [filter:prefix]
+    use = egg:PasteDeploy#prefix
+
+    [app:links]
+    use = call:test_paste:make_links_app
+    """
+
+
+def make_links_app(global_conf: dict[str, str], **conf: str) -> Callable[..., list[bytes]]:
+    """``paste.app_factory``: a cacheable page linking to itself by the URL it was asked at."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        url = f"{environ['wsgi.url_scheme']}://{environ['HTTP_HOST']}/next"
+        body = f'<a href="{url}">next</a>'.encode()
+        start_response(
+            "200 OK",
+            [
+                ("Content-Type", "text/html"),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "public, max-age=600"),
+            ],
+        )
+        return [body]
+
+    return app
+
+
+@pytest.mark.parametrize("evil_first", [True, False], ids=["evil-first", "honest-first"])
+@pytest.mark.parametrize(
+    ("header", "value", "evil"),
+    [
+        ("X-Forwarded-Server", "evil.example", b'<a href="http://evil.example/next">next</a>'),
+        ("X-Forwarded-Scheme", "javascript", b'<a href="javascript://localhost/next">next</a>'),
+    ],
+)
+def test_the_prefix_filter_behind_the_cache_cannot_poison_a_page(
+    tmp_path: Path, header: str, value: str, evil: bytes, evil_first: bool
+) -> None:
+    # egg:PasteDeploy#prefix rewrites the host from X-Forwarded-Server and the scheme from
+    # X-Forwarded-Scheme, for any client: behind the cache, such a request passes through.
+    optimizer = load(write_ini(tmp_path, PREFIX_INI))
+    client = Client(checked(optimizer), use_cookies=False)
+    honest = b'<a href="http://localhost/next">next</a>'
+    for step in ("evil", "honest") if evil_first else ("honest", "evil"):
+        if step == "evil":
+            assert get(client, "/page", headers={header: value}).data == evil  # a real test
+        else:
+            assert get(client, "/page").data == honest
+
+    again = get(client, "/page")
+
+    assert (again.data, again.headers["X-Cache"]) == (honest, "HIT")
+    assert [entry.body for entry in optimizer.cache.entries()] == [honest]
 
 
 # -- gunicorn --paste, for real on 127.0.0.1

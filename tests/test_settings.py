@@ -21,6 +21,7 @@ NON_DEFAULT: dict[str, Any] = {
     "cache_max_mb": 10.5,
     "cache_item_max_mb": 0.25,
     "cache_ttl_s": 60,
+    "cache_default_ttl_s": 45,
     "cache_evict_fraction": 0.5,
     "cache_cleanup_interval_s": 0,
     "cache_statuses": (200, 203, 301, 404),
@@ -67,6 +68,7 @@ SPEC_DEFAULTS = [
     ("cache_max_mb", 25),
     ("cache_item_max_mb", 2),
     ("cache_ttl_s", 1800),
+    ("cache_default_ttl_s", 0),
     ("cache_evict_fraction", 0.3),
     ("cache_cleanup_interval_s", 120),
     ("cache_statuses", (200,)),
@@ -289,6 +291,8 @@ BAD_VALUES = [
     pytest.param("cache_item_max_mb", 0, "> 0", id="cache_item_max_mb-zero"),
     pytest.param("cache_ttl_s", "0", "> 0", id="cache_ttl_s-zero"),
     pytest.param("cache_ttl_s", "-1", "> 0", id="cache_ttl_s-negative"),
+    pytest.param("cache_default_ttl_s", "-1", ">= 0", id="cache_default_ttl_s-negative"),
+    pytest.param("cache_default_ttl_s", "soon", NUMBER, id="cache_default_ttl_s-text"),
     pytest.param("cache_evict_fraction", "0", "> 0 and <= 1", id="evict-zero"),
     pytest.param("cache_evict_fraction", 0, "> 0 and <= 1", id="evict-zero-int"),
     pytest.param("cache_evict_fraction", "1.5", "> 0 and <= 1", id="evict-1.5"),
@@ -504,6 +508,17 @@ def test_the_forecast_window_must_hold_four_samples() -> None:
     # With the forecast off, the window is not used and not checked.
     assert Settings(sample_interval_s=5, forecast_window_s=10, forecast_lead_s=0)
     assert Settings(sample_interval_s=5, forecast_window_s=15)
+
+
+def test_the_default_ttl_is_capped_by_the_ttl() -> None:
+    # cache_ttl_s caps every lifetime: a default above it would be cut short without a word.
+    error = _raises_settings_error(cache_default_ttl_s=3600)
+    assert error.setting == "cache_default_ttl_s"
+    assert "at most cache_ttl_s (1800)" in str(error)
+    with pytest.raises(SettingsError, match="cache_default_ttl_s"):
+        Settings(cache_default_ttl_s=60).replace(cache_ttl_s=30)
+    assert Settings(cache_default_ttl_s=1800).cache_default_ttl_s == 1800.0
+    assert Settings(cache_default_ttl_s=300, cache_ttl_s=300).cache_default_ttl_s == 300.0
 
 
 def test_process_pressure_needs_a_limit() -> None:

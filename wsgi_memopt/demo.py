@@ -10,6 +10,8 @@ Routes, each showing one rule of the cache:
 - ``/``: this index, linking the routes and saying what to look for;
 - ``/slow``: a cacheable page (``max-age=30``) that takes ``slow_seconds`` to compute; the
   second request is instant and says ``Cache-Status: wsgi-memopt; hit``;
+- ``/plain``: a page that says nothing about caching: not stored, unless the middleware gives
+  such pages a lifetime (``--set cache_default_ttl_s=30``);
 - ``/me``: a page personalised by the ``user`` cookie, ``Cache-Control: private``: never stored;
 - ``/stream``: 5 MiB streamed in 64 KiB chunks; it passes through, and the middleware drops its
   copy once the body passes ``cache_item_max_mb`` (2 MB by default);
@@ -65,6 +67,7 @@ class _DemoApp:
         self._routes: dict[str, tuple[tuple[str, ...], Route]] = {
             "/": (_GET, self.index),
             "/slow": (_GET, self.slow),
+            "/plain": (_GET, self.plain),
             "/me": (_GET, self.me),
             "/stream": (_GET, self.stream),
             "/echo": (("POST",), self.echo),
@@ -115,6 +118,18 @@ class _DemoApp:
             "<code>Age</code> header, and the time above does not change.</p>",
         )
         return _respond(start_response, "200 OK", _HTML, page, cache=f"max-age={SLOW_MAX_AGE_S}")
+
+    def plain(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        page = _page(
+            "wsgi-memopt demo: a page that says nothing about caching",
+            f"<p>Generated at <strong>{_now()}</strong>. This page sends no "
+            "<code>Cache-Control</code>, <code>Expires</code> or <code>Last-Modified</code>, so "
+            "the middleware does not store it (<code>detail=no-freshness</code>): an error page "
+            "never outlives its error. To keep such pages anyway, give them a lifetime: "
+            "<code>wsgi-memopt serve --demo --set cache_default_ttl_s=30</code> (and "
+            "<code>cache_paths</code> to choose the routes).</p>",
+        )
+        return _respond(start_response, "200 OK", _HTML, page)
 
     def me(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         user = _cookie(environ.get("HTTP_COOKIE", ""), "user")
@@ -257,6 +272,9 @@ answered, and <code>detail</code> says why the cache did not keep it.</li>
 <code>max-age={max_age}</code>. Ask twice: the second answer is instant and a hit.
 <pre>curl -i {base}/slow
 curl -i {base}/slow</pre></li>
+<li><a href="{script}/plain">/plain</a>: says nothing about caching, so it is not stored
+(<code>detail=no-freshness</code>) unless the middleware gives such pages a lifetime:
+<pre>wsgi-memopt serve --demo --set cache_default_ttl_s=30</pre></li>
 <li><a href="{script}/me">/me</a>: personalised by the <code>user</code> cookie and
 <code>Cache-Control: private</code>, so never stored or shared.
 <pre>curl -i -b user=alice {base}/me

@@ -29,10 +29,14 @@ from .cache.capture import Capture, CaptureRules, cache_status
 from .cache.policy import (
     BYPASS_HEADERS,
     FORWARDED_KEY_HEADERS,
+    NO_BODY_LENGTHS,
     CacheKey,
     environ_key,
+    has_body,
     is_not_modified,
     key_path,
+    normalized_path,
+    plan_environ_keys,
     request_directives,
     variant_key,
 )
@@ -100,9 +104,12 @@ class MemoryOptimizer:
         self._key_environ = tuple(
             environ_key(name) for name in sorted(keyed.union(FORWARDED_KEY_HEADERS))
         )
-        self._bypass_environ = tuple(
+        self._bypass_environ = frozenset(
             environ_key(name) for name in BYPASS_HEADERS if name not in keyed
         )
+        # Whether a GET or HEAD carries none of the headers that call for _plan's rules
+        # (policy's lists, less what the settings key): one C pass over environ's keys.
+        self._no_plan_header = plan_environ_keys(keyed).isdisjoint
         self._path_allowed = _path_filter(settings.cache_paths, settings.cache_exclude_paths)
         self._lock_wait = settings.cache_lock_timeout_s
         self._cache_enabled = settings.cache_enabled
@@ -119,6 +126,7 @@ class MemoryOptimizer:
             statuses=frozenset(settings.cache_statuses),
             item_limit=item_limit,
             ttl_cap=settings.cache_ttl_s,
+            default_ttl=settings.cache_default_ttl_s,
             on_close=governor.request_finished,
         )
         self._request_started = governor.request_started
@@ -142,13 +150,11 @@ class MemoryOptimizer:
         self._variants_of = self.cache.variants_of()
         self._count_method_bypass = self.cache.bypass_counter("method")
         # The keyed headers beyond the three forwarding ones: the settings' own (_keyed puts
-        # their values in the key after those three)...
+        # their values in the key after those three; the hit lane looks for them as a set).
         self._settings_key_environ = tuple(
             name for name in self._key_environ if name not in LANE_KEYED_HEADERS
         )
-        # ...and of those, the ones the hit lane looks for itself (it leaves the others, the
-        # forwarding headers _plan would bypass unless keyed, to _plan).
-        self._own_key_environ = frozenset(self._settings_key_environ).difference(LANE_PLAN_HEADERS)
+        self._own_key_environ = frozenset(self._settings_key_environ)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Serve from the cache when allowed and fresh; otherwise call the app and capture.
@@ -156,8 +162,8 @@ class MemoryOptimizer:
         Every response goes back wrapped so that the server's ``close()`` reaches the
         governor: that is the end of the request, when memory is looked after.
         """
-        # The hit lane first: a GET or HEAD with no header that changes its plan (cookies,
-        # Authorization and keyed forwarding headers may be there: the key and the public
+        # The hit lane first: a GET or HEAD with no header that changes its plan and no body
+        # (cookies, Authorization and keyed headers may be there: the key and the public
         # rule see to them) whose entry, direct or under its Vary values, is fresh. It needs
         # no API check (API answers are never stored), no GC switch (a replay allocates next
         # to nothing) and no allocation but the header list the server may change; it is in
@@ -168,24 +174,23 @@ class MemoryOptimizer:
             except KeyError:
                 method = None  # PEP 3333 requires it; such a request is passed through
             if method == "GET" or method == "HEAD":
-                # The headers are asked one by one: eleven `in` tests cost two thirds of one
-                # keys().isdisjoint() over the same names (SPEC §11 counts every hit).
-                # test_the_lane_asks_every_header_a_rule_reads holds these to policy's lists.
-                if (
-                    "HTTP_CACHE_CONTROL" in environ
-                    or "HTTP_PRAGMA" in environ
-                    or "HTTP_FORWARDED" in environ
-                    or "HTTP_X_FORWARDED_HOST" in environ
-                    or "HTTP_X_ORIGINAL_URL" in environ
-                    or "HTTP_X_REWRITE_URL" in environ
-                ):
-                    # A request directive, or a forwarding header that may be unkeyed: which
-                    # rule applies is _plan's to say (it knows what the settings keyed).
+                try:
+                    plain = self._no_plan_header(environ) and (
+                        environ.get("CONTENT_LENGTH") in NO_BODY_LENGTHS
+                    )
+                except TypeError:
+                    plain = False  # an unhashable Content-Length: _plan passes it through
+                if not plain:
+                    # A request directive, a body, or a forwarding header the settings do
+                    # not key: which rule applies is _plan's to say.
                     return self._respond(environ, start_response, None)
                 # Credentials (a browser's cookies) are served only what said "public".
                 credentials = "HTTP_AUTHORIZATION" in environ or "HTTP_COOKIE" in environ
                 try:
-                    key = _PLAIN_KEY(environ)
+                    # request_key, inlined: one C call.
+                    key = (_KEY_BY_RAW_URI if "RAW_URI" in environ else _KEY_BY_REQUEST_URI)(
+                        environ
+                    )
                 except KeyError:
                     key = request_key(environ)
                 if (
@@ -354,6 +359,8 @@ class MemoryOptimizer:
                     return "bypass", "request-no-store"
             if not environ.keys().isdisjoint(self._bypass_environ):
                 return "bypass", "forwarding-header"
+            if has_body(environ):
+                return "bypass", "request-body"  # a page of what the key does not hold
             credentials = "HTTP_AUTHORIZATION" in environ or "HTTP_COOKIE" in environ
             if not environ.keys().isdisjoint(self._key_environ):
                 base_key = self._keyed(base_key, environ)
@@ -492,29 +499,34 @@ _FORWARD_METHOD = cache_status("method")
 # How long a page whose response could not be stored is remembered as such (at most
 # cache_ttl_s): Varnish's default for its hit-for-miss and hit-for-pass objects.
 _REMEMBER_UNCACHEABLE_S = 120.0
-# The request headers the hit lane asks for by name (in __call__): those that change a
-# request's plan, which it leaves to _plan, and the forwarding headers keyed by default.
-LANE_PLAN_HEADERS = ("HTTP_CACHE_CONTROL", "HTTP_PRAGMA", *map(environ_key, BYPASS_HEADERS))
+# The forwarding headers keyed by default: the hit lane asks for them by name (in __call__).
 LANE_KEYED_HEADERS = tuple(map(environ_key, FORWARDED_KEY_HEADERS))
 _FORWARDED_PORT, _FORWARDED_PREFIX, _FORWARDED_PROTO = sorted(LANE_KEYED_HEADERS)
 _new_object = object.__new__
 
 # The base key of a request from a server that sets every variable it may leave out
 # (gunicorn, werkzeug, waitress and uWSGI all do): one C call. See request_key.
-_PLAIN_KEY = operator.itemgetter(
-    "wsgi.url_scheme", "HTTP_HOST", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING"
-)
+_KEY_FIELDS = ("wsgi.url_scheme", "HTTP_HOST", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING")
+_KEY_BY_RAW_URI = operator.itemgetter(*_KEY_FIELDS, "RAW_URI")
+_KEY_BY_REQUEST_URI = operator.itemgetter(*_KEY_FIELDS, "REQUEST_URI")
 
 
 def request_key(environ: WSGIEnvironment) -> CacheKey:
-    """The base key of a request: scheme, host, ``SCRIPT_NAME``, ``PATH_INFO``, query.
+    """The base key of a request: scheme, host, ``SCRIPT_NAME``, ``PATH_INFO``, query, and
+    the request target as the server received it.
 
-    PEP 3333 lets a server leave out ``SCRIPT_NAME`` and ``QUERY_STRING`` when empty, and an
-    HTTP/1.0 client ``Host``; then the key has "" and ``SERVER_NAME:SERVER_PORT``. The two
-    paths are kept apart in the key: joining them would cost every hit a new string.
+    The target is ``RAW_URI`` (gunicorn, werkzeug) or else ``REQUEST_URI`` (uWSGI, waitress,
+    mod_wsgi): an app that reads it sees what ``PATH_INFO`` hides (an absolute-form
+    ``http://other.host/p``, ``%2F`` against ``/``), so two spellings of a path never share
+    an entry. PEP 3333 lets a server leave out ``SCRIPT_NAME`` and ``QUERY_STRING`` when
+    empty, and an HTTP/1.0 client ``Host``; then the key has "" and
+    ``SERVER_NAME:SERVER_PORT`` (and None for a target the server does not give). The paths
+    are kept apart in the key: joining them would cost every hit a new string.
     """
     try:
-        return _PLAIN_KEY(environ)  # type: ignore[no-any-return]
+        if "RAW_URI" in environ:
+            return _KEY_BY_RAW_URI(environ)  # type: ignore[no-any-return]
+        return _KEY_BY_REQUEST_URI(environ)  # type: ignore[no-any-return]
     except KeyError:
         return (
             environ["wsgi.url_scheme"],
@@ -522,6 +534,7 @@ def request_key(environ: WSGIEnvironment) -> CacheKey:
             environ.get("SCRIPT_NAME", ""),
             environ.get("PATH_INFO", ""),
             environ.get("QUERY_STRING", ""),
+            environ.get("RAW_URI", environ.get("REQUEST_URI")),
         )
 
 
@@ -542,13 +555,15 @@ def _response_class(
 def _path_filter(
     include: tuple[str, ...], exclude: tuple[str, ...]
 ) -> Callable[[str], bool] | None:
-    """A predicate over the path from ``cache_paths`` / ``cache_exclude_paths`` globs."""
+    """A predicate over the path from ``cache_paths`` / ``cache_exclude_paths`` globs,
+    matched against the path as the app's router sees it (see ``normalized_path``)."""
     if not include and not exclude:
         return None
     included = re.compile("|".join(map(fnmatch.translate, include))).match if include else None
     excluded = re.compile("|".join(map(fnmatch.translate, exclude))).match if exclude else None
 
     def allowed(path: str) -> bool:
+        path = normalized_path(path)
         if included is not None and included(path) is None:
             return False
         return excluded is None or excluded(path) is None

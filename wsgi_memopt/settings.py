@@ -223,6 +223,12 @@ class Settings:
     cache_ttl_s: float = _setting(
         1800.0, _positive, "longest life of an entry; a shorter max-age/s-maxage/Expires wins"
     )
+    cache_default_ttl_s: float = _setting(
+        0.0,
+        _seconds,
+        "lifetime of a response without max-age, s-maxage or Expires, when longer than its "
+        "Last-Modified heuristic (0: none; such a response is not stored)",
+    )
     cache_evict_fraction: float = _setting(
         0.3,
         _number(float, 0, 1, low_open=True),
@@ -341,6 +347,13 @@ class Settings:
         self._check_together()
 
     def _check_together(self) -> None:
+        if self.cache_default_ttl_s > self.cache_ttl_s:
+            raise SettingsError(
+                "cache_default_ttl_s",
+                self.cache_default_ttl_s,
+                f"expected at most cache_ttl_s ({self.cache_ttl_s:g}), the longest life of any "
+                "entry: raise cache_ttl_s too",
+            )
         if not self.max_memory_percent <= self.critical_percent <= self.restart_percent:
             raise SettingsError(
                 "critical_percent",

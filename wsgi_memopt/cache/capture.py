@@ -66,7 +66,8 @@ class CaptureRules:
     store: ResponseStore
     statuses: frozenset[int]
     item_limit: int  # bytes of body beyond which the copy is dropped
-    ttl_cap: float
+    ttl_cap: float  # cache_ttl_s: the longest lifetime of any entry
+    default_ttl: float = 0.0  # cache_default_ttl_s: the lifetime of a response that gives none
     on_close: Callable[[], None] = lambda: None  # the middleware's end-of-request hook
 
 
@@ -144,6 +145,7 @@ class Capture:
                     self._rules.statuses,
                     self._rules.item_limit,
                     self._rules.ttl_cap,
+                    default_ttl=self._rules.default_ttl,
                 )
             except Exception:
                 log.warning("[CACHE] could not assess a response; not storing it", exc_info=True)

@@ -116,7 +116,7 @@ class Entry:
         scheme, host = share(base_key[0]), share(base_key[1])
         held += (self.status, scheme, host)
         base_key = (scheme, host, *base_key[2:])
-        self.key = base_key if self.key is self.base_key else (base_key, self.key[1])
+        self.key = base_key if self.key is self.base_key else (base_key, *self.key[1:])
         self.base_key = base_key
         self.response = response_type((self.body,))
         self.rebuild_hit_headers(self.created)
@@ -154,8 +154,8 @@ class Entry:
                     size += _size_of_str(part)
             else:
                 size += _part_size(part)
-        if key is not base:
-            size += _TUPLE_BASE + 2 * _POINTER + _part_size(key[1])
+        if key is not base:  # a variant's: (base key, Vary names, Vary values)
+            size += _TUPLE_BASE + 3 * _POINTER + _part_size(key[1]) + _part_size(key[2])
         if self.replay_until is not self.expires:
             size += _FLOAT_BYTES
         if self.last_modified is not None:

@@ -7,11 +7,16 @@ without ``Cache-Control`` or conditional headers never builds a parser object.
 The rules, as a user can check them:
 
 - only GET and HEAD are served from the cache; HEAD is answered from a GET entry;
-- the key is scheme, host, ``SCRIPT_NAME + PATH_INFO``, the raw query string, the values of
-  ``X-Forwarded-Proto/-Port/-Prefix`` and of ``cache_key_headers``, and the request's values of
-  every header the stored response names in ``Vary`` (an absent header differs from an empty one);
-- a request carrying ``X-Forwarded-Host``, ``Forwarded``, ``X-Original-URL`` or
-  ``X-Rewrite-URL`` bypasses the cache unless that header is keyed by ``cache_key_headers``;
+- the key is scheme, host, ``SCRIPT_NAME + PATH_INFO``, the raw query string, the request
+  target as the server received it (``RAW_URI``, else ``REQUEST_URI``), the values of
+  ``X-Forwarded-Proto/-Port/-Prefix`` and of ``cache_key_headers``, and the names and the
+  request's values of the headers the stored response names in ``Vary`` (an absent header
+  differs from an empty one);
+- a request carrying a header of :data:`FORWARDING_HEADERS` (one that frameworks and WSGI
+  filters read to build URLs or pick the method) bypasses the cache unless that header is
+  keyed by ``cache_key_headers``; so does a GET or HEAD with a body;
+- ``cache_paths`` and ``cache_exclude_paths`` see the path as a router does: dot segments
+  resolved, repeated slashes merged (:func:`normalized_path`);
 - a request with ``Authorization`` or ``Cookie`` is served and stored only when the response
   says ``public`` or ``s-maxage``;
 - request ``no-store`` bypasses; request ``no-cache``, ``max-age=0`` or ``Pragma: no-cache``
@@ -19,8 +24,11 @@ The rules, as a user can check them:
 - a response is not stored when it says ``no-store``, ``private`` or ``no-cache``, sets a
   cookie, has ``Vary: *``, a status outside ``cache_statuses``, a body over the item limit, a
   freshness lifetime of zero, or a ``Content-Length`` its body does not match;
-- freshness: ``s-maxage``, else ``max-age``, else ``Expires - Date``, each capped by
-  ``cache_ttl_s``; no header gives ``cache_ttl_s``.
+- freshness: ``s-maxage``, else ``max-age``, else ``Expires - Date``; without any of them, the
+  longer of the heuristic freshness RFC 9111 §4.2.2 allows (10% of the time since
+  ``Last-Modified``, for a status RFC 9110 §15.1 calls heuristically cacheable) and
+  ``cache_default_ttl_s`` (0 by default: a response that says nothing is not stored); every
+  lifetime capped by ``cache_ttl_s``.
 """
 
 from __future__ import annotations
@@ -36,28 +44,75 @@ from werkzeug.http import parse_date, parse_dict_header, parse_etags, unquote_et
 __all__ = [
     "BYPASS_HEADERS",
     "FORWARDED_KEY_HEADERS",
+    "FORWARDING_HEADERS",
+    "HEURISTIC_STATUSES",
+    "NO_BODY_LENGTHS",
     "CacheKey",
     "ResponseVerdict",
     "assess_response",
     "cache_directives",
     "environ_key",
+    "has_body",
     "is_not_modified",
     "key_path",
+    "normalized_path",
+    "plan_environ_keys",
     "request_directives",
     "variant_key",
 ]
 
-# Headers that make an app behind a proxy-fixing middleware build another URL for the same
-# path: keying them would let any client fill the cache under an attacker's chosen host, so
-# they bypass it (SPEC §6). X-Rewrite-URL is X-Original-URL's IIS twin.
-BYPASS_HEADERS = ("forwarded", "x-forwarded-host", "x-original-url", "x-rewrite-url")
-# Forwarding headers with a handful of honest values (http/https, a port, a mount prefix) are
-# keyed instead of bypassed, so a cache behind a TLS proxy still works and still cannot hand
-# an http:// page to an https:// client.
+# The request headers that frameworks, servers and WSGI filters read to build a page's URLs
+# (host, scheme, port, mount point, path) or to pick its method, each with who reads it. A
+# request carrying one would let any client store a page built for its own values (a link to
+# its host, a javascript: scheme, a GET answered as a DELETE), so it passes through uncached
+# unless cache_key_headers keys the header. X-Forwarded-For, X-Real-IP and
+# X-Client-IP are not here: they set REMOTE_ADDR, not a URL, and a TLS proxy adds
+# X-Forwarded-For to every request (a page that shows the client's address says Vary).
+FORWARDING_HEADERS: Mapping[str, str] = {
+    "forwarded": "RFC 7239; waitress (trusted_proxy_headers)",
+    "x-forwarded-host": "werkzeug ProxyFix, Django USE_X_FORWARDED_HOST, PasteDeploy prefix, "
+    "waitress, mod_wsgi",
+    "x-forwarded-server": "PasteDeploy prefix (SERVER_NAME and Host), mod_wsgi",
+    "x-host": "mod_wsgi, cardinal_pythonlib ReverseProxiedMiddleware",
+    "x-original-host": "Django middlewares behind Azure or ngrok that copy it to Host",
+    "x-forwarded-proto": "werkzeug ProxyFix, Django SECURE_PROXY_SSL_HEADER, PasteDeploy prefix",
+    "x-forwarded-port": "werkzeug ProxyFix, Django USE_X_FORWARDED_PORT, waitress, mod_wsgi",
+    "x-forwarded-prefix": "werkzeug ProxyFix (SCRIPT_NAME)",
+    "x-forwarded-scheme": "PasteDeploy prefix (wsgi.url_scheme), mod_wsgi",
+    "x-scheme": "the Flask ReverseProxied snippet, mod_wsgi",
+    "x-url-scheme": "Galaxy's XForwardedHostMiddleware",
+    "x-forwarded-protocol": "gunicorn secure_scheme_headers, cardinal_pythonlib",
+    "x-forwarded-ssl": "gunicorn secure_scheme_headers, mod_wsgi",
+    "x-forwarded-https": "mod_wsgi",
+    "x-https": "mod_wsgi",
+    "x-script-name": "the Flask ReverseProxied snippet, mod_wsgi",
+    "x-forwarded-script-name": "mod_wsgi, cardinal_pythonlib",
+    "x-original-url": "IIS URL Rewrite; Symfony and Zend before their 2018 fixes",
+    "x-rewrite-url": "IIS (X-Original-URL's older twin); the same frameworks",
+    "x-http-method-override": "Flask's HTTPMethodOverrideMiddleware pattern, Django middlewares",
+    "x-http-method": "Microsoft's OData and SharePoint convention; PHP REST apps",
+    "x-method-override": "Django views and PHP frameworks",
+}
+# Of those, the ones with a handful of honest values (http/https, a port, a mount prefix) are
+# keyed by default instead of bypassed, so a cache behind a TLS proxy still works and still
+# cannot hand an http:// page to an https:// client.
 FORWARDED_KEY_HEADERS = ("x-forwarded-port", "x-forwarded-prefix", "x-forwarded-proto")
+# The others bypass the cache unless cache_key_headers names them.
+BYPASS_HEADERS = tuple(name for name in FORWARDING_HEADERS if name not in FORWARDED_KEY_HEADERS)
+# The request's own directives: which rule applies is the full path's to work out.
+DIRECTIVE_HEADERS = ("cache-control", "pragma")
+# A body makes a GET's page depend on what the key does not hold: Transfer-Encoding, or a
+# Content-Length other than these (absent, as gunicorn leaves it; empty, as werkzeug's
+# server sets it; zero).
+NO_BODY_LENGTHS = frozenset({None, "", "0"})
+# RFC 9110 §15.1: the statuses a cache may give heuristic freshness (RFC 9111 §4.2.2).
+HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
+# RFC 9111 §4.2.2's "typical setting": a tenth of the time since Last-Modified.
+HEURISTIC_FRACTION = 0.1
 # A key is a tuple, never a joined string: no header value or path can be crafted to spell
-# another request's key. (scheme, host, path, query[, keyed header values]) is a base key;
-# (base key, Vary values) the key of one variant. An absent header is None, unlike "".
+# another request's key. (scheme, host, script name, path, query, request target[, keyed
+# header values]) is a base key; (base key, Vary names, Vary values) the key of one variant.
+# An absent header is None, unlike "".
 CacheKey = tuple[Any, ...]
 
 
@@ -74,11 +129,50 @@ def key_path(base_key: CacheKey) -> str:
     return str(base_key[2]) + str(base_key[3])
 
 
+def normalized_path(path: str) -> str:
+    """``path`` as an app's router sees it: dot segments resolved (RFC 3986 §5.2.4) and
+    repeated slashes merged (werkzeug's ``merge_slashes``), so that no spelling of a path
+    slips past a path rule: ``/static/../admin/x`` and ``/./admin//x`` are ``/admin/x``."""
+    if "." not in path and "//" not in path:
+        return path
+    segments: list[str] = []
+    for segment in path.split("/"):
+        if segment == "..":
+            if segments:
+                segments.pop()
+        elif segment and segment != ".":
+            segments.append(segment)
+    normalized = "/" + "/".join(segments)
+    if segments and path.endswith(("/", "/.", "/..")):
+        normalized += "/"  # a directory stays one: /a/. is /a/
+    return normalized
+
+
 def variant_key(
-    base_key: CacheKey, environ_keys: Iterable[str], environ: Mapping[str, object]
+    base_key: CacheKey, environ_keys: tuple[str, ...], environ: Mapping[str, object]
 ) -> CacheKey:
-    """The key of the variant of ``base_key`` selected by the request's ``Vary`` values."""
-    return (base_key, tuple(map(environ.get, environ_keys)))
+    """The key of the variant of ``base_key`` selected by the request's values of the
+    ``Vary`` headers ``environ_keys`` names: the names are part of it, so that a value sent
+    under another header never selects the variant."""
+    return (base_key, environ_keys, tuple(map(environ.get, environ_keys)))
+
+
+def plan_environ_keys(keyed: Iterable[str]) -> frozenset[str]:
+    """The environ keys whose presence in a GET or HEAD calls for the full rules: the
+    request's own directives, a chunked body, and the forwarding headers the lower-cased
+    header names ``keyed`` do not key (a request carrying one of those passes through)."""
+    keyed = set(keyed)
+    names = [*DIRECTIVE_HEADERS, "transfer-encoding"]
+    names += [name for name in BYPASS_HEADERS if name not in keyed]
+    return frozenset(map(environ_key, names))
+
+
+def has_body(environ: Mapping[str, object]) -> bool:
+    """Whether a request carries a body (RFC 9112 §6.3: a Transfer-Encoding, or a
+    ``Content-Length`` above zero)."""
+    return (
+        "HTTP_TRANSFER_ENCODING" in environ or environ.get("CONTENT_LENGTH") not in NO_BODY_LENGTHS
+    )
 
 
 def request_directives(environ: Mapping[str, object]) -> tuple[bool, bool]:
@@ -152,6 +246,7 @@ _REFUSED = {
         "content-length",
         "too-large",
         "stale",
+        "no-freshness",
     )
 }
 
@@ -185,8 +280,13 @@ def assess_response(
     item_limit: int,
     ttl_cap: float,
     now: float | None = None,
+    default_ttl: float = 0.0,
 ) -> ResponseVerdict:
-    """Decide at ``start_response`` time whether a GET response may be stored (SPEC §6)."""
+    """Decide at ``start_response`` time whether a GET response may be stored.
+
+    ``default_ttl`` is ``cache_default_ttl_s``: the lifetime of a response without explicit
+    freshness (when its heuristic freshness is shorter); ``ttl_cap`` caps every lifetime.
+    """
     code = _STATUS_CODES.get(status)
     if code is None:
         code = _status_code(status)
@@ -223,7 +323,7 @@ def assess_response(
         if credentials:
             return _REFUSED["credentials"]
         if vary is None and expires is None and etag is None and last_modified is None:
-            return _plain_verdict(length, item_limit, ttl_cap)
+            return _plain_verdict(length, item_limit, min(default_ttl, ttl_cap))
         directives: Mapping[str, str | None] = _NO_DIRECTIVES
     else:
         directives = cache_directives(cache_control)
@@ -247,21 +347,20 @@ def assess_response(
         return content_length
 
     max_age = _seconds(directives, "max-age")
-    lifetime = _lifetime(s_maxage, max_age, expires, date, ttl_cap, now)
-    if lifetime <= 0:
-        return _REFUSED["stale"]
     modified = parse_date(last_modified) if last_modified else None
-    return _verdict(
-        (
-            None,
-            lifetime,
-            shareable,
-            vary_keys,
-            content_length,
-            etag,
-            modified.timestamp() if modified else None,
-        )
-    )
+    modified_at = modified.timestamp() if modified else None
+    lifetime = _lifetime(s_maxage, max_age, expires, date, ttl_cap, now)
+    if lifetime is None:
+        # Nothing explicit: what RFC 9111 §4.2.2 allows, or what the operator set.
+        heuristic = 0.0
+        if modified_at is not None and code in HEURISTIC_STATUSES:
+            heuristic = _heuristic_lifetime(modified_at, date, now)
+        lifetime = min(max(heuristic, default_ttl), ttl_cap)
+        if lifetime <= 0:
+            return _REFUSED["no-freshness"]
+    elif lifetime <= 0:
+        return _REFUSED["stale"]
+    return _verdict((None, lifetime, shareable, vary_keys, content_length, etag, modified_at))
 
 
 _NO_DIRECTIVES: Mapping[str, str | None] = {}
@@ -286,12 +385,15 @@ def _status_code(status: str) -> int:
 _verdict = ResponseVerdict._make
 
 
-def _plain_verdict(length: str | None, item_limit: int, ttl_cap: float) -> ResponseVerdict:
-    """The verdict on a response without any caching header: stored for ``cache_ttl_s``."""
+def _plain_verdict(length: str | None, item_limit: int, lifetime: float) -> ResponseVerdict:
+    """The verdict on a response without any caching header: stored for ``lifetime``
+    (``cache_default_ttl_s``, capped), not at all when that is zero."""
     content_length = _content_length(length, item_limit)
     if type(content_length) is ResponseVerdict:
         return content_length
-    return _verdict((None, ttl_cap, False, (), content_length, None, None))
+    if lifetime <= 0:
+        return _REFUSED["no-freshness"]
+    return _verdict((None, lifetime, False, (), content_length, None, None))
 
 
 def _content_length(length: str | None, item_limit: int) -> int | ResponseVerdict | None:
@@ -315,8 +417,9 @@ def _lifetime(
     date: str | None,
     ttl_cap: float,
     now: float | None,
-) -> float:
-    """RFC 9111 §4.2.1 freshness lifetime, capped by ``cache_ttl_s``."""
+) -> float | None:
+    """RFC 9111 §4.2.1 freshness lifetime, capped by ``cache_ttl_s``; None when the response
+    gives none."""
     if s_maxage is not None:
         return min(float(s_maxage), ttl_cap)
     if max_age is not None:
@@ -325,10 +428,21 @@ def _lifetime(
         expires_at = parse_date(expires)
         if expires_at is None:
             return 0.0  # RFC 9111 §5.3: an invalid Expires means "already expired"
-        date_at = parse_date(date) if date else None
-        origin = date_at.timestamp() if date_at else (time.time() if now is None else now)
-        return min(expires_at.timestamp() - origin, ttl_cap)
-    return ttl_cap
+        return min(expires_at.timestamp() - _date_or_now(date, now), ttl_cap)
+    return None
+
+
+def _heuristic_lifetime(last_modified: float, date: str | None, now: float | None) -> float:
+    """RFC 9111 §4.2.2: a tenth of the time the response had gone unmodified when sent."""
+    return max(_date_or_now(date, now) - last_modified, 0.0) * HEURISTIC_FRACTION
+
+
+def _date_or_now(date: str | None, now: float | None) -> float:
+    """POSIX seconds of the response's ``Date``, or of now when it has none (or garbage)."""
+    date_at = parse_date(date) if date else None
+    if date_at is not None:
+        return date_at.timestamp()
+    return time.time() if now is None else now
 
 
 def is_not_modified(
