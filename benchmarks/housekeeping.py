@@ -5,8 +5,8 @@ SPEC §7 ("Cost"): per request only counters and a monotonic clock; a real sampl
 here, side by side in one run:
 
 1. the governor's per-request part, the two hooks the middleware calls around every request
-   (``request_started``: the in-flight count, and in ``gc_mode=between`` the collector off;
-   ``request_finished``: the count, the collector back on, the clock read that says whether a
+   (``request_started``: the in-flight count; ``request_finished``: the count, the check
+   whether a young collection is due between requests, the clock read that says whether a
    sample is due), timed as one pair per request with no sample due;
 2. a due tick (a real sample of memory and the decision on it, nothing to act on), timed on
    its own, then spread over the requests a server answers in one ``sample_interval_s`` at

@@ -297,7 +297,8 @@ class Settings:
     gc_mode: str = _setting(
         "between",
         _choice("between", "auto"),
-        "between (automatic collection deferred to between requests) or auto (CPython's own)",
+        "between (full collections between requests, young ones in a request past a budget) "
+        "or auto (CPython's own)",
     )
     trim_threshold_mb: float = _setting(
         32.0, _seconds, "RSS growth that triggers malloc_trim between requests (0: off)"
