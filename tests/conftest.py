@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from wsgiref.validate import validator
@@ -82,6 +83,19 @@ def _lint_input_has_readlines(monkeypatch: pytest.MonkeyPatch) -> None:
         return list(iter(self.readline, b""))
 
     monkeypatch.setattr(lint.InputStream, "readlines", readlines, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _collector_as_found() -> Iterator[None]:
+    """Every test leaves CPython's collector as it found it: a governor a test never stopped
+    keeps the thresholds its GC schedule set, which would change the tests after it."""
+    threshold, enabled = gc.get_threshold(), gc.isenabled()
+    yield
+    gc.set_threshold(*threshold)
+    if enabled:
+        gc.enable()
+    else:
+        gc.disable()
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,9 @@ body is held in memory cannot be seen from outside, and SPEC §6 makes a promise
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
+import math
 import random
 import sys
 import threading
@@ -417,7 +419,7 @@ def test_app_close_raising_releases_single_flight_waiters(
     thread, outcome = in_thread(lambda: get(client, "/page"))
     assert someone_waits.wait(WAIT_S), "the second request did not wait for the first"
 
-    assert b"".join(leader) == b"hello world"
+    assert next(leader) == b"hello "  # not read to its end: the waiter waits for close()
     with pytest.raises(CloseError):
         leader.close()
     waited_on = answers[1]
@@ -957,3 +959,190 @@ def test_head_refresh_never_stores_an_empty_body_for_get(stored_first: bool) -> 
     assert (refresh.status_code, refresh.data) == (200, b"")
     assert get(client, "/page").data == b"full page"
     assert stats(optimizer)["items"] == 1
+
+
+# -- 9. a response nobody closes cannot jam the process
+
+
+def never_closes(app: Callable[..., Iterable[bytes]]) -> Callable[..., list[bytes]]:
+    """An outer layer that reads every chunk of the body and never calls close(): it
+    breaks PEP 3333, and the middleware must not be jammed by it."""
+
+    def outer(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        return list(app(environ, start_response))
+
+    return outer
+
+
+def test_an_outer_layer_that_never_closes_cannot_jam_the_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Seen before: every other request waited the whole lock timeout on a dead fill, nothing
+    # was stored, in_flight grew by one a request and the collector stayed off for good.
+    app = CountingApp([b"hello ", b"world"])
+    optimizer = MemoryOptimizer(
+        checked(app), cache_lock_timeout_s=WAIT_S, monitor_interval_s=0, gc_freeze=False
+    )
+    answers, _ = spy_begin_fill(monkeypatch, optimizer)
+    client = Client(never_closes(optimizer), use_cookies=False)
+    try:
+        bodies = [get(client, "/page").data for _ in range(6)]
+
+        assert bodies == [b"hello world"] * 6
+        assert app.calls == 1  # stored when the body was read to its end; then five hits
+        assert app.closes == 1  # closed by the capture's finalizer
+        assert answers == [None]  # nobody waited on the first request's fill
+        assert optimizer.governor.in_flight == 0
+        assert gc.isenabled()  # between requests, the collector is CPython's again
+        assert stats(optimizer)["rejected"] == {}
+    finally:
+        optimizer.governor.stop()
+
+
+def test_a_body_read_to_its_end_is_stored_and_lets_the_waiters_go_before_close(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = CountingApp()  # two chunks, no Content-Length: whole only at the end
+    optimizer, client = wrap(app, cache_lock_timeout_s=WAIT_S)
+    answers, someone_waits = spy_begin_fill(monkeypatch, optimizer)
+    server = Server(optimizer)
+    leader = server.call("/page")
+    thread, outcome = in_thread(lambda: get(client, "/page"))
+    assert someone_waits.wait(WAIT_S)
+    waited_on = answers[1]
+    assert waited_on is not None
+
+    assert next(leader) == b"hello "
+    assert not waited_on.is_set()
+    assert next(leader) == b"world"
+    assert not waited_on.is_set()  # the body may go on
+    assert list(leader) == []  # the end
+    assert waited_on.is_set()
+    assert len(optimizer.cache) == 1
+    thread.join(WAIT_S)
+    assert not thread.is_alive()
+    assert outcome[0].data == b"hello world"  # the waiter's hit, before the leader closed
+
+    leader.close()
+    assert (app.calls, app.closes) == (1, 1)
+    assert (stats(optimizer)["stores"], stats(optimizer)["rejected"]) == (1, {})
+
+
+def test_a_failure_after_the_body_was_stored_drops_the_entry_again() -> None:
+    # Stored when whole; the app's close() then raises: the rule "an app that raised is not
+    # stored" still holds, though a request may have been served the entry meanwhile.
+    app = CountingApp(close_error=CloseError("close failed"))
+    optimizer = MemoryOptimizer(checked(app), cache_lock_timeout_s=0)
+    server = Server(optimizer)
+    response = server.call("/page")
+    assert b"".join(response) == b"hello world"
+    assert len(optimizer.cache) == 1
+    with pytest.raises(CloseError):
+        response.close()
+    assert len(optimizer.cache) == 0
+    assert stats(optimizer)["rejected"] == {"app-error": 1}
+
+
+def test_a_response_collected_unclosed_ends_its_request_and_lets_the_waiters_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = CountingApp([b"a", b"b", b"c"])
+    optimizer, client = wrap(app, cache_lock_timeout_s=WAIT_S)
+    answers, someone_waits = spy_begin_fill(monkeypatch, optimizer)
+    environ = EnvironBuilder(path="/page").get_environ()
+    response = optimizer(environ, lambda status, headers, exc_info=None: None)
+    chunks = iter(response)
+    assert next(chunks) == b"a"  # the client went away: neither read to the end nor closed
+    thread, outcome = in_thread(lambda: get(client, "/page"))
+    assert someone_waits.wait(WAIT_S)
+    waited_on = answers[1]
+    assert waited_on is not None
+    assert optimizer.governor.in_flight == 2
+
+    del chunks, response  # collected: the finalizer closes it, as close() would have
+
+    assert waited_on.is_set()  # not after the lock timeout: now
+    assert app.bodies[0].closes == 1
+    thread.join(WAIT_S)
+    assert not thread.is_alive()
+    assert outcome[0].data == b"abc"  # the waiter fetched the page itself
+    assert optimizer.governor.in_flight == 0
+    assert stats(optimizer)["rejected"] == {"dropped": 1}
+    assert stats(optimizer)["items"] == 1  # the waiter's response
+
+
+def cycle_app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+    """A generator app: its frame holds start_response, the capture's bound method, so an
+    unfinished response is a reference cycle that only the collector frees."""
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Cache-Control", "max-age=60")])
+    yield b"a"
+    yield b"b"
+
+
+def test_a_response_collected_by_the_collector_inside_the_stores_lock_never_waits() -> None:
+    # The collector runs finalizers wherever it happens to run: here in a thread holding the
+    # store's lock. A finalizer that took that lock would wait for ever.
+    optimizer = MemoryOptimizer(
+        cycle_app, cache_lock_timeout_s=WAIT_S, monitor_interval_s=0, gc_freeze=False
+    )
+    try:
+        environ = EnvironBuilder(path="/page").get_environ()
+        response = optimizer(environ, lambda status, headers, exc_info=None: None)
+        chunks = iter(response)
+        assert next(chunks) == b"a"
+        del chunks, response  # a cycle: still alive
+        assert optimizer.governor.in_flight == 1
+        [fill] = optimizer.cache._filling.values()  # the one key being filled: /page
+
+        def collect_holding_the_lock() -> int:
+            with optimizer.cache._lock:
+                return gc.collect()
+
+        thread, outcome = in_thread(collect_holding_the_lock)
+        thread.join(WAIT_S)
+        assert not thread.is_alive(), "the finalizer waited for a lock its thread holds"
+        assert isinstance(outcome[0], int)  # the collection ran to its end
+        assert optimizer.governor.in_flight == 0
+        assert fill[1] == -math.inf  # the fill is over: the next miss takes it
+        assert stats(optimizer)["rejected"] == {"dropped": 1}
+    finally:
+        optimizer.governor.stop()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "request_headers"),
+    [
+        pytest.param("POST", "/page", {}, id="passed-through"),
+        pytest.param("GET", "/page", {}, id="hit-in-the-lane"),
+        pytest.param("GET", "/page", {"If-None-Match": '"v1"'}, id="hit-answered-304"),
+        pytest.param("HEAD", "/page", {}, id="head-hit"),
+        pytest.param("GET", "/api/v1/memory/health", {}, id="memory-api"),
+    ],
+)
+def test_every_response_collected_unclosed_ends_its_request_once(
+    method: str, path: str, request_headers: dict[str, str]
+) -> None:
+    app = CountingApp(headers=[("ETag", '"v1"')])
+    optimizer, client = wrap(app)
+    get(client, "/page")  # stored
+    environ = EnvironBuilder(path=path, method=method, headers=request_headers).get_environ()
+    environ["REMOTE_ADDR"] = "127.0.0.1"
+    for _ in range(3):
+        response = optimizer(dict(environ), lambda status, headers, exc_info=None: None)
+        assert optimizer.governor.in_flight == 1
+        b"".join(response)
+        del response
+        assert optimizer.governor.in_flight == 0
+    assert app.closes == app.calls  # what the app answered was closed, once each
+
+
+def test_a_hit_whose_sample_is_due_ends_once_when_collected_unclosed() -> None:
+    app = CountingApp()
+    optimizer, client = wrap(app)
+    get(client, "/page")
+    optimizer.governor.next_tick = 0.0  # a sample is due: the hit that ticks on close()
+    environ = EnvironBuilder(path="/page").get_environ()
+    response = optimizer(environ, lambda status, headers, exc_info=None: None)
+    assert optimizer.governor.in_flight == 1
+    del response
+    assert optimizer.governor.in_flight == 0

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from wsgi_memopt.cli import UsageError, load_app, load_settings, main
+from wsgi_memopt.settings import SettingsError
 
 STARTUP_TIMEOUT_S = 30.0
 REQUEST_TIMEOUT_S = 10.0
@@ -452,11 +453,13 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_set_names_are_normalised_and_parsed() -> None:
-    settings = load_settings(["Cache-Max-MB=5", "cache_paths=/a/*, /b/*", "api_token="])
+    settings = load_settings(["Cache-Max-MB=5", "cache_paths=/a/*, /b/*"])
     assert settings.cache_max_mb == 5.0
     assert settings.cache_paths == ("/a/*", "/b/*")
     assert settings.api_token is None
     assert settings.source_of("cache_max_mb") == "explicit"
+    with pytest.raises(SettingsError, match="api_token"):
+        load_settings(["api_token="])  # an empty token is a mistake, not "no token"
 
 
 def test_set_cannot_reach_from_env_parameters() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from wsgiref.handlers import SimpleHandler
 
 import pytest
-from conftest import checked, get, wrap
+from conftest import WSGIApp, checked, get, wrap
 from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -152,19 +152,22 @@ def open_(client: Client, method: str, path: str = "/", **kwargs: Any) -> TestRe
     return client.open(path, method=method, buffered=True, **kwargs)
 
 
-def serve(app: Callable[..., Iterable[bytes]], path: str = "/") -> tuple[str, Headers, bytes]:
+def serve(
+    app: Callable[..., Iterable[bytes]], path: str = "/", *, checks: bool = True
+) -> tuple[str, Headers, bytes]:
     """One GET through wsgiref's server handler: ``(status, headers, body)``.
 
     werkzeug's test client cannot run two of the cases below: it re-raises any ``exc_info``
     given to ``start_response`` even before headers are sent, and with ``buffered=True`` it
     drops what the legacy ``write()`` callable sent. The stdlib's PEP 3333 handler does both
-    as a server must.
+    as a server must. ``checks=False`` leaves out the compliance checks, for an app broken
+    on purpose.
     """
     environ = EnvironBuilder(path).get_environ()
     out = io.BytesIO()
     handler = SimpleHandler(io.BytesIO(), out, io.StringIO(), environ)
     handler.os_environ = {}  # keep the process environment out of the request
-    handler.run(checked(app))
+    handler.run(checked(app) if checks else app)
     head, _, body = out.getvalue().partition(b"\r\n\r\n")
     status_line, *lines = head.decode("latin-1").split("\r\n")
     headers = [tuple(line.split(": ", 1)) for line in lines]
@@ -486,7 +489,7 @@ NOT_STORED: list[Any] = [
         "too-large-streamed",
         {"cache_item_max_mb": 0.001},
         {"body": b"x" * 2000, "content_length": False},
-        None,
+        "too-large",  # seen in the first chunk, before the headers went
         "too-large",
     ),
     ("max-age-0", {}, {"headers": [("Cache-Control", "max-age=0")]}, "stale", "stale"),
@@ -638,6 +641,47 @@ def test_stored_is_announced_only_when_stored() -> None:
     assert cache_status(miss).get("stored", False) is stored
 
 
+def declaring_app(declared: int | None, *chunks: bytes, written: bytes = b"") -> WSGIApp:
+    """An app whose response declares ``Content-Length: declared`` (None: none), sends
+    ``written`` through the legacy write() callable, then returns ``chunks``."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        headers = [("Content-Type", "text/plain"), *CACHEABLE]
+        if declared is not None:
+            headers.append(("Content-Length", str(declared)))
+        write = start_response("200 OK", headers)
+        if written:
+            write(written)
+        return list(chunks)
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("app", "said", "stored"),
+    [
+        pytest.param(declaring_app(5, b"hello"), True, True, id="whole-in-its-first-chunk"),
+        pytest.param(declaring_app(5, b"lo", written=b"hel"), False, False, id="write-callable"),
+        pytest.param(declaring_app(10, b"hello"), False, False, id="shorter-than-declared"),
+        pytest.param(declaring_app(10, b"hello", b"world"), False, True, id="whole-at-its-end"),
+        pytest.param(declaring_app(None, b"hello"), False, True, id="no-content-length"),
+    ],
+)
+def test_stored_is_said_only_of_a_response_stored_before_its_headers_went(
+    app: WSGIApp, said: bool, stored: bool
+) -> None:
+    # The headers go with the first bytes of the body: "stored" can be said only of a body
+    # whole (and stored) by then. Seen before: said of a write() response and of a body
+    # shorter than its Content-Length, both then refused.
+    optimizer = MemoryOptimizer(app, cache_lock_timeout_s=0, monitor_interval_s=0)
+    try:
+        _, headers, _ = serve(optimizer, checks=False)
+        assert cache_status(headers).get("stored", False) is said
+        assert len(optimizer.cache) == int(stored)
+    finally:
+        optimizer.governor.stop()
+
+
 def test_app_raising_mid_iteration_is_not_stored() -> None:
     calls = 0
 
@@ -688,7 +732,7 @@ def test_write_callable_reaches_client_in_order_and_is_not_stored() -> None:
         status, headers, body = serve(optimizer)
         assert status == "200 OK"
         assert body == b"written-1 written-2 iterable-1 iterable-2"
-        assert cache_status(headers) == {"fwd": "miss"}
+        assert cache_status(headers) == {"fwd": "miss", "detail": "write-callable"}
 
     assert calls == 2
     stats = optimizer.cache.stats()
@@ -861,12 +905,15 @@ def test_credentials_share_a_public_response(
     ],
     ids=["cookie", "authorization", "cookie-behind-a-tls-proxy"],
 )
-def test_credentials_hit_a_public_entry_in_the_lane(request_headers: dict[str, str]) -> None:
+def test_credentials_hit_a_public_entry_in_the_lane(
+    monkeypatch: pytest.MonkeyPatch, request_headers: dict[str, str]
+) -> None:
     # Browsers send cookies with nearly every request: a public page must reach them as
-    # cheaply as anyone, replayed from the entry's prebuilt response.
+    # cheaply as anyone, replayed by the hit lane.
     app = CountingApp(headers=[("Cache-Control", "public, max-age=60")])
     optimizer, client = wrap(app)
     assert get(client, "/p", headers=request_headers).data == b"body #1"  # stored
+    full_path = spy_full_path(monkeypatch, optimizer)
 
     environ = EnvironBuilder(path="/p", headers=request_headers).get_environ()
     responses = [optimizer(dict(environ), ignore_start_response) for _ in range(2)]
@@ -874,8 +921,7 @@ def test_credentials_hit_a_public_entry_in_the_lane(request_headers: dict[str, s
         assert list(response) == [b"body #1"]
         response.close()  # type: ignore[attr-defined]
 
-    [entry] = optimizer.cache.entries()
-    assert responses[0] is responses[1] is entry.response  # the lane, not the full path
+    assert full_path == []  # the lane, not the full path
     assert optimizer.governor.in_flight == 0
     assert app.calls == 1
 
@@ -923,7 +969,10 @@ def test_credentials_refetching_a_stale_public_entry_store_only_a_public_answer(
     ids=["varying-entry", "varying-public-entry-with-cookies", "varying-private-with-cookies"],
 )
 def test_a_varying_entry_is_replayed_in_the_lane_to_whom_it_may_reach(
-    response_headers: Headers, request_headers: dict[str, str], lane: bool
+    monkeypatch: pytest.MonkeyPatch,
+    response_headers: Headers,
+    request_headers: dict[str, str],
+    lane: bool,
 ) -> None:
     # A compressing app's Vary: Accept-Encoding must not cost every hit the full path; a
     # variant that did not say public still never reaches a request with credentials.
@@ -932,6 +981,7 @@ def test_a_varying_entry_is_replayed_in_the_lane_to_whom_it_may_reach(
     anonymous = {name: value for name, value in request_headers.items() if name != "Cookie"}
     get(client, "/p", headers=anonymous)  # stored, under the Accept-Encoding it was asked with
     get(client, "/p", headers={"Accept-Encoding": "identity"})  # another variant
+    full_path = spy_full_path(monkeypatch, optimizer)
 
     environ = EnvironBuilder(path="/p", headers=request_headers).get_environ()
     responses = [optimizer(dict(environ), ignore_start_response) for _ in range(2)]
@@ -940,10 +990,8 @@ def test_a_varying_entry_is_replayed_in_the_lane_to_whom_it_may_reach(
         bodies.append(b"".join(response))
         response.close()  # type: ignore[attr-defined]
 
-    entries = {entry.key[2]: entry for entry in optimizer.cache.entries()}
-    first = entries[(request_headers["Accept-Encoding"],)]
     if lane:
-        assert responses[0] is responses[1] is first.response
+        assert full_path == []
         assert bodies == [b"body #1"] * 2
         assert app.calls == 2
     else:
@@ -1717,6 +1765,20 @@ def ignore_start_response(status: str, headers: list[tuple[str, str]], exc_info:
     return None
 
 
+def spy_full_path(monkeypatch: pytest.MonkeyPatch, optimizer: MemoryOptimizer) -> list[object]:
+    """A list that gets an item for each request the optimizer sends down its full path
+    (``_respond``) rather than the hit lane."""
+    calls: list[object] = []
+    respond = optimizer._respond
+
+    def counted(*args: Any) -> Iterable[bytes]:
+        calls.append(args)
+        return respond(*args)
+
+    monkeypatch.setattr(optimizer, "_respond", counted)
+    return calls
+
+
 def test_a_hit_is_in_flight_until_the_server_closes_it() -> None:
     # The plain hit skips the GC switch but not the count the governor's pauses wait on.
     _, optimizer, environ = stored_once("/p")
@@ -1760,6 +1822,32 @@ def test_a_hit_closed_twice_neither_raises_nor_leaves_the_count_wrong() -> None:
     assert optimizer.cache.stats()["hits"] == 5
 
 
+def test_a_hit_ends_when_closed_or_let_go_of_and_never_reads_below_the_hits_running() -> None:
+    # A lane hit's response is a tuple: no state of its own, so its close() and its
+    # collection are counted apart, and the count keeps the larger of the two ends. It may
+    # read high while a closed response is still held, never low, and is exact once the
+    # responses are let go of, as every server does right after close().
+    _, optimizer, environ = stored_once("/p")
+    governor = optimizer.governor
+
+    def hit() -> Any:
+        return optimizer(dict(environ), ignore_start_response)
+
+    closed_but_held = hit()
+    closed_but_held.close()
+    assert governor.in_flight == 0
+    running = hit()
+    unclosed = hit()
+    assert governor.in_flight == 2
+    del unclosed  # let go of without close(): ended
+    assert governor.in_flight >= 1  # the running one, at least
+    del closed_but_held
+    assert governor.in_flight == 1
+    running.close()
+    del running
+    assert governor.in_flight == 0
+
+
 def test_two_readers_forget_a_surplus_close_once(monkeypatch: pytest.MonkeyPatch) -> None:
     # One reader finds the count below 0 and, before it forgets the extra close, another
     # reader forgets it: the first must not forget it a second time (the count would then
@@ -1796,9 +1884,9 @@ def test_two_readers_forget_a_surplus_close_once(monkeypatch: pytest.MonkeyPatch
     assert governor.in_flight == 0
 
 
-def test_a_hit_replays_a_response_built_once_and_the_headers_afresh() -> None:
-    # The body's iterable is prebuilt per entry (nothing allocated per hit but the header
-    # list); the header list is a copy each time, since a server may change it.
+def test_a_hit_replays_the_body_and_the_headers_afresh() -> None:
+    # Each hit gets a response of its own (it ends that request, once) and a copy of the
+    # header list, since a server may change it.
     app, optimizer, environ = stored_once("/p")
     seen: list[list[tuple[str, str]]] = []
 
@@ -1810,8 +1898,8 @@ def test_a_hit_replays_a_response_built_once_and_the_headers_afresh() -> None:
     for response in responses:
         response.close()  # type: ignore[attr-defined]
 
-    assert responses[0] is responses[1]
-    assert list(responses[0]) == [b"body #1"]
+    assert responses[0] is not responses[1]
+    assert list(responses[0]) == list(responses[1]) == [b"body #1"]
     assert seen[0] is not seen[1]
     assert [name for name, _ in seen[1]].count("X-Server") == 1
     assert app.calls == 1
@@ -1849,14 +1937,17 @@ def test_a_server_may_leave_out_what_pep_3333_lets_it(missing: tuple[str, ...]) 
     optimizer.governor.stop()
 
 
-def test_a_request_behind_a_tls_proxy_is_a_plain_hit_keyed_by_its_scheme() -> None:
+def test_a_request_behind_a_tls_proxy_is_a_plain_hit_keyed_by_its_scheme(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # X-Forwarded-Proto on every request must not cost every hit the full path: its value is
-    # part of the key, and the hit is replayed from the prebuilt response all the same.
+    # part of the key, and the hit is replayed by the lane all the same.
     app = CountingApp()
     optimizer, client = wrap(app)
     https = {"X-Forwarded-Proto": "https"}
     assert get(client, "/p", headers=https).data == b"body #1"
     assert get(client, "/p").data == b"body #2"  # plain http: another entry
+    full_path = spy_full_path(monkeypatch, optimizer)
 
     environ = EnvironBuilder(path="/p", headers=https).get_environ()
     responses = [optimizer(dict(environ), ignore_start_response) for _ in range(2)]
@@ -1864,7 +1955,7 @@ def test_a_request_behind_a_tls_proxy_is_a_plain_hit_keyed_by_its_scheme() -> No
         assert list(response) == [b"body #1"]
         response.close()  # type: ignore[attr-defined]
 
-    assert responses[0] is responses[1]  # the entry's own response: the plain-hit lane
+    assert full_path == []  # the plain-hit lane
     assert optimizer.governor.in_flight == 0
     assert app.calls == 2
     keys = {entry.key for entry in optimizer.cache.entries()}

@@ -41,7 +41,7 @@ from .cache.policy import (
     variant_key,
 )
 from .cache.store import Entry, ResponseStore, entry_shell_size
-from .closing import ClosingResponse
+from .closing import ClosingResponse, HitResponse, counted_response_type
 from .lazy import LazyModules
 from .memory.cleanups import Cleanups
 from .memory.governor import Governor
@@ -128,21 +128,18 @@ class MemoryOptimizer:
             ttl_cap=settings.cache_ttl_s,
             default_ttl=settings.cache_default_ttl_s,
             on_close=governor.request_finished,
+            on_drop=governor.request_dropped,
         )
         self._request_started = governor.request_started
         self._request_finished = governor.request_finished
+        self._request_dropped = governor.request_dropped
         self._hit_started = governor.hit_started
         self._hit_open = governor.hit_open
         self._hit_close = governor.hit_close
         self.cache.count_hits_from(governor.lane_hits)  # what hit_open counts
-        # A hit's response: its body in a tuple whose close() ends the request. Prebuilt per
-        # entry with the C-level hit_close (no Python frame at all); a hit that must tick
-        # (a sample is due) or that went the full path gets a list whose close() is Python.
-        hit_response_type = _response_class(tuple, governor.hit_close)
-        self.cache.response_type = hit_response_type
-        self._empty_hit = hit_response_type()
-        self._ticking_hit = _response_class(list, governor.hit_finished)
-        self._hit_response = _response_class(list, self._request_finished)
+        # A lane hit's response: its close(), or its collection without one, ends the
+        # request, each a C count (see Governor.in_flight).
+        self._lane_hit = counted_response_type(governor.hit_close, governor.hit_drop)
         self._entry_at, self._touch, self._count_hit = self.cache.hot_path()
         self._count_miss = self.cache.miss_counter()
         self._uncacheable_until = self.cache.uncacheable_until()
@@ -239,8 +236,8 @@ class MemoryOptimizer:
                                 self._hit_close()
                                 raise
                             if method == "GET":
-                                return entry.response
-                            return self._empty_hit
+                                return self._lane_hit((entry.body,))
+                            return self._lane_hit()
                         # A sample is due: this hit's close() ticks.
                         self._count_hit()
                         self._hit_started()
@@ -249,7 +246,9 @@ class MemoryOptimizer:
                         except BaseException:
                             self.governor.hit_finished()
                             raise
-                        return self._ticking_hit((entry.body,) if method == "GET" else ())
+                        return self._hit_response(
+                            self.governor.hit_finished, entry.body if method == "GET" else None
+                        )
                     if now < entry.expires:
                         # Fresh, but its Age header is a second behind, or the request is
                         # conditional and the entry has validators (a 304, if they match).
@@ -316,13 +315,11 @@ class MemoryOptimizer:
                 try:
                     app_iter = self.app(environ, plan.start_response)
                 except BaseException:
-                    plan.refuse("app-error")  # releases single-flight waiters
-                    self.cache.reject("app-error")
+                    plan.dismiss("app-error")  # releases single-flight waiters
                     raise
                 if type(app_iter) is environ.get("wsgi.file_wrapper"):
                     # The page cache holds that file already: not ours to copy.
-                    plan.refuse("file-wrapper")
-                    self.cache.reject("file-wrapper")
+                    plan.dismiss("file-wrapper")
                     return self._handed_over(app_iter)
                 plan.app_iter = app_iter
                 return plan
@@ -439,11 +436,23 @@ class MemoryOptimizer:
             and is_not_modified(environ, entry.etag, entry.last_modified)
         ):
             start_response("304 Not Modified", entry.not_modified_headers_at(now))
-            return self._hit_response()
+            return self._hit_response(self._request_finished)
         start_response(entry.status, entry.hit_headers(now))
         if method == "HEAD":
-            return self._hit_response()
-        return self._hit_response((entry.body,))
+            return self._hit_response(self._request_finished)
+        return self._hit_response(self._request_finished, entry.body)
+
+    def _hit_response(
+        self, on_close: Callable[[], object], body: bytes | None = None
+    ) -> Iterable[bytes]:
+        """A replayed response (``body``, or none): its ``close()`` calls ``on_close``; its
+        collection without one ends the request as :meth:`Governor.request_dropped` does."""
+        response: HitResponse = _new_list(HitResponse)
+        response._on_close = on_close
+        response._on_drop = self._request_dropped
+        if body is not None:
+            response.append(body)
+        return response
 
     def _pass(
         self,
@@ -459,13 +468,15 @@ class MemoryOptimizer:
         rather than through an ``__init__`` frame.
         """
         response: ClosingResponse = _new_object(ClosingResponse)
-        response._on_close = self._request_finished
+        response._on_close = None  # armed once the app has answered (see __call__ if it raises)
         response._server_start_response = start_response
         response._extra = extra
         app_iter = self.app(environ, response.start_response)
         if type(app_iter) is environ.get("wsgi.file_wrapper"):
             return self._handed_over(app_iter)
         response.iterable = app_iter
+        response._on_drop = self._request_dropped
+        response._on_close = self._request_finished
         return response
 
     def _count_bypass(self, reason: str) -> None:
@@ -478,7 +489,7 @@ class MemoryOptimizer:
         """``app_iter`` with the end of the request hooked to its ``close()``."""
         if type(app_iter) is environ.get("wsgi.file_wrapper"):
             return self._handed_over(app_iter)
-        return ClosingResponse(self._request_finished, iterable=app_iter)
+        return ClosingResponse(self._request_finished, self._request_dropped, iterable=app_iter)
 
     def _handed_over(self, file_wrapper: Iterable[bytes]) -> Iterable[bytes]:
         """The app's ``wsgi.file_wrapper``, untouched: wrapping it would cost the server its
@@ -503,6 +514,7 @@ _REMEMBER_UNCACHEABLE_S = 120.0
 LANE_KEYED_HEADERS = tuple(map(environ_key, FORWARDED_KEY_HEADERS))
 _FORWARDED_PORT, _FORWARDED_PREFIX, _FORWARDED_PROTO = sorted(LANE_KEYED_HEADERS)
 _new_object = object.__new__
+_new_list = list.__new__
 
 # The base key of a request from a server that sets every variable it may leave out
 # (gunicorn, werkzeug, waitress and uWSGI all do): one C call. See request_key.
@@ -536,20 +548,6 @@ def request_key(environ: WSGIEnvironment) -> CacheKey:
             environ.get("QUERY_STRING", ""),
             environ.get("RAW_URI", environ.get("REQUEST_URI")),
         )
-
-
-def _response_class(
-    base: type[Any], on_close: Callable[[], object]
-) -> Callable[..., Iterable[bytes]]:
-    """A ``tuple`` or ``list`` type whose ``close()`` ends the request: a hit's response.
-
-    Built in C, with one close method: a third of a general wrapper's cost (SPEC §11: the
-    hit path counts every call). A hit has no app iterable to close: nothing else to guard.
-    """
-    # A bound method, a partial or a C method as a class attribute is not bound again:
-    # close() *is* on_close(), not a Python frame that calls it.
-    name = f"Hit{base.__name__.capitalize()}Response"
-    return type(name, (base,), {"__slots__": (), "close": on_close})
 
 
 def _path_filter(

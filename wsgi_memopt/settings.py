@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import functools
 import ipaddress
+import itertools
 import math
 import os
 import re
@@ -30,8 +31,16 @@ ENV_PREFIX = "WSGI_MEMOPT_"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 _NONE = frozenset({"", "none", "null"})
+# Sources that are not where a value was written (an env variable, an ini key).
+_PLAIN_SOURCES = frozenset({None, "default", "explicit", "mapping", "env"})
 _LOOPBACK = ("127.0.0.0/8", "::1/128")
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # an HTTP field name (RFC 9110 §5.1)
+# What a client writes in a path without percent-encoding (RFC 3986: unreserved, sub-delims,
+# ":" and "@"). PATH_INFO carries the URL's bytes as latin-1, so a prefix of anything else
+# ("/mémoire" arrives as "/mÃ©moire") would never be reached.
+_PATH = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/]+")
+# A bearer token as the API compares it: bytes, in constant time (hmac.compare_digest).
+_VISIBLE_ASCII = re.compile(r"[!-~]+")
 
 
 class SettingsError(ValueError):
@@ -62,20 +71,26 @@ def _bool(value: object) -> bool:
 
 
 def _number(
-    kind: type[int] | type[float], low: float, high: float, *, low_open: bool = False
+    kind: type[int] | type[float],
+    low: float,
+    high: float,
+    *,
+    low_open: bool = False,
+    high_means: str = "",
 ) -> Callable[[object], Any]:
-    """A parser for an int or float within [low, high] (or (low, high] when ``low_open``)."""
+    """A parser for an int or float within [low, high] (or (low, high] when ``low_open``);
+    ``high_means`` names the upper bound for people ("a day")."""
     lower = f"> {low:g}" if low_open else f">= {low:g}"
-    rule = f"expected {'an integer' if kind is int else 'a number'} {lower}"
-    if high != math.inf:
-        rule += f" and <= {high:g}"
+    rule = f"expected {'an integer' if kind is int else 'a number'} {lower} and <= {_plain(high)}"
+    if high_means:
+        rule += f" ({high_means})"
 
     def parse(value: object) -> int | float:
         if isinstance(value, bool):
             raise _Invalid(rule)
         try:
             if isinstance(value, str):
-                number = kind(value.strip())
+                number = kind(_ascii(value.strip()))
             elif isinstance(value, int) or (kind is float and isinstance(value, float)):
                 number = kind(value)
             else:
@@ -89,6 +104,19 @@ def _number(
         return number
 
     return parse
+
+
+def _ascii(text: str) -> str:
+    """``text`` if it is ASCII: ``int()`` and ``float()`` also read other scripts' digits
+    ('\u0663' is 3), which nobody means to write in a setting."""
+    if not text.isascii():
+        raise ValueError(text)
+    return text
+
+
+def _plain(number: float) -> str:
+    """A bound as people write it: ``86400``, not ``86400.0`` or ``8.64e+04``."""
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
 
 
 def _optional(parse: Callable[[object], Any]) -> Callable[[object], Any]:
@@ -125,7 +153,12 @@ def _statuses(value: object) -> tuple[int, ...]:
     codes = []
     for item in _items(value):
         try:
-            code = int(item) if isinstance(item, (int, str)) and not isinstance(item, bool) else 0
+            if isinstance(item, str):
+                code = int(_ascii(item))
+            elif isinstance(item, int) and not isinstance(item, bool):
+                code = item
+            else:
+                code = 0
         except ValueError:
             raise _Invalid(rule) from None
         # 206 needs range handling and 304 has no body to replay: neither can be stored.
@@ -154,7 +187,7 @@ def _header_names(value: object) -> tuple[str, ...]:
 def _gc_threshold(value: object) -> tuple[int, ...]:
     rule = "expected 1 to 3 non-negative integers for gc.set_threshold, e.g. '700,10,10'"
     try:
-        numbers = tuple(int(str(item)) for item in _items(value))
+        numbers = tuple(int(_ascii(str(item))) for item in _items(value))
     except ValueError:
         raise _Invalid(rule) from None
     # gc.set_threshold takes C ints: a larger value would only fail later, at start-up.
@@ -180,18 +213,28 @@ def _networks(value: object) -> tuple[str, ...]:
 
 
 def _prefix(value: object) -> str:
-    rule = "expected a path such as '/api/v1/memory': starting with '/', no spaces, not '/'"
+    rule = (
+        "expected a path such as '/api/v1/memory': starting with '/', not '/', of ASCII "
+        "letters, digits and -._~!$&'()*+,;=:@/ (no spaces, no '%')"
+    )
     if not isinstance(value, str):
         raise _Invalid(rule)
-    prefix = value.strip().rstrip("/")
-    if not prefix.startswith("/") or any(char.isspace() for char in prefix):
+    prefix = value.strip().rstrip("/")  # so a match ends in something other than "/"
+    if not _PATH.fullmatch(prefix):
         raise _Invalid(rule)
     return prefix
 
 
-def _token(value: object) -> str:
-    if not isinstance(value, str) or not value or value != value.strip():
-        raise _Invalid("expected a non-empty token without surrounding spaces")
+def _token(value: object) -> str | None:
+    if value is None:
+        return None  # the default: no token
+    # Explicit text that reads as "nothing" is a mistake (an unset variable in a template, a
+    # str(None)), never a way to turn the token off: that is leaving api_token unset.
+    if not isinstance(value, str) or not _VISIBLE_ASCII.fullmatch(value) or value.lower() in _NONE:
+        raise _Invalid(
+            "expected a token of visible ASCII characters (no spaces), not empty or 'none'; "
+            "for no token, leave api_token unset"
+        )
     return value
 
 
@@ -200,9 +243,18 @@ def _setting(default: Any, parse: Callable[[object], Any], doc: str) -> Any:
     return dataclasses.field(default=default, metadata={"parse": parse, "doc": doc})
 
 
+# Upper bounds: far beyond any sane value, and low enough that nothing derived from them
+# overflows (bytes as an int, a deadline as a float, a thread's wait).
+_DAY = 86_400.0
+_YEAR = 365 * _DAY
+_MAX_MB = float(16 << 20)  # 16 TiB
 _percent = _number(float, 0, 100, low_open=True)
-_seconds = _number(float, 0, math.inf)
-_positive = _number(float, 0, math.inf, low_open=True)
+_seconds = _number(float, 0, _YEAR, high_means="a year")
+_positive = _number(float, 0, _YEAR, low_open=True, high_means="a year")
+# A thread waits this long at a time (threading refuses waits beyond TIMEOUT_MAX).
+_wait_seconds = _number(float, 0, _DAY, high_means="a day")
+_megabytes = _number(float, 0, _MAX_MB, low_open=True, high_means="16 TiB")
+_megabytes_or_zero = _number(float, 0, _MAX_MB, high_means="16 TiB")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,10 +267,10 @@ class Settings:
     cache_enabled: bool = _setting(True, _bool, "response cache on/off")
     cache_max_items: int = _setting(500, _number(int, 1, 10**9), "entries held at most")
     cache_max_mb: float = _setting(
-        25.0, _positive, "bytes held by the cache at most, measured (body + headers + entry)"
+        25.0, _megabytes, "bytes held by the cache at most, measured (body + headers + entry)"
     )
     cache_item_max_mb: float = _setting(
-        2.0, _positive, "a larger response is never stored (it still streams to the client)"
+        2.0, _megabytes, "a larger response is never stored (it still streams to the client)"
     )
     cache_ttl_s: float = _setting(
         1800.0, _positive, "longest life of an entry; a shorter max-age/s-maxage/Expires wins"
@@ -252,7 +304,7 @@ class Settings:
     )
     cache_lock_timeout_s: float = _setting(
         5.0,
-        _seconds,
+        _wait_seconds,
         "concurrent misses of one key wait this long for the first one's response (0: no wait)",
     )
     max_memory_percent: float = _setting(
@@ -282,13 +334,13 @@ class Settings:
         "auto (container limit if set, else host), host, container or process",
     )
     process_limit_mb: float | None = _setting(
-        None, _optional(_positive), "with pressure_source=process: the RSS that counts as 100%"
+        None, _optional(_megabytes), "with pressure_source=process: the RSS that counts as 100%"
     )
     sample_interval_s: float = _setting(
         0.5, _seconds, "between requests, memory is measured at most this often"
     )
     monitor_interval_s: float = _setting(
-        10.0, _seconds, "background sampling while idle; 0 turns the thread off"
+        10.0, _wait_seconds, "background sampling while idle; 0 turns the thread off"
     )
     gc_threshold: tuple[int, ...] | None = _setting(
         None, _optional(_gc_threshold), "gc.set_threshold values, e.g. 700,10,10 (none: unchanged)"
@@ -301,7 +353,7 @@ class Settings:
         "or auto (CPython's own)",
     )
     trim_threshold_mb: float = _setting(
-        32.0, _seconds, "RSS growth that triggers malloc_trim between requests (0: off)"
+        32.0, _megabytes_or_zero, "RSS growth that triggers malloc_trim between requests (0: off)"
     )
     min_worker_lifetime_s: float = _setting(
         60.0, _seconds, "no recycle before this age, unless the limit is forecast to come first"
@@ -313,7 +365,7 @@ class Settings:
     api_prefix: str = _setting("/api/v1/memory", _prefix, "where the memory API is mounted")
     api_token: str | None = _setting(
         None,
-        _optional(_token),
+        _token,
         "requests that send it as Authorization: Bearer may use the API from anywhere (none: "
         "only /health answers, unless api_allow_networks is set)",
     )
@@ -349,33 +401,45 @@ class Settings:
 
     def _check_together(self) -> None:
         if self.cache_default_ttl_s > self.cache_ttl_s:
-            raise SettingsError(
-                "cache_default_ttl_s",
-                self.cache_default_ttl_s,
-                f"expected at most cache_ttl_s ({self.cache_ttl_s:g}), the longest life of any "
-                "entry: raise cache_ttl_s too",
+            self._fail_together(
+                ["cache_default_ttl_s", "cache_ttl_s"],
+                f"expected cache_default_ttl_s at most cache_ttl_s ({self.cache_ttl_s:g}), the "
+                "longest life of any entry",
             )
-        if not self.max_memory_percent <= self.critical_percent <= self.restart_percent:
-            raise SettingsError(
-                "critical_percent",
-                self.critical_percent,
+        percents = ("max_memory_percent", "critical_percent", "restart_percent")
+        out_of_order = [
+            (low, high)
+            for low, high in itertools.combinations(percents, 2)
+            if getattr(self, low) > getattr(self, high)
+        ]
+        if out_of_order:
+            self._fail_together(
+                [name for pair in out_of_order for name in pair],
                 "expected max_memory_percent <= critical_percent <= restart_percent, got "
                 f"{self.max_memory_percent:g} / {self.critical_percent:g} / "
                 f"{self.restart_percent:g}",
             )
         if self.pressure_source == "process" and self.process_limit_mb is None:
-            raise SettingsError(
-                "process_limit_mb",
-                None,
+            self._fail_together(
+                ["process_limit_mb", "pressure_source"],
                 "pressure_source=process needs process_limit_mb, the RSS that counts as 100%",
             )
         if self.forecast_lead_s > 0 and self.forecast_window_s < 3 * self.sample_interval_s:
-            raise SettingsError(
-                "forecast_window_s",
-                self.forecast_window_s,
+            self._fail_together(
+                ["forecast_window_s", "sample_interval_s", "forecast_lead_s"],
                 "the forecast fits at least 4 samples: expected forecast_window_s >= 3 x "
                 f"sample_interval_s ({3 * self.sample_interval_s:g}), or forecast_lead_s=0",
             )
+
+    def _fail_together(self, involved: list[str], allowed: str) -> None:
+        """Raise for a rule across settings, naming the first of ``involved`` the user gave
+        (the others kept their defaults), and where it came from."""
+        given = [name for name in involved if self._sources.get(name, "default") != "default"]
+        name = (given or involved)[0]
+        origin = self._sources.get(name)
+        raise SettingsError(
+            name, getattr(self, name), allowed, origin if origin not in _PLAIN_SOURCES else None
+        )
 
     # -- construction from strings
 
@@ -476,11 +540,14 @@ class Settings:
         lines = ["| setting | env variable | default | meaning |", "|---|---|---|---|"]
         for name, env, default, doc in cls.describe():
             shown = f"`{default}`" if default else "*(empty)*"
+            if _FIELDS[name].default is None and not _parses(name, default):
+                shown = "*(not set)*"  # no text means "unset" (api_token): it is left out
             lines.append(f"| `{name}` | `{env}` | {shown} | {doc} |")
         return "\n".join(lines)
 
     def as_text(self) -> dict[str, str]:
-        """Every setting as the ini/env text that parses back to the same value."""
+        """Every setting as the ini/env text that parses back to the same value; but an unset
+        ``api_token`` reads ``none``, and is written by leaving it out (no text turns it off)."""
         return {name: _as_text(getattr(self, name)) for name in self.NAMES}
 
 
@@ -537,6 +604,15 @@ def _parse(
         return field.metadata["parse"](value)
     except _Invalid as error:
         raise SettingsError(name, value, str(error), origin) from None
+
+
+def _parses(name: str, text: str) -> bool:
+    """Whether ``text`` is a value setting ``name`` accepts."""
+    try:
+        _FIELDS[name].metadata["parse"](text)
+    except _Invalid:
+        return False
+    return True
 
 
 def _as_text(value: object) -> str:

@@ -9,10 +9,17 @@ to the app and returns the capture itself to the server as the response iterable
 
 Each chunk goes to the server unchanged; a copy is kept until it passes the item limit, then
 dropped. A response refused at ``start_response`` (``no-store``, a cookie, ...) is not copied
-at all: the server iterates the app's own iterator. When the server calls
-:meth:`Capture.close` (the real end of a WSGI request) the app's iterable is closed exactly
-once and, if the response ran to its end and may be stored, the copy is joined into one
-``bytes`` object and stored.
+at all: the server iterates the app's own iterator. A response that may be stored is stored
+as soon as its body is whole: when it reaches its ``Content-Length``, or, without one, when
+the server has read the iterable to its end; single-flight waiters are let go then. Its
+headers wait for the body's first bytes (PEP 3333: a server sends nothing before them), so
+that ``Cache-Status`` says ``stored`` of a body stored before they go, and of nothing else.
+
+The server's :meth:`Capture.close` (the real end of a WSGI request) closes the app's iterable
+exactly once and ends the request; an app that fails after its body was stored (its close()
+raises, it sends more than it declared) loses the entry again. A capture collected without a
+``close()`` (a layer above that never calls it) is closed by its finalizer, which does only
+what is safe in any thread at any moment: no lock, no pause.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..closing import close_dropped
 from .policy import CacheKey, ResponseVerdict, assess_response, variant_key
 from .store import Entry, ResponseStore
 
@@ -69,10 +77,11 @@ class CaptureRules:
     ttl_cap: float  # cache_ttl_s: the longest lifetime of any entry
     default_ttl: float = 0.0  # cache_default_ttl_s: the lifetime of a response that gives none
     on_close: Callable[[], None] = lambda: None  # the middleware's end-of-request hook
+    on_drop: Callable[[], None] = lambda: None  # the same for a capture collected unclosed
 
 
 class Capture:
-    """One miss: records the app's ``start_response``, tees its body, stores it on ``close()``.
+    """One miss: records the app's ``start_response``, tees its body, stores it once whole.
 
     ``reason`` says why the response will not be stored (``None`` while it may be); once it
     is set the copy (``_chunks``) is dropped.
@@ -81,8 +90,10 @@ class Capture:
     __slots__ = (
         "_chunks",
         "_closed",
-        "_complete",
+        "_counted",
+        "_entry",
         "_headers",
+        "_pending",
         "_rules",
         "_server_start_response",
         "_size",
@@ -123,7 +134,11 @@ class Capture:
         self.reason: str | None = "no-response"
         self._chunks: list[bytes] | None = []
         self._size = 0
-        self._complete = self._closed = False
+        self._pending: tuple[str, list[tuple[str, str]]] | None = None  # headers not yet sent
+        self._write: Callable[[bytes], object] | None = None  # the server's, once they are
+        self._entry: Entry | None = None  # stored, while it stays so
+        self._counted = False  # stored or rejected, in the store's counts
+        self._closed = False  # close() (or the finalizer) ran
 
     # -- what the app sees
 
@@ -133,7 +148,8 @@ class Capture:
         headers: list[tuple[str, str]],
         exc_info: OptExcInfo | None = None,
     ) -> Callable[[bytes], object]:
-        """Record the response, decide whether it may be stored, and pass it to the server."""
+        """Record the response and decide whether it may be stored. The server gets it now
+        if not, else with the body's first bytes (see the module docstring)."""
         if exc_info is not None:
             self.refuse("app-error")
         else:
@@ -157,11 +173,11 @@ class Capture:
                     self.reason = None
                     self._status = status
                     self._headers = headers
-        # "stored" is promised only when the size is known up front to be within the limit.
-        stored = self.reason is None and self.verdict.content_length is not None  # type: ignore[union-attr]
-        self._write = self._server_start_response(
-            status, headers + cache_status(self.forward, self.reason, stored=stored), exc_info
-        )
+        if self.reason is None and self._write is None:
+            self._pending = (status, headers)
+        else:
+            self._pending = None
+            self._send_headers(status, headers, exc_info)
         return self.write
 
     def write(self, data: bytes) -> object:
@@ -169,12 +185,21 @@ class Capture:
         it sends bypasses the iterable, so it is never seen whole)."""
         if self.reason is None:
             self.refuse("write-callable")
-        return self._write(data)
+        self._send_pending()
+        return self._write(data)  # type: ignore[misc]
 
     def refuse(self, reason: str) -> None:
-        """Give up storing this response, drop the copy and let single-flight waiters go."""
+        """Give up storing this response (dropping its entry if it was stored), drop the
+        copy and let single-flight waiters go."""
         self.reason = reason
         self._chunks = None
+        entry, self._entry = self._entry, None
+        if entry is not None:
+            self._counted = False  # counted again, as refused
+            try:
+                self._rules.store.discard(entry)
+            except Exception:
+                log.warning("[CACHE] could not drop a failed response's entry", exc_info=True)
         if self.fill_key is not None:
             self._release_waiters(reason not in _TRANSIENT_REFUSALS)
         elif reason == "credentials":
@@ -183,6 +208,14 @@ class Capture:
                 self._rules.store.remember_uncacheable(self.base_key, credentials=True)
             except Exception:
                 log.warning("[CACHE] could not remember an uncacheable page", exc_info=True)
+
+    def dismiss(self, reason: str) -> None:
+        """This capture never reaches the server (the app raised in its call, or answered
+        a ``wsgi.file_wrapper``): refuse and count ``reason``; the caller ends the request."""
+        self._closed = True  # nothing for close() or the finalizer to do
+        self.refuse(reason)
+        self._counted = True
+        self._rules.store.reject(reason)
 
     def _release_waiters(self, uncacheable: bool = False) -> None:
         # Requests waiting for this response need not wait for a body that will not be
@@ -203,27 +236,64 @@ class Capture:
     # -- what the server sees
 
     def __iter__(self) -> Iterator[bytes]:
-        if self._chunks is None:
-            # Refused already (the usual app calls start_response before it returns): the
-            # server iterates the app's own iterator, with nothing of ours per chunk.
+        if self._chunks is None and self._write is not None:
+            # Refused already and its headers sent (the usual app calls start_response
+            # before it returns): the server iterates the app's own iterator, with nothing
+            # of ours per chunk.
             return iter(self.app_iter)
         return self._tee()
 
     def _tee(self) -> Iterator[bytes]:
-        limit = self._rules.item_limit
         for chunk in self.app_iter:
-            chunks = self._chunks
-            if chunks is not None:
-                self._size += len(chunk)
-                if self._size > limit:
-                    self.refuse("too-large")  # drop the copy now: the client still gets all
-                else:
-                    chunks.append(chunk)
+            if self._chunks is not None:
+                self._copy(chunk)
+            elif chunk and self._entry is not None:
+                self.refuse("content-length")  # more than it declared: broken after all
+            if chunk and self._pending is not None:
+                self._send_pending()  # the first bytes: their headers go first
             yield chunk
-        self._complete = True
+        # The server read the iterable to its end: the body is whole, whether or not the
+        # server ever calls close().
+        if self._chunks is not None and self.reason is None:
+            declared = self._declared_length()
+            if declared is None or self._size == declared:
+                self._store()
+            else:
+                self.refuse("content-length")  # shorter than it declared
+        self._send_pending()  # an empty body's headers
+
+    def _copy(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size > self._rules.item_limit:
+            self.refuse("too-large")  # drop the copy now: the client still gets all
+            return
+        self._chunks.append(chunk)  # type: ignore[union-attr]
+        declared = self._declared_length()
+        if declared is not None and self._size >= declared and self.reason is None:
+            if self._size == declared:
+                self._store()  # whole, as declared: stored before its headers go, if they wait
+            else:
+                self.refuse("content-length")
+
+    def _declared_length(self) -> int | None:
+        """The response's ``Content-Length``, if it has one."""
+        return None if self.verdict is None else self.verdict.content_length
+
+    def _send_headers(
+        self, status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
+    ) -> None:
+        stored = self._entry is not None
+        self._write = self._server_start_response(
+            status, headers + cache_status(self.forward, self.reason, stored=stored), exc_info
+        )
+
+    def _send_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._send_headers(*pending)
 
     def close(self) -> None:
-        """Close the app's iterable exactly once, then store the copy if it is whole."""
+        """Close the app's iterable exactly once, then end the request."""
         if self._closed:
             return
         self._closed = True
@@ -232,45 +302,48 @@ class Capture:
             if close is not None:
                 close()
         except BaseException:
-            self._complete = False
+            self.refuse("app-error")  # its close() failed: not stored, or no longer
             raise
         finally:
             self.finish()
 
     def finish(self) -> None:
-        """Store the response if it may be, release single-flight waiters, run the hook.
+        """Count what became of the response, release single-flight waiters, run the hook.
 
         Never raises: a failing cache must not fail the request it served.
         """
         store = self._rules.store
-        stored = False
         try:
-            if self._chunks is not None and self.reason is None and self._complete:
-                self._store()
-                stored = True
-            else:
+            if not self._counted:
+                self._counted = True
                 store.reject(self.reason or "incomplete")
         except Exception:
-            log.warning("[CACHE] storing a response failed; it was served uncached", exc_info=True)
-            try:  # noqa: SIM105 (nothing more to do when even counting fails)
-                store.reject("cache-error")
-            except Exception:
-                pass
+            log.warning("[CACHE] counting a response failed", exc_info=True)
         finally:
             if self.fill_key is not None:
                 self._release_waiters()
-            try:
-                # The cache grows only by a store: the place to drop what expired, now and then.
-                if stored and store.sweep_due():
-                    store.sweep()
-            except Exception:
-                log.warning("[CACHE] sweeping expired entries failed", exc_info=True)
             try:
                 self._rules.on_close()
             except Exception:
                 log.warning("[CACHE] end-of-request housekeeping failed", exc_info=True)
 
+    def __del__(self) -> None:
+        # Collected without close(): closed here, in whatever thread the collector runs,
+        # maybe inside one of our locks. Only what takes no lock: the fill is marked over
+        # (waiters woken), the response counted in one C call, the request ended as such.
+        if self._closed:
+            return
+        self._closed = True
+        close_dropped(self.app_iter)
+        rules = self._rules
+        if self.fill_key is not None:
+            rules.store.abandon_fill(self.fill_key, self.fill_owner)
+        if not self._counted:
+            rules.store.count_dropped()
+        rules.on_drop()
+
     def _store(self) -> None:
+        """Store the whole body (the copy is dropped), then let the waiters find it."""
         store = self._rules.store
         verdict: ResponseVerdict = self.verdict  # type: ignore[assignment]
         body = b"".join(self._chunks)  # type: ignore[arg-type]
@@ -278,15 +351,12 @@ class Capture:
         headers = self._headers
         if verdict.content_length is None:
             headers = [*headers, ("Content-Length", str(len(body)))]
-        elif verdict.content_length != len(body):
-            store.reject("content-length")  # a body that disagrees with its header is broken
-            return
         # The lookup key knew only the Vary of an earlier response, if any: use this one's.
         key = self.base_key
-        if verdict.vary:
-            key = variant_key(key, verdict.vary, self.environ)
-        store.put(
-            Entry(
+        try:
+            if verdict.vary:
+                key = variant_key(key, verdict.vary, self.environ)
+            entry = Entry(
                 key,
                 self.base_key,
                 self._status,
@@ -297,6 +367,21 @@ class Capture:
                 verdict.shareable_with_credentials,
                 verdict.etag,
                 verdict.last_modified,
-            ),
-            verdict.vary,
-        )
+            )
+            stored = store.put(entry, verdict.vary)
+        except Exception:
+            log.warning("[CACHE] storing a response failed; it was served uncached", exc_info=True)
+            self.refuse("cache-error")
+            return
+        self._counted = True  # put() counted it, as stored or as too large for the cache
+        if not stored:
+            self.refuse("too-large")
+            return
+        self._entry = entry
+        self._release_waiters()
+        try:
+            # The cache grows only by a store: the place to drop what expired, now and then.
+            if store.sweep_due():
+                store.sweep()
+        except Exception:
+            log.warning("[CACHE] sweeping expired entries failed", exc_info=True)

@@ -1,12 +1,11 @@
 """A stored response, and how many bytes it holds.
 
-An entry keeps the whole body as one ``bytes`` object, the header list a hit replays (prebuilt,
-aged once per second) and the response iterable a hit returns (prebuilt: a hit allocates
-nothing but the copy of the header list the server may change). Its size is measured, not
-guessed: ``sys.getsizeof`` of every object it holds alone (body, key, header tuples) plus its
-fixed part, measured once with ``pympler.asizeof``. Header names, common values and status
-lines are held once for all entries by :class:`SharedObjects`, and counted there once. The
-test suite holds the figures to ``pympler.asizeof``.
+An entry keeps the whole body as one ``bytes`` object and the header list a hit replays
+(prebuilt, aged once per second: a hit copies it, since the server may change it). Its size is
+measured, not guessed: ``sys.getsizeof`` of every object it holds alone (body, key, header
+tuples) plus its fixed part, measured once with ``pympler.asizeof``. Header names, common
+values and status lines are held once for all entries by :class:`SharedObjects`, and counted
+there once. The test suite holds the figures to ``pympler.asizeof``.
 
     entry = Entry(key, base_key, "200 OK", headers, b"...", created=clock(), lifetime=60.0)
 """
@@ -14,7 +13,7 @@ test suite holds the figures to ``pympler.asizeof``.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from .policy import CacheKey, key_path
@@ -29,7 +28,6 @@ __all__ = [
 ]
 
 Headers = tuple[tuple[str, str], ...]
-ResponseType = Callable[[tuple[bytes, ...]], Iterable[bytes]]
 
 
 class Entry:
@@ -52,7 +50,6 @@ class Entry:
         "last_modified",
         "replay",
         "replay_until",
-        "response",
         "shareable_with_credentials",
         "shared",
         "size",
@@ -87,7 +84,6 @@ class Entry:
         # Built by share_parts() when stored, so that their memory is always accounted.
         self.replay: list[tuple[str, str]] = _NOT_BUILT
         self.replay_until = _NEVER
-        self.response: Iterable[bytes] = ()
         self.size = 0
         self.shared: tuple[object, ...] = ()  # the store's single copies this entry holds
 
@@ -96,9 +92,9 @@ class Entry:
         """``SCRIPT_NAME + PATH_INFO`` of the request that stored it."""
         return key_path(self.base_key)
 
-    def share_parts(self, shared: SharedObjects, response_type: ResponseType = tuple) -> int:
+    def share_parts(self, shared: SharedObjects) -> int:
         """Swap small strings and header pairs for the store's single copies of them, and
-        build what a hit replays (the header list, the response iterable of ``response_type``).
+        build the header list a hit replays.
 
         A thousand entries of one app repeat the same header names, values and status line;
         held once, they cost once (see :class:`SharedObjects`). Returns the bytes of the
@@ -118,7 +114,6 @@ class Entry:
         base_key = (scheme, host, *base_key[2:])
         self.key = base_key if self.key is self.base_key else (base_key, *self.key[1:])
         self.base_key = base_key
-        self.response = response_type((self.body,))
         self.rebuild_hit_headers(self.created)
         # Released, one holder each, when the entry goes. The hit-header constants (Age,
         # Cache-Status, X-Cache) are not among them: they are the module's, the store counts
@@ -138,7 +133,6 @@ class Entry:
             _TUPLE_BASE
             + _POINTER * (len(base) + len(self.headers) + len(self.shared))
             + 2 * _TUPLE_BASE  # the headers and shared tuples
-            + _response_size(self.response)
             + own_header_bytes
             + ((sys.getsizeof(replay) + 7) & ~7)  # a list: its allocation is its own
             + _HIT_PAIRS_BYTES  # the Age and Cache-Status pairs; X-Cache's is a constant
@@ -336,17 +330,6 @@ _BYTES_BASE = sys.getsizeof(b"")
 _PAIR_BYTES = _aligned(sys.getsizeof(("a", "b")))
 
 
-_RESPONSE_SIZES: dict[type, int] = {}
-
-
-def _response_size(response: object) -> int:
-    """Size of a hit's prebuilt response (its body is the entry's): one call per type."""
-    size = _RESPONSE_SIZES.get(type(response))
-    if size is None:
-        size = _RESPONSE_SIZES[type(response)] = _aligned(sys.getsizeof(response))
-    return size
-
-
 def _size_of_str(text: str) -> int:
     """``sys.getsizeof(text)`` rounded as pympler does, without the call for ASCII text."""
     if text.isascii():
@@ -387,8 +370,6 @@ def _variable_size(entry: Entry) -> int:
             entry.shared,
         )
     )
-    if entry.response:  # holds the body, counted above: only the container is its own
-        size += _aligned(sys.getsizeof(entry.response))
     if entry.replay_until is not entry.expires and entry.replay_until is not _NEVER:
         size += _FLOAT_BYTES
     if entry.last_modified is not None:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..counting import Tally, read_count
-from .entry import _HIT_CONSTANT_BYTES, Entry, ResponseType, SharedObjects, entry_shell_size
+from .entry import _HIT_CONSTANT_BYTES, Entry, SharedObjects, entry_shell_size
 from .policy import CacheKey, variant_key
 from .remembered import RememberedKeys
 
@@ -47,7 +47,6 @@ class ResponseStore:
         cleanup_interval_s: float = 120.0,
         uncacheable_ttl_s: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
-        response_type: ResponseType = tuple,
     ) -> None:
         self.max_items = max_items
         self.max_bytes = max_bytes
@@ -55,9 +54,6 @@ class ResponseStore:
         self.evict_fraction = evict_fraction
         self.cleanup_interval_s = cleanup_interval_s
         self.clock = clock
-        # What a hit returns to the server, prebuilt per entry around its body: the
-        # middleware's type, whose close() ends the request for the governor.
-        self.response_type = response_type
         self._lock = threading.Lock()
         self._entries: OrderedDict[CacheKey, Entry] = OrderedDict()
         # base key -> [environ keys named by the newest Vary, number of variant entries]; a base
@@ -79,6 +75,9 @@ class ResponseStore:
         self._misses = itertools.count()
         self._rejected = Tally()
         self._bypassed = Tally()
+        # A response collected without close(), counted in one C call: its finalizer may
+        # run anywhere, even where this store's lock is held.
+        self.count_dropped: Callable[[], int] = self._rejected.counter("dropped").__next__
 
     # -- the request path
 
@@ -153,7 +152,7 @@ class ResponseStore:
             self.reject("too-large")
             return False
         with self._lock:
-            own_header_bytes = entry.share_parts(self._shared, self.response_type)
+            own_header_bytes = entry.share_parts(self._shared)
             entry.size = self._shell_bytes + entry.own_size(own_header_bytes)
             # Larger than the whole cache even alone? Asked only when it might be: what it
             # shares is at most all that is shared.
@@ -193,6 +192,13 @@ class ResponseStore:
                     remembered.pop(entry.key, None)
                     remembered.pop(entry.base_key, None)
         return True
+
+    def discard(self, entry: Entry) -> None:
+        """Drop ``entry`` if it is still the one stored under its key (its response failed
+        after it was stored)."""
+        with self._lock:
+            if self._entries.get(entry.key) is entry:
+                self._remove(entry)
 
     def reject(self, reason: str) -> None:
         """Count a response that was not stored, by reason."""
@@ -274,6 +280,19 @@ class ResponseStore:
         if current[0] is not None:
             current[0].set()
 
+    def abandon_fill(self, key: CacheKey, owner: object) -> None:
+        """End ``owner``'s fill of ``key`` without taking the lock: for the finalizer of a
+        response collected unclosed, which may run anywhere, even where the lock is held.
+
+        The fill is marked as old as can be (the next miss of the key takes it over, and the
+        next sweep forgets it) and its waiters are woken.
+        """
+        current = self._filling.get(key)
+        if current is not None and current[2] is owner:
+            current[1] = -math.inf
+            if current[0] is not None:
+                current[0].set()
+
     # -- housekeeping
 
     def sweep_due(self) -> bool:
@@ -290,6 +309,9 @@ class ResponseStore:
             for entry in expired:
                 self._remove(entry)
             self.expirations += len(expired)
+            for key, fill in list(self._filling.items()):
+                if fill[1] == -math.inf:  # abandoned (see abandon_fill)
+                    del self._filling[key]
         if expired:
             log.debug("[CACHE] swept %d expired entries", len(expired))
         return len(expired)

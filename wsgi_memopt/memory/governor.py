@@ -180,15 +180,19 @@ class Governor:
         # per request, and list.append / del list[-1:] are single C calls under the GIL.
         self._flight: list[None] = []
         self._enter = self._flight.append
-        # The cache hits the middleware's lane serves are counted apart, by two counts whose
+        # The cache hits the middleware's lane serves are counted apart, by counts whose
         # next() is one C call each: hit_open() is also the store's count of those hits
-        # (one call for both), and a hit's close() *is* hit_close. See in_flight.
+        # (one call for both); a hit's response's close() *is* hit_close, and its
+        # collection calls hit_drop. See in_flight.
         self._hits_opened = itertools.count()
         self._hits_closed = itertools.count()
+        self._hits_dropped = itertools.count()
         self._hits_closed_twice = 0  # closes beyond the opens, forgotten once seen
+        self._hits_before_fork = 0  # hits a forking parent had open: not this process's
         self._forget_lock = threading.Lock()
         self.hit_open: Callable[[], object] = self._hits_opened.__next__
         self.hit_close: Callable[[], object] = self._hits_closed.__next__
+        self.hit_drop: Callable[[], object] = self._hits_dropped.__next__
         # When the next sample is due. 0 until this process serves (and again after a fork):
         # the cache-hit lane checks only this before it skips hit_started() (see there).
         self.next_tick = 0.0
@@ -230,6 +234,15 @@ class Governor:
                 self.tick()
         except Exception:
             log.warning("[MEMORY] the between-request tick failed", exc_info=True)
+
+    def request_dropped(self) -> None:
+        """A response was collected without the server's ``close()``: the request is over.
+
+        Counted and nothing more: the collector may run this in any thread, at any moment,
+        even inside a lock of ours, so nothing here may wait or pause; the next request or
+        the monitor ticks.
+        """
+        del self._flight[-1:]
 
     def hit_started(self) -> None:
         """A request answered from the cache starts: counted in flight, GC left as it is.
@@ -276,10 +289,14 @@ class Governor:
         return open_hits
 
     def _lane_hits_open(self) -> int:
-        # Closed first: a hit opened and closed between the two reads then shows for a
-        # moment as still open, never as a close too many.
-        closed = read_count(self._hits_closed)
-        return read_count(self._hits_opened) - closed + self._hits_closed_twice
+        # A hit is over when its response is closed or collected, whichever comes first: at
+        # least as many as were closed, and as were collected (the two overlap: a closed
+        # response is collected too), so never fewer than are running. Once the closed ones
+        # are collected too, exactly those running. The ends are read first: a hit opened
+        # and ended between the reads then shows for a moment as open, never as ended.
+        dropped = read_count(self._hits_dropped)
+        closed = read_count(self._hits_closed) - self._hits_closed_twice
+        return read_count(self._hits_opened) - self._hits_before_fork - max(closed, dropped)
 
     def _start_in_this_process(self) -> None:
         # Lazily, in the serving process: never before a fork (a preloaded app forks after
@@ -322,7 +339,7 @@ class Governor:
         self._flight.clear()  # the same list: its bound append stays valid
         # The same counts too (hit responses close with hit_close): what is open is the
         # parent's, gone with its threads.
-        self._hits_closed_twice = read_count(self._hits_closed) - read_count(self._hits_opened)
+        self._hits_before_fork += max(self._lane_hits_open(), 0)
         self.next_tick = 0.0  # a sample at its first request, which also starts it here
         self._tick_lock = threading.RLock()
         self._deferred.clear()  # the parent's, asked of the parent
