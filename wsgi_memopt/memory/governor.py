@@ -246,9 +246,9 @@ class Governor:
     def request_dropped(self) -> None:
         """A response was collected without the server's ``close()``: the request is over.
 
-        Counted and nothing more: the collector may run this in any thread, at any moment,
-        even inside a lock of ours, so nothing here may wait or pause. The collector goes
-        back on when nothing else runs; the next request or the monitor ticks.
+        The count, and the collector switched back on if nothing else runs (two C calls):
+        the collector may run this in any thread, at any moment, even inside a lock of ours,
+        so nothing here may wait or pause. The next request, or the monitor, ticks.
         """
         del self._flight[-1:]
         if not self._flight and self.gc.active:
