@@ -40,7 +40,7 @@ from .cache.policy import (
     request_directives,
     variant_key,
 )
-from .cache.store import Entry, ResponseStore, entry_shell_size
+from .cache.store import Entry, ResponseStore
 from .closing import ClosingResponse, HitResponse, counted_response_type
 from .lazy import LazyModules
 from .memory.cleanups import Cleanups
@@ -90,7 +90,6 @@ class MemoryOptimizer:
             settings = settings.replace(**overrides)
         self.app = app
         self.settings = settings
-        entry_shell_size()  # measured once with pympler now, not inside the first request
         item_limit = int(min(settings.cache_item_max_mb, settings.cache_max_mb) * _MB)
         self.cache = ResponseStore(
             max_items=settings.cache_max_items,

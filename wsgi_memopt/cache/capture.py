@@ -336,10 +336,13 @@ class Capture:
         self._closed = True
         close_dropped(self.app_iter)
         rules = self._rules
-        if self.fill_key is not None:
-            rules.store.abandon_fill(self.fill_key, self.fill_owner)
-        if not self._counted:
-            rules.store.count_dropped()
+        try:
+            if self.fill_key is not None:
+                rules.store.abandon_fill(self.fill_key, self.fill_owner)
+            if not self._counted:
+                rules.store.count_dropped()
+        except Exception:  # a finalizer has nobody to raise to
+            log.warning("[CACHE] ending a response collected unclosed failed", exc_info=True)
         rules.on_drop()
 
     def _store(self) -> None:

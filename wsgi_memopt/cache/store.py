@@ -1,7 +1,8 @@
 """The in-process response store: a thread-safe LRU with TTL, capped in items and in bytes.
 
-Entries are measured when stored (see :mod:`wsgi_memopt.cache.entry`); reaching a cap
-evicts the least recently used. Hits take no lock.
+Entries are measured when stored (see :mod:`wsgi_memopt.cache.entry`); the bytes the store
+reports and enforces are theirs plus its bookkeeping: the tables that index them and the
+keys it remembers. Reaching a cap evicts the least recently used. Hits take no lock.
 
     store = ResponseStore(max_items=500, max_bytes=25 << 20, item_max_bytes=2 << 20)
     key, entry = store.lookup(base_key, environ, store.clock())
@@ -12,6 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -19,11 +21,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..counting import Tally, read_count
-from .entry import _HIT_CONSTANT_BYTES, Entry, SharedObjects, entry_shell_size
+from .entry import Entry, intern_scheme, part_size
 from .policy import CacheKey, variant_key
 from .remembered import RememberedKeys
 
-__all__ = ["Entry", "ResponseStore", "entry_shell_size"]
+__all__ = ["Entry", "ResponseStore"]
 
 log = logging.getLogger("wsgi_memopt")
 
@@ -33,7 +35,8 @@ class ResponseStore:
 
     Reaching a cap evicts ``evict_fraction`` of the entries, least recently used first (and
     more if the new entry still does not fit). An entry whose body is over ``item_max_bytes``,
-    or that is larger than the whole cache, is refused.
+    or that is larger than the whole cache, is refused. Each kind of remembered key may take
+    up to ``_REMEMBERED_SHARE`` of ``max_bytes``, within the same cap.
     Expired entries are dropped when looked up and swept at most every ``cleanup_interval_s``.
     """
 
@@ -62,11 +65,12 @@ class ResponseStore:
         self._filling: dict[CacheKey, list[Any]] = {}  # key -> [event or None, start, owner]
         # Keys whose last response could not be stored (see remember_uncacheable): the
         # anonymous request's lookup key, and the base key for a request with credentials.
-        self._uncacheable = RememberedKeys(max_items, uncacheable_ttl_s)
-        self._private = RememberedKeys(max_items, uncacheable_ttl_s)
-        self._bytes = 0  # what the entries alone hold; the shared objects add theirs
-        self._shared = SharedObjects()
-        self._shell_bytes = entry_shell_size()
+        remembered_bytes = int(max_bytes * _REMEMBERED_SHARE)
+        self._uncacheable = RememberedKeys(max_items, uncacheable_ttl_s, remembered_bytes)
+        self._private = RememberedKeys(max_items, uncacheable_ttl_s, remembered_bytes)
+        self._bytes = 0  # what the entries alone hold
+        self._vary_bytes = 0  # the records of _vary, beside its table
+        self._books = 0  # books_bytes as of the last store (see _make_room)
         self._next_sweep = clock() + cleanup_interval_s
         self.stores = self.evictions = self.expirations = 0
         # Bumped on the lock-free request path: next() on a count is one C call.
@@ -151,25 +155,21 @@ class ResponseStore:
         if len(entry.body) > self.item_max_bytes:
             self.reject("too-large")
             return False
+        entry.size = entry.settle()
         with self._lock:
-            own_header_bytes = entry.share_parts(self._shared)
-            entry.size = self._shell_bytes + entry.own_size(own_header_bytes)
-            # Larger than the whole cache even alone? Asked only when it might be: what it
-            # shares is at most all that is shared.
-            if entry.size + self._shared.bytes + _HIT_CONSTANT_BYTES > self.max_bytes and (
-                entry.size + self._shared.size_of(entry.shared) + _HIT_CONSTANT_BYTES
-                > self.max_bytes
-            ):
-                # Larger than the whole cache even alone: refuse before evicting anything.
-                self._shared.release(entry.shared)
-                self._rejected.add("too-large")
-                return False
             entries = self._entries
             old = entries.get(entry.key)
             if old is not None:
                 self._remove(old)
-            if len(entries) >= self.max_items or self.bytes + entry.size > self.max_bytes:
-                self._evict_for(entry.size)
+            # Larger than the whole cache even alone (its tables as large as they grew)?
+            # Refused before anything is evicted for it.
+            if not self._could_fit(entry.size) or not self._make_room(entry.size):
+                self._rejected.add("too-large")
+                return False
+            for remembered in (self._uncacheable, self._private):
+                for key in (entry.key, entry.base_key):
+                    if key in remembered:  # one C call: most keys were never remembered
+                        remembered.forget(key)
             known = self._vary.get(entry.base_key)
             if vary:
                 # A plain entry under the base key would be found first by the plain-hit path
@@ -179,19 +179,28 @@ class ResponseStore:
                     self._remove(plain)
                 if known is None:
                     self._vary[entry.base_key] = [vary, 1]
+                    self._vary_bytes += _VARY_RECORD + part_size(vary)
                 else:
-                    known[0] = vary  # the newest response's Vary names the variants to look up
+                    self._newest_vary(known, vary)
                     known[1] += 1
             elif known is not None:
-                known[0] = vary  # the newest says "no Vary": look up the base key itself
+                self._newest_vary(known, vary)  # "no Vary": look up the base key itself
             entries[entry.key] = entry
             self._bytes += entry.size
             self.stores += 1
-            for remembered in (self._uncacheable, self._private):
-                if remembered:
-                    remembered.pop(entry.key, None)
-                    remembered.pop(entry.base_key, None)
+            # The table that indexes the entries may have grown with this one past the cap
+            # (a table never shrinks: only the entries' own bytes go).
+            books = self._books = self.books_bytes
+            if self._bytes + books > self.max_bytes:
+                self._evict_count(max(1, math.ceil((len(entries) - 1) * self.evict_fraction)))
+                while len(entries) > 1 and self._bytes + books > self.max_bytes:
+                    self._evict_count(1)
         return True
+
+    def _newest_vary(self, known: list[Any], vary: tuple[str, ...]) -> None:
+        # The newest response's Vary names the variants to look up.
+        self._vary_bytes += part_size(vary) - part_size(known[0])
+        known[0] = vary
 
     def discard(self, entry: Entry) -> None:
         """Drop ``entry`` if it is still the one stored under its key (its response failed
@@ -262,9 +271,15 @@ class ResponseStore:
         not public): such requests pass through without a capture ("hit-for-pass"), while
         requests without credentials still capture, and store, what the page answers them.
         A key is forgotten when an entry is stored under it; each kind is bounded by
-        ``max_items``, the oldest forgotten first.
+        ``max_items`` and by ``_REMEMBERED_SHARE`` of ``max_bytes``, the oldest forgotten
+        first. Its bytes count in :attr:`bytes`: the least recently used entries make room.
         """
-        (self._private if credentials else self._uncacheable).remember(key, self.clock())
+        remembered = self._private if credentials else self._uncacheable
+        with self._lock:
+            remembered.remember(intern_scheme(key), self.clock())
+            books = self._books = self.books_bytes
+            while self._entries and self._bytes + books > self.max_bytes:
+                self._evict_count(1)
 
     def end_fill(self, key: CacheKey, owner: object = None) -> None:
         """Wake the requests waiting for ``key``.
@@ -333,8 +348,8 @@ class ResponseStore:
             self._vary.clear()
             self._uncacheable.clear()
             self._private.clear()
-            self._bytes = 0
-            self._shared.clear()
+            self._bytes = self._vary_bytes = 0
+            self._books = self.books_bytes
         return dropped
 
     def invalidate(self, path_prefix: str) -> int:
@@ -382,14 +397,22 @@ class ResponseStore:
 
     @property
     def bytes(self) -> int:
-        """Bytes held by the stored entries, as measured at store time, shared parts once."""
-        return self._bytes + self.shared_bytes
+        """Bytes the cache holds: its entries (measured when stored) and its books."""
+        return self._bytes + self.books_bytes
 
     @property
-    def shared_bytes(self) -> int:
-        """The part of :attr:`bytes` held once for many entries (header names, common values,
-        the hit-header constants)."""
-        return self._shared.bytes + (_HIT_CONSTANT_BYTES if self._entries else 0)
+    def books_bytes(self) -> int:
+        """The part of :attr:`bytes` that is bookkeeping: the tables that index the entries
+        (as large as they have grown), the Vary records, the remembered keys."""
+        return (
+            sys.getsizeof(self._entries)
+            - _EMPTY_ENTRIES
+            + sys.getsizeof(self._vary)
+            - _EMPTY_DICT
+            + self._vary_bytes
+            + self._uncacheable.bytes
+            + self._private.bytes
+        )
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -402,7 +425,7 @@ class ResponseStore:
             return {
                 "items": len(self._entries),
                 "bytes": self.bytes,
-                "shared_bytes": self.shared_bytes,
+                "books_bytes": self.books_bytes,
                 "size_mb": round(self.bytes / 2**20, 3),
                 "max_items": self.max_items,
                 "max_bytes": self.max_bytes,
@@ -421,6 +444,8 @@ class ResponseStore:
         the single-flight fills in progress belonged to threads that are gone."""
         self._lock = threading.Lock()
         self._filling = {}
+        self._uncacheable.after_fork()
+        self._private.after_fork()
         self._rejected = Tally()._adopt(self._rejected)
         self._bypassed = Tally()._adopt(self._bypassed)
 
@@ -433,13 +458,13 @@ class ResponseStore:
     def _forget(self, entry: Entry) -> None:
         """Account for ``entry`` having left ``_entries``."""
         self._bytes -= entry.size
-        self._shared.release(entry.shared)
         if entry.key is not entry.base_key:
             vary = self._vary.get(entry.base_key)
             if vary is not None:
                 vary[1] -= 1
                 if vary[1] <= 0:
                     del self._vary[entry.base_key]
+                    self._vary_bytes -= _VARY_RECORD + part_size(vary[0])
 
     def _evict_count(self, count: int) -> int:
         evicted = 0
@@ -451,10 +476,34 @@ class ResponseStore:
         self.evictions += evicted
         return evicted
 
-    def _evict_for(self, size: int) -> None:
-        self._evict_count(max(1, math.ceil(len(self._entries) * self.evict_fraction)))
-        # A large entry may need more room than the fraction made.
-        while self._entries and (
-            len(self._entries) >= self.max_items or self.bytes + size > self.max_bytes
-        ):
+    def _could_fit(self, size: int) -> bool:
+        tables = self._books - self._uncacheable.bytes - self._private.bytes
+        return size + tables <= self.max_bytes
+
+    def _make_room(self, size: int) -> bool:
+        """Evict until one more item of ``size`` bytes fits: ``evict_fraction`` of the
+        entries when a cap is reached, then one at a time, then the oldest remembered keys.
+        False when it cannot fit even so."""
+        entries = self._entries
+        # For the entries' own bytes: the books as the last store left them (measuring them
+        # costs more than the rest of this). Evictions since only made them smaller.
+        room = self.max_bytes - size - self._books
+        if len(entries) >= self.max_items or self._bytes > room:
+            self._evict_count(max(1, math.ceil(len(entries) * self.evict_fraction)))
+        while entries and (len(entries) >= self.max_items or self._bytes > room):
             self._evict_count(1)
+        if self._bytes <= room:
+            return True
+        # No entry left, and still no room: the remembered keys make it, if they can.
+        for remembered in (self._uncacheable, self._private):
+            while remembered and self.bytes + size > self.max_bytes:
+                remembered.forget_oldest()
+        self._books = self.books_bytes
+        return self._bytes + self._books + size <= self.max_bytes
+
+
+# Each kind of remembered key (hit-for-miss, hit-for-pass) may hold this share of the cap.
+_REMEMBERED_SHARE = 0.1
+_EMPTY_ENTRIES = sys.getsizeof(OrderedDict())
+_EMPTY_DICT = sys.getsizeof({})
+_VARY_RECORD = sys.getsizeof([(), 0])  # [environ keys, variants]: the list itself
