@@ -88,7 +88,7 @@ def test_the_level_is_the_higher_of_the_last_sample_and_the_fitted_line() -> Non
 
 
 def test_no_trend_from_too_few_samples_or_too_short_a_span() -> None:
-    forecast = Forecast(window_s=10)
+    forecast = Forecast(window_s=2)  # samples 0.05 s apart are kept
     assert feed(forecast, line(100, 7.0, 3)) is None  # three samples
     forecast.reset()
     assert feed(forecast, line(100, 7.0, 6, every_s=0.1)) is None  # six over 0.5 s
@@ -185,3 +185,13 @@ def test_samples_from_many_threads_at_once_never_break_the_fit() -> None:
         sys.setswitchinterval(0.005)
     assert failures == []
     assert len(fits) > 100  # fits ran while the others added
+
+
+def test_samples_taken_at_every_request_are_thinned_to_forty_a_window() -> None:
+    # sample_interval_s=0: every request samples; a fit compares every pair of the window.
+    forecast = Forecast(window_s=10)
+    trend = feed(forecast, [(100 + n * 0.001, 100 + n * 0.007) for n in range(20_000)])
+
+    assert trend is not None
+    assert trend.samples <= 41
+    assert trend.rate_mb_s == pytest.approx(7.0)

@@ -21,6 +21,9 @@ The rules, each one checkable:
   window's earlier samples are moved down by the fall, and the trend goes on without a gap.
   A leak leaks at the pace of the requests, whichever worker serves them. (Memory back at the
   line after a burst is no fall, nor is a leak that slows down.)
+- The window keeps at most 40 samples, none closer than a 40th of the window to the one
+  before (a sample that comes sooner is skipped): a fit compares every pair, and with
+  ``sample_interval_s=0`` every request samples.
 - No trend until the window holds 4 samples over at least 1 s; a level or falling trend never
   reaches the limit (``seconds_to_limit`` is infinite).
 - A trend is trusted no further ahead than three times the span it was fitted over
@@ -43,6 +46,7 @@ _MIN_SAMPLES = 4
 _MIN_SPAN_S = 1.0
 _FALL = 0.01  # of the limit: a fall of more than this moves the window's level
 _REACH = 3.0  # a trend foresees at most this many times the span it was fitted over
+_MAX_POINTS = 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,8 @@ class Forecast:
         """Take a sample (``at`` on a monotonic clock) and return the trend, if there is one."""
         with self._lock:
             points = self._points
+            if points and at - points[-1][0] < self.window_s / _MAX_POINTS:
+                return self.trend  # too soon after the last sample kept
             if points:
                 # A fall since the last sample, and below the line too: after a burst, memory
                 # falls back to the line, which is no fall of the level.
