@@ -829,7 +829,11 @@ def test_a_forked_child_starts_afresh_on_its_first_request() -> None:
 
 
 _FORK_DURING_EMERGENCY_SCRIPT = """
-# Every tick is an emergency (1 MB budget): the monitor runs them while the process idles.
+# Every tick is an emergency (1 MB budget): the monitor runs them while the process idles,
+# even after one that freed nothing (which the governor would otherwise not repeat).
+import wsgi_memopt.memory.governor
+wsgi_memopt.memory.governor._FUTILE_RETRY_S = 0.0
+wsgi_memopt.memory.governor._ACTION_BACKOFF_S = 0.0
 optimizer = MemoryOptimizer(
     ok_app, monitor_interval_s=0.05, sample_interval_s=0, gc_freeze=False, trim_threshold_mb=0,
     pressure_source="process", process_limit_mb=1, restart_percent=100,
