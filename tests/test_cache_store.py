@@ -33,7 +33,7 @@ from werkzeug.test import Client, EnvironBuilder, TestResponse
 from werkzeug.wrappers import Response
 
 from wsgi_memopt import MemoryOptimizer
-from wsgi_memopt.cache.entry import str_size
+from wsgi_memopt.cache.entry import intern_scheme, str_size
 from wsgi_memopt.cache.policy import CacheKey, variant_key
 from wsgi_memopt.cache.store import Entry, ResponseStore
 
@@ -1470,3 +1470,16 @@ def test_header_names_and_status_lines_are_held_once_for_every_entry(clock: Fake
     assert len({id(entry.headers[0][0]) for entry in entries}) == 1
     assert len({id(entry.headers[0][1]) for entry in entries}) == 3
     assert_consistent(store)
+
+
+def test_interning_the_scheme_keeps_every_part_of_a_variant_key() -> None:
+    # A server that builds its wsgi.url_scheme string anew for each request: the key of a
+    # variant (base key, Vary names, Vary values) must come back whole, or it never matches.
+    scheme = "".join(["ht", "tp"])  # equal to "http", not the interned string
+    base = (scheme, "example.org", "", "/p", "", None)
+    variant = (base, ("HTTP_ACCEPT_ENCODING",), ("gzip",))
+
+    interned = intern_scheme(variant)
+
+    assert interned == variant
+    assert interned[0][0] is sys.intern("http")

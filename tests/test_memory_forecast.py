@@ -106,18 +106,33 @@ def test_only_the_window_counts() -> None:
     assert trend.seconds_to_limit == math.inf
 
 
-def test_a_fall_moves_the_level_and_keeps_the_rate() -> None:
-    # A sibling worker recycled: 80 MB given back at once. The leak goes on at the pace of the
-    # requests, so the trend goes on from the new level without waiting for new samples.
+def test_a_fall_below_the_line_starts_afresh() -> None:
+    # A sibling worker recycled: 80 MB given back at once. The trend before says nothing of
+    # the level after, and the rate is measured again from there.
     forecast = Forecast(window_s=10)
-    assert feed(forecast, line(150, 7.0, 10)) is not None  # 150 -> 181.5 MB by t=104.5
+    assert feed(forecast, line(150, 7.0, 10)) is not None
 
-    trend = forecast.add(105.0, 105.0, LIMIT_MB)  # 80 MB below the line
+    assert forecast.add(105.0, 105.0, LIMIT_MB) is None  # one sample in the window
+    trend = feed(forecast, [(105.5 + n * 0.5, 108.0 + 3 * n) for n in range(3)])
 
     assert trend is not None
-    assert trend.samples == 11
-    assert trend.rate_mb_s == pytest.approx(7.0, rel=0.05)
-    assert trend.seconds_to_limit == pytest.approx((300 - 105) / trend.rate_mb_s, rel=0.05)
+    assert trend.rate_mb_s == pytest.approx(6.0, rel=0.2)
+
+
+def test_bursts_that_are_freed_again_make_no_staircase() -> None:
+    # A worker whose requests take 200 MB over 1.5 s and free it: memory goes up and down
+    # between 500 and 700 MB of 1024 and never higher. The first rise is all there is to see
+    # (had it gone on, the limit was 2.4 s away); once memory fell back, the same rise again
+    # is no leak, and a staircase of rises without their falls is never read.
+    forecast = Forecast(window_s=10)
+    trends = [
+        forecast.add(100 + n * 0.5, 500.0 + 200.0 * (n % 4) / 3, 1024.0) for n in range(60)
+    ]
+
+    alarms = [n for n, trend in enumerate(trends) if trend and trend.reaches_limit_within(10)]
+    assert alarms == [3]  # the first rise's top, before any fall
+    assert trends[7] is not None
+    assert not trends[7].new_ground
 
 
 def test_a_leak_that_stops_is_no_fall_and_its_rate_fades_with_the_window() -> None:

@@ -540,3 +540,22 @@ def test_a_forked_child_never_inherits_a_held_lock() -> None:
         [sys.executable, "-c", FORK_SCRIPT], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "0"
+
+
+def test_a_process_that_is_never_quiet_still_gets_a_full_collection() -> None:
+    # A threaded worker under constant load: something is always in flight, so the full
+    # collection between requests never comes; twice its interval without one, it runs anyway.
+    clock = [1000.0]
+    scheduler = started(full_interval_s=300.0, clock=lambda: clock[0])
+    make_garbage_cycles(past_gen0())
+    assert scheduler.collection_due()
+    assert not scheduler.full_overdue()
+
+    clock[0] += 599.0
+    assert not scheduler.full_overdue()
+    clock[0] += 1.0
+    assert scheduler.full_overdue()
+    collection = scheduler.collect_between()
+    assert collection is not None
+    assert collection.generation == 2
+    assert not scheduler.full_overdue()  # the interval starts again

@@ -599,6 +599,35 @@ def test_constantly_overlapping_requests_get_young_collections_and_never_a_full_
     assert optimizer.governor.in_flight == 0
 
 
+def drop_cycles(count: int) -> None:
+    """Make and drop ``count`` self-referencing lists: garbage only a collection frees."""
+    for _ in range(count):
+        cycle: list[Any] = []
+        cycle.append(cycle)
+
+
+def test_a_process_never_quiet_gets_its_full_collection_when_it_is_overdue(make: Make) -> None:
+    # Cycles that reach the oldest generation are freed only by a full collection; with a
+    # request always in flight, it comes once twice its interval has passed without one.
+    optimizer, client = make(body_app(1000), **NO_PRESSURE, gc_mode="between")
+    get(client, "/start")  # the schedule in force
+    scheduler = optimizer.governor.gc
+    holder = Open(optimizer, "/held")  # no moment is ever "between requests" from here
+    full = int(gc.get_stats()[2]["collections"])
+
+    drop_cycles(2000)  # past the gen-0 threshold: a collection is due at the next close
+    get(client, "/not-overdue")
+    assert int(gc.get_stats()[2]["collections"]) == full
+
+    scheduler.full_interval_s = 0.0  # overdue from now on
+    drop_cycles(2000)
+    get(client, "/overdue")
+
+    assert int(gc.get_stats()[2]["collections"]) == full + 1
+    assert scheduler.stats()["last"]["reason"] == "interval"
+    holder.close()
+
+
 # --- one tick at a time; a tick never fails a request ----------------------------------------
 
 

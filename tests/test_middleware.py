@@ -1573,6 +1573,29 @@ def test_path_rules_see_merged_slashes() -> None:
     assert app.calls == 2
 
 
+@pytest.mark.parametrize(
+    ("settings", "cached"),
+    [
+        pytest.param({"cache_exclude_paths": ("/admin/*",)}, False, id="excluded-as-routed"),
+        pytest.param({"cache_exclude_paths": ("/app/admin/*",)}, False, id="excluded-in-full"),
+        pytest.param({"cache_paths": ("/admin/*",)}, True, id="included-as-routed"),
+        pytest.param({"cache_paths": ("/other/*",)}, False, id="included-neither-way"),
+    ],
+)
+def test_path_rules_under_a_mount_hold_whichever_way_they_are_written(
+    settings: dict[str, Any], cached: bool
+) -> None:
+    # Mounted at /app, the router sees /admin/x, a client /app/admin/x: an operator may write
+    # either, and an exclusion must hold both ways.
+    app = CountingApp()
+    _, client = wrap(app, **settings)
+
+    for _ in range(2):
+        get(client, "/admin/x", base_url="http://localhost/app/")
+
+    assert app.calls == (1 if cached else 2)
+
+
 def test_path_globs_see_script_name() -> None:
     app = CountingApp()
     _, client = wrap(app, cache_paths=("/mount/static/*",))
@@ -2200,5 +2223,50 @@ def test_the_lane_asks_every_header_a_rule_reads() -> None:
         assert unkeyed <= plan_set
         assert "HTTP_FORWARDED" not in plan_set  # keyed: the lane keys it itself
         assert optimizer._own_key_environ == {"HTTP_X_TENANT", "HTTP_FORWARDED"}
+    finally:
+        optimizer.governor.stop()
+
+
+# -- a response the app hands to the server's wsgi.file_wrapper
+
+
+@pytest.mark.parametrize(
+    "caching",
+    [
+        pytest.param([("Cache-Control", "public, max-age=60")], id="marked-cacheable"),
+        pytest.param([("Last-Modified", "Mon, 01 Jan 2024 00:00:00 GMT")], id="heuristic"),
+        pytest.param([], id="says-nothing"),
+    ],
+)
+def test_a_file_wrapper_response_reaches_the_server_whole_and_is_not_stored(
+    caching: list[tuple[str, str]],
+) -> None:
+    # What static-file apps do (WhiteNoise, Flask's send_file, Django's static serve): the
+    # server sends the file itself. Its status and headers must reach the server too.
+    from wsgiref.util import FileWrapper
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        start_response(
+            "200 OK",
+            [("Content-Type", "text/plain"), ("Content-Length", "9"), *caching],
+        )
+        return environ["wsgi.file_wrapper"](io.BytesIO(b"file body"))
+
+    optimizer = MemoryOptimizer(app, monitor_interval_s=0, gc_freeze=False)
+    sent: list[tuple[str, list[tuple[str, str]]]] = []
+    try:
+        for _ in range(2):
+            environ = EnvironBuilder(path="/static/a.txt").get_environ()
+            environ["wsgi.file_wrapper"] = FileWrapper
+            response = optimizer(
+                environ, lambda status, headers, exc_info=None: sent.append((status, headers))
+            )
+            body = b"".join(response)
+            response.close()  # type: ignore[attr-defined]
+            assert body == b"file body"
+        assert [status for status, _ in sent] == ["200 OK", "200 OK"]
+        assert ("Content-Length", "9") in sent[0][1]
+        assert len(optimizer.cache) == 0  # the file is the page cache's, not ours
+        assert optimizer.governor.in_flight == 0
     finally:
         optimizer.governor.stop()

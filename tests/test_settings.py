@@ -643,15 +643,27 @@ def test_percent_order_names_the_one_setting_given(name: str, text: str) -> None
     assert info.value.setting == name
 
 
-def test_the_forecast_window_must_hold_four_samples() -> None:
-    error = _raises_settings_error(sample_interval_s=5, forecast_window_s=12)
+@pytest.mark.parametrize(
+    ("interval", "window", "shortest"),
+    [
+        pytest.param(5, 12, "20", id="under-four-intervals"),
+        pytest.param(2, 6, "8", id="three-intervals-exactly"),
+        pytest.param(0.1, 1, "2", id="under-two-seconds"),
+    ],
+)
+def test_the_forecast_window_must_hold_four_samples_over_a_second(
+    interval: float, window: float, shortest: str
+) -> None:
+    error = _raises_settings_error(sample_interval_s=interval, forecast_window_s=window)
     assert error.setting == "forecast_window_s"
-    assert "forecast_window_s >= 3 x sample_interval_s (15)" in str(error)
-    # The window left at its default: the interval given is the one named.
-    assert _raises_settings_error(sample_interval_s=5).setting == "sample_interval_s"
+    assert f"forecast_window_s >= 2 and >= 4 x sample_interval_s ({shortest})" in str(error)
     # With the forecast off, the window is not used and not checked.
-    assert Settings(sample_interval_s=5, forecast_window_s=10, forecast_lead_s=0)
-    assert Settings(sample_interval_s=5, forecast_window_s=15)
+    assert Settings(sample_interval_s=interval, forecast_window_s=window, forecast_lead_s=0)
+    assert Settings(sample_interval_s=interval, forecast_window_s=float(shortest))
+
+
+def test_a_forecast_window_left_at_its_default_names_the_interval_given() -> None:
+    assert _raises_settings_error(sample_interval_s=5).setting == "sample_interval_s"
 
 
 def test_the_default_ttl_is_capped_by_the_ttl() -> None:

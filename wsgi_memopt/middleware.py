@@ -318,7 +318,7 @@ class MemoryOptimizer:
                     raise
                 if type(app_iter) is environ.get("wsgi.file_wrapper"):
                     # The page cache holds that file already: not ours to copy.
-                    plan.dismiss("file-wrapper")
+                    plan.hand_over("file-wrapper")
                     return self._handed_over(app_iter)
                 plan.app_iter = app_iter
                 return plan
@@ -360,7 +360,8 @@ class MemoryOptimizer:
             credentials = "HTTP_AUTHORIZATION" in environ or "HTTP_COOKIE" in environ
             if not environ.keys().isdisjoint(self._key_environ):
                 base_key = self._keyed(base_key, environ)
-        if self._path_allowed is not None and not self._path_allowed(key_path(base_key)):
+        path_allowed = self._path_allowed
+        if path_allowed is not None and not path_allowed(key_path(base_key), base_key[3]):
             return "bypass", "path"
         if refresh:
             if method == "HEAD":
@@ -551,18 +552,20 @@ def request_key(environ: WSGIEnvironment) -> CacheKey:
 
 def _path_filter(
     include: tuple[str, ...], exclude: tuple[str, ...]
-) -> Callable[[str], bool] | None:
-    """A predicate over the path from ``cache_paths`` / ``cache_exclude_paths`` globs,
-    matched against the path as the app's router sees it (see ``normalized_path``)."""
+) -> Callable[[str, str], bool] | None:
+    """A predicate from ``cache_paths`` / ``cache_exclude_paths`` globs over a request's full
+    path (``SCRIPT_NAME + PATH_INFO``, as a client sees it) and its ``PATH_INFO`` (as the
+    app's router sees it under a mount), both normalized (see ``normalized_path``). A glob
+    that matches either counts: an exclusion written either way holds."""
     if not include and not exclude:
         return None
     included = re.compile("|".join(map(fnmatch.translate, include))).match if include else None
     excluded = re.compile("|".join(map(fnmatch.translate, exclude))).match if exclude else None
 
-    def allowed(path: str) -> bool:
-        path = normalized_path(path)
-        if included is not None and included(path) is None:
+    def allowed(full_path: str, route: str) -> bool:
+        paths = {normalized_path(full_path), normalized_path(route)}
+        if included is not None and all(included(path) is None for path in paths):
             return False
-        return excluded is None or excluded(path) is None
+        return excluded is None or all(excluded(path) is None for path in paths)
 
     return allowed

@@ -424,11 +424,13 @@ class Settings:
                 ["process_limit_mb", "pressure_source"],
                 "pressure_source=process needs process_limit_mb, the RSS that counts as 100%",
             )
-        if self.forecast_lead_s > 0 and self.forecast_window_s < 3 * self.sample_interval_s:
+        shortest_window = max(4 * self.sample_interval_s, 2.0)
+        if self.forecast_lead_s > 0 and self.forecast_window_s < shortest_window:
             self._fail_together(
                 ["forecast_window_s", "sample_interval_s", "forecast_lead_s"],
-                "the forecast fits at least 4 samples: expected forecast_window_s >= 3 x "
-                f"sample_interval_s ({3 * self.sample_interval_s:g}), or forecast_lead_s=0",
+                "the forecast fits at least 4 samples over at least a second: expected "
+                f"forecast_window_s >= 2 and >= 4 x sample_interval_s ({shortest_window:g}), "
+                "or forecast_lead_s=0",
             )
 
     def _fail_together(self, involved: list[str], allowed: str) -> None:

@@ -217,6 +217,12 @@ class Capture:
         self._counted = True
         self._rules.store.reject(reason)
 
+    def hand_over(self, reason: str) -> None:
+        """The app's own iterable goes to the server instead of this capture (a
+        ``wsgi.file_wrapper``): dismiss it, and send the headers held for its first bytes."""
+        self.dismiss(reason)
+        self._send_pending()
+
     def _release_waiters(self, uncacheable: bool = False) -> None:
         # Requests waiting for this response need not wait for a body that will not be
         # stored (a 10 MB stream, say): let them go to the app now. When the response

@@ -219,6 +219,6 @@ def intern_scheme(key: CacheKey) -> CacheKey:
     made it (some make a new string for each request)."""
     if type(key[0]) is not str:
         base = intern_scheme(key[0])
-        return key if base is key[0] else (base, key[1])
+        return key if base is key[0] else (base, *key[1:])
     scheme = sys.intern(key[0])
     return key if scheme is key[0] else (scheme, *key[1:])

@@ -17,10 +17,13 @@ The rules, each one checkable:
 - The level the trend starts from is the higher of the last sample and the fitted line at its
   time: a forecast may err early, never late.
 - A sample more than 1% of the limit below both the last sample and the fitted line (a
-  sibling worker recycled or killed, the cache cleared) moves the level, not the rate: the
-  window's earlier samples are moved down by the fall, and the trend goes on without a gap.
-  A leak leaks at the pace of the requests, whichever worker serves them. (Memory back at the
-  line after a burst is no fall, nor is a leak that slows down.)
+  sibling worker recycled or killed, the cache cleared, a burst freed) starts the window
+  afresh: the old level says nothing of the new one, and a rise measured across such falls
+  would count every rise and no fall. (Memory back at the line after a one-sample burst is
+  no fall: the robust slope ignores that sample.)
+- After such a fall, a trend reaches the limit only once memory has passed the highest level
+  it had before the falls of the last ``window_s`` (:attr:`Trend.new_ground`): requests that
+  take memory and free it again rise and fall at the same levels; a leak climbs past them.
 - The window keeps at most 40 samples, none closer than a 40th of the window to the one
   before (a sample that comes sooner is skipped): a fit compares every pair, and with
   ``sample_interval_s=0`` every request samples.
@@ -57,10 +60,11 @@ class Trend:
     seconds_to_limit: float  # math.inf when memory is not rising
     samples: int  # how many samples the fit used
     span_s: float  # the time they cover
+    new_ground: bool = True  # above the peaks before the window's recent falls
 
     def reaches_limit_within(self, horizon_s: float) -> bool:
         """Whether the limit comes within ``horizon_s``, as far as this trend can tell."""
-        return self.seconds_to_limit <= min(horizon_s, _REACH * self.span_s)
+        return self.new_ground and self.seconds_to_limit <= min(horizon_s, _REACH * self.span_s)
 
     def as_dict(self) -> dict[str, float | int | None]:
         """JSON-ready; an infinite forecast is ``None``."""
@@ -84,6 +88,7 @@ class Forecast:
             raise ValueError(f"a forecast window must be positive, not {window_s!r}")
         self.window_s = window_s
         self._points: collections.deque[tuple[float, float]] = collections.deque()
+        self._peaks: collections.deque[tuple[float, float]] = collections.deque()  # at falls
         self._line: _Line | None = None
         self._lock = threading.Lock()
         self.trend: Trend | None = None  # the latest fit, None while there is too little
@@ -100,18 +105,26 @@ class Forecast:
                 last = points[-1][1]
                 fall = min(last, self._line.at(at) if self._line else last) - used_mb
                 if fall > _FALL * limit_mb:
-                    points = self._points = collections.deque((t, u - fall) for t, u in points)
+                    self._peaks.append((at, max(used for _, used in points)))
+                    points.clear()
             points.append((at, used_mb))
             while points[0][0] < at - self.window_s:
                 points.popleft()
+            while self._peaks and self._peaks[0][0] < at - self.window_s:
+                self._peaks.popleft()
             self._line = _fit(points)
-            self.trend = None if self._line is None else self._line.trend(points, limit_mb)
+            if self._line is None:
+                self.trend = None
+            else:
+                peak = max((used for _, used in self._peaks), default=-math.inf)
+                self.trend = self._line.trend(points, limit_mb, new_ground=used_mb > peak)
             return self.trend
 
     def reset(self) -> None:
         """Forget every sample (a new process starts its own window)."""
         with self._lock:
             self._points.clear()
+            self._peaks.clear()
             self._line = None
             self.trend = None
 
@@ -126,11 +139,13 @@ class _Line:
     def at(self, at: float) -> float:
         return self.intercept + self.rate * at
 
-    def trend(self, points: collections.deque[tuple[float, float]], limit_mb: float) -> Trend:
+    def trend(
+        self, points: collections.deque[tuple[float, float]], limit_mb: float, new_ground: bool
+    ) -> Trend:
         last_at, last_used = points[-1]
         level = max(last_used, self.at(last_at))
         eta = max(limit_mb - level, 0.0) / self.rate if self.rate > 0 else math.inf
-        return Trend(self.rate, eta, len(points), last_at - points[0][0])
+        return Trend(self.rate, eta, len(points), last_at - points[0][0], new_ground)
 
 
 def _fit(points: collections.deque[tuple[float, float]]) -> _Line | None:

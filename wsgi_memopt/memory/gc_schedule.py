@@ -224,6 +224,12 @@ class GCScheduler:
         """
         return self.active and _get_count()[0] > self._t0
 
+    def full_overdue(self) -> bool:
+        """Whether twice ``full_interval_s`` passed without a full collection: a process that
+        is never quiet (a threaded worker under constant load) gets one even with requests in
+        flight, or the cycles that reach the oldest generation would pile up for good."""
+        return self.active and self._clock() - self._last_full >= 2 * self.full_interval_s
+
     def collect_between(self) -> Collection | None:
         """When due, a full collection if ``full_interval_s`` has passed, else the young ones.
 

@@ -228,7 +228,7 @@ class Governor:
         try:
             scheduler = self.gc
             # in_flight (a few reads) is counted only when a collection is due.
-            if scheduler.collection_due() and not self.in_flight:
+            if scheduler.collection_due() and (not self.in_flight or scheduler.full_overdue()):
                 scheduler.collect_between()
             if self.clock() >= self.next_tick:
                 self.tick()
