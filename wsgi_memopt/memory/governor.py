@@ -309,6 +309,10 @@ class Governor:
             try:
                 # The RSS before the first request: a burst in that request is growth too.
                 self._trimmed_at_rss = self._rss_at_start = self.sampler.sample().rss_mb
+            except Exception:
+                # Measured at the first sample that works instead (see _would_give_back).
+                log.warning("[MEMORY] could not measure memory at start", exc_info=True)
+            try:
                 if serving_master() is None:
                     log.info(
                         "[MEMORY] no gunicorn or uWSGI master respawns this process: the "
@@ -640,8 +644,8 @@ class Governor:
 
     def _would_give_back(self, sample: MemorySample) -> bool:
         """Whether this worker grew enough since it started for its recycle to matter."""
-        if self._rss_at_start is None:
-            return False
+        if self._rss_at_start is None:  # the start could not be measured: it is now
+            self._rss_at_start = sample.rss_mb
         grown = sample.rss_mb - self._rss_at_start
         needed = min(_GAIN_SHARE * sample.limit_mb, _GAIN_MB)
         if grown >= needed:
