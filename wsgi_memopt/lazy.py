@@ -1,4 +1,4 @@
-"""``LazyModules``: heavy modules imported on first use, warmed up by priority (SPEC §9).
+"""``LazyModules``: heavy modules imported on first use, warmed up by priority.
 
     modules = LazyModules()
     np = modules.register("numpy", priority=7)   # nothing is imported yet

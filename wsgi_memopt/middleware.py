@@ -6,7 +6,7 @@ Wrap any WSGI app; every setting of :class:`~wsgi_memopt.Settings` may be given 
 
     app.wsgi_app = MemoryOptimizer(app.wsgi_app, cache_max_mb=10)
 
-The request flow (SPEC §5): a GET or HEAD that may use the cache and finds a fresh entry is
+The request flow: a GET or HEAD that may use the cache and finds a fresh entry is
 replayed from ``environ`` alone, without calling the app or building any framework object;
 anything else calls the app, streams its response through unchanged, and keeps a copy that is
 stored when the server closes the response. The rules are listed in
@@ -264,7 +264,7 @@ class MemoryOptimizer:
                             raise
                 return self._respond(environ, start_response, key, credentials)
             if not environ.get("PATH_INFO", "").startswith(self._api_prefix):
-                # Any other method goes to the app and is never stored (SPEC §6).
+                # Any other method goes to the app and is never stored.
                 self._request_started()
                 self._count_method_bypass()
                 try:
@@ -463,9 +463,8 @@ class MemoryOptimizer:
         """Call the app untouched but for ``extra`` headers (``Cache-Status``, ``X-Cache``),
         its response hooked to the end of the request.
 
-        Every request the cache cannot serve pays this (SPEC §11 bounds it at 3% of a
-        trivial Flask route), so the response object is filled in field by field here
-        rather than through an ``__init__`` frame.
+        Every request the cache cannot serve pays this, so the response object is filled in
+        field by field here rather than through an ``__init__`` frame.
         """
         response: ClosingResponse = _new_object(ClosingResponse)
         response._on_close = None  # armed once the app has answered (see __call__ if it raises)

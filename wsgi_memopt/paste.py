@@ -13,7 +13,7 @@ them (``paste.filter_app_factory`` and ``paste.filter_factory``)::
     cache_exclude_paths = /admin/*, /account/*
 
 or, equally, ``[pipeline:main] pipeline = memopt myapp``. Every key of the ``[filter:...]``
-section is a setting of SPEC §4, written as ini text (``25``, ``true``, ``200,203``); an unknown
+section is a setting, written as ini text (``25``, ``true``, ``200,203``); an unknown
 key or a bad value stops the app from loading with a :class:`~wsgi_memopt.SettingsError` that
 names the ini key. Settings not written in the file come from the ``WSGI_MEMOPT_*`` environment
 variables, then the defaults: the file wins over the environment, as explicit arguments do.

@@ -1,6 +1,6 @@
 """Settings of the middleware: one frozen dataclass, parsed from keywords, ini strings or env.
 
-Every setting of SPEC §4 lives here with its default, its parser and its rule, so that the
+Every setting lives here with its default, its parser and its rule, so that the
 dataclass is the one place the README table, the env names and the validation come from::
 
     Settings(cache_max_mb=10)                         # defaults + what you write
@@ -259,7 +259,7 @@ _megabytes_or_zero = _number(float, 0, _MAX_MB, high_means="16 TiB")
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Every setting of the middleware, validated on construction (see SPEC §4).
+    """Every setting of the middleware, validated on construction.
 
     Build it with keywords, :meth:`from_mapping` (ini strings) or :meth:`from_env`.
     """
@@ -568,7 +568,7 @@ def _checked_init(self: Settings, *args: Any, **values: Any) -> None:
 
 
 Settings.__init__ = _checked_init  # type: ignore[method-assign]
-# Variables that share the prefix but belong to other parts of the package (SPEC §9).
+# Variables that share the prefix but belong to other parts of the package (the lazy modules).
 _ENV_IGNORED = frozenset({"lazy_eager"})
 
 

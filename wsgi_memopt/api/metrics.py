@@ -1,4 +1,4 @@
-"""The ``/metrics`` endpoint: the memory figures in the Prometheus text format (SPEC §8.1).
+"""The ``/metrics`` endpoint: the memory figures in the Prometheus text format.
 
 Needs ``prometheus_client`` (the ``prometheus`` extra); it is imported only when metrics are
 asked for, never when this module is imported, so the middleware runs without it. Without

@@ -1,4 +1,4 @@
-"""The ``profile`` endpoint's body (SPEC §8.1): what holds the memory, by type and by component.
+"""The ``profile`` endpoint's body: what holds the memory, by type and by component.
 
     body = profile(optimizer)                      # the cheap default view
     body = profile(optimizer, limit=50, deep=True) # plus pympler's measured summary (seconds)

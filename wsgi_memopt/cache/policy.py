@@ -1,4 +1,4 @@
-"""What may be cached, under which key and for how long: the rules of SPEC §6 as pure functions.
+"""What may be cached, under which key and for how long: the rules as pure functions.
 
 The middleware calls these on the request path. They read ``environ`` and header lists
 directly and hand parsing to werkzeug only when a header is actually present, so a request

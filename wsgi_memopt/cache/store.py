@@ -93,7 +93,7 @@ class ResponseStore:
         ``get(key)`` is the raw lookup of an entry stored without ``Vary``: no freshness
         check, nothing counted. The caller checks ``expires``, then calls
         ``move_to_end(key)`` (``KeyError`` if the entry just left) and ``count_hit()``.
-        These are the store's own C-level methods: no lock, no Python frame (SPEC §11).
+        These are the store's own C-level methods: no lock, no Python frame.
         """
         return self._entries.get, self._entries.move_to_end, self._hits.__next__
 

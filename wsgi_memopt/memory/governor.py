@@ -1,4 +1,4 @@
-"""The governor: measures memory pressure between requests and acts on it (SPEC §7).
+"""The governor: measures memory pressure between requests and acts on it.
 
 The middleware tells it when a request starts and when the server closes a response; the
 governor keeps the count of requests in flight, and after a response is closed it samples

@@ -1,4 +1,4 @@
-"""Memory pressure: how full is the memory that binds this worker (SPEC §7, "Signal").
+"""Memory pressure: how full is the memory that binds this worker.
 
 A sampler reads one source, chosen once by ``pressure_source``, and returns a
 :class:`MemorySample` whose ``memory_percent`` the governor compares with its thresholds::
