@@ -426,8 +426,11 @@ def test_chromium_asks_for_the_token_and_draws_the_chart_with_it(
     assert devtools.evaluate("location.href") == url
 
     # A reload of the tab polls with the kept token at once: no form.
-    devtools.evaluate("location.reload()")
-    devtools.wait_for('document.getElementById("last-updated").dataset.refreshes >= 1')
+    # (A mark on the old page tells it apart from the reloaded one, which has none.)
+    devtools.evaluate("window.beforeReload = true; location.reload()")
+    devtools.wait_for(
+        '!window.beforeReload && document.getElementById("last-updated").dataset.refreshes >= 1'
+    )
     assert devtools.evaluate('document.getElementById("token-form").hidden') is True
 
     polls = [request for request in seen if request.path == PREFIX + "/stats"]

@@ -370,34 +370,42 @@ class Governor:
         """Sample (at most every ``sample_interval_s``) and act on the pressure found; first,
         when nothing is in flight, the work :meth:`run_when_quiet` deferred."""
         if not self._tick_lock.acquire(blocking=False):
-            return None  # another thread is ticking: never wait for it
+            return None  # another thread is ticking (it looks again, below): never wait
         try:
-            now = self.clock()
-            if now < self.next_tick:
-                return None
-            if self._deferred:
-                self._run_deferred()
-                if now < self._sample_due:
-                    return None  # only looked for a quiet moment: no sample due yet
-            if self._started:  # until then the hit lane must keep calling hit_started()
-                self.next_tick = self._sample_due = now + self.settings.sample_interval_s
-            sample = self.sample()
-            quiet = self.in_flight == 0  # pausing work only with nothing in flight
-            level = self._cleanup_level(sample, now)
-            action = None
-            if level is not None and quiet and self._pressure_action_due(sample, now):
-                if level == "emergency":
-                    action = self._emergency("critical", sample)
-                else:
-                    action = self._optimize("pressure", sample)
-            elif quiet and self._grew_past_trim_threshold(sample):
-                action = self._trim(sample)
-            self._check_recycle(action.after if action else sample, now)
-            return action
+            return self._tick_locked()
         finally:
             if self._deferred:
                 self.next_tick = 0.0  # until it has run, every closed response ticks
             self._tick_lock.release()
+            # A close that found the lock taken may have been the last one in flight (it
+            # counted itself out before it tried the lock): its quiet moment is not lost.
+            if self._deferred and not self.in_flight:
+                self.tick()
+
+    def _tick_locked(self) -> Action | None:
+        """The tick, under the tick lock."""
+        now = self.clock()
+        if now < self.next_tick:
+            return None
+        if self._deferred:
+            self._run_deferred()
+            if now < self._sample_due:
+                return None  # only looked for a quiet moment: no sample due yet
+        if self._started:  # until then the hit lane must keep calling hit_started()
+            self.next_tick = self._sample_due = now + self.settings.sample_interval_s
+        sample = self.sample()
+        quiet = self.in_flight == 0  # pausing work only with nothing in flight
+        level = self._cleanup_level(sample, now)
+        action = None
+        if level is not None and quiet and self._pressure_action_due(sample, now):
+            if level == "emergency":
+                action = self._emergency("critical", sample)
+            else:
+                action = self._optimize("pressure", sample)
+        elif quiet and self._grew_past_trim_threshold(sample):
+            action = self._trim(sample)
+        self._check_recycle(action.after if action else sample, now)
+        return action
 
     def sample(self) -> MemorySample:
         """Measure memory now (kept for the dashboard's chart and the forecast)."""
