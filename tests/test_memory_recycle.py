@@ -230,11 +230,9 @@ class Outcome:
 
 def concurrent_loops(port: int, clients: int) -> Outcome:
     """``clients`` threads share ``LOOP_REQUESTS``, each one request (one connection) at a
-    time, their outcomes merged. A client goes on (up to five times its share) until it has
-    seen a second worker: a gthread worker that is exiting may still answer every request
-    of a fast burst, which proves nothing either way."""
-    if clients == 1:
-        return request_loop(port)
+    time, their outcomes merged. Each client (a lone one too) goes on, up to five times its
+    share, until it has seen a second worker: a gthread worker that is exiting may still
+    answer every request of a fast burst, which proves nothing either way."""
     share = LOOP_REQUESTS // clients
 
     def client(_: int) -> Outcome:
@@ -244,6 +242,8 @@ def concurrent_loops(port: int, clients: int) -> Outcome:
             requests=5 * share,
         )
 
+    if clients == 1:
+        return client(0)
     started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
         parts = list(pool.map(client, range(clients)))
