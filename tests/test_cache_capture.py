@@ -186,22 +186,24 @@ def stats(optimizer: MemoryOptimizer) -> dict[str, Any]:
     return optimizer.cache.stats()
 
 
-def spy_begin_fill(
+def spy_single_flight(
     monkeypatch: pytest.MonkeyPatch, optimizer: MemoryOptimizer
 ) -> tuple[list[threading.Event | None], threading.Event]:
-    """Record what each single-flight ``begin_fill`` answered; the event is set on a wait."""
+    """Record what each single-flight ``join`` answered (the event to wait on, None to the
+    request that leads the fill); ``someone_waits`` is set on a wait."""
     answers: list[threading.Event | None] = []
     someone_waits = threading.Event()
-    real = optimizer.cache.begin_fill
+    flights = optimizer.cache.flights
+    real = flights.join
 
-    def begin_fill(*args: Any, **kwargs: Any) -> threading.Event | None:
-        answer = real(*args, **kwargs)
-        answers.append(answer)
-        if answer is not None:
+    def join(*args: Any) -> Any:
+        fill, event = real(*args)
+        answers.append(event)
+        if event is not None:
             someone_waits.set()
-        return answer
+        return fill, event
 
-    monkeypatch.setattr(optimizer.cache, "begin_fill", begin_fill)
+    monkeypatch.setattr(flights, "join", join)
     return answers, someone_waits
 
 
@@ -412,7 +414,7 @@ def test_app_close_raising_releases_single_flight_waiters(
         return (first if not first.calls else later)(environ, start_response)
 
     optimizer, client = wrap(app, cache_lock_timeout_s=WAIT_S)
-    answers, someone_waits = spy_begin_fill(monkeypatch, optimizer)
+    answers, someone_waits = spy_single_flight(monkeypatch, optimizer)
     server = Server(optimizer)
     leader = server.call("/page")  # takes the single-flight key
     assert answers == [None]
@@ -454,7 +456,7 @@ def test_waiters_are_released_as_soon_as_the_response_will_not_be_stored(
         return body()
 
     optimizer, client = wrap(app, cache_lock_timeout_s=WAIT_S, cache_item_max_mb=CHUNK / MB)
-    answers, someone_waits = spy_begin_fill(monkeypatch, optimizer)
+    answers, someone_waits = spy_single_flight(monkeypatch, optimizer)
     server = Server(optimizer)
     leader = server.call("/page")
     thread, outcome = in_thread(lambda: get(client, "/page"))
@@ -584,7 +586,7 @@ def test_app_raising_in_its_call_propagates_and_releases_the_key(
         return [b"second"]
 
     optimizer, client = wrap(app, cache_lock_timeout_s=5)
-    answers, _ = spy_begin_fill(monkeypatch, optimizer)
+    answers, _ = spy_single_flight(monkeypatch, optimizer)
     with pytest.raises(AppError) as raised:
         get(client, "/page")
     assert raised.value is error
@@ -613,7 +615,7 @@ def test_app_raising_in_its_call_wakes_a_request_waiting_on_it(
         return [b"second"]
 
     optimizer, client = wrap(app, cache_lock_timeout_s=WAIT_S)
-    answers, someone_waits = spy_begin_fill(monkeypatch, optimizer)
+    answers, someone_waits = spy_single_flight(monkeypatch, optimizer)
     leader, leader_outcome = in_thread(lambda: get(client, "/page"))
     assert leader_inside.wait(WAIT_S)  # the leader holds the key and is inside the app
     waiter_response = get(client, "/page")  # waits for the leader, which raises
@@ -983,7 +985,7 @@ def test_an_outer_layer_that_never_closes_cannot_jam_the_process(
     optimizer = MemoryOptimizer(
         checked(app), cache_lock_timeout_s=WAIT_S, monitor_interval_s=0, gc_freeze=False
     )
-    answers, _ = spy_begin_fill(monkeypatch, optimizer)
+    answers, _ = spy_single_flight(monkeypatch, optimizer)
     client = Client(never_closes(optimizer), use_cookies=False)
     try:
         bodies = [get(client, "/page").data for _ in range(6)]
@@ -1004,7 +1006,7 @@ def test_a_body_read_to_its_end_is_stored_and_lets_the_waiters_go_before_close(
 ) -> None:
     app = CountingApp()  # two chunks, no Content-Length: whole only at the end
     optimizer, client = wrap(app, cache_lock_timeout_s=WAIT_S)
-    answers, someone_waits = spy_begin_fill(monkeypatch, optimizer)
+    answers, someone_waits = spy_single_flight(monkeypatch, optimizer)
     server = Server(optimizer)
     leader = server.call("/page")
     thread, outcome = in_thread(lambda: get(client, "/page"))
@@ -1048,7 +1050,7 @@ def test_a_response_collected_unclosed_ends_its_request_and_lets_the_waiters_go(
 ) -> None:
     app = CountingApp([b"a", b"b", b"c"])
     optimizer, client = wrap(app, cache_lock_timeout_s=WAIT_S)
-    answers, someone_waits = spy_begin_fill(monkeypatch, optimizer)
+    answers, someone_waits = spy_single_flight(monkeypatch, optimizer)
     environ = EnvironBuilder(path="/page").get_environ()
     response = optimizer(environ, lambda status, headers, exc_info=None: None)
     chunks = iter(response)
@@ -1092,10 +1094,10 @@ def test_a_response_collected_by_the_collector_inside_the_stores_lock_never_wait
         assert next(chunks) == b"a"
         del chunks, response  # a cycle: still alive
         assert optimizer.governor.in_flight == 1
-        [fill] = optimizer.cache._filling.values()  # the one key being filled: /page
+        [fill] = optimizer.cache.flights._fills.values()  # the one key being filled: /page
 
         def collect_holding_the_lock() -> int:
-            with optimizer.cache._lock:
+            with optimizer.cache.store._lock, optimizer.cache.flights._lock:
                 return gc.collect()
 
         thread, outcome = in_thread(collect_holding_the_lock)
@@ -1103,7 +1105,7 @@ def test_a_response_collected_by_the_collector_inside_the_stores_lock_never_wait
         assert not thread.is_alive(), "the finalizer waited for a lock its thread holds"
         assert isinstance(outcome[0], int)  # the collection ran to its end
         assert optimizer.governor.in_flight == 0
-        assert fill[1] == -math.inf  # the fill is over: the next miss takes it
+        assert fill.started == -math.inf  # the fill is over: the next miss takes it
         assert stats(optimizer)["rejected"] == {"dropped": 1}
     finally:
         optimizer.governor.stop()

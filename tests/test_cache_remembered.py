@@ -9,14 +9,18 @@ import tracemalloc
 
 import pytest
 from conftest import run_threads
+from werkzeug.test import EnvironBuilder
 
+from wsgi_memopt import Settings
+from wsgi_memopt.cache.decision import ResponseCache
 from wsgi_memopt.cache.entry import key_size
 from wsgi_memopt.cache.policy import CacheKey
 from wsgi_memopt.cache.remembered import RememberedKeys
 
 
 def key_of(path: str) -> CacheKey:
-    return ("http", "localhost", "", path, "")
+    """The base key the middleware builds for ``GET http://localhost{path}``."""
+    return ResponseCache(Settings()).key(EnvironBuilder(path=path).get_environ())
 
 
 def test_a_key_is_remembered_until_ttl_after_it_was_remembered() -> None:

@@ -32,8 +32,10 @@ from pympler import asizeof
 from werkzeug.test import Client, EnvironBuilder, TestResponse
 from werkzeug.wrappers import Response
 
-from wsgi_memopt import MemoryOptimizer
+from wsgi_memopt import MemoryOptimizer, Settings
+from wsgi_memopt.cache.decision import ResponseCache
 from wsgi_memopt.cache.entry import intern_scheme, str_size
+from wsgi_memopt.cache.flight import Flights
 from wsgi_memopt.cache.policy import CacheKey, variant_key
 from wsgi_memopt.cache.store import Entry, ResponseStore
 
@@ -118,8 +120,9 @@ def stored_paths(store: ResponseStore) -> list[str]:
     return [entry.path for entry in store.entries()]
 
 
-def assert_consistent(store: ResponseStore) -> None:
-    """The store's books agree with its entries: bytes, items, the Vary index, no cache errors."""
+def assert_consistent(store: ResponseStore, cache: ResponseCache | None = None) -> None:
+    """The store's books agree with its entries: bytes, items, the Vary index; and the
+    ``cache`` in front of it, if given, counted no cache errors."""
     entries = store.entries()
     stats = store.stats()
     assert store.bytes == stats["bytes"] == own_bytes(entries) + store.books_bytes
@@ -130,8 +133,10 @@ def assert_consistent(store: ResponseStore) -> None:
         entry.base_key for entry in entries if entry.key is not entry.base_key
     )
     assert {base: known[1] for base, known in store._vary.items()} == dict(per_base)
-    assert "cache-error" not in stats["rejected"]
-    assert "cache-error" not in stats["bypassed"]
+    if cache is not None:
+        counts = cache.stats()
+        assert "cache-error" not in counts["rejected"]
+        assert "cache-error" not in counts["bypassed"]
 
 
 def assert_within_caps(store: ResponseStore) -> None:
@@ -154,8 +159,10 @@ def server_environ(path: str, query: str = "", **headers: str) -> dict[str, Any]
         "SCRIPT_NAME": "",
         "PATH_INFO": fresh(path),
         "QUERY_STRING": fresh(query),
-        "SERVER_NAME": "localhost",
-        "SERVER_PORT": "80",
+        # gunicorn and uWSGI parse these from each request (werkzeug's server shares its
+        # SERVER_NAME: the figure then counts a string the process holds once).
+        "SERVER_NAME": fresh("shop.example.com"),
+        "SERVER_PORT": fresh("80"),
         "SERVER_PROTOCOL": "HTTP/1.1",
         "HTTP_HOST": fresh("shop.example.com"),
         "wsgi.url_scheme": "http",
@@ -279,7 +286,7 @@ def traced_fill(mix: str, requests: int, **settings: Any) -> tuple[ResponseStore
     finally:
         tracemalloc.stop()
         optimizer.governor.stop()
-    return optimizer.cache, kept
+    return optimizer.cache.store, kept
 
 
 @pytest.mark.slow
@@ -336,7 +343,7 @@ def test_accounting_holds_after_hits_at_different_ages(size: int) -> None:
         assert hit.headers["Age"] == str(age)
         assert hit.data == body_for(path, size)
         assert entry._own_size() == pytest.approx(stored_size, abs=32)
-        assert_consistent(optimizer.cache)
+        assert_consistent(optimizer.cache.store, optimizer.cache)
 
 
 # -- 2. caps: never exceeded, LRU eviction of a fraction, too-large refused
@@ -357,7 +364,7 @@ def test_accounting_holds_after_hits_at_different_ages(size: int) -> None:
 )
 def test_caps_hold_after_every_store(settings: dict[str, Any], smallest: int, largest: int) -> None:
     optimizer, client = wrap(SizedApp(), cache_evict_fraction=0.3, **settings)
-    store = optimizer.cache
+    store = optimizer.cache.store
     max_items, max_bytes = settings["cache_max_items"], int(settings["cache_max_mb"] * MB)
     item_limit = int(settings.get("cache_item_max_mb", 2) * MB)
     rng = random.Random(f"caps-{max_items}")
@@ -381,7 +388,7 @@ def test_caps_hold_after_every_store(settings: dict[str, Any], smallest: int, la
             assert evicted >= math.ceil(before["items"] * 0.3)
             assert after["items"] == before["items"] - evicted + 1
 
-    stats = store.stats()
+    stats = optimizer.cache.stats()
     assert stats["evictions"] > 0
     assert stats["stores"] + sum(stats["rejected"].values()) == requests
     assert stats["rejected"].get("too-large", 0) >= over_limit
@@ -402,7 +409,9 @@ def test_item_cap_evicts_the_least_recently_used_fraction() -> None:
 
     # ceil(10 * 0.3) = 3 entries go: the least recently used, /3 /4 /5, not the touched ones.
     assert optimizer.cache.stats()["evictions"] == 3
-    assert stored_paths(optimizer.cache) == [f"/lru/{n}/100" for n in (6, 7, 8, 9, 0, 1, 2, 10)]
+    assert stored_paths(optimizer.cache.store) == [
+        f"/lru/{n}/100" for n in (6, 7, 8, 9, 0, 1, 2, 10)
+    ]
     for number in (0, 1, 2, 6, 10):
         assert get(client, f"/lru/{number}/100").headers["X-Cache"] == "HIT"
     assert app.calls == 11
@@ -419,7 +428,7 @@ def test_byte_cap_evicts_the_least_recently_used_first() -> None:
 
     get(client, f"/bytes/big/{100 * KB}")  # does not fit: evicts 3, then more until it does
 
-    paths = stored_paths(optimizer.cache)
+    paths = stored_paths(optimizer.cache.store)
     assert paths[-1] == f"/bytes/big/{100 * KB}"
     assert f"/bytes/0/{20 * KB}" in paths
     evicted = [
@@ -428,8 +437,8 @@ def test_byte_cap_evicts_the_least_recently_used_first() -> None:
     assert evicted == [f"/bytes/{n}/{20 * KB}" for n in range(1, 1 + len(evicted))]
     assert len(evicted) >= 3
     assert optimizer.cache.stats()["evictions"] == len(evicted)
-    assert_within_caps(optimizer.cache)
-    assert_consistent(optimizer.cache)
+    assert_within_caps(optimizer.cache.store)
+    assert_consistent(optimizer.cache.store, optimizer.cache)
 
 
 @pytest.mark.parametrize(
@@ -464,7 +473,7 @@ def test_response_too_large_is_refused_but_served(
     assert stats["rejected"] == {"too-large": 1}
     assert stats["stores"] == 1
     assert stats["evictions"] == 0
-    assert stored_paths(optimizer.cache) == ["/small/100"]
+    assert stored_paths(optimizer.cache.store) == ["/small/100"]
     assert get(client, path, query_string=query).headers["X-Cache"] == "MISS"
     assert app.calls == 3
 
@@ -478,7 +487,7 @@ def test_body_at_the_item_limit_is_stored() -> None:
     assert response.headers["Cache-Status"] == "wsgi-memopt; fwd=miss; stored"
     assert optimizer.cache.stats()["rejected"] == {}
     assert get(client, path).data == body_for(path, MB // 2)
-    assert_consistent(optimizer.cache)
+    assert_consistent(optimizer.cache.store, optimizer.cache)
 
 
 # -- 3. TTL: expired entries are never served, swept between requests
@@ -503,7 +512,7 @@ def test_expired_entry_is_not_served_and_is_removed_by_the_lookup() -> None:
     assert stats["expirations"] == 1
     assert stats["items"] == 1  # the refetched copy, fresh from now
     assert optimizer.cache.entries()[0].created == created + 10
-    assert_consistent(optimizer.cache)
+    assert_consistent(optimizer.cache.store, optimizer.cache)
 
 
 def test_middleware_sweeps_expired_entries_after_a_miss_when_due() -> None:
@@ -515,19 +524,19 @@ def test_middleware_sweeps_expired_entries_after_a_miss_when_due() -> None:
 
     clock.now = start + 45  # /short has expired, but no sweep is due yet
     get(client, "/sweep/first/100")
-    assert not optimizer.cache.sweep_due()
+    assert not optimizer.cache.store.sweep_due()
     assert len(optimizer.cache) == 3
     assert optimizer.cache.stats()["expirations"] == 0
 
     clock.now = start + 61
-    assert optimizer.cache.sweep_due()
+    assert optimizer.cache.store.sweep_due()
     get(client, "/sweep/second/100")  # its close() runs the sweep
 
-    assert not optimizer.cache.sweep_due()
-    assert "/sweep/short/100" not in stored_paths(optimizer.cache)
+    assert not optimizer.cache.store.sweep_due()
+    assert "/sweep/short/100" not in stored_paths(optimizer.cache.store)
     assert len(optimizer.cache) == 3
     assert optimizer.cache.stats()["expirations"] == 1
-    assert_consistent(optimizer.cache)
+    assert_consistent(optimizer.cache.store, optimizer.cache)
 
 
 # -- 4. ResponseStore, directly
@@ -552,7 +561,7 @@ def new_store(clock: FakeClock, **options: Any) -> ResponseStore:
 
 def base_key_of(path: str) -> CacheKey:
     """The base key the middleware builds for ``GET http://localhost{path}``."""
-    return ("http", "localhost", "", path, "")
+    return ResponseCache(Settings()).key(EnvironBuilder(path=path).get_environ())
 
 
 def make_entry(
@@ -564,10 +573,12 @@ def make_entry(
     vary: tuple[str, ...] = (),
     request: dict[str, str] | None = None,
     shareable: bool = False,
+    key: CacheKey | None = None,
 ) -> Entry:
-    """An entry as the capture builds one; its key carries ``request``'s values of ``vary``."""
+    """An entry as the capture builds one (under ``key``, else ``path``'s); its key carries
+    ``request``'s values of ``vary``."""
     body = body_for(path, 100) if body is None else body
-    base_key = base_key_of(path)
+    base_key = base_key_of(path) if key is None else key
     return Entry(
         key=variant_key(base_key, vary, request or {}) if vary else base_key,
         base_key=base_key,
@@ -587,7 +598,7 @@ def lookup(
     return store.lookup(base_key_of(path), request or {}, store.clock())[1]
 
 
-def test_put_then_lookup_counts_hits_and_misses(clock: FakeClock) -> None:
+def test_put_then_lookup_finds_the_entry(clock: FakeClock) -> None:
     store = new_store(clock)
     entry = make_entry(clock)
 
@@ -599,13 +610,12 @@ def test_put_then_lookup_counts_hits_and_misses(clock: FakeClock) -> None:
 
     assert entry.size > len(entry.body)
     stats = store.stats()
-    assert (stats["hits"], stats["misses"], stats["stores"]) == (2, 2, 1)
-    assert stats["hit_rate"] == 0.5
+    assert stats["stores"] == 1
     assert (stats["items"], stats["bytes"]) == (1, entry.size + store.books_bytes)
     assert_consistent(store)
 
 
-def test_stats_keys_and_hit_rate(clock: FakeClock) -> None:
+def test_stats_keys(clock: FakeClock) -> None:
     store = new_store(clock, max_items=7, max_bytes=3 * MB)
     assert store.stats() == {
         "items": 0,
@@ -614,42 +624,35 @@ def test_stats_keys_and_hit_rate(clock: FakeClock) -> None:
         "size_mb": 0.0,
         "max_items": 7,
         "max_bytes": 3 * MB,
-        "hits": 0,
-        "misses": 0,
-        "hit_rate": 0.0,
         "stores": 0,
         "evictions": 0,
         "expirations": 0,
-        "rejected": {},
-        "bypassed": {},
     }
     store.put(make_entry(clock, body=b"x" * (MB // 2)))
-    for _ in range(2):
-        lookup(store, "/a")
-    lookup(store, "/nothing")
-    store.reject("no-store")
-    store.reject("no-store")
-    store.bypass("method")
 
     stats = store.stats()
-    assert stats["hit_rate"] == round(2 / 3, 4)
     assert stats["size_mb"] == round(store.bytes / MB, 3)
+    assert (stats["items"], stats["stores"]) == (1, 1)
+
+
+def test_the_cache_counts_hits_misses_refusals_and_bypasses(clock: FakeClock) -> None:
+    cache = ResponseCache(Settings(cache_default_ttl_s=60), store=new_store(clock))
+    plain = EnvironBuilder(path="/a").get_environ()
+    assert cache.plain_hit(plain) is None
+    assert cache.decide(plain).route.value == "fetch"  # a miss
+    cache.stored(make_entry(clock, key=cache.key(plain)), ())
+    for _ in range(2):
+        assert cache.plain_hit(plain) is not None
+    cache.decide(EnvironBuilder(path="/a", method="POST").get_environ())
+    cache.refused("no-store")
+    cache.refused("no-store")
+
+    stats = cache.stats()
+    assert (stats["hits"], stats["misses"], stats["hit_rate"]) == (2, 1, round(2 / 3, 4))
     assert stats["rejected"] == {"no-store": 2}
     assert stats["bypassed"] == {"method": 1}
     stats["rejected"]["no-store"] = 99  # a copy: the caller cannot change the counters
-    assert store.stats()["rejected"] == {"no-store": 2}
-
-
-def test_credentials_are_served_only_a_shareable_entry(clock: FakeClock) -> None:
-    store = new_store(clock)
-    private = make_entry(clock, "/private")
-    public = make_entry(clock, "/public", shareable=True)
-    store.put(private)
-    store.put(public)
-
-    assert store.lookup(private.base_key, {}, clock(), credentials=True)[1] is None
-    assert store.lookup(public.base_key, {}, clock(), credentials=True)[1] is public
-    assert store.lookup(private.base_key, {}, clock())[1] is private
+    assert cache.stats()["rejected"] == {"no-store": 2}
 
 
 def test_vary_variants_are_looked_up_by_the_request_values(clock: FakeClock) -> None:
@@ -864,7 +867,6 @@ def test_put_refuses_an_entry_too_large(
 
     assert store.put(make_entry(clock, "/large", body=b"L" * body_size)) is False
 
-    assert store.stats()["rejected"] == {"too-large": 1}
     assert store.entries() == [kept]
     assert store.bytes == kept.size + store.books_bytes
     assert store.stats()["evictions"] == 0
@@ -876,7 +878,6 @@ def test_put_stores_a_body_at_the_item_limit(clock: FakeClock) -> None:
 
     assert store.put(entry) is True
     assert store.entries() == [entry]
-    assert store.stats()["rejected"] == {}
 
 
 def test_sweep_removes_every_expired_entry(clock: FakeClock) -> None:
@@ -911,37 +912,39 @@ def test_sweep_is_due_only_every_cleanup_interval(clock: FakeClock) -> None:
 # -- 5. single flight
 
 
-def test_begin_fill_makes_one_leader_and_end_fill_wakes_the_rest(clock: FakeClock) -> None:
-    store = new_store(clock)
+def test_one_request_leads_a_fill_and_its_end_wakes_the_rest(clock: FakeClock) -> None:
+    flights = Flights()
 
-    assert store.begin_fill("k", 5) is None
-    waiting = store.begin_fill("k", 5)
+    leader, none = flights.join("k", 5, clock())
+    assert (leader is not None, none) == (True, None)
+    _, waiting = flights.join("k", 5, clock())
     assert waiting is not None
-    assert store.begin_fill("k", 5) is waiting
-    assert store.begin_fill("other", 5) is None  # keys fill independently
+    assert flights.join("k", 5, clock())[1] is waiting
+    other, _ = flights.join("other", 5, clock())  # keys fill independently
+    assert other is not None
     assert not waiting.is_set()
 
-    store.end_fill("k")
+    flights.end(leader)  # type: ignore[arg-type]
 
     assert waiting.is_set()
-    assert store.begin_fill("k", 5) is None  # the next miss leads a new fill
-    store.end_fill("k")
-    store.end_fill("other")
-    store.end_fill("never-started")
-    assert store._filling == {}
+    next_leader, _ = flights.join("k", 5, clock())  # the next miss leads a new fill
+    assert next_leader is not None
+    flights.end(next_leader)
+    flights.end(other)
+    assert len(flights) == 0
 
 
 def test_a_stale_fill_is_taken_over(clock: FakeClock) -> None:
-    store = new_store(clock)
-    assert store.begin_fill("k", 5) is None
+    flights = Flights()
+    assert flights.join("k", 5, clock())[0] is not None
     clock.advance(4.9)
-    first = store.begin_fill("k", 5)
+    _, first = flights.join("k", 5, clock())
     assert first is not None
 
     clock.advance(0.1)  # the fill is now as old as the wait: a new leader takes over
-    assert store.begin_fill("k", 5) is None
+    assert flights.join("k", 5, clock())[0] is not None
     clock.advance(4.9)
-    second = store.begin_fill("k", 5)
+    _, second = flights.join("k", 5, clock())
     assert second is not None
     assert second is not first
 
@@ -969,23 +972,22 @@ class GatedApp:
         return [body]
 
 
-def count_begin_fill(
-    monkeypatch: pytest.MonkeyPatch, store: ResponseStore, *, open_after: int, gate: threading.Event
+def count_joins(
+    monkeypatch: pytest.MonkeyPatch, flights: Flights, *, open_after: int, gate: threading.Event
 ) -> list[threading.Event | None]:
-    """Record what ``begin_fill`` returns; open ``gate`` once it has run ``open_after`` times."""
+    """Record the event each ``join`` returns (None for a leader); open ``gate`` once it has
+    run ``open_after`` times."""
     returned: list[threading.Event | None] = []
-    original = store.begin_fill
+    original = flights.join
 
-    def begin_fill(
-        key: CacheKey, wait_s: float, owner: object = None, now: float | None = None
-    ) -> threading.Event | None:
-        event = original(key, wait_s, owner, now)
+    def join(key: CacheKey, wait_s: float, now: float) -> Any:
+        fill, event = original(key, wait_s, now)
         returned.append(event)
         if len(returned) >= open_after:
             gate.set()
-        return event
+        return fill, event
 
-    monkeypatch.setattr(store, "begin_fill", begin_fill)
+    monkeypatch.setattr(flights, "join", join)
     return returned
 
 
@@ -1016,7 +1018,7 @@ def test_concurrent_misses_of_a_cold_key_call_the_app_once(
     app = GatedApp()
     optimizer, _ = wrap(app, cache_lock_timeout_s=5)
     # The app answers once all eight requests have reached the single-flight check.
-    returned = count_begin_fill(monkeypatch, optimizer.cache, open_after=8, gate=app.gate)
+    returned = count_joins(monkeypatch, optimizer.cache.flights, open_after=8, gate=app.gate)
 
     responses = run_concurrently(8, lambda client: get(client, "/cold"), optimizer)
 
@@ -1026,7 +1028,7 @@ def test_concurrent_misses_of_a_cold_key_call_the_app_once(
     assert sorted(response.headers["X-Cache"] for response in responses) == ["HIT"] * 7 + ["MISS"]
     assert returned.count(None) == 1
     assert all(event.is_set() for event in returned if event is not None)
-    assert optimizer.cache._filling == {}
+    assert len(optimizer.cache.flights) == 0
     stats = optimizer.cache.stats()
     assert stats["stores"] == 1
     # Each request counted once, as what it ended as: the leader's miss, seven waiters' hits.
@@ -1038,7 +1040,7 @@ def test_waiters_call_the_app_when_the_leaders_response_is_not_storable(
 ) -> None:
     app = GatedApp(headers=[("Cache-Control", "no-store")])
     optimizer, _ = wrap(app, cache_lock_timeout_s=5)
-    returned = count_begin_fill(monkeypatch, optimizer.cache, open_after=8, gate=app.gate)
+    returned = count_joins(monkeypatch, optimizer.cache.flights, open_after=8, gate=app.gate)
 
     responses = run_concurrently(8, lambda client: get(client, "/uncacheable"), optimizer)
 
@@ -1051,7 +1053,7 @@ def test_waiters_call_the_app_when_the_leaders_response_is_not_storable(
     # The leader released its waiters (rather than their waits running out).
     assert returned.count(None) == 1
     assert all(event.is_set() for event in returned if event is not None)
-    assert optimizer.cache._filling == {}
+    assert len(optimizer.cache.flights) == 0
     assert len(optimizer.cache) == 0
 
 
@@ -1112,7 +1114,9 @@ def test_concurrent_misses_of_a_key_known_uncacheable_do_not_queue_behind_one(
     optimizer, client = wrap(app, cache_lock_timeout_s=30)
     first = get(client, "/private")  # its response says no-store: remembered
     assert first.headers["Cache-Status"] == "wsgi-memopt; fwd=miss; detail=no-store"
-    returned = count_begin_fill(monkeypatch, optimizer.cache, open_after=99, gate=threading.Event())
+    returned = count_joins(
+        monkeypatch, optimizer.cache.flights, open_after=99, gate=threading.Event()
+    )
 
     responses = run_concurrently(8, lambda client: get(client, "/private"), optimizer)
 
@@ -1140,9 +1144,11 @@ def test_an_uncacheable_key_whose_response_becomes_storable_is_stored(
 
     assert get(client, "/page").headers["Cache-Status"] == "wsgi-memopt; fwd=miss; stored"
     assert get(client, "/page").headers["X-Cache"] == "HIT"
-    assert len(optimizer.cache._uncacheable) == 0
+    assert len(optimizer.cache.store._uncacheable) == 0
     optimizer.cache.invalidate("/page")
-    returned = count_begin_fill(monkeypatch, optimizer.cache, open_after=99, gate=threading.Event())
+    returned = count_joins(
+        monkeypatch, optimizer.cache.flights, open_after=99, gate=threading.Event()
+    )
     get(client, "/page")
     assert returned == [None]  # single flight again: this miss led the fill
 
@@ -1170,8 +1176,10 @@ def test_a_response_lost_to_an_error_is_not_remembered_uncacheable(
     optimizer, client = wrap(app, cache_lock_timeout_s=5)
     with pytest.raises(RuntimeError):
         get(client, "/page")
-    assert len(optimizer.cache._uncacheable) == 0
-    returned = count_begin_fill(monkeypatch, optimizer.cache, open_after=99, gate=threading.Event())
+    assert len(optimizer.cache.store._uncacheable) == 0
+    returned = count_joins(
+        monkeypatch, optimizer.cache.flights, open_after=99, gate=threading.Event()
+    )
 
     assert get(client, "/page").headers["Cache-Status"] == "wsgi-memopt; fwd=miss; stored"
     assert returned == [None]
@@ -1195,20 +1203,19 @@ def test_a_response_stored_between_a_miss_and_its_fill_is_used_if_fresh(
     app = SizedApp()
     optimizer, client = wrap(app, cache_lock_timeout_s=5)
     clock = install_clock(optimizer)
-    original = optimizer.cache.begin_fill
+    flights = optimizer.cache.flights
+    original = flights.join
     raced: list[TestResponse] = []
 
-    def begin_fill(
-        key: CacheKey, wait_s: float, owner: object = None, now: float | None = None
-    ) -> threading.Event | None:
-        monkeypatch.setattr(optimizer.cache, "begin_fill", original)
+    def join(key: CacheKey, wait_s: float, now: float) -> Any:
+        monkeypatch.setattr(flights, "join", original)
         # Another request fills and stores the key after our lookup missed, before we
         # register: its fill is over, so ours starts unopposed.
         raced.append(get(client, "/race/100?max-age=2"))
         clock.advance(age_s)
-        return original(key, wait_s, owner, now)
+        return original(key, wait_s, now)
 
-    monkeypatch.setattr(optimizer.cache, "begin_fill", begin_fill)
+    monkeypatch.setattr(flights, "join", join)
     response = get(client, "/race/100?max-age=2")
 
     assert raced[0].headers["X-Cache"] == "MISS"
@@ -1216,7 +1223,7 @@ def test_a_response_stored_between_a_miss_and_its_fill_is_used_if_fresh(
     assert (response.headers["X-Cache"], app.calls) == (
         ("HIT", 1) if served_by == "the previous fill" else ("MISS", 2)
     )
-    assert optimizer.cache._filling == {}  # no fill left behind for the next miss to wait on
+    assert len(optimizer.cache.flights) == 0  # no fill left behind for the next miss to wait on
     stats = optimizer.cache.stats()
     # Each request counted once: the racing request's miss, then ours as what it ended as.
     assert (stats["hits"], stats["misses"]) == counts
@@ -1232,7 +1239,9 @@ def test_a_fill_whose_response_was_never_closed_is_taken_over(
     app = SizedApp()
     optimizer, client = wrap(app, cache_lock_timeout_s=5)
     clock = install_clock(optimizer)
-    returned = count_begin_fill(monkeypatch, optimizer.cache, open_after=99, gate=threading.Event())
+    returned = count_joins(
+        monkeypatch, optimizer.cache.flights, open_after=99, gate=threading.Event()
+    )
     # A leader whose server never iterates nor closes its response (yet).
     abandoned = optimizer(EnvironBuilder("/stuck/100").get_environ(), start_response_ignoring)
     try:
@@ -1271,7 +1280,7 @@ def test_a_superseded_leader_does_not_release_the_new_leaders_waiters(
     optimizer, _ = wrap(app, cache_lock_timeout_s=5)
     clock = install_clock(optimizer)
     third_arrived = threading.Event()
-    returned = count_begin_fill(monkeypatch, optimizer.cache, open_after=3, gate=third_arrived)
+    returned = count_joins(monkeypatch, optimizer.cache.flights, open_after=3, gate=third_arrived)
     responses: dict[str, TestResponse] = {}
 
     def request(name: str) -> threading.Thread:
@@ -1341,7 +1350,7 @@ def test_threads_hammering_more_keys_than_fit(caplog: pytest.LogCaptureFixture) 
         cache_lock_timeout_s=5,
         cache_cleanup_interval_s=0.5,
     )
-    store = optimizer.cache
+    store = optimizer.cache.store
     # Time runs twenty times faster for the cache: max-age=1 entries expire during the run.
     store.clock = lambda: time.monotonic() * 20
     templates = {
@@ -1435,10 +1444,10 @@ def test_threads_hammering_more_keys_than_fit(caplog: pytest.LogCaptureFixture) 
     assert errors[:5] == []
     assert caplog.records == []
     assert all(count > 0 for count in done)
-    stats = store.stats()
+    stats = optimizer.cache.stats()
     assert stats["evictions"] > 0
     assert stats["hits"] > 0
-    assert store._filling == {}
+    assert len(optimizer.cache.flights) == 0
     assert_within_caps(store)
     assert_consistent(store)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import re
 import sys
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -27,9 +26,7 @@ from werkzeug.test import Client, EnvironBuilder, TestResponse
 from wsgi_memopt import MemoryOptimizer
 from wsgi_memopt.cache.policy import (
     BYPASS_HEADERS,
-    FORWARDED_KEY_HEADERS,
     environ_key,
-    plan_environ_keys,
 )
 
 Headers = list[tuple[str, str]]
@@ -831,7 +828,7 @@ def test_a_page_not_public_to_credentials_is_still_stored_for_everyone_else() ->
 
     assert cache_status(anonymous) == {"fwd": "miss", "stored": True}
     assert (with_credentials.headers["X-Cache"], with_credentials.data) == ("HIT", anonymous.data)
-    assert len(optimizer.cache._private) == 0
+    assert len(optimizer.cache.store._private) == 0
 
 
 @pytest.mark.parametrize(
@@ -1625,17 +1622,21 @@ def test_cache_disabled_passes_everything_through() -> None:
 
 
 @pytest.mark.parametrize(
-    ("method", "settings", "counter"),
+    ("part", "method", "settings", "counter"),
     [
-        ("lookup", {}, {"bypassed": {"cache-error": 2}}),
-        ("begin_fill", {"cache_lock_timeout_s": 1}, {"bypassed": {"cache-error": 2}}),
-        ("put", {}, {"rejected": {"cache-error": 2}}),
-        ("sweep_due", {}, {"stores": 1}),  # only housekeeping fails: the cache still works
+        ("store", "lookup", {}, {"bypassed": {"cache-error": 2}}),
+        ("flights", "join", {"cache_lock_timeout_s": 1}, {"bypassed": {"cache-error": 2}}),
+        ("store", "put", {}, {"rejected": {"cache-error": 2}}),
+        ("store", "sweep_due", {}, {"stores": 1}),  # only housekeeping fails: still caching
     ],
-    ids=["lookup", "begin-fill", "put", "sweep-due"],
+    ids=["lookup", "single-flight", "put", "sweep-due"],
 )
 def test_failing_cache_never_fails_the_request(
-    monkeypatch: pytest.MonkeyPatch, method: str, settings: dict[str, Any], counter: dict[str, Any]
+    monkeypatch: pytest.MonkeyPatch,
+    part: str,
+    method: str,
+    settings: dict[str, Any],
+    counter: dict[str, Any],
 ) -> None:
     app = CountingApp()
     optimizer, client = wrap(app, **settings)
@@ -1643,7 +1644,7 @@ def test_failing_cache_never_fails_the_request(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(f"{method} is broken")
 
-    monkeypatch.setattr(optimizer.cache, method, broken)
+    monkeypatch.setattr(getattr(optimizer.cache, part), method, broken)
 
     responses = [get(client, "/p") for _ in range(2)]
 
@@ -1723,8 +1724,17 @@ def test_store_down_never_fails_the_request(monkeypatch: pytest.MonkeyPatch, met
     def down(*args: Any, **kwargs: Any) -> Any:
         raise ConnectionError("the cache backend is down")
 
-    for name in ("lookup", "put", "reject", "bypass", "begin_fill", "end_fill", "sweep_due"):
-        monkeypatch.setattr(optimizer.cache, name, down)
+    cache = optimizer.cache
+    for part, name in [
+        (cache.store, "lookup"),
+        (cache.store, "put"),
+        (cache.store, "sweep_due"),
+        (cache.flights, "join"),
+        (cache.flights, "end"),
+        (cache, "refused"),
+        (cache._bypassed, "add"),
+    ]:
+        monkeypatch.setattr(part, name, down)
 
     response = open_(client, method, "/p")
 
@@ -1789,16 +1799,16 @@ def ignore_start_response(status: str, headers: list[tuple[str, str]], exc_info:
 
 
 def spy_full_path(monkeypatch: pytest.MonkeyPatch, optimizer: MemoryOptimizer) -> list[object]:
-    """A list that gets an item for each request the optimizer sends down its full path
-    (``_respond``) rather than the hit lane."""
+    """A list that gets an item for each request the optimizer's cache decides by its full
+    rules (``decide``) rather than the fast path (``plain_hit``)."""
     calls: list[object] = []
-    respond = optimizer._respond
+    decide = optimizer.cache.decide
 
-    def counted(*args: Any) -> Iterable[bytes]:
-        calls.append(args)
-        return respond(*args)
+    def counted(environ: Any) -> Any:
+        calls.append(environ)
+        return decide(environ)
 
-    monkeypatch.setattr(optimizer, "_respond", counted)
+    monkeypatch.setattr(optimizer.cache, "decide", counted)
     return calls
 
 
@@ -1871,42 +1881,6 @@ def test_a_hit_ends_when_closed_or_let_go_of_and_never_reads_below_the_hits_runn
     assert governor.in_flight == 0
 
 
-def test_two_readers_forget_a_surplus_close_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    # One reader finds the count below 0 and, before it forgets the extra close, another
-    # reader forgets it: the first must not forget it a second time (the count would then
-    # stay one above the requests running, and nothing would ever pause).
-    _, optimizer, environ = stored_once("/p")
-    governor = optimizer.governor
-    first = optimizer(dict(environ), ignore_start_response)
-    first.close()  # type: ignore[attr-defined]
-    first.close()  # type: ignore[attr-defined]
-    read_once, go_on = threading.Event(), threading.Event()
-    reads = governor._lane_hits_open
-    slow_reader: list[threading.Thread] = []
-
-    def open_hits() -> int:
-        value = reads()
-        if threading.current_thread() in slow_reader and not read_once.is_set():
-            read_once.set()
-            go_on.wait(BOUND_S)
-        return value
-
-    monkeypatch.setattr(governor, "_lane_hits_open", open_hits)
-    seen: list[int] = []
-    slow_reader.append(threading.Thread(target=lambda: seen.append(governor.in_flight)))
-    slow_reader[0].start()
-    assert read_once.wait(BOUND_S)
-    assert governor.in_flight == 0  # this reader forgets the extra close
-    go_on.set()
-    slow_reader[0].join(BOUND_S)
-
-    assert seen == [0]
-    second = optimizer(dict(environ), ignore_start_response)
-    assert governor.in_flight == 1
-    second.close()  # type: ignore[attr-defined]
-    assert governor.in_flight == 0
-
-
 def test_a_hit_replays_the_body_and_the_headers_afresh() -> None:
     # Each hit gets a response of its own (it ends that request, once) and a copy of the
     # header list, since a server may change it.
@@ -1940,7 +1914,7 @@ def test_a_hit_replays_the_body_and_the_headers_afresh() -> None:
 )
 def test_a_server_may_leave_out_what_pep_3333_lets_it(missing: tuple[str, ...]) -> None:
     # PEP 3333 lets SCRIPT_NAME and QUERY_STRING be absent when empty, and an HTTP/1.0 client
-    # sends no Host: such requests are keyed with "" and SERVER_NAME:SERVER_PORT.
+    # sends no Host (SERVER_NAME and SERVER_PORT, which are always there, are keyed too).
     app = CountingApp()
     optimizer = MemoryOptimizer(app, monitor_interval_s=0, cache_lock_timeout_s=0)
     environ = EnvironBuilder(path="/p").get_environ()
@@ -1955,8 +1929,7 @@ def test_a_server_may_leave_out_what_pep_3333_lets_it(missing: tuple[str, ...]) 
     assert bodies == [b"body #1", b"body #1"]
     assert app.calls == 1
     [entry] = optimizer.cache.entries()
-    host = "localhost:80" if "HTTP_HOST" in missing else "localhost"
-    assert entry.key == ("http", host, "", "/p", "", "/p")
+    assert entry.path == "/p"
     optimizer.governor.stop()
 
 
@@ -1981,9 +1954,9 @@ def test_a_request_behind_a_tls_proxy_is_a_plain_hit_keyed_by_its_scheme(
     assert full_path == []  # the plain-hit lane
     assert optimizer.governor.in_flight == 0
     assert app.calls == 2
-    keys = {entry.key for entry in optimizer.cache.entries()}
-    assert ("http", "localhost", "", "/p", "", "/p", (None, None, "https")) in keys
-    assert ("http", "localhost", "", "/p", "", "/p") in keys
+    keys = [entry.key for entry in optimizer.cache.entries()]
+    assert keys[0][:-1] == keys[1][:-1]
+    assert {key[-1] for key in keys} == {"https", None}  # X-Forwarded-Proto, keyed last
 
 
 # -- the hit lane finds what the full path finds, and serves nobody what it would not
@@ -2085,10 +2058,10 @@ def served(optimizer: MemoryOptimizer, environ: dict[str, Any]) -> tuple[str, li
 
 
 class FullPathOnly(MemoryOptimizer):
-    """The reference: every request down the full path, as if the hit lane were not there."""
+    """The reference: every request decided by the full rules, as if there were no fast path."""
 
-    def __call__(self, environ: Any, start_response: Any) -> Iterable[bytes]:
-        return self._respond(environ, start_response, None)
+    def _plain_hit(self, environ: Any) -> None:
+        return None
 
 
 # Beside the defaults, settings that key two headers (a forwarding header that would
@@ -2183,14 +2156,14 @@ def test_the_hit_lane_answers_as_the_full_path_does(
             optimizer.governor.stop()
 
 
-def test_the_reference_of_the_lane_test_never_takes_the_lane() -> None:
-    # Else the test above compares the lane with itself.
+def test_the_reference_of_the_lane_test_never_takes_the_lane(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Else the test above compares the fast path with itself.
     environ = EnvironBuilder(path="/public", headers={"Cookie": "s=alice"}).get_environ()
 
     def full_path_calls(optimizer: MemoryOptimizer) -> tuple[int, list[bytes]]:
-        calls: list[object] = []
-        respond = optimizer._respond
-        optimizer._respond = lambda *args: calls.append(args) or respond(*args)  # type: ignore[method-assign]
+        calls = spy_full_path(monkeypatch, optimizer)
         try:
             bodies = [served(optimizer, environ)[2] for _ in range(2)]
             return len(calls), bodies
@@ -2203,26 +2176,29 @@ def test_the_reference_of_the_lane_test_never_takes_the_lane() -> None:
     assert lane_bodies == reference_bodies  # the second from the cache, both times
 
 
-def test_the_lane_asks_every_header_a_rule_reads() -> None:
-    # The lane sends a request carrying any header that calls for _plan's rules to _plan: its
-    # set is policy's (less what the settings key), never a copy of it; it asks for the
-    # credentials and the forwarding headers keyed by default by name.
-    asked = {
-        name
-        for name in MemoryOptimizer.__call__.__code__.co_consts
-        if isinstance(name, str) and name.startswith("HTTP_")
-    }
-    assert asked >= {"HTTP_AUTHORIZATION", "HTTP_COOKIE"}
-    assert asked >= {environ_key(name) for name in FORWARDED_KEY_HEADERS}
-    optimizer = MemoryOptimizer(CountingApp(), cache_key_headers=("X-Tenant", "Forwarded"))
+@pytest.mark.parametrize(
+    "header",
+    sorted({*BYPASS_HEADERS, "cache-control", "pragma", "transfer-encoding"}),
+)
+@pytest.mark.parametrize("keyed", [(), ("X-Forwarded-Host", "Forwarded")], ids=["", "keyed"])
+def test_a_header_a_rule_reads_sends_the_request_to_the_full_rules(
+    header: str, keyed: tuple[str, ...]
+) -> None:
+    # The fast path's set of headers that change the plan is derived from policy's lists
+    # (less what cache_key_headers keys): with any of them, the full rules decide.
+    optimizer = MemoryOptimizer(CountingApp(), monitor_interval_s=0, cache_key_headers=keyed)
     try:
-        plan_set = optimizer._no_plan_header.__self__  # type: ignore[attr-defined]
-        assert plan_set == plan_environ_keys(("x-tenant", "forwarded"))
-        assert {"HTTP_CACHE_CONTROL", "HTTP_PRAGMA", "HTTP_TRANSFER_ENCODING"} <= plan_set
-        unkeyed = {environ_key(name) for name in BYPASS_HEADERS} - {"HTTP_FORWARDED"}
-        assert unkeyed <= plan_set
-        assert "HTTP_FORWARDED" not in plan_set  # keyed: the lane keys it itself
-        assert optimizer._own_key_environ == {"HTTP_X_TENANT", "HTTP_FORWARDED"}
+        served(optimizer, EnvironBuilder(path="/p").get_environ())
+        with_header = EnvironBuilder(path="/p", headers={header: "1"}).get_environ()
+        plain = optimizer.cache.plain_hit(EnvironBuilder(path="/p").get_environ())
+
+        assert plain is not None
+        if header in {name.lower() for name in keyed}:
+            # Keyed: its value is in the key, and its own entry is a plain hit.
+            served(optimizer, with_header)
+            assert optimizer.cache.plain_hit(with_header) not in (None, plain)
+        else:
+            assert optimizer.cache.plain_hit(with_header) is None
     finally:
         optimizer.governor.stop()
 

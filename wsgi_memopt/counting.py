@@ -41,11 +41,6 @@ class Tally:
         with self._lock:
             return self._counts.setdefault(reason, itertools.count())
 
-    def get(self, reason: str) -> int:
-        """How many ``reason`` so far."""
-        counter = self._counts.get(reason)
-        return 0 if counter is None else read_count(counter)
-
     def _adopt(self, other: Tally) -> Tally:
         """Take ``other``'s counts, with a fresh lock (after a fork)."""
         self._counts = other._counts

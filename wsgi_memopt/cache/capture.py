@@ -1,9 +1,9 @@
 """The response of a cache miss: streamed to the client as the app yields it, copied on the side.
 
-:class:`Capture` is one request's state. The middleware passes :meth:`Capture.start_response`
+:class:`Capture` is one fetch's state. The middleware passes :meth:`Capture.start_response`
 to the app and returns the capture itself to the server as the response iterable:
 
-    capture = Capture(rules, environ, start_response, base_key, credentials=False)
+    capture = Capture(cache, decision, environ, start_response, on_close, on_drop)
     capture.app_iter = app(environ, capture.start_response)
     return capture
 
@@ -26,109 +26,71 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..closing import close_dropped
-from .policy import CacheKey, ResponseVerdict, assess_response, variant_key
-from .store import Entry, ResponseStore
+from .decision import Decision, ResponseCache, cache_status
+from .entry import Entry
+from .policy import ResponseVerdict, assess_response, variant_key
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
     from _typeshed.wsgi import StartResponse
 
-__all__ = ["Capture", "CaptureRules", "cache_status"]
+__all__ = ["Capture"]
 
 log = logging.getLogger("wsgi_memopt")
 
-_STATUS_HEADERS: dict[tuple[str, str | None, bool], list[tuple[str, str]]] = {}
 # Refusals that say nothing of the key's next response: the next miss leads a fill again.
 _TRANSIENT_REFUSALS = frozenset({"app-error", "cache-error", "no-response", "incomplete"})
 
 
-def cache_status(
-    forward: str, detail: str | None = None, *, stored: bool = False
-) -> list[tuple[str, str]]:
-    """``Cache-Status`` (RFC 9211) and ``X-Cache`` for a response not served from the cache.
-
-    The list is shared between calls (there are a few dozen of them): add it to a list of
-    one's own, never change it.
-    """
-    headers = _STATUS_HEADERS.get((forward, detail, stored))
-    if headers is None:
-        value = f"wsgi-memopt; fwd={forward}"
-        if stored:
-            value += "; stored"
-        if detail is not None:
-            value += f"; detail={detail}"
-        headers = _STATUS_HEADERS.setdefault(
-            (forward, detail, stored), [("Cache-Status", value), ("X-Cache", "MISS")]
-        )
-    return headers
-
-
-@dataclass(frozen=True)
-class CaptureRules:
-    """What a capture needs from the middleware's settings."""
-
-    store: ResponseStore
-    statuses: frozenset[int]
-    item_limit: int  # bytes of body beyond which the copy is dropped
-    ttl_cap: float  # cache_ttl_s: the longest lifetime of any entry
-    default_ttl: float = 0.0  # cache_default_ttl_s: the lifetime of a response that gives none
-    on_close: Callable[[], None] = lambda: None  # the middleware's end-of-request hook
-    on_drop: Callable[[], None] = lambda: None  # the same for a capture collected unclosed
-
-
 class Capture:
-    """One miss: records the app's ``start_response``, tees its body, stores it once whole.
+    """One fetch: records the app's ``start_response``, tees its body, stores it once whole.
 
     ``reason`` says why the response will not be stored (``None`` while it may be); once it
-    is set the copy (``_chunks``) is dropped.
+    is set the copy (``_chunks``) is dropped. ``on_close`` ends the request (the server's
+    ``close()``); ``on_drop`` ends it for a capture collected unclosed.
     """
 
     __slots__ = (
+        "_cache",
         "_chunks",
         "_closed",
         "_counted",
         "_entry",
         "_headers",
+        "_on_close",
+        "_on_drop",
         "_pending",
-        "_rules",
         "_server_start_response",
         "_size",
         "_status",
         "_write",
         "app_iter",
-        "base_key",
-        "credentials",
+        "decision",
         "environ",
-        "fill_key",
-        "fill_owner",
-        "forward",
+        "fill",
         "reason",
         "verdict",
     )
 
     def __init__(
         self,
-        rules: CaptureRules,
+        cache: ResponseCache,
+        decision: Decision,
         environ: Mapping[str, Any],
         start_response: StartResponse,
-        base_key: CacheKey,
-        credentials: bool = False,
-        forward: str = "miss",
-        fill_key: CacheKey | None = None,
-        fill_owner: object = None,
+        on_close: Callable[[], object],
+        on_drop: Callable[[], object],
     ) -> None:
-        self._rules = rules
-        self._server_start_response = start_response
+        self._cache = cache
+        self.decision = decision
         self.environ = environ
-        self.base_key = base_key
-        self.credentials = credentials
-        self.forward = forward  # RFC 9211 fwd=: "miss", or "request" for a client's refresh
-        self.fill_key = fill_key  # set while this request leads a single-flight fill
-        self.fill_owner = fill_owner
+        self._server_start_response = start_response
+        self._on_close = on_close
+        self._on_drop = on_drop
+        self.fill = decision.fill  # set while this request leads a single-flight fill
         self.app_iter: Iterable[bytes] = ()
         self.verdict: ResponseVerdict | None = None
         self.reason: str | None = "no-response"
@@ -137,7 +99,7 @@ class Capture:
         self._pending: tuple[str, list[tuple[str, str]]] | None = None  # headers not yet sent
         self._write: Callable[[bytes], object] | None = None  # the server's, once they are
         self._entry: Entry | None = None  # stored, while it stays so
-        self._counted = False  # stored or rejected, in the store's counts
+        self._counted = False  # stored or refused, in the cache's counts
         self._closed = False  # close() (or the finalizer) ran
 
     # -- what the app sees
@@ -153,15 +115,16 @@ class Capture:
         if exc_info is not None:
             self.refuse("app-error")
         else:
+            cache = self._cache
             try:
                 verdict = self.verdict = assess_response(
                     status,
                     headers,
-                    self.credentials,
-                    self._rules.statuses,
-                    self._rules.item_limit,
-                    self._rules.ttl_cap,
-                    default_ttl=self._rules.default_ttl,
+                    self.decision.credentials,
+                    cache.statuses,
+                    cache.item_limit,
+                    cache.ttl_cap,
+                    default_ttl=cache.default_ttl,
                 )
             except Exception:
                 log.warning("[CACHE] could not assess a response; not storing it", exc_info=True)
@@ -194,18 +157,19 @@ class Capture:
         self.reason = reason
         self._chunks = None
         entry, self._entry = self._entry, None
+        store = self._cache.store
         if entry is not None:
             self._counted = False  # counted again, as refused
             try:
-                self._rules.store.discard(entry)
+                store.discard(entry)
             except Exception:
                 log.warning("[CACHE] could not drop a failed response's entry", exc_info=True)
-        if self.fill_key is not None:
+        if self.fill is not None:
             self._release_waiters(reason not in _TRANSIENT_REFUSALS)
         elif reason == "credentials":
             # Not public: the page's next requests with credentials need no capture.
             try:
-                self._rules.store.remember_uncacheable(self.base_key, credentials=True)
+                store.remember_uncacheable(self.decision.key, credentials=True)  # type: ignore[arg-type]
             except Exception:
                 log.warning("[CACHE] could not remember an uncacheable page", exc_info=True)
 
@@ -215,7 +179,7 @@ class Capture:
         self._closed = True  # nothing for close() or the finalizer to do
         self.refuse(reason)
         self._counted = True
-        self._rules.store.reject(reason)
+        self._cache.refused(reason)
 
     def hand_over(self, reason: str) -> None:
         """The app's own iterable goes to the server instead of this capture (a
@@ -228,13 +192,12 @@ class Capture:
         # stored (a 10 MB stream, say): let them go to the app now. When the response
         # itself says so (no-store, a cookie, ...), the key's next misses need not wait
         # either (ResponseStore.remember_uncacheable).
-        fill_key, self.fill_key = self.fill_key, None
-        if fill_key is not None:
-            store = self._rules.store
+        fill, self.fill = self.fill, None
+        if fill is not None:
             try:
                 if uncacheable:
-                    store.remember_uncacheable(fill_key)
-                store.end_fill(fill_key, self.fill_owner)
+                    self._cache.store.remember_uncacheable(fill.key)
+                self._cache.flights.end(fill)
             except Exception:
                 # Runs inside the response stream: a broken store must not cut it short.
                 log.warning("[CACHE] could not release single-flight waiters", exc_info=True)
@@ -270,7 +233,7 @@ class Capture:
 
     def _copy(self, chunk: bytes) -> None:
         self._size += len(chunk)
-        if self._size > self._rules.item_limit:
+        if self._size > self._cache.item_limit:
             self.refuse("too-large")  # drop the copy now: the client still gets all
             return
         self._chunks.append(chunk)  # type: ignore[union-attr]
@@ -289,9 +252,8 @@ class Capture:
         self, status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
     ) -> None:
         stored = self._entry is not None
-        self._write = self._server_start_response(
-            status, headers + cache_status(self.forward, self.reason, stored=stored), exc_info
-        )
+        status_headers = cache_status(self.decision.forward or "miss", self.reason, stored)
+        self._write = self._server_start_response(status, [*headers, *status_headers], exc_info)
 
     def _send_pending(self) -> None:
         pending, self._pending = self._pending, None
@@ -314,46 +276,42 @@ class Capture:
             self.finish()
 
     def finish(self) -> None:
-        """Count what became of the response, release single-flight waiters, run the hook.
-
-        Never raises: a failing cache must not fail the request it served.
-        """
-        store = self._rules.store
+        """Count what became of the response, release single-flight waiters, end the
+        request. Never raises: a failing cache must not fail the request it served."""
         try:
             if not self._counted:
                 self._counted = True
-                store.reject(self.reason or "incomplete")
+                self._cache.refused(self.reason or "incomplete")
         except Exception:
             log.warning("[CACHE] counting a response failed", exc_info=True)
         finally:
-            if self.fill_key is not None:
+            if self.fill is not None:
                 self._release_waiters()
             try:
-                self._rules.on_close()
+                self._on_close()
             except Exception:
                 log.warning("[CACHE] end-of-request housekeeping failed", exc_info=True)
 
     def __del__(self) -> None:
         # Collected without close(): closed here, in whatever thread the collector runs,
         # maybe inside one of our locks. Only what takes no lock: the fill is marked over
-        # (waiters woken), the response counted in one C call, the request ended as such.
+        # (waiters woken), the response counted (a count made in advance), the request ended.
         if self._closed:
             return
         self._closed = True
         close_dropped(self.app_iter)
-        rules = self._rules
         try:
-            if self.fill_key is not None:
-                rules.store.abandon_fill(self.fill_key, self.fill_owner)
+            if self.fill is not None:
+                self._cache.flights.abandon(self.fill)
             if not self._counted:
-                rules.store.count_dropped()
+                self._cache.refused("dropped")
         except Exception:  # a finalizer has nobody to raise to
             log.warning("[CACHE] ending a response collected unclosed failed", exc_info=True)
-        rules.on_drop()
+        self._on_drop()
 
     def _store(self) -> None:
         """Store the whole body (the copy is dropped), then let the waiters find it."""
-        store = self._rules.store
+        cache = self._cache
         verdict: ResponseVerdict = self.verdict  # type: ignore[assignment]
         body = b"".join(self._chunks)  # type: ignore[arg-type]
         self._chunks = None
@@ -361,36 +319,30 @@ class Capture:
         if verdict.content_length is None:
             headers = [*headers, ("Content-Length", str(len(body)))]
         # The lookup key knew only the Vary of an earlier response, if any: use this one's.
-        key = self.base_key
+        base_key = self.decision.key
+        assert base_key is not None  # a fetch always has one
+        key = variant_key(base_key, verdict.vary, self.environ) if verdict.vary else base_key
         try:
-            if verdict.vary:
-                key = variant_key(key, verdict.vary, self.environ)
             entry = Entry(
                 key,
-                self.base_key,
+                base_key,
                 self._status,
                 tuple(headers),
                 body,
-                store.clock(),
+                cache.clock(),
                 verdict.lifetime,
                 verdict.shareable_with_credentials,
                 verdict.etag,
                 verdict.last_modified,
             )
-            stored = store.put(entry, verdict.vary)
+            stored = cache.stored(entry, verdict.vary)
         except Exception:
             log.warning("[CACHE] storing a response failed; it was served uncached", exc_info=True)
             self.refuse("cache-error")
             return
-        self._counted = True  # put() counted it, as stored or as too large for the cache
         if not stored:
             self.refuse("too-large")
             return
+        self._counted = True
         self._entry = entry
         self._release_waiters()
-        try:
-            # The cache grows only by a store: the place to drop what expired, now and then.
-            if store.sweep_due():
-                store.sweep()
-        except Exception:
-            log.warning("[CACHE] sweeping expired entries failed", exc_info=True)

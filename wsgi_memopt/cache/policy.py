@@ -33,9 +33,11 @@ The rules, as a user can check them:
 
 from __future__ import annotations
 
+import fnmatch
 import functools
+import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from werkzeug.datastructures import ETags
@@ -46,16 +48,22 @@ __all__ = [
     "FORWARDED_KEY_HEADERS",
     "FORWARDING_HEADERS",
     "HEURISTIC_STATUSES",
+    "KEY_VARIABLES",
     "NO_BODY_LENGTHS",
     "CacheKey",
     "ResponseVerdict",
     "assess_response",
+    "bypass_environ_keys",
     "cache_directives",
     "environ_key",
     "has_body",
+    "has_credentials",
     "is_not_modified",
     "key_path",
+    "key_route",
+    "key_variables",
     "normalized_path",
+    "path_filter",
     "plan_environ_keys",
     "request_directives",
     "variant_key",
@@ -110,10 +118,42 @@ HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410
 # RFC 9111 §4.2.2's "typical setting": a tenth of the time since Last-Modified.
 HEURISTIC_FRACTION = 0.1
 # A key is a tuple, never a joined string: no header value or path can be crafted to spell
-# another request's key. (scheme, host, script name, path, query, request target[, keyed
-# header values]) is a base key; (base key, Vary names, Vary values) the key of one variant.
-# An absent header is None, unlike "".
+# another request's key. A request's base key is the values of these environ variables (None
+# for one the server left out), then those of the keyed headers (see key_variables); the key of
+# one variant of a page is (base key, Vary names, Vary values).
+#
+# The request target as the server received it (RAW_URI from gunicorn and werkzeug,
+# REQUEST_URI from uWSGI, waitress and mod_wsgi) is in it: an app that reads it sees what
+# PATH_INFO hides (an absolute-form http://other.host/p, %2F against /), so two spellings of a
+# path never share an entry. SERVER_NAME and SERVER_PORT stand for the host of a request that
+# names none (HTTP/1.0).
+KEY_VARIABLES = (
+    "wsgi.url_scheme",
+    "HTTP_HOST",
+    "SERVER_NAME",
+    "SERVER_PORT",
+    "SCRIPT_NAME",
+    "PATH_INFO",
+    "QUERY_STRING",
+    "RAW_URI",
+    "REQUEST_URI",
+)
+_SCRIPT_NAME, _PATH_INFO = KEY_VARIABLES.index("SCRIPT_NAME"), KEY_VARIABLES.index("PATH_INFO")
 CacheKey = tuple[Any, ...]
+
+
+def key_variables(keyed: Iterable[str]) -> tuple[str, ...]:
+    """The environ variables whose values make a request's base key: :data:`KEY_VARIABLES`,
+    then the forwarding headers keyed by default and the header names ``keyed``
+    (``cache_key_headers``), sorted."""
+    headers = {name.lower() for name in keyed}.union(FORWARDED_KEY_HEADERS)
+    return KEY_VARIABLES + tuple(sorted(map(environ_key, headers)))
+
+
+def has_credentials(environ: Mapping[str, object]) -> bool:
+    """Whether a request carries credentials (``Authorization``, or a browser's cookies):
+    it may be served and stored only what a response marks ``public`` or ``s-maxage``."""
+    return "HTTP_AUTHORIZATION" in environ or "HTTP_COOKIE" in environ
 
 
 def environ_key(header: str) -> str:
@@ -126,7 +166,34 @@ def environ_key(header: str) -> str:
 
 def key_path(base_key: CacheKey) -> str:
     """``SCRIPT_NAME + PATH_INFO`` of a base key (the key holds them apart, unjoined)."""
-    return str(base_key[2]) + str(base_key[3])
+    return (base_key[_SCRIPT_NAME] or "") + (base_key[_PATH_INFO] or "")
+
+
+def key_route(base_key: CacheKey) -> str:
+    """``PATH_INFO`` of a base key: the path as the app's router sees it under a mount."""
+    return base_key[_PATH_INFO] or ""
+
+
+def path_filter(
+    include: Sequence[str], exclude: Sequence[str]
+) -> Callable[[CacheKey], bool] | None:
+    """A predicate on base keys from ``cache_paths`` / ``cache_exclude_paths`` globs, or None
+    when neither is set. Each glob is matched against the full path (``SCRIPT_NAME +
+    PATH_INFO``, as a client sees it) and ``PATH_INFO`` (as the app's router sees it under a
+    mount), both normalized (:func:`normalized_path`): a glob that matches either counts, so
+    an exclusion written either way holds."""
+    if not include and not exclude:
+        return None
+    included = re.compile("|".join(map(fnmatch.translate, include))).match if include else None
+    excluded = re.compile("|".join(map(fnmatch.translate, exclude))).match if exclude else None
+
+    def allowed(base_key: CacheKey) -> bool:
+        paths = {normalized_path(key_path(base_key)), normalized_path(key_route(base_key))}
+        if included is not None and all(included(path) is None for path in paths):
+            return False
+        return excluded is None or all(excluded(path) is None for path in paths)
+
+    return allowed
 
 
 def normalized_path(path: str) -> str:
@@ -157,14 +224,19 @@ def variant_key(
     return (base_key, environ_keys, tuple(map(environ.get, environ_keys)))
 
 
+def bypass_environ_keys(keyed: Iterable[str]) -> frozenset[str]:
+    """The environ keys of the forwarding headers a request passes through for: those of
+    :data:`BYPASS_HEADERS` the header names ``keyed`` (``cache_key_headers``) do not key."""
+    keyed = {name.lower() for name in keyed}
+    return frozenset(environ_key(name) for name in BYPASS_HEADERS if name not in keyed)
+
+
 def plan_environ_keys(keyed: Iterable[str]) -> frozenset[str]:
     """The environ keys whose presence in a GET or HEAD calls for the full rules: the
-    request's own directives, a chunked body, and the forwarding headers the lower-cased
-    header names ``keyed`` do not key (a request carrying one of those passes through)."""
-    keyed = set(keyed)
-    names = [*DIRECTIVE_HEADERS, "transfer-encoding"]
-    names += [name for name in BYPASS_HEADERS if name not in keyed]
-    return frozenset(map(environ_key, names))
+    request's own directives, a chunked body, and the forwarding headers it passes through
+    for (:func:`bypass_environ_keys`). A request with none of them may take the fast path."""
+    directives = {environ_key(name) for name in (*DIRECTIVE_HEADERS, "transfer-encoding")}
+    return bypass_environ_keys(keyed).union(directives)
 
 
 def has_body(environ: Mapping[str, object]) -> bool:
@@ -176,15 +248,13 @@ def has_body(environ: Mapping[str, object]) -> bool:
 
 
 def request_directives(environ: Mapping[str, object]) -> tuple[bool, bool]:
-    """``(no_store, refresh)`` from a request's ``Cache-Control`` (or ``Pragma``).
-
-    Call only when one of the two headers is present.
-    """
+    """``(no_store, refresh)`` from a request's ``Cache-Control`` (or ``Pragma``): whether
+    it may not use the cache at all, and whether it must not be served a stored response."""
     value = environ.get("HTTP_CACHE_CONTROL")
     if value is None:
         # RFC 9111 §5.4: Pragma counts only when Cache-Control is absent.
-        pragma = str(environ.get("HTTP_PRAGMA", "")).lower()
-        return False, "no-cache" in pragma
+        pragma = environ.get("HTTP_PRAGMA")
+        return False, pragma is not None and "no-cache" in str(pragma).lower()
     directives = cache_directives(str(value))
     refresh = "no-cache" in directives or _seconds(directives, "max-age") == 0
     return "no-store" in directives, refresh

@@ -10,7 +10,6 @@ keys it remembers. Reaching a cap evicts the least recently used. Hits take no l
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import sys
@@ -20,7 +19,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..counting import Tally, read_count
 from .entry import Entry, intern_scheme, part_size
 from .policy import CacheKey, variant_key
 from .remembered import RememberedKeys
@@ -62,7 +60,6 @@ class ResponseStore:
         # base key -> [environ keys named by the newest Vary, number of variant entries]; a base
         # key absent here has no variants: its entry, if any, is under the base key itself.
         self._vary: dict[CacheKey, list[Any]] = {}
-        self._filling: dict[CacheKey, list[Any]] = {}  # key -> [event or None, start, owner]
         # Keys whose last response could not be stored (see remember_uncacheable): the
         # anonymous request's lookup key, and the base key for a request with credentials.
         remembered_bytes = int(max_bytes * _REMEMBERED_SHARE)
@@ -73,76 +70,31 @@ class ResponseStore:
         self._books = 0  # books_bytes as of the last store (see _make_room)
         self._next_sweep = clock() + cleanup_interval_s
         self.stores = self.evictions = self.expirations = 0
-        # Bumped on the lock-free request path: next() on a count is one C call.
-        self._hits = itertools.count()
-        self._hits_elsewhere: list[itertools.count[int]] = []  # see count_hits_from
-        self._misses = itertools.count()
-        self._rejected = Tally()
-        self._bypassed = Tally()
-        # A response collected without close(), counted in one C call: its finalizer may
-        # run anywhere, even where this store's lock is held.
-        self.count_dropped: Callable[[], int] = self._rejected.counter("dropped").__next__
 
     # -- the request path
 
-    def hot_path(
-        self,
-    ) -> tuple[Callable[[CacheKey], Entry | None], Callable[[CacheKey], None], Callable[[], int]]:
-        """``(get, move_to_end, count_hit)`` for a caller that inlines the commonest hit.
-
-        ``get(key)`` is the raw lookup of an entry stored without ``Vary``: no freshness
-        check, nothing counted. The caller checks ``expires``, then calls
-        ``move_to_end(key)`` (``KeyError`` if the entry just left) and ``count_hit()``.
-        These are the store's own C-level methods: no lock, no Python frame.
-        """
-        return self._entries.get, self._entries.move_to_end, self._hits.__next__
-
-    def count_hits_from(self, counter: itertools.count[int]) -> None:
-        """Count in :attr:`hits` what ``counter`` counts: hits its owner serves itself.
-
-        The middleware's hit lane counts a hit and a request in flight in one C call, on the
-        governor's count (``Governor.lane_hits``); the store adds it to its own.
-        """
-        self._hits_elsewhere.append(counter)
-
-    def variants_of(self) -> Callable[[CacheKey], list[Any] | None]:
-        """``get(base_key)`` for the hit lane: ``[environ keys the newest Vary named, number
-        of variants]`` for a base key whose entries vary, else None. A C call."""
-        return self._vary.get
-
     def lookup(
-        self,
-        base_key: CacheKey,
-        environ: Mapping[str, object],
-        now: float,
-        credentials: bool = False,
-        count_miss: bool = True,
+        self, base_key: CacheKey, environ: Mapping[str, object], now: float
     ) -> tuple[CacheKey, Entry | None]:
-        """The full key for this request and its entry fresh at ``now``; counts a hit or miss.
-
-        With ``credentials``, only an entry whose response said ``public`` or ``s-maxage``
-        is returned. An expired entry is removed. A hit takes no lock (see :meth:`hot_path`);
-        ``count_miss=False`` leaves a miss to a later lookup of the same request to count.
-        """
+        """The full key of this request (the variant its ``Vary`` values select, if the page
+        varies) and the entry under it fresh at ``now``, or None. An expired entry is
+        dropped. Takes no lock: a hit only marks the entry as the most recently used."""
         vary = self._vary.get(base_key)
         key = base_key if vary is None or not vary[0] else variant_key(base_key, vary[0], environ)
         entry = self._entries.get(key)
-        if entry is not None:
-            if entry.expires <= now:
-                with self._lock:
-                    if self._entries.get(key) is entry:
-                        self._remove(entry)
-                        self.expirations += 1
-            elif not credentials or entry.shareable_with_credentials:
-                try:  # noqa: SIM105
-                    self._entries.move_to_end(key)
-                except KeyError:
-                    pass
-                next(self._hits)
-                return key, entry
-        if count_miss:
-            next(self._misses)
-        return key, None
+        if entry is None:
+            return key, None
+        if entry.expires <= now:
+            with self._lock:
+                if self._entries.get(key) is entry:
+                    self._remove(entry)
+                    self.expirations += 1
+            return key, None
+        try:  # noqa: SIM105 (a with block costs a hit several times as much)
+            self._entries.move_to_end(key)
+        except KeyError:
+            pass  # evicted meanwhile by another thread: still the caller's to send
+        return key, entry
 
     def put(self, entry: Entry, vary: tuple[str, ...] = ()) -> bool:
         """Store ``entry`` (replacing one under the same key); False when it is too large.
@@ -153,7 +105,6 @@ class ResponseStore:
         # The item limit bounds the body, as the capture does while streaming and as the
         # "stored" promise of Cache-Status assumes; the whole entry must fit in the cache.
         if len(entry.body) > self.item_max_bytes:
-            self.reject("too-large")
             return False
         entry.size = entry.settle()
         with self._lock:
@@ -164,7 +115,6 @@ class ResponseStore:
             # Larger than the whole cache even alone (its tables as large as they grew)?
             # Refused before anything is evicted for it.
             if not self._could_fit(entry.size) or not self._make_room(entry.size):
-                self._rejected.add("too-large")
                 return False
             for remembered in (self._uncacheable, self._private):
                 for key in (entry.key, entry.base_key):
@@ -209,57 +159,11 @@ class ResponseStore:
             if self._entries.get(entry.key) is entry:
                 self._remove(entry)
 
-    def reject(self, reason: str) -> None:
-        """Count a response that was not stored, by reason."""
-        self._rejected.add(reason)
-
-    def bypass(self, reason: str) -> None:
-        """Count a request that did not use the cache, by reason."""
-        self._bypassed.add(reason)
-
-    def miss_counter(self) -> Callable[[], int]:
-        """A function counting one more miss in one C call, for a caller that looked up the
-        raw key itself (see :meth:`hot_path`) and found nothing."""
-        return self._misses.__next__
-
-    def bypass_counter(self, reason: str) -> Callable[[], int]:
-        """A function counting one more bypass for ``reason``, in one C call."""
-        return self._bypassed.counter(reason).__next__
-
-    # -- single flight
-
-    def begin_fill(
-        self, key: CacheKey, wait_s: float, owner: object = None, now: float | None = None
-    ) -> threading.Event | None:
-        """None when the caller should fetch ``key``; else an event set when the fetch ends.
-
-        A fill older than ``wait_s`` is taken over, so a response whose iterable was never
-        closed cannot make every later miss of its key wait. ``owner`` identifies the
-        fetching request to :meth:`end_fill`. The event is made by the first request that
-        waits: most fills have no waiter, and an Event costs microseconds. ``now``: the
-        caller's reading of :attr:`clock`, if it has one.
-        """
-        if now is None:
-            now = self.clock()
-        mine = [None, now, owner]
-        # setdefault is one C call, atomic under the GIL: the usual fill (nobody else
-        # fetching the key) takes no lock.
-        current = self._filling.setdefault(key, mine)
-        if current is mine:
-            return None
-        with self._lock:
-            held = self._filling.get(key)
-            if held is not None and now - held[1] < wait_s:
-                if held[0] is None:
-                    held[0] = threading.Event()
-                return held[0]  # type: ignore[no-any-return]
-            self._filling[key] = mine
-            return None
-
-    def uncacheable_until(self, credentials: bool = False) -> Callable[[CacheKey, float], float]:
-        """``get(key, 0.0)`` for the request path: until when ``key`` is remembered as
-        uncacheable (see :meth:`remember_uncacheable`), 0.0 if it is not. A C call."""
-        return (self._private if credentials else self._uncacheable).get
+    def is_uncacheable(self, key: CacheKey, now: float, credentials: bool = False) -> bool:
+        """Whether ``key`` is remembered as uncacheable at ``now`` (see
+        :meth:`remember_uncacheable`)."""
+        remembered = self._private if credentials else self._uncacheable
+        return remembered.get(key, 0.0) > now
 
     def remember_uncacheable(self, key: CacheKey, credentials: bool = False) -> None:
         """Remember that ``key``'s response could not be stored, for ``uncacheable_ttl_s``.
@@ -281,33 +185,6 @@ class ResponseStore:
             while self._entries and self._bytes + books > self.max_bytes:
                 self._evict_count(1)
 
-    def end_fill(self, key: CacheKey, owner: object = None) -> None:
-        """Wake the requests waiting for ``key``.
-
-        With ``owner``, only that request's own fill ends: a leader whose fill was taken
-        over must not release the waiters of the request that took over.
-        """
-        with self._lock:
-            current = self._filling.get(key)
-            if current is None or (owner is not None and current[2] is not owner):
-                return
-            del self._filling[key]
-        if current[0] is not None:
-            current[0].set()
-
-    def abandon_fill(self, key: CacheKey, owner: object) -> None:
-        """End ``owner``'s fill of ``key`` without taking the lock: for the finalizer of a
-        response collected unclosed, which may run anywhere, even where the lock is held.
-
-        The fill is marked as old as can be (the next miss of the key takes it over, and the
-        next sweep forgets it) and its waiters are woken.
-        """
-        current = self._filling.get(key)
-        if current is not None and current[2] is owner:
-            current[1] = -math.inf
-            if current[0] is not None:
-                current[0].set()
-
     # -- housekeeping
 
     def sweep_due(self) -> bool:
@@ -324,9 +201,6 @@ class ResponseStore:
             for entry in expired:
                 self._remove(entry)
             self.expirations += len(expired)
-            for key, fill in list(self._filling.items()):
-                if fill[1] == -math.inf:  # abandoned (see abandon_fill)
-                    del self._filling[key]
         if expired:
             log.debug("[CACHE] swept %d expired entries", len(expired))
         return len(expired)
@@ -376,26 +250,6 @@ class ResponseStore:
             return list(self._entries.values())
 
     @property
-    def hits(self) -> int:
-        """Requests answered from a fresh entry."""
-        return read_count(self._hits) + sum(map(read_count, self._hits_elsewhere))
-
-    @property
-    def misses(self) -> int:
-        """Lookups that found none."""
-        return read_count(self._misses)
-
-    @property
-    def rejected(self) -> dict[str, int]:
-        """Responses not stored, by reason."""
-        return self._rejected.snapshot()
-
-    @property
-    def bypassed(self) -> dict[str, int]:
-        """Requests that did not use the cache, by reason."""
-        return self._bypassed.snapshot()
-
-    @property
     def bytes(self) -> int:
         """Bytes the cache holds: its entries (measured when stored) and its books."""
         return self._bytes + self.books_bytes
@@ -420,8 +274,6 @@ class ResponseStore:
     def stats(self) -> dict[str, Any]:
         """Counters and sizes, read under the lock so they agree with each other."""
         with self._lock:
-            hits, misses = self.hits, self.misses
-            lookups = hits + misses
             return {
                 "items": len(self._entries),
                 "bytes": self.bytes,
@@ -429,25 +281,17 @@ class ResponseStore:
                 "size_mb": round(self.bytes / 2**20, 3),
                 "max_items": self.max_items,
                 "max_bytes": self.max_bytes,
-                "hits": hits,
-                "misses": misses,
-                "hit_rate": round(hits / lookups, 4) if lookups else 0.0,
                 "stores": self.stores,
                 "evictions": self.evictions,
                 "expirations": self.expirations,
-                "rejected": self.rejected,
-                "bypassed": self.bypassed,
             }
 
     def after_fork(self) -> None:
         """In a forked child: locks another thread held at the fork stay held for good, and
         the single-flight fills in progress belonged to threads that are gone."""
         self._lock = threading.Lock()
-        self._filling = {}
         self._uncacheable.after_fork()
         self._private.after_fork()
-        self._rejected = Tally()._adopt(self._rejected)
-        self._bypassed = Tally()._adopt(self._bypassed)
 
     # -- under the lock
 

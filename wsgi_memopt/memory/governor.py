@@ -30,7 +30,6 @@ action is measured before and after and kept in a bounded history.
 from __future__ import annotations
 
 import collections
-import itertools
 import logging
 import os
 import random
@@ -43,8 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ..cache.store import ResponseStore
-from ..counting import read_count
+from ..cache.decision import ResponseCache
 from ..lazy import LazyModules
 from ..settings import Settings
 from .cleanups import CleanupResult, Cleanups, malloc_trim
@@ -148,7 +146,7 @@ class Governor:
     def __init__(
         self,
         settings: Settings,
-        store: ResponseStore,
+        store: ResponseCache,
         cleanups: Cleanups,
         *,
         sampler: Sampler | None = None,
@@ -180,21 +178,7 @@ class Governor:
         # per request, and list.append / del list[-1:] are single C calls under the GIL.
         self._flight: list[None] = []
         self._enter = self._flight.append
-        # The cache hits the middleware's lane serves are counted apart, by counts whose
-        # next() is one C call each: hit_open() is also the store's count of those hits
-        # (one call for both); a hit's response's close() *is* hit_close, and its
-        # collection calls hit_drop. See in_flight.
-        self._hits_opened = itertools.count()
-        self._hits_closed = itertools.count()
-        self._hits_dropped = itertools.count()
-        self._hits_closed_twice = 0  # closes beyond the opens, forgotten once seen
-        self._hits_before_fork = 0  # hits a forking parent had open: not this process's
-        self._forget_lock = threading.Lock()
-        self.hit_open: Callable[[], object] = self._hits_opened.__next__
-        self.hit_close: Callable[[], object] = self._hits_closed.__next__
-        self.hit_drop: Callable[[], object] = self._hits_dropped.__next__
-        # When the next sample is due. 0 until this process serves (and again after a fork):
-        # the cache-hit lane checks only this before it skips hit_started() (see there).
+        # When the next sample is due: 0 until this process serves, and again after a fork.
         self.next_tick = 0.0
         self._status: str | None = None
         self._above_restart_since: float | None = None
@@ -244,59 +228,10 @@ class Governor:
         """
         del self._flight[-1:]
 
-    def hit_started(self) -> None:
-        """A request answered from the cache starts: counted in flight, GC left as it is.
-
-        A replay allocates next to nothing, so the collector is not switched. While
-        :attr:`next_tick` lies ahead, the middleware's hit lane calls :attr:`hit_open`
-        instead and closes with :attr:`hit_close`; when a sample is due it calls this, and
-        closes with :meth:`hit_finished`, which ticks.
-        """
-        if not self._started:
-            self._start_in_this_process()
-        self._enter(None)
-
-    def hit_finished(self) -> None:
-        """The server closed a cache hit's response: the count, and a tick if one is due."""
-        del self._flight[-1:]
-        try:
-            if self.clock() >= self.next_tick:
-                self.tick()
-        except Exception:
-            log.warning("[MEMORY] the between-request tick failed", exc_info=True)
-
     @property
     def in_flight(self) -> int:
         """Requests of this process running now."""
-        return len(self._flight) + self._lane_hits_in_flight()
-
-    @property
-    def lane_hits(self) -> itertools.count[int]:
-        """The count :attr:`hit_open` advances: the hits the middleware's lane served."""
-        return self._hits_opened
-
-    def _lane_hits_in_flight(self) -> int:
-        open_hits = self._lane_hits_open()
-        if open_hits < 0:
-            # A server closed a response twice (a tuple's close() cannot tell): the extra
-            # close is forgotten here, at the latest at the next sample with no hit running.
-            # Under a lock, asked again: two readers must not both forget the same close.
-            with self._forget_lock:
-                open_hits = self._lane_hits_open()
-                if open_hits < 0:
-                    self._hits_closed_twice -= open_hits
-                    return 0
-        return open_hits
-
-    def _lane_hits_open(self) -> int:
-        # A hit is over when its response is closed or collected, whichever comes first: at
-        # least as many as were closed, and as were collected (the two overlap: a closed
-        # response is collected too), so never fewer than are running. Once the closed ones
-        # are collected too, exactly those running. The ends are read first: a hit opened
-        # and ended between the reads then shows for a moment as open, never as ended.
-        dropped = read_count(self._hits_dropped)
-        closed = read_count(self._hits_closed) - self._hits_closed_twice
-        return read_count(self._hits_opened) - self._hits_before_fork - max(closed, dropped)
+        return len(self._flight)
 
     def _start_in_this_process(self) -> None:
         # Lazily, in the serving process: never before a fork (a preloaded app forks after
@@ -341,15 +276,11 @@ class Governor:
         self._started = False
         self._monitor = None
         self._flight.clear()  # the same list: its bound append stays valid
-        # The same counts too (hit responses close with hit_close): what is open is the
-        # parent's, gone with its threads.
-        self._hits_before_fork += max(self._lane_hits_open(), 0)
         self.next_tick = 0.0  # a sample at its first request, which also starts it here
         self._tick_lock = threading.RLock()
         self._deferred.clear()  # the parent's, asked of the parent
         self._sample_due = 0.0
         self._start_lock = threading.Lock()
-        self._forget_lock = threading.Lock()
         self._recycle_sent = False
         self._above_restart_since = None
         self.restart_reason = None  # the parent's need is not this new worker's
@@ -391,7 +322,7 @@ class Governor:
             self._run_deferred()
             if now < self._sample_due:
                 return None  # only looked for a quiet moment: no sample due yet
-        if self._started:  # until then the hit lane must keep calling hit_started()
+        if self._started:  # until then every request ticks: the first one starts it here
             self.next_tick = self._sample_due = now + self.settings.sample_interval_s
         sample = self.sample()
         quiet = self.in_flight == 0  # pausing work only with nothing in flight

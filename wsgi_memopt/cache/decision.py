@@ -1,0 +1,339 @@
+"""The cache's decision: what one request gets, and why.
+
+:class:`ResponseCache` reads a request's ``environ`` and what is stored, and decides one of:
+
+- **serve** the stored response (or a ``304`` from it, when the request's validators match);
+- **fetch** the app's response, streamed to the client and stored if its headers allow
+  (a miss; or ``fwd=request``: the client asked for a fresh copy);
+- **pass** the request through to the app, with the reason in ``Cache-Status``.
+
+The rules are those of :mod:`wsgi_memopt.cache.policy`, asked in the order below, one ``if``
+each. :meth:`ResponseCache.plain_hit` is the same decision for the commonest request (a GET or
+HEAD with none of the headers that change the plan), derived from the same rule data; the test
+suite holds the two to the same answers.
+
+    cache = ResponseCache(settings)
+    decision = cache.decide(environ)
+    if decision.route is Route.SERVE: ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import functools
+import itertools
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ..counting import Tally, read_count
+from .entry import Entry
+from .flight import Fill, Flights
+from .policy import (
+    CacheKey,
+    bypass_environ_keys,
+    has_body,
+    has_credentials,
+    key_variables,
+    path_filter,
+    plan_environ_keys,
+    request_directives,
+)
+from .store import ResponseStore
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+__all__ = ["Decision", "ResponseCache", "Route", "cache_status"]
+
+_MB = 1 << 20
+_CACHEABLE_METHODS = ("GET", "HEAD")
+# How long a page whose response could not be stored is remembered as such (at most
+# cache_ttl_s): Varnish's default for its hit-for-miss and hit-for-pass objects.
+_REMEMBER_UNCACHEABLE_S = 120.0
+
+
+class Route(enum.Enum):
+    """Where a request's response comes from."""
+
+    SERVE = "serve"  # the stored response
+    FETCH = "fetch"  # the app's, captured to be stored
+    PASS = "pass"  # the app's, untouched but for Cache-Status
+
+
+class Decision(NamedTuple):
+    """What the cache decided for one request.
+
+    ``forward`` and ``detail`` are the ``fwd=`` and ``detail=`` of ``Cache-Status`` (RFC
+    9211) for a response not served from the cache (``forward`` None: the cache is off, no
+    header at all). A fetch carries the base ``key`` to store under, whether the request has
+    ``credentials``, and the single-flight ``fill`` it leads, if any.
+    """
+
+    route: Route
+    forward: str | None = None
+    detail: str | None = None
+    entry: Entry | None = None
+    key: CacheKey | None = None
+    credentials: bool = False
+    fill: Fill | None = None
+
+
+@functools.cache  # a few dozen (forward, detail) pairs, all ours
+def passing(forward: str | None, detail: str | None = None) -> Decision:
+    """The decision to pass a request through, with its ``Cache-Status`` words."""
+    return Decision(Route.PASS, forward, detail)
+
+
+@functools.cache
+def cache_status(
+    forward: str, detail: str | None = None, stored: bool = False
+) -> tuple[tuple[str, str], ...]:
+    """``Cache-Status`` (RFC 9211) and ``X-Cache`` of a response not served from the cache."""
+    value = f"wsgi-memopt; fwd={forward}"
+    if stored:
+        value += "; stored"
+    if detail is not None:
+        value += f"; detail={detail}"
+    return (("Cache-Status", value), ("X-Cache", "MISS"))
+
+
+class ResponseCache:
+    """Decides what each request gets, and keeps the responses it may store in ``store``.
+
+    Built from the middleware's :class:`~wsgi_memopt.Settings`: the key (``cache_key_headers``),
+    the path rules, single flight (``cache_lock_timeout_s``) and what a response needs to be
+    stored (``cache_statuses``, ``cache_ttl_s``, ``cache_default_ttl_s``, the item limit).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: ResponseStore | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.enabled = settings.cache_enabled
+        self.item_limit = int(min(settings.cache_item_max_mb, settings.cache_max_mb) * _MB)
+        self.statuses = frozenset(settings.cache_statuses)
+        self.ttl_cap = settings.cache_ttl_s
+        self.default_ttl = settings.cache_default_ttl_s
+        self.lock_wait_s = settings.cache_lock_timeout_s
+        if store is None:
+            store = ResponseStore(
+                max_items=settings.cache_max_items,
+                max_bytes=int(settings.cache_max_mb * _MB),
+                item_max_bytes=self.item_limit,
+                evict_fraction=settings.cache_evict_fraction,
+                cleanup_interval_s=settings.cache_cleanup_interval_s,
+                uncacheable_ttl_s=min(settings.cache_ttl_s, _REMEMBER_UNCACHEABLE_S),
+                clock=clock,
+            )
+        self.store = store
+        self.flights = Flights()
+        keyed = settings.cache_key_headers
+        self._key_variables = key_variables(keyed)
+        self._plan_headers = plan_environ_keys(keyed)
+        self._bypass_headers = bypass_environ_keys(keyed)
+        self._path_allowed = path_filter(settings.cache_paths, settings.cache_exclude_paths)
+        # Counted without a lock: next() on a count is one C call, atomic under the GIL.
+        self._hits = itertools.count()
+        self._misses = itertools.count()
+        self._bypassed = Tally()
+        self._rejected = Tally()
+        # Made now: a response collected unclosed is counted from a finalizer, which may run
+        # where the tally's lock is held, so that count must never need the lock.
+        self._rejected.counter("dropped")
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The store's monotonic clock: every deadline of the cache is read off it."""
+        return self.store.clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], float]) -> None:
+        self.store.clock = clock
+
+    def key(self, environ: Mapping[str, Any]) -> CacheKey:
+        """The base key of a request (see :data:`~wsgi_memopt.cache.policy.KEY_VARIABLES`)."""
+        return tuple(map(environ.get, self._key_variables))
+
+    # -- deciding
+
+    def plain_hit(self, environ: Mapping[str, Any]) -> Entry | None:
+        """The fast path: the stored response for a GET or HEAD that carries none of the
+        headers that change the plan, when :meth:`decide` would serve it; else None (ask
+        :meth:`decide`). Counts the hits it finds, and nothing else.
+
+        It skips two rules that cannot apply to such a request: the path rules (an entry is
+        only ever stored under a key whose path they allow) and single flight (a hit has
+        nothing to wait for).
+        """
+        if (
+            not self.enabled
+            or environ.get("REQUEST_METHOD") not in _CACHEABLE_METHODS
+            or not self._plan_headers.isdisjoint(environ)
+            or has_body(environ)
+        ):
+            return None
+        _, entry = self.store.lookup(self.key(environ), environ, self.store.clock())
+        if entry is None or (has_credentials(environ) and not entry.shareable_with_credentials):
+            return None
+        next(self._hits)
+        return entry
+
+    def decide(self, environ: Mapping[str, Any]) -> Decision:
+        """What this request gets: serve, fetch or pass (see the module docstring)."""
+        if not self.enabled:
+            return passing(None)
+        method = environ.get("REQUEST_METHOD")
+        if method not in _CACHEABLE_METHODS:
+            return self._pass("method")  # only GET and HEAD are served from the cache
+        no_store, refresh = request_directives(environ)
+        if no_store:
+            return self._pass("bypass", "request-no-store")
+        if not self._bypass_headers.isdisjoint(environ):
+            return self._pass("bypass", "forwarding-header")  # a URL the key does not hold
+        if has_body(environ):
+            return self._pass("bypass", "request-body")  # a page of what the key does not hold
+        key = self.key(environ)
+        if self._path_allowed is not None and not self._path_allowed(key):
+            return self._pass("bypass", "path")
+        credentials = has_credentials(environ)
+        if refresh:
+            # The client wants a fresh copy: fetched, and stored for the others.
+            if method == "HEAD":
+                return self._pass("request", "head")  # nothing to refresh the entry with
+            return self._fetch(key, "request", credentials)
+        lookup_key, entry = self.store.lookup(key, environ, self.store.clock())
+        if entry is not None and (not credentials or entry.shareable_with_credentials):
+            return self._serve(entry)
+        if method == "HEAD":
+            return self._pass("miss", "head")  # a HEAD response has no body to store
+        if credentials:
+            # Never waits for another's fill: that response may not be public.
+            if self.store.is_uncacheable(key, self.store.clock(), credentials=True):
+                # The page's last response to credentials was not public: no capture.
+                return self._pass("miss", "credentials")
+            return self._fetch(key, credentials=True)
+        if self.lock_wait_s <= 0 or self.store.is_uncacheable(lookup_key, self.store.clock()):
+            # No single flight, or nothing to wait for: the last response was not storable.
+            return self._fetch(key)
+        return self._fetch_once(key, lookup_key, environ)
+
+    def _fetch_once(
+        self, key: CacheKey, lookup_key: CacheKey, environ: Mapping[str, Any]
+    ) -> Decision:
+        """Single flight: the first miss of a key fetches it; the others wait for its
+        response (at most ``cache_lock_timeout_s``), then serve it or fetch themselves."""
+        fill, event = self.flights.join(lookup_key, self.lock_wait_s, self.store.clock())
+        if event is not None:
+            event.wait(self.lock_wait_s)
+            _, entry = self.store.lookup(key, environ, self.store.clock())
+            if entry is not None:
+                return self._serve(entry)
+            return self._fetch(key)
+        # Stored by the previous fill between our lookup and now?
+        _, entry = self.store.lookup(key, environ, self.store.clock())
+        if entry is not None:
+            self.flights.end(fill)  # type: ignore[arg-type]
+            return self._serve(entry)
+        return self._fetch(key, fill=fill)
+
+    # Each request is counted once, as what it ends as: a hit, a miss (fetched, or a HEAD or
+    # credentials miss passed through) or a bypass by reason.
+
+    def _serve(self, entry: Entry) -> Decision:
+        next(self._hits)
+        return Decision(Route.SERVE, entry=entry)
+
+    def _fetch(
+        self,
+        key: CacheKey,
+        forward: str = "miss",
+        credentials: bool = False,
+        fill: Fill | None = None,
+    ) -> Decision:
+        if forward == "miss":
+            next(self._misses)
+        return Decision(Route.FETCH, forward, key=key, credentials=credentials, fill=fill)
+
+    def passing_on_error(self) -> Decision:
+        """The decision for a request whose deciding failed: passed through, and counted
+        (if counting works: the request's response comes first)."""
+        with contextlib.suppress(Exception):
+            self._bypassed.add("cache-error")
+        return passing(None)
+
+    def _pass(self, forward: str, detail: str | None = None) -> Decision:
+        if forward == "miss":
+            next(self._misses)
+        self._bypassed.add(detail or forward)
+        return passing(forward, detail)
+
+    # -- what became of responses
+
+    def refused(self, reason: str) -> None:
+        """Count a response that was not stored, by reason."""
+        self._rejected.add(reason)
+
+    def stored(self, entry: Entry, vary: tuple[str, ...]) -> bool:
+        """Store a whole response; False when it does not fit. Expired entries are swept
+        now and then: the cache grows only by a store."""
+        if not self.store.put(entry, vary):
+            return False
+        if self.store.sweep_due():
+            self.sweep()
+        return True
+
+    # -- what the memory API and the governor see
+
+    def stats(self) -> dict[str, Any]:
+        """The store's figures, and what the requests and responses came to."""
+        hits, misses = read_count(self._hits), read_count(self._misses)
+        lookups = hits + misses
+        return {
+            **self.store.stats(),
+            "hits": hits,
+            "misses": misses,
+            "hit_rate": round(hits / lookups, 4) if lookups else 0.0,
+            "rejected": self._rejected.snapshot(),
+            "bypassed": self._bypassed.snapshot(),
+        }
+
+    @property
+    def bytes(self) -> int:
+        """Bytes the store holds, its bookkeeping included."""
+        return self.store.bytes
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def entries(self) -> list[Entry]:
+        """A snapshot of the stored entries, least recently used first."""
+        return self.store.entries()
+
+    def invalidate(self, path_prefix: str) -> int:
+        """Drop the entries at ``path_prefix`` and below; returns how many."""
+        return self.store.invalidate(path_prefix)
+
+    def clear(self) -> tuple[int, int]:
+        """Drop every entry; returns ``(items, bytes)`` dropped."""
+        return self.store.clear()
+
+    def sweep(self) -> int:
+        """Drop expired entries and abandoned fills; returns how many entries."""
+        self.flights.forget_abandoned()
+        return self.store.sweep()
+
+    def evict(self) -> int:
+        """Drop ``cache_evict_fraction`` of the entries, least recently used first."""
+        return self.store.evict()
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's fills and locks are not this process's."""
+        self.flights.after_fork()
+        self.store.after_fork()
+        self._bypassed = Tally()._adopt(self._bypassed)
+        self._rejected = Tally()._adopt(self._rejected)
