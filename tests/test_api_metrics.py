@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from conftest import get, wrap
+from helpers.wsgi import get, wrap
 
 from wsgi_memopt import MemoryOptimizer
 from wsgi_memopt.api.metrics import (

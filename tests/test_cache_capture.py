@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
-from conftest import checked, get, wrap
+from helpers.wsgi import checked, get, wrap
 from werkzeug.http import parse_cookie
 from werkzeug.middleware import lint
 from werkzeug.middleware.proxy_fix import ProxyFix

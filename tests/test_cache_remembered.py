@@ -8,7 +8,7 @@ import sys
 import tracemalloc
 
 import pytest
-from conftest import run_threads
+from helpers.wsgi import run_threads
 
 from wsgi_memopt.cache.entry import key_size
 from wsgi_memopt.cache.policy import CacheKey

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
-from conftest import checked, get, run_threads, wrap
+from helpers.wsgi import checked, get, run_threads, wrap
 from pympler import asizeof
 from werkzeug.test import Client, EnvironBuilder, TestResponse
 from werkzeug.wrappers import Response

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
-from conftest import checked, get, wrap
+from helpers.wsgi import checked, get, wrap
 from werkzeug.middleware.lint import WSGIWarning
 from werkzeug.test import EnvironBuilder
 

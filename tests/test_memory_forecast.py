@@ -11,7 +11,7 @@ import math
 import sys
 
 import pytest
-from conftest import run_threads
+from helpers.wsgi import run_threads
 
 from wsgi_memopt.memory.forecast import Forecast, Trend
 

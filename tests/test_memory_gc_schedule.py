@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import run_threads
+from helpers.wsgi import run_threads
 
 from wsgi_memopt.memory import gc_schedule
 from wsgi_memopt.memory.gc_schedule import REQUEST_BUDGET, Collection, GCScheduler

@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import get, run_threads, wrap
+from helpers.wsgi import get, run_threads, wrap
 from werkzeug.test import Client, EnvironBuilder
 
 from wsgi_memopt import MemoryOptimizer

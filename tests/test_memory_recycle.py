@@ -27,12 +27,9 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import importlib.util
 import json
-import os
 import re
 import selectors
-import signal
 import subprocess
 import sys
 import textwrap
@@ -42,17 +39,25 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import pytest
-from _servers import HOST, child_env, control_socket_args, free_port
-from conftest import require_peer
+from helpers.servers import (
+    BOOT_TIMEOUT_S,
+    HOST,
+    Server,
+    child_env,
+    fetch,
+    free_port,
+    gunicorn_command,
+    launch,
+    require_module,
+    require_peer,
+    stop,
+)
 
-BOOT_TIMEOUT_S = 30.0
-REQUEST_TIMEOUT_S = 10.0
 LOOP_REQUESTS = 40
 LOOP_SECONDS = 30.0
-STOP_TIMEOUT_S = 10.0
 RECYCLE_WARNING = "[MEMORY] recycling this gunicorn worker"
 NEEDS_RESTART_WARNING = "[MEMORY] this worker needs a restart nothing here can do"
 CANNOT_RECYCLE_NOTICE = "[MEMORY] no gunicorn or uWSGI master respawns this process"
@@ -143,34 +148,6 @@ MASTERLESS_SERVER = textwrap.dedent(
 # -- helpers
 
 
-def require_module(name: str) -> None:
-    """Skip when ``name`` cannot be imported, but fail under CI (which installs it)."""
-    if importlib.util.find_spec(name) is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is not installed; .ci/run must install it")
-        pytest.skip(f"{name} is not installed")
-
-
-def gunicorn_command(port: int, worker_class: str, *args: str) -> list[str]:
-    """``python -m gunicorn`` on 127.0.0.1:``port``, logging to stderr, control socket off."""
-    return [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--bind",
-        f"{HOST}:{port}",
-        "--worker-class",
-        worker_class,
-        *(("--threads", "2") if worker_class == "gthread" else ()),
-        "--graceful-timeout",
-        "5",
-        "--error-logfile",
-        "-",
-        *control_socket_args(),
-        *args,
-    ]
-
-
 # The app is critical and above restart_percent from its first request, with no wait.
 RECYCLE_NOW = {
     "pressure_source": "process",
@@ -195,18 +172,6 @@ def write_app(directory: Path, settings: dict[str, object] | None = None) -> Non
     settings = {**(settings or RECYCLE_NOW), **API_FROM_THE_TEST}
     source = APP_SOURCE.replace("**SETTINGS", f"**{settings!r}")
     (directory / "app.py").write_text(source)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM by PID, then SIGKILL after a bound."""
-    if proc.poll() is not None:
-        return
-    os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=STOP_TIMEOUT_S)
 
 
 @dataclass
@@ -255,12 +220,6 @@ def concurrent_loops(port: int, clients: int) -> Outcome:
     return merged
 
 
-def fetch(port: int, path: str = "/") -> tuple[int, bytes]:
-    """One GET on a fresh connection; no retry of any kind."""
-    with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=REQUEST_TIMEOUT_S) as r:
-        return r.status, r.read()
-
-
 def request_loop(
     port: int,
     until: Callable[[Outcome], bool] | None = None,
@@ -285,53 +244,7 @@ def request_loop(
     return outcome
 
 
-def wait_for(predicate: Callable[[], bool], proc: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + BOOT_TIMEOUT_S
-    while not predicate():
-        if proc.poll() is not None:
-            pytest.fail(f"the server exited ({proc.returncode}) while waiting for {what}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {BOOT_TIMEOUT_S:g} s waiting for {what}")
-        time.sleep(0.05)
-
-
 # -- gunicorn
-
-
-@dataclass
-class Server:
-    """A server subprocess on 127.0.0.1:``port``, its output in ``log_path``."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-ServerT = TypeVar("ServerT", bound=Server)
-
-
-def launch(
-    command: list[str],
-    port: int,
-    log_path: Path,
-    started: list[subprocess.Popen[bytes]],
-    ready: Callable[[str], bool] | None,
-    what: str,
-    server_type: type[ServerT] = Server,  # type: ignore[assignment]
-) -> ServerT:
-    """Start ``command`` (recorded in ``started``, for the fixture to stop) and, unless
-    ``ready`` is None, wait until its log says it is: no probe connection, which a worker
-    would have to answer (and which would count as its first request)."""
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=child_env())
-    started.append(proc)
-    server = server_type(proc, port, log_path)
-    if ready is not None:
-        wait_for(lambda: ready(server.log()), proc, what)
-    return server
 
 
 class StartGunicorn(Protocol):

@@ -17,7 +17,7 @@ from typing import Any
 from wsgiref.handlers import SimpleHandler
 
 import pytest
-from conftest import WSGIApp, checked, get, wrap
+from helpers.wsgi import WSGIApp, checked, get, wrap
 from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st

@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 import pytest
-from conftest import run_threads
+from helpers.wsgi import run_threads
 from hypothesis import given
 from hypothesis import strategies as st
 from werkzeug.test import Client
