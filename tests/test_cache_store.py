@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
+from helpers.clock import FakeClock
 from helpers.wsgi import checked, get, run_threads, wrap
 from pympler import asizeof
 from werkzeug.test import Client, EnvironBuilder, TestResponse
@@ -45,19 +46,6 @@ BOUND_S = 5.0  # the longest any test waits for another thread: a bug fails, nev
 CACHEABLE = ("Cache-Control", "max-age=1800")
 
 StartResponse = Callable[..., Callable[[bytes], object]]
-
-
-class FakeClock:
-    """The store's clock, advanced by hand."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def install_clock(optimizer: MemoryOptimizer) -> FakeClock:
@@ -535,7 +523,7 @@ def test_middleware_sweeps_expired_entries_after_a_miss_when_due() -> None:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(start=1000.0)
 
 
 def new_store(clock: FakeClock, **options: Any) -> ResponseStore:

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from helpers.clock import FakeClock
 from helpers.wsgi import run_threads
 
 from wsgi_memopt.memory import gc_schedule
@@ -36,16 +37,6 @@ def _restore_gc() -> Iterator[None]:
     gc.enable()
     gc.set_threshold(*threshold)
     gc.unfreeze()
-
-
-class FakeClock:
-    """A monotonic clock that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Node:
