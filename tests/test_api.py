@@ -267,10 +267,10 @@ def test_stats_fields(api: Api) -> None:
     assert set(stats["gc"]) >= {"collections", "collected", "threshold", "frozen"}
     assert "modules" in stats
     assert stats["modules"] is None or set(stats["modules"]) >= {"loaded", "unloaded", "pinned"}
-    assert isinstance(stats["governor"]["last_actions"], list)
+    assert stats["governor"]["last_actions"] == []  # nothing has acted yet
     assert "forecast" in stats["governor"]  # None until the samples make a trend
     assert stats["process"]["pid"] == os.getpid()
-    assert stats["process"]["uptime_s"] >= 0
+    assert stats["process"]["uptime_s"] > 0  # this process has run since before the test
     assert "workers" in stats
 
 
@@ -309,8 +309,9 @@ def test_optimize_returns_the_measured_action(api: Api, sub: str, kind: str) -> 
     assert body["reason"] == "api"
     for side in ("before", "after"):
         assert body[side]["rss_mb"] > 0
-    assert body["improvement"]["mb_freed"] >= 0
-    assert body["improvement"]["percent_freed"] >= 0
+    # What was freed is what was measured: the RSS difference, 0 when it grew (rounded figures).
+    freed = max(body["before"]["rss_mb"] - body["after"]["rss_mb"], 0.0)
+    assert body["improvement"]["mb_freed"] == pytest.approx(freed, abs=0.11)
     assert set(body["actions"]) >= {"cache_items_freed", "objects_collected", "malloc_trim"}
     last = call(api, "GET", PREFIX + "/stats").get_json()["governor"]["last_actions"]
     assert last[-1]["kind"] == kind
@@ -333,7 +334,7 @@ def test_gc_force_reports_per_generation(api: Api) -> None:
     assert set(body["collected"]) == {"0", "1", "2"}
     assert body["total_collected"] == sum(body["collected"].values())
     assert body["total_collected"] >= 500
-    assert body["duration_ms"] >= 0
+    assert body["duration_ms"] > 0  # 500 cycles were collected: that takes time
     assert len(body["before"]["counts"]) == len(body["after"]["counts"]) == 3
 
 

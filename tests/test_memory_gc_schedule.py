@@ -144,7 +144,7 @@ def test_a_collection_is_due_past_the_gen0_threshold_and_collects_the_young() ->
     assert collection is not None
     assert (collection.generation, collection.reason) == (0, "threshold")
     assert collection.collected >= past_gen0() - 100
-    assert collection.duration_ms >= 0
+    assert collection.duration_ms > 0  # it collected hundreds of cycles: that takes time
     assert gc.get_count()[0] < 100
     assert not scheduler.collection_due()
     assert gc.isenabled()
