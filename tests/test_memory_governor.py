@@ -421,6 +421,7 @@ def test_nothing_freed_is_reported_as_zero_not_negative(make: Make) -> None:
     kept.clear()
 
 
+@pytest.mark.slow
 def test_history_is_bounded_and_every_entry_is_timed(make: Make) -> None:
     optimizer, _client = make(body_app(), **NO_PRESSURE)
     history = optimizer.governor.history
@@ -1257,6 +1258,7 @@ def test_a_leak_forecast_to_reach_the_limit_is_recycled_before_it_and_before_its
     assert stats["seconds_to_limit"] is not None
 
 
+@pytest.mark.slow
 def test_a_worker_recycles_for_a_forecast_only_once_it_would_give_back_enough(
     make: Make, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -299,6 +299,7 @@ def start_gunicorn(tmp_path: Path) -> Iterator[StartGunicorn]:
         stop(proc)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("worker_class", "clients", "preload"),
     [
@@ -492,6 +493,7 @@ def start_uwsgi(tmp_path: Path) -> Iterator[Callable[[bool], Server]]:
         stop(proc)
 
 
+@pytest.mark.slow
 def test_uwsgi_worker_recycles_under_a_master_and_every_request_succeeds(
     start_uwsgi: Callable[[bool], Server],
 ) -> None:
@@ -539,6 +541,7 @@ def test_uwsgi_without_a_master_keeps_serving_and_reports_restart_reason(
 # -- a threaded worker that is never idle
 
 
+@pytest.mark.slow
 def test_gthread_worker_recycles_under_overlapping_requests(start_gunicorn: StartGunicorn) -> None:
     server = start_gunicorn("gthread")
     # Two clients, one /chain request at a time each: every response waits for the next
