@@ -1,11 +1,11 @@
 """Tests of wsgi_memopt.cache.store: byte accounting, caps, TTL, the store's API, single flight.
 
-SPEC §6 asks for caps that are never exceeded, and the byte cap is only a bound if the figure
+The cache promises caps that are never exceeded, and the byte cap is only a bound if the figure
 is what the cache really holds: the tests hold it to what ``tracemalloc`` sees a fill of the
 cache keep, within 10%, for the mixes a deployment stores. Most tests store real responses through
-the middleware (every app behind ``checked`` on both sides, see conftest); the unit tests at
-the end of each section drive :class:`ResponseStore` directly with hand-made entries. Time
-is a :class:`FakeClock` advanced by hand: nothing here sleeps or asserts a duration, and every
+the middleware (every app behind ``checked`` on both sides, see helpers/wsgi.py); the unit tests
+at the end of each section drive :class:`ResponseStore` directly with hand-made entries.
+Time is a :class:`FakeClock` advanced by hand: nothing here sleeps or asserts a duration, and every
 wait on another thread is bounded.
 """
 
@@ -127,7 +127,7 @@ def assert_within_caps(store: ResponseStore) -> None:
     assert store.bytes <= store.max_bytes
 
 
-# -- 1. byte accounting: the figure is the memory the cache holds (SPEC §6, §11)
+# -- 1. byte accounting: the figure is the memory the cache holds
 
 
 def fresh(text: str) -> str:
@@ -278,7 +278,7 @@ def test_the_figure_is_the_memory_a_fill_keeps(mix: str) -> None:
     store, kept = traced_fill(mix, 600)
 
     assert store.bytes == pytest.approx(kept, rel=0.10)
-    entries = store.entries()  # and SPEC §6's measure of the entries themselves
+    entries = store.entries()  # and the entries' own measure of themselves
     assert own_bytes(entries) == pytest.approx(asizeof.asizeof(*entries), rel=0.10)
     assert len(store) + len(store._uncacheable) == 600  # each request: an entry or a key
     assert_consistent(store)

@@ -1,4 +1,4 @@
-"""The Flask and Django examples (``examples/flask_app.py``, ``examples/django_site/``), SPEC §10.
+"""The Flask and Django examples (``examples/flask_app.py``, ``examples/django_site/``).
 
 Each runs in process (werkzeug's test ``Client``, behind the WSGI checks) and under real
 gunicorn on 127.0.0.1 (sync and gthread workers), with the same checks:

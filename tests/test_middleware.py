@@ -1,6 +1,6 @@
-"""Tests of wsgi_memopt.middleware: the response cache rules of SPEC §6, one test per rule.
+"""Tests of wsgi_memopt.middleware: the response cache rules, one test per rule.
 
-Every app runs behind ``checked`` on both sides of the middleware (see conftest), and each
+Every app runs behind ``checked`` on both sides of the middleware (see helpers/wsgi.py), and each
 test tells a hit from a miss by counting the app's calls: :class:`CountingApp` answers
 ``#1``, ``#2``, ... so a body also says which call produced it.
 """
