@@ -17,7 +17,7 @@ WSGIApp = Callable[..., Iterable[bytes]]
 
 def checked(app: WSGIApp) -> WSGIApp:
     """``app`` behind werkzeug's lint and wsgiref's validator (lint warnings are errors)."""
-    return validator(LintMiddleware(app))  # type: ignore[no-any-return]
+    return validator(LintMiddleware(app))
 
 
 def wrap(app: WSGIApp, **settings: Any) -> tuple[MemoryOptimizer, Client]:
