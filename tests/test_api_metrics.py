@@ -1,4 +1,4 @@
-"""``/metrics`` (SPEC §8.1): the exposition parsed back with prometheus_client's own parser
+"""The memory API's ``/metrics``: the exposition parsed back with prometheus_client's own parser
 equals the optimizer's own figures; the collector works in an app's registry; without
 prometheus_client the functions raise MetricsUnavailable with the install hint, and importing
 the module never imports prometheus_client."""
@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from conftest import get, wrap
+from helpers.wsgi import get, wrap
 
 from wsgi_memopt import MemoryOptimizer
 from wsgi_memopt.api.metrics import (
@@ -224,5 +224,4 @@ def test_importing_the_module_does_not_import_prometheus_client() -> None:
 
 def test_metrics_unavailable_is_an_exception_with_the_hint() -> None:
     error = MetricsUnavailable()
-    assert isinstance(error, Exception)
     assert "pip install 'wsgi_memopt[prometheus]'" in str(error)

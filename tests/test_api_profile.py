@@ -1,4 +1,4 @@
-"""The ``profile`` body (SPEC §8.1): top types, components, gc, tracemalloc, the deep view."""
+"""The memory API's ``profile`` body: top types, components, gc, tracemalloc, the deep view."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def test_keys_and_types(optimizer: MemoryOptimizer, not_tracing: None) -> None:
     assert isinstance(body["objects_total"], int)
     assert body["objects_total"] > 0
     assert isinstance(body["duration_ms"], float)
-    assert body["duration_ms"] >= 0
+    assert body["duration_ms"] > 0  # counting every object takes time
     assert len(body["top_types"]) == 20
     for row in body["top_types"]:
         assert set(row) == {"type", "count", "size_mb_estimate"}

@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from test_api import schema_errors
+from helpers.openapi import PREFIX, schema_errors
 from werkzeug.serving import make_server
 
 from wsgi_memopt import MemoryOptimizer
 
-PREFIX = "/api/v1/memory"
 TOKEN = "quiet-Token_7"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 HOST = "127.0.0.1"

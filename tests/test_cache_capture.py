@@ -2,11 +2,12 @@
 
 The capture is the response iterable the middleware hands the server on a miss. These tests
 play the server themselves where they need to watch it chunk by chunk (``Server`` below), and
-use werkzeug's ``Client`` (through ``conftest.wrap``/``get``) everywhere else. Either way the app
-is behind wsgiref's validator and werkzeug's lint on both sides of the middleware.
+use werkzeug's ``Client`` (through ``helpers.wsgi.wrap``/``get``) everywhere else. Either way
+the app is behind wsgiref's validator and werkzeug's lint on both sides of the middleware.
 
 A few tests read the capture's private ``_size``/``_chunks`` on purpose: how much of a streamed
-body is held in memory cannot be seen from outside, and SPEC §6 makes a promise about it.
+body is held in memory cannot be seen from outside, and the cache promises to hold at most
+``cache_item_max_mb`` of it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
-from conftest import checked, get, wrap
+from helpers.wsgi import checked, get, wrap
 from werkzeug.http import parse_cookie
 from werkzeug.middleware import lint
 from werkzeug.middleware.proxy_fix import ProxyFix

@@ -1,4 +1,4 @@
-"""Tests of wsgi_memopt.cache.policy: the pure functions behind the rules of SPEC §6.
+"""Tests of wsgi_memopt.cache.policy: the pure functions behind the caching rules.
 
 Each function is called directly, with well-formed and with malformed input (garbage
 ``Cache-Control``, non-numeric ``Content-Length``, unparsable dates, a status like ``abc``).

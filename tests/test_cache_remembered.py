@@ -8,7 +8,7 @@ import sys
 import tracemalloc
 
 import pytest
-from conftest import run_threads
+from helpers.wsgi import run_threads
 from werkzeug.test import EnvironBuilder
 
 from wsgi_memopt import Settings

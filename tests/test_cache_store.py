@@ -1,11 +1,11 @@
 """Tests of wsgi_memopt.cache.store: byte accounting, caps, TTL, the store's API, single flight.
 
-SPEC §6 asks for caps that are never exceeded, and the byte cap is only a bound if the figure
+The cache promises caps that are never exceeded, and the byte cap is only a bound if the figure
 is what the cache really holds: the tests hold it to what ``tracemalloc`` sees a fill of the
 cache keep, within 10%, for the mixes a deployment stores. Most tests store real responses through
-the middleware (every app behind ``checked`` on both sides, see conftest); the unit tests at
-the end of each section drive :class:`ResponseStore` directly with hand-made entries. Time
-is a :class:`FakeClock` advanced by hand: nothing here sleeps or asserts a duration, and every
+the middleware (every app behind ``checked`` on both sides, see helpers/wsgi.py); the unit tests
+at the end of each section drive :class:`ResponseStore` directly with hand-made entries.
+Time is a :class:`FakeClock` advanced by hand: nothing here sleeps or asserts a duration, and every
 wait on another thread is bounded.
 """
 
@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
-from conftest import checked, get, run_threads, wrap
+from helpers.clock import FakeClock
+from helpers.wsgi import checked, get, run_threads, wrap
 from pympler import asizeof
 from werkzeug.test import Client, EnvironBuilder, TestResponse
 from werkzeug.wrappers import Response
@@ -47,19 +48,6 @@ BOUND_S = 5.0  # the longest any test waits for another thread: a bug fails, nev
 CACHEABLE = ("Cache-Control", "max-age=1800")
 
 StartResponse = Callable[..., Callable[[bytes], object]]
-
-
-class FakeClock:
-    """The store's clock, advanced by hand."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def install_clock(optimizer: MemoryOptimizer) -> FakeClock:
@@ -144,7 +132,7 @@ def assert_within_caps(store: ResponseStore) -> None:
     assert store.bytes <= store.max_bytes
 
 
-# -- 1. byte accounting: the figure is the memory the cache holds (SPEC §6, §11)
+# -- 1. byte accounting: the figure is the memory the cache holds
 
 
 def fresh(text: str) -> str:
@@ -297,7 +285,7 @@ def test_the_figure_is_the_memory_a_fill_keeps(mix: str) -> None:
     store, kept = traced_fill(mix, 600)
 
     assert store.bytes == pytest.approx(kept, rel=0.10)
-    entries = store.entries()  # and SPEC §6's measure of the entries themselves
+    entries = store.entries()  # and the entries' own measure of themselves
     assert own_bytes(entries) == pytest.approx(asizeof.asizeof(*entries), rel=0.10)
     assert len(store) + len(store._uncacheable) == 600  # each request: an entry or a key
     assert_consistent(store)
@@ -544,7 +532,7 @@ def test_middleware_sweeps_expired_entries_after_a_miss_when_due() -> None:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(start=1000.0)
 
 
 def new_store(clock: FakeClock, **options: Any) -> ResponseStore:

@@ -1,4 +1,4 @@
-"""The Flask and Django examples (``examples/flask_app.py``, ``examples/django_site/``), SPEC §10.
+"""The Flask and Django examples (``examples/flask_app.py``, ``examples/django_site/``).
 
 Each runs in process (werkzeug's test ``Client``, behind the WSGI checks) and under real
 gunicorn on 127.0.0.1 (sync and gthread workers), with the same checks:
@@ -16,7 +16,7 @@ import importlib.util
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -24,9 +24,8 @@ from types import ModuleType
 from urllib.parse import urlencode
 
 import pytest
-from conftest import checked
-from test_memory_recycle import HOST, REQUEST_TIMEOUT_S, require_module
-from test_paste import EXAMPLES, Servers
+from helpers.servers import EXAMPLES, HOST, REQUEST_TIMEOUT_S, Servers, require_module
+from helpers.wsgi import checked
 from werkzeug.test import Client
 
 from wsgi_memopt import MemoryOptimizer
@@ -221,13 +220,6 @@ def _token(reply: Reply) -> str:
     match = TOKEN.search(reply.body)
     assert match, reply.body
     return match.group(1).decode()
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Servers]:
-    started = Servers(tmp_path)
-    yield started
-    started.stop_all()
 
 
 @pytest.mark.parametrize("name", list(EXAMPLES_UNDER_TEST))

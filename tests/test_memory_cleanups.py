@@ -51,7 +51,7 @@ def test_run_calls_cleanups_in_registration_order_then_stdlib() -> None:
 
     assert calls == ["templates", "sessions", "thumbnails"]
     assert [r.name for r in results] == calls + [r.name for r in clear_stdlib_caches()]
-    assert all(r.ok and r.error is None and r.duration_ms >= 0 for r in results)
+    assert all(r.ok and r.error is None and r.duration_ms > 0 for r in results)  # each timed
 
 
 @pytest.mark.parametrize(
@@ -139,7 +139,7 @@ def test_a_raising_cleanup_is_reported_logged_and_does_not_stop_the_others(
     by_name = {r.name: r for r in results}
     assert by_name["wedged"].ok is False
     assert by_name["wedged"].error == "RuntimeError: cache is wedged"
-    assert by_name["wedged"].duration_ms >= 0
+    assert by_name["wedged"].duration_ms > 0  # a failed cleanup is timed all the same
     assert by_name["before"].ok
     assert by_name["after"].ok
     assert all(r.ok for r in results if r.name.startswith("stdlib:"))
@@ -245,7 +245,7 @@ def test_clear_stdlib_caches_reports_each_cache_it_cleared() -> None:
         "stdlib:importlib",
         "stdlib:sys.type_cache",
     ]
-    assert all(r.ok and r.error is None and r.duration_ms >= 0 for r in results)
+    assert all(r.ok and r.error is None and r.duration_ms > 0 for r in results)  # each timed
 
 
 def test_clear_stdlib_caches_empties_the_re_cache() -> None:
@@ -364,8 +364,9 @@ def test_libc_is_looked_up_once(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_malloc_trim_in_process_returns_a_measured_result() -> None:
     result = malloc_trim()
     assert result.available is malloc_trim_available()
-    assert isinstance(result.trimmed, bool)
-    assert result.duration_ms >= 0
+    assert not result.trimmed or result.available  # nothing is trimmed without malloc_trim
+    # Timed when it ran; 0 when there was nothing to call.
+    assert (result.duration_ms > 0) is result.available
     assert result.as_dict() == {
         "available": result.available,
         "trimmed": result.trimmed,

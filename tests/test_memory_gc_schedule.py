@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import run_threads
+from helpers.clock import FakeClock
+from helpers.wsgi import run_threads
 
 from wsgi_memopt.memory import gc_schedule
 from wsgi_memopt.memory.gc_schedule import REQUEST_BUDGET, Collection, GCScheduler
@@ -36,16 +37,6 @@ def _restore_gc() -> Iterator[None]:
     gc.enable()
     gc.set_threshold(*threshold)
     gc.unfreeze()
-
-
-class FakeClock:
-    """A monotonic clock that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Node:
@@ -153,7 +144,7 @@ def test_a_collection_is_due_past_the_gen0_threshold_and_collects_the_young() ->
     assert collection is not None
     assert (collection.generation, collection.reason) == (0, "threshold")
     assert collection.collected >= past_gen0() - 100
-    assert collection.duration_ms >= 0
+    assert collection.duration_ms > 0  # it collected hundreds of cycles: that takes time
     assert gc.get_count()[0] < 100
     assert not scheduler.collection_due()
     assert gc.isenabled()

@@ -1,4 +1,4 @@
-"""The governor (SPEC §7): real pressure, real memory, real threads, real forks.
+"""The governor: real pressure, real memory, real threads, real forks.
 
 No sampler is faked for a measurement: pressure comes from the ``process`` source (this
 process's RSS over ``process_limit_mb``), set just above or below the RSS measured with psutil,
@@ -26,13 +26,12 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import get, run_threads, wrap
+from helpers.wsgi import get, run_threads, wrap
 from werkzeug.test import Client, EnvironBuilder
 
 from wsgi_memopt import MemoryOptimizer
 from wsgi_memopt.memory.cleanups import malloc_trim, malloc_trim_available
 from wsgi_memopt.memory.gc_schedule import REQUEST_BUDGET, GCScheduler
-from wsgi_memopt.memory.governor import Action
 from wsgi_memopt.memory.pool import serving_master
 from wsgi_memopt.memory.pressure import MemorySample, ProcessSampler
 
@@ -225,15 +224,13 @@ def check_measured(result: dict[str, Any], kind: str, reason: str) -> None:
     """``result`` is a measured action: before/after samples, a duration, honest improvement."""
     assert result["kind"] == kind
     assert result["reason"] == reason
-    assert result["duration_ms"] >= 0
+    assert result["duration_ms"] > 0  # every action runs a full collection: it takes time
     for side in ("before", "after"):
         sample = result[side]
         assert sample["source"] == "process"
         assert sample["rss_mb"] > 0
         assert sample["memory_percent"] > 0
     before, after, improvement = result["before"], result["after"], result["improvement"]
-    assert improvement["mb_freed"] >= 0
-    assert improvement["percent_freed"] >= 0
     # What was freed is what was measured: the RSS difference, and 0 when RSS grew (samples
     # and improvement are each rounded to 0.1 MB, hence the tolerance).
     assert improvement["mb_freed"] == pytest.approx(
@@ -253,8 +250,6 @@ def check_measured(result: dict[str, Any], kind: str, reason: str) -> None:
         "malloc_trim",
         "cleanups",
     }
-    assert result["actions"]["cache_items_freed"] >= 0
-    assert result["actions"]["cache_mb_freed"] >= 0
 
 
 # --- pressure made real by settings ----------------------------------------------------------
@@ -308,8 +303,6 @@ def test_filling_the_cache_past_max_memory_percent_runs_an_optimize_that_trims_i
     assert len(optimizer.cache) == items_at_optimize - action.cache_items_freed
     assert len(optimizer.cache) < items_at_optimize
     assert action.cache_mb_freed > 0
-    assert isinstance(action.before, MemorySample)
-    assert isinstance(action.after, MemorySample)
     assert action.after.taken_at >= action.before.taken_at
     result = action.as_dict()
     check_measured(result, "optimize", "pressure")
@@ -377,8 +370,6 @@ def test_optimize_and_emergency_by_hand_return_measured_results(make: Make) -> N
     check_measured(optimized, "optimize", "manual")
     assert optimized["actions"]["cache_items_freed"] == 3  # cache_evict_fraction 0.3, LRU
     assert len(optimizer.cache) == 7
-    assert optimized["actions"]["objects_collected"] >= 0
-    assert isinstance(optimized["actions"]["malloc_trim"], bool)
 
     ran: list[str] = []
     optimizer.cleanups.register("mine", lambda: ran.append("mine"))
@@ -430,10 +421,10 @@ def test_nothing_freed_is_reported_as_zero_not_negative(make: Make) -> None:
     kept.clear()
 
 
+@pytest.mark.slow
 def test_history_is_bounded_and_every_entry_is_timed(make: Make) -> None:
     optimizer, _client = make(body_app(), **NO_PRESSURE)
     history = optimizer.governor.history
-    assert isinstance(history, collections.deque)
     assert history.maxlen is not None
     assert 0 < history.maxlen <= 1000
 
@@ -441,7 +432,7 @@ def test_history_is_bounded_and_every_entry_is_timed(make: Make) -> None:
 
     assert len(history) == history.maxlen
     assert [action.as_dict() for action in history] == results[5:]  # the oldest dropped
-    assert all(isinstance(action, Action) and action.duration_ms >= 0 for action in history)
+    assert all(action.duration_ms > 0 for action in history)
     assert all("duration_ms" in result for result in results)
     assert len(optimizer.governor.stats()["last_actions"]) == 5
 
@@ -1028,7 +1019,7 @@ def test_a_failing_recycle_hook_is_logged_not_raised(
     assert any("on_recycle_needed hook failed" in r.message for r in caplog.records)
 
 
-# --- a burst's heap given back between requests (SPEC §11) ------------------------------------
+# --- a burst's heap given back between requests --------------------------------------------
 
 _BURST_SCRIPT = """
 import psutil
@@ -1267,6 +1258,7 @@ def test_a_leak_forecast_to_reach_the_limit_is_recycled_before_it_and_before_its
     assert stats["seconds_to_limit"] is not None
 
 
+@pytest.mark.slow
 def test_a_worker_recycles_for_a_forecast_only_once_it_would_give_back_enough(
     make: Make, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1,4 +1,5 @@
-"""Recycling end to end, with real servers on 127.0.0.1 (SPEC §7, the recycle bullet).
+"""Recycling end to end, with real servers on 127.0.0.1: a worker past
+``restart_percent`` is replaced without losing a request, wherever a master can respawn it.
 
 The app under test is written into ``tmp_path`` and served by a subprocess: its body is the
 serving process's PID, and its optimizer measures the process source against a 1 MB limit, so
@@ -19,20 +20,17 @@ ever retried: a request that lands while a worker exits must still get its 200.
 
 Also here, regression tests for what these runs found: a gthread worker whose requests
 always overlap must still recycle; every worker of a ``--preload`` app draws its own restart
-jitter; and a freed burst in a process's first request is trimmed too (SPEC §11's RSS row,
-see ``benchmarks/rss_burst.py``).
+jitter; and a freed burst in a process's first request is trimmed too (at least
+95% of it given back; see ``benchmarks/rss_burst.py``).
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
-import importlib.util
 import json
-import os
 import re
 import selectors
-import signal
 import subprocess
 import sys
 import textwrap
@@ -42,17 +40,25 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import pytest
-from _servers import HOST, child_env, control_socket_args, free_port
-from conftest import require_peer
+from helpers.servers import (
+    BOOT_TIMEOUT_S,
+    HOST,
+    Server,
+    child_env,
+    fetch,
+    free_port,
+    gunicorn_command,
+    launch,
+    require_module,
+    require_peer,
+    stop,
+)
 
-BOOT_TIMEOUT_S = 30.0
-REQUEST_TIMEOUT_S = 10.0
 LOOP_REQUESTS = 40
 LOOP_SECONDS = 30.0
-STOP_TIMEOUT_S = 10.0
 RECYCLE_WARNING = "[MEMORY] recycling this gunicorn worker"
 NEEDS_RESTART_WARNING = "[MEMORY] this worker needs a restart nothing here can do"
 CANNOT_RECYCLE_NOTICE = "[MEMORY] no gunicorn or uWSGI master respawns this process"
@@ -143,34 +149,6 @@ MASTERLESS_SERVER = textwrap.dedent(
 # -- helpers
 
 
-def require_module(name: str) -> None:
-    """Skip when ``name`` cannot be imported, but fail under CI (which installs it)."""
-    if importlib.util.find_spec(name) is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is not installed; .ci/run must install it")
-        pytest.skip(f"{name} is not installed")
-
-
-def gunicorn_command(port: int, worker_class: str, *args: str) -> list[str]:
-    """``python -m gunicorn`` on 127.0.0.1:``port``, logging to stderr, control socket off."""
-    return [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--bind",
-        f"{HOST}:{port}",
-        "--worker-class",
-        worker_class,
-        *(("--threads", "2") if worker_class == "gthread" else ()),
-        "--graceful-timeout",
-        "5",
-        "--error-logfile",
-        "-",
-        *control_socket_args(),
-        *args,
-    ]
-
-
 # The app is critical and above restart_percent from its first request, with no wait.
 RECYCLE_NOW = {
     "pressure_source": "process",
@@ -195,18 +173,6 @@ def write_app(directory: Path, settings: dict[str, object] | None = None) -> Non
     settings = {**(settings or RECYCLE_NOW), **API_FROM_THE_TEST}
     source = APP_SOURCE.replace("**SETTINGS", f"**{settings!r}")
     (directory / "app.py").write_text(source)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM by PID, then SIGKILL after a bound."""
-    if proc.poll() is not None:
-        return
-    os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=STOP_TIMEOUT_S)
 
 
 @dataclass
@@ -255,12 +221,6 @@ def concurrent_loops(port: int, clients: int) -> Outcome:
     return merged
 
 
-def fetch(port: int, path: str = "/") -> tuple[int, bytes]:
-    """One GET on a fresh connection; no retry of any kind."""
-    with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=REQUEST_TIMEOUT_S) as r:
-        return r.status, r.read()
-
-
 def request_loop(
     port: int,
     until: Callable[[Outcome], bool] | None = None,
@@ -285,53 +245,7 @@ def request_loop(
     return outcome
 
 
-def wait_for(predicate: Callable[[], bool], proc: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + BOOT_TIMEOUT_S
-    while not predicate():
-        if proc.poll() is not None:
-            pytest.fail(f"the server exited ({proc.returncode}) while waiting for {what}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {BOOT_TIMEOUT_S:g} s waiting for {what}")
-        time.sleep(0.05)
-
-
 # -- gunicorn
-
-
-@dataclass
-class Server:
-    """A server subprocess on 127.0.0.1:``port``, its output in ``log_path``."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-ServerT = TypeVar("ServerT", bound=Server)
-
-
-def launch(
-    command: list[str],
-    port: int,
-    log_path: Path,
-    started: list[subprocess.Popen[bytes]],
-    ready: Callable[[str], bool] | None,
-    what: str,
-    server_type: type[ServerT] = Server,  # type: ignore[assignment]
-) -> ServerT:
-    """Start ``command`` (recorded in ``started``, for the fixture to stop) and, unless
-    ``ready`` is None, wait until its log says it is: no probe connection, which a worker
-    would have to answer (and which would count as its first request)."""
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=child_env())
-    started.append(proc)
-    server = server_type(proc, port, log_path)
-    if ready is not None:
-        wait_for(lambda: ready(server.log()), proc, what)
-    return server
 
 
 class StartGunicorn(Protocol):
@@ -386,6 +300,7 @@ def start_gunicorn(tmp_path: Path) -> Iterator[StartGunicorn]:
         stop(proc)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("worker_class", "clients", "preload"),
     [
@@ -579,6 +494,7 @@ def start_uwsgi(tmp_path: Path) -> Iterator[Callable[[bool], Server]]:
         stop(proc)
 
 
+@pytest.mark.slow
 def test_uwsgi_worker_recycles_under_a_master_and_every_request_succeeds(
     start_uwsgi: Callable[[bool], Server],
 ) -> None:
@@ -626,6 +542,7 @@ def test_uwsgi_without_a_master_keeps_serving_and_reports_restart_reason(
 # -- a threaded worker that is never idle
 
 
+@pytest.mark.slow
 def test_gthread_worker_recycles_under_overlapping_requests(start_gunicorn: StartGunicorn) -> None:
     server = start_gunicorn("gthread")
     # Two clients, one /chain request at a time each: every response waits for the next
@@ -666,7 +583,7 @@ def test_gthread_worker_recycles_under_overlapping_requests(start_gunicorn: Star
     assert len(outcome.distinct_pids) >= 2, report
 
 
-# -- per-worker jitter (SPEC §7: "with per-worker jitter")
+# -- per-worker jitter: workers forked from one master do not all recycle at once
 
 LOW_PRESSURE = {
     "pressure_source": "process",
@@ -700,7 +617,7 @@ def test_gunicorn_workers_draw_their_own_restart_jitter(
     assert seen[0]["jitter"] != seen[1]["jitter"], seen
 
 
-# -- found while measuring SPEC §11's RSS row (benchmarks/rss_burst.py)
+# -- found while measuring a freed burst's RSS (benchmarks/rss_burst.py)
 
 BURST_SCRIPT = textwrap.dedent(
     """\
@@ -794,4 +711,4 @@ def test_freed_burst_is_given_back_before_the_next_request(tmp_path: Path, scena
     measured = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"{scenario}: {measured}")
     assert measured["grown"] > 64, measured  # the burst did reach the RSS
-    assert measured["held"] <= 0.05 * measured["grown"], measured  # SPEC §11: >= 95% back
+    assert measured["held"] <= 0.05 * measured["grown"], measured  # at least 95% given back

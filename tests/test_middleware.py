@@ -1,6 +1,6 @@
-"""Tests of wsgi_memopt.middleware: the response cache rules of SPEC §6, one test per rule.
+"""Tests of wsgi_memopt.middleware: the response cache rules, one test per rule.
 
-Every app runs behind ``checked`` on both sides of the middleware (see conftest), and each
+Every app runs behind ``checked`` on both sides of the middleware (see helpers/wsgi.py), and each
 test tells a hit from a miss by counting the app's calls: :class:`CountingApp` answers
 ``#1``, ``#2``, ... so a body also says which call produced it.
 """
@@ -8,7 +8,6 @@ test tells a hit from a miss by counting the app's calls: :class:`CountingApp` a
 from __future__ import annotations
 
 import io
-import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -16,7 +15,10 @@ from typing import Any
 from wsgiref.handlers import SimpleHandler
 
 import pytest
-from conftest import WSGIApp, checked, get, wrap
+from helpers.apps import CACHEABLE, CountingApp
+from helpers.clock import FakeClock
+from helpers.headers import cache_status
+from helpers.wsgi import WSGIApp, checked, get, wrap
 from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -38,57 +40,6 @@ BOUND_S = 5.0  # the longest a test waits for another thread: a bug fails, never
 HEAD_LINT = pytest.mark.filterwarnings("ignore:Content-Length and the number of bytes sent")
 
 DATE = datetime(2030, 1, 1, tzinfo=timezone.utc)
-# How the test apps mark a response cacheable, where a test is about anything but freshness.
-CACHEABLE: Headers = [("Cache-Control", "max-age=1800")]
-
-
-class CountingApp:
-    """A tiny app answering ``body #N`` on its N-th call, with ``headers`` and ``status``.
-
-    Without ``headers`` it marks its responses cacheable (:data:`CACHEABLE`); a test that
-    gives its own headers says what it wants stored. A HEAD gets the GET's headers and no
-    body, as werkzeug's ``Response`` does.
-    """
-
-    def __init__(
-        self,
-        body: bytes = b"body",
-        *,
-        status: str = "200 OK",
-        headers: Headers | None = None,
-        content_length: bool = True,
-        echo: str | None = None,
-    ) -> None:
-        self.body = body
-        self.status = status
-        self.headers = list(CACHEABLE) if headers is None else headers
-        self.content_length = content_length
-        self.echo = echo  # an environ key whose value is added to the body
-        self.calls = 0
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        self.calls += 1
-        body = self.body + b" #%d" % self.calls
-        if self.echo is not None:
-            body += b" " + repr(environ.get(self.echo)).encode()
-        headers = [("Content-Type", "text/plain"), *self.headers]
-        if self.content_length:
-            headers.append(("Content-Length", str(len(body))))
-        start_response(self.status, headers)
-        return [] if environ["REQUEST_METHOD"] == "HEAD" else [body]
-
-
-class FakeClock:
-    """The store's clock, advanced by hand: expiry without sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def wrap_clocked(app: CountingApp, **settings: Any) -> tuple[MemoryOptimizer, Client, FakeClock]:
@@ -96,52 +47,6 @@ def wrap_clocked(app: CountingApp, **settings: Any) -> tuple[MemoryOptimizer, Cl
     clock = FakeClock()
     optimizer.cache.clock = clock
     return optimizer, client, clock
-
-
-# -- Cache-Status (RFC 9211), an RFC 8941 list: parsed strictly, then its parameters returned
-
-_TOKEN = r"[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*"
-_KEY = r"[a-z*][a-z0-9_\-.*]*"
-_BARE_ITEM = (
-    rf'(?:-?\d{{1,15}}(?:\.\d{{1,3}})?|"(?:[^"\\\x00-\x1f\x7f]|\\["\\])*"|{_TOKEN}'
-    r"|\?[01]|:[A-Za-z0-9+/=]*:)"
-)
-_PARAM = rf";[ ]*(?P<key>{_KEY})(?:=(?P<value>{_BARE_ITEM}))?"
-_MEMBER = rf"(?:{_TOKEN}|\"[^\"]*\")(?:;[ ]*{_KEY}(?:={_BARE_ITEM})?)*"
-_SF_LIST = re.compile(rf"{_MEMBER}(?:[ \t]*,[ \t]*{_MEMBER})*")
-_PARAM_RE = re.compile(_PARAM)
-
-
-def cache_status(response: TestResponse | Headers) -> dict[str, str | bool]:
-    """The parameters of the one ``wsgi-memopt`` member of ``Cache-Status``, checked valid."""
-    if isinstance(response, list):
-        values = [value for name, value in response if name.lower() == "cache-status"]
-    else:
-        values = response.headers.getlist("Cache-Status")
-    assert len(values) == 1, values
-    value = values[0]
-    assert _SF_LIST.fullmatch(value), f"not an RFC 8941 list: {value!r}"
-    name, _, rest = value.partition(";")
-    assert name == "wsgi-memopt"
-    parsed: dict[str, str | bool] = {}
-    position, rest = 0, ";" + rest
-    while position < len(rest):  # the full match above makes every step succeed
-        param = _PARAM_RE.match(rest, position)
-        assert param is not None, value
-        parsed[param["key"]] = param["value"] or True
-        position = param.end()
-    return parsed
-
-
-def test_cache_status_parser_rejects_invalid_lists() -> None:
-    for invalid in ("wsgi memopt; hit", "wsgi-memopt; TTL=1", "wsgi-memopt; ttl=", "wsgi-memopt;;"):
-        with pytest.raises(AssertionError):
-            cache_status([("Cache-Status", invalid)])
-    assert cache_status([("Cache-Status", 'wsgi-memopt; fwd=miss; detail="a b"; stored')]) == {
-        "fwd": "miss",
-        "detail": '"a b"',
-        "stored": True,
-    }
 
 
 def open_(client: Client, method: str, path: str = "/", **kwargs: Any) -> TestResponse:

@@ -29,7 +29,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import require_peer
+from helpers.servers import require_peer
 from leak_pool import (
     CgroupUnavailable,
     MemoryCgroup,

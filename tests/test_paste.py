@@ -1,4 +1,4 @@
-"""PasteDeploy factories (``wsgi_memopt/paste.py``) and ``examples/production*.ini`` (SPEC §10).
+"""PasteDeploy factories (``wsgi_memopt/paste.py``) and ``examples/production*.ini``.
 
 - both ini forms (``[pipeline:main]`` and ``filter-with``) load through ``paste.deploy.loadapp``
   and serve ``/slow`` from the cache on the second request, ``/me`` never;
@@ -11,27 +11,16 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import subprocess
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import checked, get
-from test_memory_recycle import (
-    BOOT_TIMEOUT_S,
-    HOST,
-    REQUEST_TIMEOUT_S,
-    Server,
-    free_port,
-    gunicorn_command,
-    launch,
-    require_module,
-    stop,
-)
+from helpers.servers import BOOT_TIMEOUT_S, EXAMPLES, Servers, require_module
+from helpers.wsgi import checked, get
 from werkzeug.test import Client
 
 from wsgi_memopt import MemoryOptimizer, SettingsError
@@ -40,7 +29,6 @@ from wsgi_memopt.paste import filter_app_factory, filter_factory
 pytest.importorskip("paste.deploy")  # CI installs it: setup.cfg's test extra
 from paste.deploy import loadapp
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 INI_FILES = ["production.ini", "production_filter_with.ini"]
 # Test-friendly settings through PasteDeploy's global_conf (the [DEFAULT] route): no
 # gc.freeze() of the test process, no monitor thread per loaded app.
@@ -247,55 +235,6 @@ def test_the_prefix_filter_behind_the_cache_cannot_poison_a_page(
 
 
 # -- gunicorn --paste, for real on 127.0.0.1
-
-
-class PasteServer(Server):
-    """gunicorn serving an ini file, and a client for it."""
-
-    def get(self, path: str, headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
-        """One GET on its own connection, read to the end (``.body`` holds the bytes)."""
-        connection = http.client.HTTPConnection(HOST, self.port, timeout=REQUEST_TIMEOUT_S)
-        try:
-            connection.request("GET", path, headers=headers or {})
-            response = connection.getresponse()
-            response.body = response.read()  # type: ignore[attr-defined]
-            return response
-        finally:
-            connection.close()
-
-
-class Servers:
-    """Starts ``python -m gunicorn ARGS`` on 127.0.0.1; ``stop_all`` stops each by PID."""
-
-    def __init__(self, log_dir: Path) -> None:
-        require_module("gunicorn")
-        self.log_dir = log_dir
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def start(self, *args: str, worker_class: str = "sync", wait_boot: bool = True) -> PasteServer:
-        port = free_port()
-        # Ready once a worker is booting: the master listens already, and a request that
-        # arrives while the worker still loads the app waits in the listen queue.
-        return launch(
-            gunicorn_command(port, worker_class, "--workers", "1", *args),
-            port,
-            self.log_dir / f"gunicorn-{port}.log",
-            self.started,
-            (lambda log: "Booting worker with pid" in log) if wait_boot else None,
-            "gunicorn to boot a worker",
-            PasteServer,
-        )
-
-    def stop_all(self) -> None:
-        for proc in self.started:
-            stop(proc)
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Servers]:
-    started = Servers(tmp_path)
-    yield started
-    started.stop_all()
 
 
 @pytest.mark.parametrize("worker_class", ["sync", "gthread"])

@@ -1,0 +1,52 @@
+"""Tiny WSGI apps the tests put behind the middleware."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+Headers = list[tuple[str, str]]
+
+# How the test apps mark a response cacheable, where a test is about anything but freshness.
+CACHEABLE: Headers = [("Cache-Control", "max-age=1800")]
+
+
+class CountingApp:
+    """A tiny app answering ``body #N`` on its N-th call, with ``headers`` and ``status``.
+
+    A test tells a hit from a miss by its calls: ``calls`` counts them and ``paths`` holds
+    each ``PATH_INFO`` in order, and the body says which call produced it. Without
+    ``headers`` its responses are cacheable (:data:`CACHEABLE`); a test that gives its own
+    says what it wants stored. ``echo`` names an environ key whose value (its ``repr``) is
+    added to the body. A HEAD gets the GET's headers and no body, as werkzeug's ``Response``
+    does.
+    """
+
+    def __init__(
+        self,
+        body: bytes = b"body",
+        *,
+        status: str = "200 OK",
+        headers: Headers | None = None,
+        content_length: bool = True,
+        echo: str | None = None,
+    ) -> None:
+        self.body = body
+        self.status = status
+        self.headers = list(CACHEABLE) if headers is None else headers
+        self.content_length = content_length
+        self.echo = echo
+        self.calls = 0
+        self.paths: list[str] = []
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        self.calls += 1
+        self.paths.append(environ["PATH_INFO"])
+        body = self.body + b" #%d" % self.calls
+        if self.echo is not None:
+            body += b" " + repr(environ.get(self.echo)).encode()
+        headers = [("Content-Type", "text/plain"), *self.headers]
+        if self.content_length:
+            headers.append(("Content-Length", str(len(body))))
+        start_response(self.status, headers)
+        return [] if environ["REQUEST_METHOD"] == "HEAD" else [body]

@@ -1,0 +1,50 @@
+"""Calling an app in process, behind wsgiref's validator and werkzeug's lint on both sides."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.validate import validator
+
+from werkzeug.middleware.lint import LintMiddleware
+from werkzeug.test import Client, TestResponse
+
+from wsgi_memopt import MemoryOptimizer
+
+WSGIApp = Callable[..., Iterable[bytes]]
+
+
+def checked(app: WSGIApp) -> WSGIApp:
+    """``app`` behind werkzeug's lint and wsgiref's validator (lint warnings are errors)."""
+    return validator(LintMiddleware(app))
+
+
+def wrap(app: WSGIApp, **settings: Any) -> tuple[MemoryOptimizer, Client]:
+    """The optimizer around a checked app, and a cookie-less client for it behind the checks.
+
+    Settings not given get test-friendly values: no single-flight wait, no background
+    monitor thread per optimizer, and no gc.freeze() of the test process. The GC stays in the
+    default "between" mode, so every cache test also runs the governor's request bookkeeping.
+    """
+    settings.setdefault("cache_lock_timeout_s", 0)
+    settings.setdefault("monitor_interval_s", 0)
+    settings.setdefault("gc_freeze", False)
+    optimizer = MemoryOptimizer(checked(app), **settings)
+    return optimizer, Client(checked(optimizer), use_cookies=False)
+
+
+def get(client: Client, path: str = "/", **kwargs: Any) -> TestResponse:
+    """A GET whose response is read to its end and closed, as a server does."""
+    return client.get(path, buffered=True, **kwargs)
+
+
+def run_threads(count: int, worker: Callable[[int], object], timeout_s: float) -> None:
+    """``worker(n)`` for n in ``range(count)``, each in its own thread, all started, then
+    joined; fails if any is still running after ``timeout_s`` (a bug fails, never hangs)."""
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout_s)
+    assert not any(thread.is_alive() for thread in threads)
