@@ -29,6 +29,7 @@ from werkzeug.test import Client, TestResponse
 import wsgi_memopt.api.report
 from wsgi_memopt import MemoryOptimizer
 from wsgi_memopt.api.openapi import document
+from wsgi_memopt.parts import Parts
 
 PREFIX = "/api/v1/memory"
 DOC = document(PREFIX)
@@ -489,7 +490,7 @@ def test_limit_takes_only_ascii_digits(api: Api, query: str) -> None:
 def test_a_failing_endpoint_is_500_json_without_traceback(
     api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken(optimizer: MemoryOptimizer) -> dict[str, Any]:
+    def broken(parts: Parts) -> dict[str, Any]:
         raise RuntimeError("secret-internal-detail")
 
     monkeypatch.setattr(wsgi_memopt.api.report, "memory_stats", broken)
@@ -953,8 +954,8 @@ def test_recommendations_name_what_to_use() -> None:
     optimizer, client = wrap(app, gc_mode="auto", cache_max_mb=0.001)
     for number in range(120):  # 120 lookups, none a hit: a low hit rate
         get(client, f"/p{number}")
-    sample = report.current_sample(optimizer)
-    advice = report.recommendations(optimizer, sample)
+    sample = report.current_sample(optimizer.parts)
+    advice = report.recommendations(optimizer.parts, sample)
     findings = " | ".join(item["finding"] for item in advice)
     assert "hit rate 0%" in findings
     assert any(item.get("setting") == "gc_mode" for item in advice)

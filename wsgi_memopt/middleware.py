@@ -45,6 +45,7 @@ from .closing import ClosingResponse, HitResponse, counted_response_type
 from .lazy import LazyModules
 from .memory.cleanups import Cleanups
 from .memory.governor import Governor
+from .parts import Parts
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -116,7 +117,8 @@ class MemoryOptimizer:
         self.lazy = lazy
         self.governor = Governor(settings, self.cache, self.cleanups)
         self.governor.lazy = lazy
-        self.api = MemoryAPI(self)
+        self.parts = Parts(settings, self.cache, self.governor, self.cleanups, lazy)
+        self.api = MemoryAPI(self.parts)
         # With the API off, a prefix no PATH_INFO starts with (it starts with "/" or is empty).
         self._api_prefix = settings.api_prefix if settings.api_enabled else "\x00"
         governor = self.governor
@@ -502,7 +504,7 @@ class MemoryOptimizer:
 
     def memory_stats(self) -> dict[str, Any]:
         """The figures the ``stats`` endpoint returns."""
-        return memory_stats(self)
+        return memory_stats(self.parts)
 
 
 _FORWARD_METHOD = cache_status("method")

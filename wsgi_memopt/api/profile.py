@@ -1,7 +1,7 @@
 """The ``profile`` endpoint's body: what holds the memory, by type and by component.
 
-    body = profile(optimizer)                      # the cheap default view
-    body = profile(optimizer, limit=50, deep=True) # plus pympler's measured summary (seconds)
+    body = profile(optimizer.parts)                       # the cheap default view
+    body = profile(optimizer.parts, limit=50, deep=True)  # plus pympler's measured summary
 
 Every figure says how it was obtained, and nothing is guessed:
 
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 if TYPE_CHECKING:
-    from ..middleware import MemoryOptimizer
+    from ..parts import Parts
 
 __all__ = ["LIMIT_MAX", "profile"]
 
@@ -39,7 +39,7 @@ _MB = float(1 << 20)
 LIMIT_MAX = 1000
 
 
-def profile(optimizer: MemoryOptimizer, *, limit: int = 20, deep: bool = False) -> dict[str, Any]:
+def profile(parts: Parts, *, limit: int = 20, deep: bool = False) -> dict[str, Any]:
     """The ``profile`` body, JSON-ready (see the module docstring).
 
     :param limit: rows in ``top_types``, ``tracemalloc.top`` and ``deep`` (1..1000).
@@ -60,9 +60,9 @@ def profile(optimizer: MemoryOptimizer, *, limit: int = 20, deep: bool = False) 
     body: dict[str, Any] = {
         "objects_total": objects_total,
         "top_types": top_types,
-        "components": _components(optimizer, notes),
-        "gc": _gc(optimizer),
-        "tracemalloc": _tracemalloc(limit, notes, optimizer.settings.tracemalloc_frames),
+        "components": _components(parts, notes),
+        "gc": _gc(parts),
+        "tracemalloc": _tracemalloc(limit, notes, parts.settings.tracemalloc_frames),
     }
     if deep:
         body["deep"] = _deep(limit)
@@ -114,16 +114,16 @@ def _top_types(limit: int) -> tuple[int, list[dict[str, Any]]]:
     return total, rows
 
 
-def _components(optimizer: MemoryOptimizer, notes: list[str]) -> dict[str, Any]:
+def _components(parts: Parts, notes: list[str]) -> dict[str, Any]:
     try:
         rss_mb: float | None = psutil.Process().memory_info().rss / _MB
     except psutil.Error as error:
         rss_mb = None
         notes.append(f"RSS unavailable: {error}")
-    cache_mb = optimizer.cache.bytes / _MB
+    cache_mb = parts.cache.bytes / _MB
     modules_mb = 0.0
-    if optimizer.lazy is not None:
-        modules = optimizer.lazy.stats()["modules"]
+    if parts.lazy is not None:
+        modules = parts.lazy.stats()["modules"]
         assert isinstance(modules, dict)
         for entry in modules.values():
             if entry["state"] == "loaded" and entry["import_rss_bytes"] is not None:
@@ -154,7 +154,7 @@ def _components(optimizer: MemoryOptimizer, notes: list[str]) -> dict[str, Any]:
             "rss_mb": "measured: psutil RSS of this process",
             "cache_mb": "measured: the response store's byte accounting",
             "modules_mb": "measured at import: RSS deltas of the loaded lazy modules"
-            if optimizer.lazy is not None
+            if parts.lazy is not None
             else "no lazy module registry attached",
             "python_heap_mb": "measured: tracemalloc traced memory"
             if heap_mb is not None
@@ -170,7 +170,7 @@ def _mb(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-def _gc(optimizer: MemoryOptimizer) -> dict[str, Any]:
+def _gc(parts: Parts) -> dict[str, Any]:
     return {
         "counts": list(gc.get_count()),
         "thresholds": list(gc.get_threshold()),
@@ -178,7 +178,7 @@ def _gc(optimizer: MemoryOptimizer) -> dict[str, Any]:
         "frozen": gc.get_freeze_count(),
         "uncollectable": len(gc.garbage),
         "enabled": gc.isenabled(),
-        "scheduler": optimizer.governor.gc.stats(),
+        "scheduler": parts.governor.gc.stats(),
     }
 
 
