@@ -41,9 +41,8 @@ import tracemalloc
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from ..cache.store import ResponseStore
 from ..counting import read_count
 from ..lazy import LazyModules
 from ..settings import Settings
@@ -53,7 +52,7 @@ from .gc_schedule import GCScheduler
 from .pool import RecycleLease, current_pool, serving_master
 from .pressure import MemorySample, Sampler, make_sampler, status_for
 
-__all__ = ["Action", "Governor"]
+__all__ = ["Action", "GovernedCache", "Governor"]
 
 log = logging.getLogger("wsgi_memopt")
 
@@ -75,6 +74,33 @@ _GAIN_MB = 64.0
 _DEFER_S = 1.0
 _QUIET_POLL_S = 0.005  # how often run_when_quiet looks at the requests in flight
 _T = TypeVar("_T")
+
+
+class GovernedCache(Protocol):
+    """What the governor does to the response cache: weigh it, trim it, empty it.
+
+    The governor knows no more of the store than this, so any store with these methods can be
+    governed and the memory package never imports the cache package.
+    """
+
+    @property
+    def bytes(self) -> int:
+        """Bytes held, as the store accounts them."""
+
+    def __len__(self) -> int:
+        """Entries held."""
+
+    def sweep(self) -> int:
+        """Drop the expired entries; how many."""
+
+    def evict(self) -> int:
+        """Drop a share of the entries, least recently used first; how many."""
+
+    def clear(self) -> tuple[int, int]:
+        """Drop every entry; ``(items, bytes)`` dropped."""
+
+    def after_fork(self) -> None:
+        """Make the store safe to use in a forked child (its locks made afresh)."""
 
 
 @dataclass
@@ -138,7 +164,7 @@ class Governor:
     """Between-request memory governor of one process (see the module docstring).
 
     :param settings: the middleware's settings (thresholds, intervals, ``gc_*``).
-    :param store: the response cache it trims.
+    :param store: the response cache it trims, seen through :class:`GovernedCache`.
     :param cleanups: the registry of app-level cleanups it runs in an emergency.
     :param sampler: where pressure is read; by default from ``pressure_source``.
     :param on_recycle_needed: called once with the reason when the worker should be
@@ -148,7 +174,7 @@ class Governor:
     def __init__(
         self,
         settings: Settings,
-        store: ResponseStore,
+        store: GovernedCache,
         cleanups: Cleanups,
         *,
         sampler: Sampler | None = None,
