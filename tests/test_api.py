@@ -269,6 +269,37 @@ def test_health_fields(api: Api) -> None:
         assert advice["action"]
 
 
+@pytest.mark.parametrize(
+    ("max_memory_percent", "critical_percent", "status"),
+    [
+        pytest.param(80, 90, "excellent", id="far-below-optimizing"),
+        pytest.param(55, 90, "good", id="near-optimizing"),
+        pytest.param(40, 90, "warning", id="optimizing"),
+        pytest.param(20, 30, "critical", id="emergency"),
+    ],
+)
+def test_health_bands_follow_the_configured_thresholds(
+    make_api: Callable[..., Api], max_memory_percent: int, critical_percent: int, status: str
+) -> None:
+    # A process budget of twice the RSS: memory at about 50% of it.
+    budget_mb = psutil.Process().memory_info().rss / (1 << 20) * 2
+    api = make_api(
+        pressure_source="process",
+        process_limit_mb=budget_mb,
+        max_memory_percent=max_memory_percent,
+        critical_percent=critical_percent,
+        restart_percent=100,
+    )
+    body = call(api, "GET", PREFIX + "/health").get_json()
+    assert body["status"] == status, body["memory_percent"]
+    stats = call(api, "GET", PREFIX + "/stats").get_json()
+    assert stats["memory"]["bands"] == {
+        "good": max_memory_percent - 10,
+        "warning": max_memory_percent,
+        "critical": critical_percent,
+    }
+
+
 def test_health_is_503_with_the_reason_when_a_restart_is_needed(api: Api) -> None:
     api.optimizer.governor.restart_reason = "test"
     response = call(api, "GET", PREFIX + "/health", conform=False)

@@ -125,9 +125,7 @@ def test_bursts_that_are_freed_again_make_no_staircase() -> None:
     # (had it gone on, the limit was 2.4 s away); once memory fell back, the same rise again
     # is no leak, and a staircase of rises without their falls is never read.
     forecast = Forecast(window_s=10)
-    trends = [
-        forecast.add(100 + n * 0.5, 500.0 + 200.0 * (n % 4) / 3, 1024.0) for n in range(60)
-    ]
+    trends = [forecast.add(100 + n * 0.5, 500.0 + 200.0 * (n % 4) / 3, 1024.0) for n in range(60)]
 
     alarms = [n for n, trend in enumerate(trends) if trend and trend.reaches_limit_within(10)]
     assert alarms == [3]  # the first rise's top, before any fall

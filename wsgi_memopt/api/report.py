@@ -52,6 +52,7 @@ def memory_stats(parts: Parts) -> dict[str, Any]:
             "rss_mb": round(sample.rss_mb, 1),
             "source": sample.source,
             "status": sample.status,
+            "bands": parts.governor.bands.lower_bounds(),
         },
         "cache": {
             "items": cache["items"],

@@ -17,6 +17,10 @@ memory at most every ``sample_interval_s`` and decides:
 An optimize or emergency that freed less than a point of the limit is not repeated at the same
 level: what no cleanup lowers (a leak, native memory) is the recycle's to give back.
 
+The status band of each sample follows the same thresholds (:class:`~.pressure.Bands`):
+``warning`` above ``max_memory_percent``, ``critical`` above ``critical_percent``, ``good`` in
+the 10 points below ``max_memory_percent``, ``excellent`` below that.
+
 Anything that pauses runs only with no other request of this process in flight, and one
 thread at a time; what is asked for by hand while requests run (the memory API) waits a
 bounded time for that moment, else is deferred to it (:meth:`Governor.run_when_quiet`). Every
@@ -50,7 +54,7 @@ from .cleanups import CleanupResult, Cleanups, malloc_trim
 from .forecast import Forecast
 from .gc_schedule import GCScheduler
 from .pool import RecycleLease, current_pool, serving_master
-from .pressure import MemorySample, Sampler, make_sampler, status_for
+from .pressure import Bands, MemorySample, Sampler, make_sampler
 
 __all__ = ["Action", "GovernedCache", "Governor"]
 
@@ -166,7 +170,8 @@ class Governor:
     :param settings: the middleware's settings (thresholds, intervals, ``gc_*``).
     :param store: the response cache it trims, seen through :class:`GovernedCache`.
     :param cleanups: the registry of app-level cleanups it runs in an emergency.
-    :param sampler: where pressure is read; by default from ``pressure_source``.
+    :param sampler: where pressure is read; by default from ``pressure_source``, its samples
+        banded by ``.bands`` (from ``max_memory_percent`` and ``critical_percent``).
     :param on_recycle_needed: called once with the reason when the worker should be
         recycled and nothing here can do it (no master process to respawn it).
     """
@@ -184,7 +189,10 @@ class Governor:
         self.settings = settings
         self.store = store
         self.cleanups = cleanups
-        self.sampler = sampler or make_sampler(settings.pressure_source, settings.process_limit_mb)
+        self.bands = Bands(settings.max_memory_percent, settings.critical_percent)
+        self.sampler = sampler or make_sampler(
+            settings.pressure_source, settings.process_limit_mb, bands=self.bands
+        )
         self.gc = GCScheduler(settings.gc_mode, settings.gc_freeze, settings.gc_threshold)
         self.on_recycle_needed = on_recycle_needed
         self.lazy: LazyModules | None = None  # attached by the middleware
@@ -783,7 +791,7 @@ class Governor:
         sample = self.last_sample
         return {
             "memory": sample.as_dict() if sample else None,
-            "status": sample.status if sample else status_for(0.0),
+            "status": sample.status if sample else self.bands.status(0.0),
             "in_flight": self.in_flight,
             "restart_reason": self.restart_reason,
             "gc": self.gc.stats(),
