@@ -90,7 +90,7 @@ def test_the_level_is_the_higher_of_the_last_sample_and_the_fitted_line() -> Non
 def test_no_trend_from_too_few_samples_or_too_short_a_span() -> None:
     forecast = Forecast(window_s=2)  # samples 0.05 s apart are kept
     assert feed(forecast, line(100, 7.0, 3)) is None  # three samples
-    forecast.reset()
+    forecast = Forecast(window_s=2)
     assert feed(forecast, line(100, 7.0, 6, every_s=0.1)) is None  # six over 0.5 s
     assert feed(forecast, [(101.0, 107.0)]) is not None  # a seventh makes it 1 s
 

@@ -31,6 +31,7 @@ from werkzeug.test import Client, EnvironBuilder
 
 from wsgi_memopt import MemoryOptimizer, Settings
 from wsgi_memopt.memory.cleanups import Cleanups, malloc_trim, malloc_trim_available
+from wsgi_memopt.memory.forecast import Forecast
 from wsgi_memopt.memory.gc_schedule import REQUEST_BUDGET, GCScheduler
 from wsgi_memopt.memory.governor import Action, Governor
 from wsgi_memopt.memory.pool import serving_master
@@ -1349,7 +1350,7 @@ def test_memory_that_does_not_grow_is_never_recycled_by_the_forecast(make: Make)
         assert get(client, f"/flat/{number % 20}").status_code == 200
     hand_back_freed_heap()
     optimizer.governor.sampler = ProcessSampler(rss_mb() / 0.8)
-    optimizer.governor.forecast.reset()
+    optimizer.governor.forecast = Forecast(optimizer.settings.forecast_window_s)  # afresh
     deadline = time.monotonic() + 2.0
     served = 0
     while time.monotonic() < deadline and served < 400:

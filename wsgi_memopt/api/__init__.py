@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from werkzeug.wrappers import Request, Response
 
+from ..settings import MB
 from . import report
 from .access import Access, RateLimiter, cross_site
 
@@ -42,7 +43,6 @@ __all__ = ["MemoryAPI"]
 
 log = logging.getLogger("wsgi_memopt")
 
-_MB = float(1 << 20)
 _DEEP_PROFILE_INTERVAL_S = 10.0  # pympler's full summary takes seconds at 1M objects
 _OWN_REQUEST = 1  # the middleware counts the API's own request in flight before routing it
 # Answered to anyone: a load balancer's probe brings no token, and the page must load before
@@ -188,7 +188,7 @@ class MemoryAPI:
         if waited is not None:
             return waited
         items, cleared_bytes = self.parts.cache.clear()
-        return _json({"cleared_items": items, "freed_mb": round(cleared_bytes / _MB, 3)})
+        return _json({"cleared_items": items, "freed_mb": round(cleared_bytes / MB, 3)})
 
     def _metrics(self, request: Request) -> Response:
         from .metrics import MetricsUnavailable, render_metrics

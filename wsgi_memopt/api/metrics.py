@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..memory.pressure import MB
+from ..settings import MB
 from .report import current_sample
 
 if TYPE_CHECKING:

@@ -30,12 +30,13 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from ..settings import MB
+
 if TYPE_CHECKING:
     from ..parts import Parts
 
 __all__ = ["LIMIT_MAX", "profile"]
 
-_MB = float(1 << 20)
 LIMIT_MAX = 1000
 
 
@@ -107,7 +108,7 @@ def _top_types(limit: int) -> tuple[int, list[dict[str, Any]]]:
         {
             "type": _type_name(kind),
             "count": count,
-            "size_mb_estimate": round(count * samples.get(kind, 0) / _MB, 3),
+            "size_mb_estimate": round(count * samples.get(kind, 0) / MB, 3),
         }
         for kind, count in top
     ]
@@ -116,21 +117,21 @@ def _top_types(limit: int) -> tuple[int, list[dict[str, Any]]]:
 
 def _components(parts: Parts, notes: list[str]) -> dict[str, Any]:
     try:
-        rss_mb: float | None = psutil.Process().memory_info().rss / _MB
+        rss_mb: float | None = psutil.Process().memory_info().rss / MB
     except psutil.Error as error:
         rss_mb = None
         notes.append(f"RSS unavailable: {error}")
-    cache_mb = parts.cache.bytes / _MB
+    cache_mb = parts.cache.bytes / MB
     modules_mb = 0.0
     if parts.lazy is not None:
         modules = parts.lazy.stats()["modules"]
         assert isinstance(modules, dict)
         for entry in modules.values():
             if entry["state"] == "loaded" and entry["import_rss_bytes"] is not None:
-                modules_mb += entry["import_rss_bytes"] / _MB
+                modules_mb += entry["import_rss_bytes"] / MB
     heap_mb: float | None = None
     if tracemalloc.is_tracing():
-        heap_mb = tracemalloc.get_traced_memory()[0] / _MB
+        heap_mb = tracemalloc.get_traced_memory()[0] / MB
     else:
         notes.append(
             "python_heap_mb is None: tracemalloc is off (tracemalloc_frames=0), and without it "
@@ -199,13 +200,13 @@ def _tracemalloc(limit: int, notes: list[str], frames: int) -> dict[str, Any] | 
         top.append(
             {
                 "site": f"{frame.filename}:{frame.lineno}",
-                "size_mb": round(stat.size / _MB, 3),
+                "size_mb": round(stat.size / MB, 3),
                 "count": stat.count,
             }
         )
     return {
-        "traced_mb": round(current / _MB, 3),
-        "peak_mb": round(peak / _MB, 3),
+        "traced_mb": round(current / MB, 3),
+        "peak_mb": round(peak / MB, 3),
         "frames": tracemalloc.get_traceback_limit(),
         "top": top,
     }
@@ -235,6 +236,6 @@ def _deep(limit: int) -> list[dict[str, Any]]:
         del objects
     rows.sort(key=lambda row: row[2], reverse=True)
     return [
-        {"type": str(name), "count": int(count), "size_mb": round(size / _MB, 3)}
+        {"type": str(name), "count": int(count), "size_mb": round(size / MB, 3)}
         for name, count, size in rows[:limit]
     ]

@@ -18,13 +18,13 @@ import psutil
 
 from ..memory.pool import current_pool, serving_master
 from ..memory.pressure import MemorySample
+from ..settings import MB
 
 if TYPE_CHECKING:
     from ..parts import Parts
 
 __all__ = ["health", "memory_stats", "recommendations", "worker_pool"]
 
-_MB = float(1 << 20)
 _STARTED = time.time()
 
 
@@ -58,7 +58,7 @@ def memory_stats(parts: Parts) -> dict[str, Any]:
             "items": cache["items"],
             "size_mb": cache["size_mb"],
             "max_items": cache["max_items"],
-            "max_mb": round(cache["max_bytes"] / _MB, 3),
+            "max_mb": round(cache["max_bytes"] / MB, 3),
             "hits": cache["hits"],
             "misses": cache["misses"],
             "hit_rate": cache["hit_rate"],
@@ -203,7 +203,7 @@ def worker_pool() -> dict[str, Any] | None:
     pool = current_pool()
     if pool is None:
         return None
-    workers = [{"pid": pid, "rss_mb": round(rss / _MB, 1)} for pid, rss in pool.workers.items()]
+    workers = [{"pid": pid, "rss_mb": round(rss / MB, 1)} for pid, rss in pool.workers.items()]
     return {
         "server": pool.server,
         "master_pid": pool.master_pid,
@@ -225,4 +225,4 @@ def _python_heap_mb() -> float | None:
 
     if not tracemalloc.is_tracing():
         return None
-    return tracemalloc.get_traced_memory()[0] / _MB
+    return tracemalloc.get_traced_memory()[0] / MB

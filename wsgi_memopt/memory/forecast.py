@@ -120,14 +120,6 @@ class Forecast:
                 self.trend = self._line.trend(points, limit_mb, new_ground=used_mb > peak)
             return self.trend
 
-    def reset(self) -> None:
-        """Forget every sample (a new process starts its own window)."""
-        with self._lock:
-            self._points.clear()
-            self._peaks.clear()
-            self._line = None
-            self.trend = None
-
 
 @dataclass(frozen=True, slots=True)
 class _Line:

@@ -49,7 +49,7 @@ from typing import Any, Protocol, TypeVar
 
 from ..counting import read_count
 from ..lazy import LazyModules
-from ..settings import Settings
+from ..settings import MB, Settings
 from .cleanups import CleanupResult, Cleanups, malloc_trim
 from .forecast import Forecast
 from .gc_schedule import GCScheduler
@@ -60,7 +60,6 @@ __all__ = ["Action", "GovernedCache", "Governor"]
 
 log = logging.getLogger("wsgi_memopt")
 
-_MB = float(1 << 20)
 _SAMPLES_KEPT = 720  # the dashboard's ring: an hour at one sample every 5 s
 _COLLECT_ROUNDS = 5  # "collect until nothing more is freed", bounded
 _LAZY_IDLE_S = 300.0  # an emergency unloads lazy modules unused for this long
@@ -556,7 +555,7 @@ class Governor:
                 self.sampler.sample(),
                 (time.perf_counter() - started) * 1000,
                 cache_items_freed=items - len(self.store),
-                cache_mb_freed=(cache_bytes - self.store.bytes) / _MB,
+                cache_mb_freed=(cache_bytes - self.store.bytes) / MB,
                 objects_collected=collected,
                 trimmed=trimmed,
             )
@@ -583,7 +582,7 @@ class Governor:
                 self.sampler.sample(),
                 (time.perf_counter() - started) * 1000,
                 cache_items_freed=items,
-                cache_mb_freed=cache_bytes / _MB,
+                cache_mb_freed=cache_bytes / MB,
                 objects_collected=collected,
                 trimmed=trimmed,
                 cleanups=results,

@@ -50,6 +50,8 @@ from typing import Protocol, runtime_checkable
 
 import psutil
 
+from ..settings import MB
+
 __all__ = [
     "SOURCES",
     "Bands",
@@ -65,7 +67,6 @@ __all__ = [
 
 log = logging.getLogger("wsgi_memopt")
 
-MB = 1 << 20
 SOURCES = ("auto", "host", "container", "process")
 # cgroup v1 says "no limit" with PAGE_COUNTER_MAX pages in bytes: 9223372036854771712 with 4 KiB
 # pages, a little different with other page sizes. Nothing real comes near 2**62.
