@@ -1,4 +1,4 @@
-"""``/metrics`` (SPEC §8.1): the exposition parsed back with prometheus_client's own parser
+"""``/metrics``: the exposition parsed back with prometheus_client's own parser
 equals the optimizer's own figures; the collector works in an app's registry; without
 prometheus_client the functions raise MetricsUnavailable with the install hint, and importing
 the module never imports prometheus_client."""

@@ -1,4 +1,4 @@
-"""The ``profile`` body (SPEC §8.1): top types, components, gc, tracemalloc, the deep view."""
+"""The ``profile`` body: top types, components, gc, tracemalloc, the deep view."""
 
 from __future__ import annotations
 

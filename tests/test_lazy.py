@@ -1,4 +1,4 @@
-"""``wsgi_memopt.lazy``: deferred, thread-safe imports and honest unloading (SPEC §9).
+"""``wsgi_memopt.lazy``: deferred, thread-safe imports and honest unloading.
 
 Every test that imports or unloads runs its scenario in a fresh interpreter, so this process's
 ``sys.modules`` stays as it was. The scenario prints one JSON line that the test checks.

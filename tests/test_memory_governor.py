@@ -1,4 +1,4 @@
-"""The governor (SPEC §7): real pressure, real memory, real threads, real forks.
+"""The governor: real pressure, real memory, real threads, real forks.
 
 No sampler is faked for a measurement: pressure comes from the ``process`` source (this
 process's RSS over ``process_limit_mb``), set just above or below the RSS measured with psutil,
@@ -1079,7 +1079,7 @@ def test_a_failing_recycle_hook_is_logged_not_raised(
     assert any("on_recycle_needed hook failed" in r.message for r in caplog.records)
 
 
-# --- a burst's heap given back between requests (SPEC §11) ------------------------------------
+# --- a burst's heap given back between requests -----------------------------------------------
 
 _BURST_SCRIPT = """
 import psutil

@@ -1,4 +1,4 @@
-"""Recycling end to end, with real servers on 127.0.0.1 (SPEC §7, the recycle bullet).
+"""Recycling end to end, with real servers on 127.0.0.1.
 
 The app under test is written into ``tmp_path`` and served by a subprocess: its body is the
 serving process's PID, and its optimizer measures the process source against a 1 MB limit, so
@@ -19,7 +19,7 @@ ever retried: a request that lands while a worker exits must still get its 200.
 
 Also here, regression tests for what these runs found: a gthread worker whose requests
 always overlap must still recycle; every worker of a ``--preload`` app draws its own restart
-jitter; and a freed burst in a process's first request is trimmed too (SPEC §11's RSS row,
+jitter; and a freed burst in a process's first request is trimmed too (the RSS guard-rail,
 see ``benchmarks/rss_burst.py``).
 """
 
@@ -666,7 +666,7 @@ def test_gthread_worker_recycles_under_overlapping_requests(start_gunicorn: Star
     assert len(outcome.distinct_pids) >= 2, report
 
 
-# -- per-worker jitter (SPEC §7: "with per-worker jitter")
+# -- per-worker jitter
 
 LOW_PRESSURE = {
     "pressure_source": "process",
@@ -700,7 +700,7 @@ def test_gunicorn_workers_draw_their_own_restart_jitter(
     assert seen[0]["jitter"] != seen[1]["jitter"], seen
 
 
-# -- found while measuring SPEC §11's RSS row (benchmarks/rss_burst.py)
+# -- found while measuring the RSS guard-rail (benchmarks/rss_burst.py)
 
 BURST_SCRIPT = textwrap.dedent(
     """\
@@ -794,4 +794,4 @@ def test_freed_burst_is_given_back_before_the_next_request(tmp_path: Path, scena
     measured = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"{scenario}: {measured}")
     assert measured["grown"] > 64, measured  # the burst did reach the RSS
-    assert measured["held"] <= 0.05 * measured["grown"], measured  # SPEC §11: >= 95% back
+    assert measured["held"] <= 0.05 * measured["grown"], measured  # the guard-rail: >= 95% back

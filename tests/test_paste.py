@@ -1,4 +1,4 @@
-"""PasteDeploy factories (``wsgi_memopt/paste.py``) and ``examples/production*.ini`` (SPEC §10).
+"""PasteDeploy factories (``wsgi_memopt/paste.py``) and ``examples/production*.ini``.
 
 - both ini forms (``[pipeline:main]`` and ``filter-with``) load through ``paste.deploy.loadapp``
   and serve ``/slow`` from the cache on the second request, ``/me`` never;
