@@ -8,12 +8,13 @@ line, a request's short burst, a sibling's recycle).
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 
 import pytest
 from conftest import run_threads
 
-from wsgi_memopt.memory.forecast import Forecast, Trend
+from wsgi_memopt.memory.forecast import Forecast, Trend, _median
 
 LIMIT_MB = 300.0
 
@@ -208,3 +209,16 @@ def test_samples_taken_at_every_request_are_thinned_to_forty_a_window() -> None:
     assert trend is not None
     assert trend.samples <= 41
     assert trend.rate_mb_s == pytest.approx(7.0)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pytest.param([3.0], id="one"),
+        pytest.param([5.0, 1.0, 4.0], id="odd"),
+        pytest.param([4.0, -1.0, 2.5, 9.0], id="even"),
+        pytest.param([2.0, 2.0, 7.0, 7.0, 7.0, 1.0], id="ties"),
+    ],
+)
+def test_the_median_is_the_statistics_modules(values: list[float]) -> None:
+    assert _median(values) == statistics.median(values)

@@ -7,6 +7,8 @@ import json
 import logging
 import math
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -624,3 +626,18 @@ def test_paths_and_limit_are_resolved_once(v2: Tree) -> None:
     sample = sampler.sample()
     assert sample.source == "container"
     assert sample.limit_mb == 512
+
+
+def test_traced_bytes_sees_tracing_started_before_tracemalloc_is_imported() -> None:
+    # -X tracemalloc starts tracing in C: tracemalloc.py is never imported, and need not be.
+    script = (
+        "import sys\n"
+        "from wsgi_memopt.memory.pressure import traced_bytes\n"
+        "print(traced_bytes() is not None and traced_bytes() > 0, 'tracemalloc' in sys.modules)"
+    )
+    for flags, expected in (([], "False False"), (["-X", "tracemalloc"], "True False")):
+        done = subprocess.run(
+            [sys.executable, *flags, "-c", script], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == expected.split()

@@ -14,7 +14,6 @@ value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import ipaddress
 import itertools
@@ -600,6 +599,8 @@ def env_values(
 def did_you_mean(name: str, choices: Iterable[str]) -> str | None:
     """``"did you mean 'x'?"`` for the choice closest to a misspelt ``name``, or None when
     none is close: the one hint every "no such ..." message of the package gives."""
+    import difflib  # only for a misspelt name: no process that starts right pays for it
+
     close = difflib.get_close_matches(name, list(choices), n=1)
     return f"did you mean {close[0]!r}?" if close else None
 

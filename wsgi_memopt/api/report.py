@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from ..memory.pool import current_pool, serving_master
-from ..memory.pressure import MemorySample
+from ..memory.pressure import MemorySample, traced_bytes
 from ..settings import MB
 
 if TYPE_CHECKING:
@@ -221,8 +221,5 @@ def _process_started() -> float:
 
 def _python_heap_mb() -> float | None:
     """What tracemalloc traces, when it is tracing; None otherwise (never estimated)."""
-    import tracemalloc
-
-    if not tracemalloc.is_tracing():
-        return None
-    return tracemalloc.get_traced_memory()[0] / MB
+    traced = traced_bytes()
+    return None if traced is None else traced / MB

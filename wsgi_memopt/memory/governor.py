@@ -41,7 +41,6 @@ import random
 import signal
 import threading
 import time
-import tracemalloc
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,7 +53,7 @@ from .cleanups import CleanupResult, Cleanups, malloc_trim
 from .forecast import Forecast
 from .gc_schedule import GCScheduler
 from .pool import RecycleLease, current_pool, serving_master
-from .pressure import Bands, MemorySample, Sampler, make_sampler
+from .pressure import Bands, MemorySample, Sampler, make_sampler, traced_bytes
 
 __all__ = ["Action", "GovernedCache", "Governor"]
 
@@ -354,8 +353,10 @@ class Governor:
                     )
                 self.gc.start()
                 frames = self.settings.tracemalloc_frames
-                if frames > 0 and not tracemalloc.is_tracing():
+                if frames > 0 and traced_bytes() is None:
                     # Opt-in: tracing slows allocation-heavy code several times over.
+                    import tracemalloc
+
                     tracemalloc.start(frames)
                 if self.settings.monitor_interval_s > 0:
                     self._monitor = _Monitor(self, self.settings.monitor_interval_s)

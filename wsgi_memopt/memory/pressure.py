@@ -40,6 +40,7 @@ The rules, each one checkable:
 
 from __future__ import annotations
 
+import _tracemalloc
 import contextlib
 import logging
 import math
@@ -63,6 +64,7 @@ __all__ = [
     "Sampler",
     "container_limit",
     "make_sampler",
+    "traced_bytes",
 ]
 
 log = logging.getLogger("wsgi_memopt")
@@ -312,6 +314,18 @@ class ContainerSampler(_RSSReader):
             self._failing = False
             log.info("[MEMORY] cgroup figures readable again; measuring the container")
         return _make("container", used, self.limit_bytes, self._rss(), self.bands)
+
+
+def traced_bytes() -> int | None:
+    """What tracemalloc traces now, in bytes; None when it is not tracing.
+
+    Asked of tracemalloc's C half: tracing may be on from the start (``-X tracemalloc``)
+    without ``tracemalloc.py`` imported, and importing it (with pickle) for this question
+    would weigh on every process that never traces.
+    """
+    if not _tracemalloc.is_tracing():
+        return None
+    return _tracemalloc.get_traced_memory()[0]
 
 
 # -- reading cgroup files
