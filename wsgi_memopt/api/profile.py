@@ -6,8 +6,9 @@
 Every figure says how it was obtained, and nothing is guessed:
 
 - ``top_types`` comes from ONE pass over ``gc.get_objects()`` counting ``type(obj)`` (the
-  cheap per-type count, ~65 ms at 1M objects). Its sizes are ``count * sys.getsizeof(one
-  sampled instance)``, hence ``size_mb_estimate``: only the deep view measures sizes.
+  cheap per-type count; ``benchmarks/profile.py`` times it at 1M objects). Its sizes are
+  ``count * sys.getsizeof(one sampled instance)``, hence ``size_mb_estimate``: only the deep
+  view measures sizes.
   ``gc.get_objects()`` lists neither untracked objects (ints, strings, ...) nor the objects
   ``gc.freeze()`` moved to the permanent generation (``gc.frozen_objects``).
 - ``components`` reports what was measured where it can be (cache byte accounting, RSS deltas
