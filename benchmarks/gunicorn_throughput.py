@@ -1,4 +1,4 @@
-"""A real server on loopback: gunicorn, a Flask route doing ~5 ms of work, repeated URLs (SPEC §11).
+"""A real server on loopback: gunicorn, a Flask route doing ~5 ms of work, repeated URLs.
 
 A Flask app is written into a temporary directory: ``/work/<n>`` burns ~5 ms of CPU in a
 bounded loop (calibrated here, in this process, before any server starts; not a sleep) and
@@ -51,13 +51,15 @@ from typing import Any
 import psutil
 from _servers import HOST, child_env, control_socket_args, free_port
 
-TARGET_RATIO = 5.0  # SPEC §11: throughput >= 5x the unwrapped app
-TARGET_ERRORS = 0  # SPEC §11: error rate 0
+from wsgi_memopt.settings import DEFAULT_API_PREFIX
+
+TARGET_RATIO = 5.0  # the guard-rail: throughput >= 5x the unwrapped app
+TARGET_ERRORS = 0  # the guard-rail: no errors
 WORK_MS = 5.0
 BOOT_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 REQUEST_TIMEOUT_S = 10.0
-STATS_PATH = "/api/v1/memory/stats"
+STATS_PATH = DEFAULT_API_PREFIX + "/stats"
 WORKERS = 2
 THREADS = 4
 

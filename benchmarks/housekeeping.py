@@ -1,8 +1,8 @@
-"""The governor's housekeeping, amortized per request, against a trivial Flask route (SPEC §11).
+"""The governor's housekeeping, amortized per request, against a trivial Flask route.
 
-SPEC §7 ("Cost"): per request only counters and a monotonic clock; a real sample at most every
-``sample_interval_s``; housekeeping, amortized, under 1% of a trivial Flask request. Measured
-here, side by side in one run:
+The governor's cost rule: per request only counters and a monotonic clock; a real sample at
+most every ``sample_interval_s``; housekeeping, amortized, under 1% of a trivial Flask request.
+Measured here, side by side in one run:
 
 1. the governor's per-request part, the two hooks the middleware calls around every request
    (``request_started``: the in-flight count; ``request_finished``: the count, the check
@@ -14,8 +14,8 @@ here, side by side in one run:
    request per interval every request pays for one, shown as the worst case);
 3. for the record, the whole middleware around a bare WSGI function with the cache off: the
    hooks plus the response wrapper whose ``close()`` calls them and the API prefix check.
-   That part is the middleware's, not housekeeping: SPEC §11 bounds it with the
-   pass-through rows of ``benchmarks/cache.py`` (>= 0.97 of the unwrapped route).
+   That part is the middleware's, not housekeeping: the pass-through rows of
+   ``benchmarks/cache.py`` bound it against the unwrapped route.
 
     python benchmarks/housekeeping.py [--rounds 15] [--json]
 """
@@ -41,7 +41,7 @@ from _timing import Prepare, WSGIApp, interleaved, repeated
 from wsgi_memopt import MemoryOptimizer
 from wsgi_memopt.memory.governor import Governor
 
-TARGET_PERCENT = 1.0  # SPEC §11: housekeeping <= 1% of a trivial Flask request
+TARGET_PERCENT = 1.0  # the guard-rail: housekeeping <= 1% of a trivial Flask request
 TICKS = 200  # due ticks timed for their median
 
 

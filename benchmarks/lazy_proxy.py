@@ -1,4 +1,4 @@
-"""Attribute reads through a loaded ``LazyModules`` proxy against a plain module (SPEC §9).
+"""Attribute reads through a loaded ``LazyModules`` proxy against a plain module.
 
 Once loaded, the proxy's ``__dict__`` is the module's own, so a read is an instance-dict
 lookup; this prints what that costs next to ``module.attr`` on the real module, side by side

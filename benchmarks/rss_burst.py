@@ -1,4 +1,4 @@
-"""RSS after a 300 MB burst of glibc-heap allocations that the app frees (SPEC §11).
+"""RSS after a 300 MB burst of glibc-heap allocations that the app frees.
 
 Target: >= 95% of the burst back before the next request.
 

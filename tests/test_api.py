@@ -29,6 +29,7 @@ from werkzeug.test import Client, TestResponse
 
 import wsgi_memopt.api.report
 from wsgi_memopt import MemoryOptimizer
+from wsgi_memopt.parts import Parts
 
 MB = float(1 << 20)
 LOOPBACK = "127.0.0.1"
@@ -238,6 +239,37 @@ def test_health_fields(api: Api) -> None:
     for advice in body["recommendations"]:
         assert advice["finding"]
         assert advice["action"]
+
+
+@pytest.mark.parametrize(
+    ("max_memory_percent", "critical_percent", "status"),
+    [
+        pytest.param(80, 90, "excellent", id="far-below-optimizing"),
+        pytest.param(55, 90, "good", id="near-optimizing"),
+        pytest.param(40, 90, "warning", id="optimizing"),
+        pytest.param(20, 30, "critical", id="emergency"),
+    ],
+)
+def test_health_bands_follow_the_configured_thresholds(
+    make_api: Callable[..., Api], max_memory_percent: int, critical_percent: int, status: str
+) -> None:
+    # A process budget of twice the RSS: memory at about 50% of it.
+    budget_mb = psutil.Process().memory_info().rss / (1 << 20) * 2
+    api = make_api(
+        pressure_source="process",
+        process_limit_mb=budget_mb,
+        max_memory_percent=max_memory_percent,
+        critical_percent=critical_percent,
+        restart_percent=100,
+    )
+    body = call(api, "GET", PREFIX + "/health").get_json()
+    assert body["status"] == status, body["memory_percent"]
+    stats = call(api, "GET", PREFIX + "/stats").get_json()
+    assert stats["memory"]["bands"] == {
+        "good": max_memory_percent - 10,
+        "warning": max_memory_percent,
+        "critical": critical_percent,
+    }
 
 
 def test_health_is_503_with_the_reason_when_a_restart_is_needed(api: Api) -> None:
@@ -462,7 +494,7 @@ def test_limit_takes_only_ascii_digits(api: Api, query: str) -> None:
 def test_a_failing_endpoint_is_500_json_without_traceback(
     api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken(optimizer: MemoryOptimizer) -> dict[str, Any]:
+    def broken(parts: Parts) -> dict[str, Any]:
         raise RuntimeError("secret-internal-detail")
 
     monkeypatch.setattr(wsgi_memopt.api.report, "memory_stats", broken)
@@ -926,8 +958,8 @@ def test_recommendations_name_what_to_use() -> None:
     optimizer, client = wrap(app, gc_mode="auto", cache_max_mb=0.001)
     for number in range(120):  # 120 lookups, none a hit: a low hit rate
         get(client, f"/p{number}")
-    sample = report.current_sample(optimizer)
-    advice = report.recommendations(optimizer, sample)
+    sample = report.current_sample(optimizer.parts)
+    advice = report.recommendations(optimizer.parts, sample)
     findings = " | ".join(item["finding"] for item in advice)
     assert "hit rate 0%" in findings
     assert any(item.get("setting") == "gc_mode" for item in advice)

@@ -447,10 +447,16 @@ def test_chromium_draws_the_chart_for_an_allow_listed_loopback(
     tmp_path: Path,
 ) -> None:
     # The operator opened the API to loopback: the page needs no token from 127.0.0.1.
-    optimizer = make_optimizer(api_allow_networks="127.0.0.1/32")
+    optimizer = make_optimizer(
+        api_allow_networks="127.0.0.1/32", max_memory_percent=50, critical_percent=70
+    )
     url = serve(optimizer) + PREFIX + "/"
     dom = Elements(_chromium(tmp_path, "--dump-dom", url).stdout)
     _assert_chart_drawn(str(dom.by_id["line"]["points"]), str(dom.by_id["line"]["data-points"]))
+    # The band lines sit where the configured thresholds put the bands (y = 210 - 2 x percent).
+    for band, percent in (("good", 40), ("warning", 50), ("critical", 70)):
+        assert dom.by_id["band-" + band]["y1"] == f"{210 - 2 * percent:.1f}"
+        assert dom.text["label-" + band] == str(percent)
     status = dom.by_id["status"]["data-status"]
     assert status in ("excellent", "good", "warning", "critical")
     assert dom.text["status"] == status

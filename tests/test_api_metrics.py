@@ -93,7 +93,7 @@ def test_render_parses_back_to_the_optimizers_own_figures() -> None:
     optimizer.governor.restart_reason = "rss over restart_percent"
     gc_before = gc.get_stats()
 
-    body, content_type = render_metrics(optimizer)
+    body, content_type = render_metrics(optimizer.parts)
 
     gc_after = gc.get_stats()
     assert content_type.startswith("text/plain; version=0.0.4")
@@ -145,7 +145,7 @@ def test_a_stale_sample_is_taken_anew() -> None:
     stale = _fixed_sample(status="critical", percent=99.0)
     stale = dataclasses.replace(stale, taken_at=time.time() - 5)
     optimizer.governor.last_sample = stale
-    body, _ = render_metrics(optimizer)
+    body, _ = render_metrics(optimizer.parts)
     _, samples = _parse(body.decode())
     fresh = optimizer.governor.last_sample
     assert fresh is not None
@@ -162,7 +162,7 @@ def test_the_collector_works_in_an_apps_own_registry() -> None:
     optimizer = _driven()
     registry = prometheus_client.CollectorRegistry(auto_describe=True)
     taken = len(optimizer.governor.samples)
-    registry.register(memory_collector(optimizer))
+    registry.register(memory_collector(optimizer.parts))
     assert len(optimizer.governor.samples) == taken  # describe(): registering samples nothing
     assert registry.get_sample_value("wsgi_memopt_cache_hits_total") == 1
     assert registry.get_sample_value("wsgi_memopt_cache_items") == 2
@@ -170,7 +170,7 @@ def test_the_collector_works_in_an_apps_own_registry() -> None:
     assert samples[("wsgi_memopt_cache_stores_total", ())] == optimizer.cache.stats()["stores"]
     # A second collector of the same names in the same registry is refused, as usual.
     with pytest.raises(ValueError, match="Duplicated timeseries"):
-        registry.register(memory_collector(optimizer))
+        registry.register(memory_collector(optimizer.parts))
 
 
 def _run(prelude: str, code: str) -> subprocess.CompletedProcess[str]:
@@ -194,7 +194,7 @@ def test_without_prometheus_client_both_functions_raise_with_the_install_hint() 
         optimizer = MemoryOptimizer(app, monitor_interval_s=0, gc_freeze=False)
         for function in (render_metrics, memory_collector):
             try:
-                function(optimizer)
+                function(optimizer.parts)
             except MetricsUnavailable as error:
                 print("RAISED", error)
             else:

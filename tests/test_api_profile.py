@@ -61,7 +61,7 @@ def tracing() -> Iterator[None]:
 
 
 def test_keys_and_types(optimizer: MemoryOptimizer, not_tracing: None) -> None:
-    body = profile(optimizer)
+    body = profile(optimizer.parts)
     assert set(body) == {
         "objects_total",
         "top_types",
@@ -104,7 +104,7 @@ def test_finds_many_instances_of_a_local_class(optimizer: MemoryOptimizer) -> No
         pass
 
     crowd = [Crowd() for _ in range(50_000)]
-    body = profile(optimizer, limit=100)
+    body = profile(optimizer.parts, limit=100)
     rows = {row["type"]: row for row in body["top_types"]}
     name = f"{__name__}.{Crowd.__qualname__}"
     assert name in rows, list(rows)
@@ -114,15 +114,15 @@ def test_finds_many_instances_of_a_local_class(optimizer: MemoryOptimizer) -> No
 
 
 def test_limit_is_respected(optimizer: MemoryOptimizer) -> None:
-    assert len(profile(optimizer, limit=1)["top_types"]) == 1
-    assert len(profile(optimizer, limit=7)["top_types"]) == 7
-    assert len(profile(optimizer, limit=1000)["top_types"]) <= 1000
+    assert len(profile(optimizer.parts, limit=1)["top_types"]) == 1
+    assert len(profile(optimizer.parts, limit=7)["top_types"]) == 7
+    assert len(profile(optimizer.parts, limit=1000)["top_types"]) <= 1000
 
 
 @pytest.mark.parametrize("limit", [0, -1, 1001, True, 2.5, "5"])
 def test_limit_is_validated(optimizer: MemoryOptimizer, limit: Any) -> None:
     with pytest.raises(ValueError, match="limit"):
-        profile(optimizer, limit=limit)
+        profile(optimizer.parts, limit=limit)
 
 
 def test_components_without_tracing(optimizer: MemoryOptimizer, not_tracing: None) -> None:
@@ -131,20 +131,20 @@ def test_components_without_tracing(optimizer: MemoryOptimizer, not_tracing: Non
         client.get(f"/page/{n}", buffered=True)
     assert optimizer.cache.stats()["items"] == 20
     assert optimizer.cache.bytes > 20 * 4096
-    components = profile(optimizer)["components"]
+    components = profile(optimizer.parts)["components"]
     assert components["cache_mb"] == round(optimizer.cache.bytes / MB, 3)
     assert components["modules_mb"] == 0.0
     assert components["rss_mb"] > components["cache_mb"]
     assert components["python_heap_mb"] is None
     assert components["other_mb"] is None
     assert "tracemalloc" in components["sources"]["python_heap_mb"]
-    notes = profile(optimizer)["notes"]
+    notes = profile(optimizer.parts)["notes"]
     assert any("python_heap_mb is None" in note for note in notes)
 
 
 def test_components_with_tracing(optimizer: MemoryOptimizer, tracing: None) -> None:
     Client(optimizer, use_cookies=False).get("/page", buffered=True)
-    components = profile(optimizer)["components"]
+    components = profile(optimizer.parts)["components"]
     assert components["python_heap_mb"] is not None
     assert components["python_heap_mb"] > 0
     expected = (
@@ -170,7 +170,7 @@ def test_modules_are_the_loaded_lazy_imports(not_tracing: None) -> None:
             for entry in modules.values()
             if entry["state"] == "loaded"
         )
-        components = profile(optimizer)["components"]
+        components = profile(optimizer.parts)["components"]
         assert components["modules_mb"] == round(expected / MB, 3)
         assert "measured at import" in components["sources"]["modules_mb"]
     finally:
@@ -179,7 +179,7 @@ def test_modules_are_the_loaded_lazy_imports(not_tracing: None) -> None:
 
 def test_tracemalloc_section_when_tracing(optimizer: MemoryOptimizer, tracing: None) -> None:
     hoard = [bytearray(1024) for _ in range(2000)]  # ~2 MiB from one line
-    section = profile(optimizer, limit=5)["tracemalloc"]
+    section = profile(optimizer.parts, limit=5)["tracemalloc"]
     assert section is not None
     assert section["traced_mb"] > 1
     assert 1 <= len(section["top"]) <= 5
@@ -203,13 +203,13 @@ def _line_of(marker: str) -> str:
 
 
 def test_tracemalloc_section_when_off(optimizer: MemoryOptimizer, not_tracing: None) -> None:
-    body = profile(optimizer)
+    body = profile(optimizer.parts)
     assert body["tracemalloc"] is None
     assert any("tracemalloc is off" in n and "tracemalloc_frames" in n for n in body["notes"])
 
 
 def test_deep_view_has_pympler_rows(optimizer: MemoryOptimizer) -> None:
-    body = profile(optimizer, limit=5, deep=True)
+    body = profile(optimizer.parts, limit=5, deep=True)
     rows = body["deep"]
     assert 1 <= len(rows) <= 5
     for row in rows:
@@ -221,4 +221,4 @@ def test_deep_view_has_pympler_rows(optimizer: MemoryOptimizer) -> None:
     sizes = [row["size_mb"] for row in rows]
     assert sizes == sorted(sizes, reverse=True)
     json.dumps(body)
-    assert "deep" not in profile(optimizer, limit=5)
+    assert "deep" not in profile(optimizer.parts, limit=5)

@@ -8,12 +8,13 @@ line, a request's short burst, a sibling's recycle).
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 
 import pytest
 from helpers.wsgi import run_threads
 
-from wsgi_memopt.memory.forecast import Forecast, Trend
+from wsgi_memopt.memory.forecast import Forecast, Trend, _median
 
 LIMIT_MB = 300.0
 
@@ -90,7 +91,7 @@ def test_the_level_is_the_higher_of_the_last_sample_and_the_fitted_line() -> Non
 def test_no_trend_from_too_few_samples_or_too_short_a_span() -> None:
     forecast = Forecast(window_s=2)  # samples 0.05 s apart are kept
     assert feed(forecast, line(100, 7.0, 3)) is None  # three samples
-    forecast.reset()
+    forecast = Forecast(window_s=2)
     assert feed(forecast, line(100, 7.0, 6, every_s=0.1)) is None  # six over 0.5 s
     assert feed(forecast, [(101.0, 107.0)]) is not None  # a seventh makes it 1 s
 
@@ -208,3 +209,16 @@ def test_samples_taken_at_every_request_are_thinned_to_forty_a_window() -> None:
     assert trend is not None
     assert trend.samples <= 41
     assert trend.rate_mb_s == pytest.approx(7.0)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pytest.param([3.0], id="one"),
+        pytest.param([5.0, 1.0, 4.0], id="odd"),
+        pytest.param([4.0, -1.0, 2.5, 9.0], id="even"),
+        pytest.param([2.0, 2.0, 7.0, 7.0, 7.0, 1.0], id="ties"),
+    ],
+)
+def test_the_median_is_the_statistics_modules(values: list[float]) -> None:
+    assert _median(values) == statistics.median(values)

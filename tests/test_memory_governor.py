@@ -29,9 +29,11 @@ import pytest
 from helpers.wsgi import get, run_threads, wrap
 from werkzeug.test import Client, EnvironBuilder
 
-from wsgi_memopt import MemoryOptimizer
-from wsgi_memopt.memory.cleanups import malloc_trim, malloc_trim_available
+from wsgi_memopt import MemoryOptimizer, Settings
+from wsgi_memopt.memory.cleanups import Cleanups, malloc_trim, malloc_trim_available
+from wsgi_memopt.memory.forecast import Forecast
 from wsgi_memopt.memory.gc_schedule import REQUEST_BUDGET, GCScheduler
+from wsgi_memopt.memory.governor import Governor
 from wsgi_memopt.memory.pool import serving_master
 from wsgi_memopt.memory.pressure import MemorySample, ProcessSampler
 
@@ -133,7 +135,7 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = POLL_S) -> bool:
 _SCRIPT_PRELUDE = """
 import json, logging, os, sys, threading, time, traceback
 from werkzeug.test import EnvironBuilder
-from wsgi_memopt import MemoryOptimizer
+from wsgi_memopt import MemoryOptimizer, Settings
 
 def ok_app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
@@ -385,6 +387,56 @@ def test_optimize_and_emergency_by_hand_return_measured_results(make: Make) -> N
         optimized,
         emergency,
     ]
+
+
+class ListCache:
+    """A cache with only what the governor may call (GovernedCache), recording the calls."""
+
+    def __init__(self, items: int, item_bytes: int) -> None:
+        self.items, self.item_bytes = items, item_bytes
+        self.calls: list[str] = []
+
+    @property
+    def bytes(self) -> int:
+        return self.items * self.item_bytes
+
+    def __len__(self) -> int:
+        return self.items
+
+    def sweep(self) -> int:
+        self.calls.append("sweep")
+        return 0
+
+    def evict(self) -> int:
+        self.calls.append("evict")
+        self.items -= 1
+        return 1
+
+    def clear(self) -> tuple[int, int]:
+        self.calls.append("clear")
+        dropped = self.items, self.bytes
+        self.items = 0
+        return dropped
+
+    def after_fork(self) -> None:
+        self.calls.append("after_fork")
+
+
+def test_the_governor_trims_any_cache_that_offers_the_narrow_interface() -> None:
+    settings = Settings(**NO_PRESSURE, monitor_interval_s=0, gc_freeze=False)
+    cache = ListCache(items=4, item_bytes=1 << 20)
+    governor = Governor(settings, cache, Cleanups())
+    try:
+        optimized = governor.optimize("test")
+        assert cache.calls == ["sweep", "evict"]
+        assert optimized["actions"]["cache_items_freed"] == 1
+        assert optimized["actions"]["cache_mb_freed"] == pytest.approx(1.0)
+        emergency = governor.emergency("test")
+        assert cache.calls[-1] == "clear"
+        assert emergency["actions"]["cache_items_freed"] == 3
+        assert emergency["actions"]["cache_mb_freed"] == pytest.approx(3.0)
+    finally:
+        governor.stop()
 
 
 def test_an_emergency_that_frees_the_cache_reports_the_rss_it_gave_back(make: Make) -> None:
@@ -1019,7 +1071,7 @@ def test_a_failing_recycle_hook_is_logged_not_raised(
     assert any("on_recycle_needed hook failed" in r.message for r in caplog.records)
 
 
-# --- a burst's heap given back between requests --------------------------------------------
+# --- a burst's heap given back between requests -----------------------------------------------
 
 _BURST_SCRIPT = """
 import psutil
@@ -1291,7 +1343,7 @@ def test_memory_that_does_not_grow_is_never_recycled_by_the_forecast(make: Make)
         assert get(client, f"/flat/{number % 20}").status_code == 200
     hand_back_freed_heap()
     optimizer.governor.sampler = ProcessSampler(rss_mb() / 0.8)
-    optimizer.governor.forecast.reset()
+    optimizer.governor.forecast = Forecast(optimizer.settings.forecast_window_s)  # afresh
     deadline = time.monotonic() + 2.0
     served = 0
     while time.monotonic() < deadline and served < 400:

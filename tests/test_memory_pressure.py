@@ -7,6 +7,8 @@ import json
 import logging
 import math
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pytest
 
 from wsgi_memopt.memory import pressure
 from wsgi_memopt.memory.pressure import (
+    Bands,
     ContainerSampler,
     HostSampler,
     MemorySample,
@@ -22,7 +25,6 @@ from wsgi_memopt.memory.pressure import (
     Sampler,
     container_limit,
     make_sampler,
-    status_for,
 )
 
 MiB = 1 << 20
@@ -37,7 +39,7 @@ def assert_consistent(sample: MemorySample) -> None:
     assert sample.used_mb >= 0
     assert sample.available_mb == pytest.approx(max(sample.limit_mb - sample.used_mb, 0), abs=0.1)
     assert sample.memory_percent == pytest.approx(sample.used_mb / sample.limit_mb * 100)
-    assert sample.status == status_for(sample.memory_percent)
+    assert sample.status == Bands().status(sample.memory_percent)
     own_rss = psutil.Process().memory_info().rss / MiB
     assert sample.rss_mb == pytest.approx(own_rss, abs=4)
     json.dumps(sample.as_dict())
@@ -50,17 +52,42 @@ def assert_consistent(sample: MemorySample) -> None:
     ("percent", "status"),
     [
         pytest.param(0.0, "excellent", id="0-excellent"),
-        pytest.param(69.99, "excellent", id="69.99-excellent"),
-        pytest.param(70.0, "good", id="70-good"),
-        pytest.param(74.99, "good", id="74.99-good"),
-        pytest.param(75.0, "warning", id="75-warning"),
+        pytest.param(54.99, "excellent", id="54.99-excellent"),
+        pytest.param(55.0, "good", id="55-good"),
+        pytest.param(65.0, "good", id="65-good"),
+        pytest.param(65.01, "warning", id="65.01-warning"),
         pytest.param(85.0, "warning", id="85-warning"),
         pytest.param(85.01, "critical", id="85.01-critical"),
         pytest.param(250.0, "critical", id="250-critical"),
     ],
 )
-def test_status_bands(percent: float, status: str) -> None:
-    assert status_for(percent) == status
+def test_default_bands_follow_the_default_thresholds(percent: float, status: str) -> None:
+    # max_memory_percent=65 (optimize above it), critical_percent=85 (emergency above it).
+    assert Bands().status(percent) == status
+
+
+@pytest.mark.parametrize(
+    ("percent", "status"),
+    [
+        pytest.param(29.99, "excellent", id="29.99-excellent"),
+        pytest.param(30.0, "good", id="30-good"),
+        pytest.param(40.0, "good", id="40-good"),
+        pytest.param(40.01, "warning", id="40.01-warning"),
+        pytest.param(60.0, "warning", id="60-warning"),
+        pytest.param(60.01, "critical", id="60.01-critical"),
+    ],
+)
+def test_bands_move_with_the_configured_thresholds(percent: float, status: str) -> None:
+    assert Bands(max_memory_percent=40, critical_percent=60).status(percent) == status
+
+
+def test_a_sampler_bands_its_samples_with_the_bands_it_was_given() -> None:
+    rss_mib = psutil.Process().memory_info().rss / MiB
+    # A limit that puts this process near 50%: critical under these bands, excellent by default.
+    strict = ProcessSampler(rss_mib * 2, bands=Bands(max_memory_percent=20, critical_percent=30))
+    assert strict.sample().status == "critical"
+    assert ProcessSampler(rss_mib * 2).sample().status == "excellent"
+    assert make_sampler("process", rss_mib * 2, bands=Bands(10, 20)).sample().status == "critical"
 
 
 def test_as_dict_is_json_ready_and_rounded() -> None:
@@ -599,3 +626,18 @@ def test_paths_and_limit_are_resolved_once(v2: Tree) -> None:
     sample = sampler.sample()
     assert sample.source == "container"
     assert sample.limit_mb == 512
+
+
+def test_traced_bytes_sees_tracing_started_before_tracemalloc_is_imported() -> None:
+    # -X tracemalloc starts tracing in C: tracemalloc.py is never imported, and need not be.
+    script = (
+        "import sys\n"
+        "from wsgi_memopt.memory.pressure import traced_bytes\n"
+        "print(traced_bytes() is not None and traced_bytes() > 0, 'tracemalloc' in sys.modules)"
+    )
+    for flags, expected in (([], "False False"), (["-X", "tracemalloc"], "True False")):
+        done = subprocess.run(
+            [sys.executable, *flags, "-c", script], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == expected.split()

@@ -14,7 +14,13 @@ from hypothesis import strategies as st
 from werkzeug.test import Client
 
 from wsgi_memopt import MemoryOptimizer
-from wsgi_memopt.settings import ENV_PREFIX, Settings, SettingsError
+from wsgi_memopt.settings import (
+    DEFAULT_API_PREFIX,
+    ENV_PREFIX,
+    Settings,
+    SettingsError,
+    did_you_mean,
+)
 
 BOUND_S = 10.0  # no test waits longer; a bug fails, never hangs
 
@@ -774,6 +780,21 @@ def test_name_without_close_match_is_still_clear(build: Any) -> None:
     assert "no such setting" in message
     assert "did you mean" not in message
     assert "wsgi-memopt settings" in message
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [
+        pytest.param("cache_maxmb", "did you mean 'cache_max_mb'?", id="close"),
+        pytest.param("zzzzqqq", None, id="nothing-close"),
+    ],
+)
+def test_did_you_mean_names_the_closest_choice_or_nothing(name: str, hint: str | None) -> None:
+    assert did_you_mean(name, Settings.NAMES) == hint
+
+
+def test_the_api_prefix_default_is_the_one_constant() -> None:
+    assert Settings().api_prefix == DEFAULT_API_PREFIX == "/api/v1/memory"
 
 
 def test_misspelt_env_variable_is_named() -> None:

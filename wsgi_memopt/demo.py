@@ -29,6 +29,8 @@ from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING
 from wsgiref.util import application_uri
 
+from .settings import MB
+
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
@@ -37,7 +39,7 @@ __all__ = ["make_demo_app"]
 SLOW_MAX_AGE_S = 30
 STREAM_CHUNK = 64 * 1024
 STREAM_CHUNKS = 80  # 80 x 64 KiB = 5 MiB, well over the default 2 MB item limit
-ECHO_READ_MAX = 1 << 20  # bytes of a request body read at most
+ECHO_READ_MAX = MB  # bytes of a request body read at most
 ECHO_SHOWN = 4096  # bytes of it echoed back
 USER_SHOWN = 64  # characters of the user cookie shown
 
@@ -94,9 +96,9 @@ class _DemoApp:
             script=script,
             slow_seconds=f"{self.slow_seconds:g}",
             max_age=SLOW_MAX_AGE_S,
-            stream_mib=STREAM_CHUNK * STREAM_CHUNKS >> 20,
+            stream_mib=STREAM_CHUNK * STREAM_CHUNKS // MB,
             chunk_kib=STREAM_CHUNK >> 10,
-            echo_mib=ECHO_READ_MAX >> 20,
+            echo_mib=ECHO_READ_MAX // MB,
         )
         page = _page("wsgi-memopt demo", content)
         return _respond(start_response, "200 OK", _HTML, page, cache="max-age=60")

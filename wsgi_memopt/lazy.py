@@ -38,13 +38,14 @@ import os
 import sys
 import threading
 import time
-import tracemalloc
 import types
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import psutil
+
+from .memory.pressure import traced_bytes
 
 __all__ = ["DEFAULT_PRIORITIES", "LazyModule", "LazyModules"]
 
@@ -201,7 +202,7 @@ class _Entry:
         # find the module complete.
         before_modules = set(sys.modules)
         rss_before = _rss()
-        traced_before = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else None
+        traced_before = traced_bytes()
         started = time.perf_counter()
         try:
             module = importlib.import_module(self.name)
@@ -209,8 +210,9 @@ class _Entry:
             self.error = f"{type(error).__name__}: {error}"
             raise
         self.import_s = time.perf_counter() - started
-        if traced_before is not None and tracemalloc.is_tracing():
-            self.import_traced_bytes = tracemalloc.get_traced_memory()[0] - traced_before
+        traced_after = traced_bytes()
+        if traced_before is not None and traced_after is not None:
+            self.import_traced_bytes = traced_after - traced_before
         else:
             self.import_traced_bytes = None
         self.import_rss_bytes = _rss() - rss_before
@@ -398,7 +400,7 @@ class LazyModules:
         del owned, modules
         gc.collect()
         rss_before = _rss()
-        traced_before = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else None
+        traced_before = traced_bytes()
 
         parent_name, _, child = entry.name.rpartition(".")
         parent = sys.modules.get(parent_name) if parent_name else None
@@ -426,7 +428,7 @@ class LazyModules:
             return result
 
         rss_after = _rss()
-        traced_after = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else None
+        traced_after = traced_bytes()
         entry.state, entry.reason, entry.holders = "unloaded", None, []
         entry.unloads += 1
         entry.last_unload = {

@@ -28,6 +28,7 @@ from .closing import ClosingResponse, Replay
 from .lazy import LazyModules
 from .memory.cleanups import Cleanups
 from .memory.governor import Governor
+from .parts import Parts
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -77,7 +78,8 @@ class MemoryOptimizer:
         self.lazy = lazy
         self.governor = Governor(settings, self.cache, self.cleanups)
         self.governor.lazy = lazy
-        self.api = MemoryAPI(self)
+        self.parts = Parts(settings, self.cache, self.governor, self.cleanups, lazy)
+        self.api = MemoryAPI(self.parts)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Serve from the cache when the rules allow, else call the app (capturing what may
@@ -190,7 +192,7 @@ class MemoryOptimizer:
 
     def memory_stats(self) -> dict[str, Any]:
         """The figures the ``stats`` endpoint returns."""
-        return memory_stats(self)
+        return memory_stats(self.parts)
 
 
 def _is_file_wrapper(app_iter: Iterable[bytes], environ: WSGIEnvironment) -> bool:

@@ -14,7 +14,6 @@ value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import ipaddress
 import itertools
@@ -24,9 +23,19 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
-__all__ = ["ENV_PREFIX", "Settings", "SettingsError", "env_values"]
+__all__ = [
+    "DEFAULT_API_PREFIX",
+    "ENV_PREFIX",
+    "MB",
+    "Settings",
+    "SettingsError",
+    "did_you_mean",
+    "env_values",
+]
 
 ENV_PREFIX = "WSGI_MEMOPT_"
+DEFAULT_API_PREFIX = "/api/v1/memory"
+MB = 1 << 20  # a MiB: the unit of every *_mb setting, and of every MB the package reports
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -214,7 +223,7 @@ def _networks(value: object) -> tuple[str, ...]:
 
 def _prefix(value: object) -> str:
     rule = (
-        "expected a path such as '/api/v1/memory': starting with '/', not '/', of ASCII "
+        f"expected a path such as {DEFAULT_API_PREFIX!r}: starting with '/', not '/', of ASCII "
         "letters, digits and -._~!$&'()*+,;=:@/ (no spaces, no '%')"
     )
     if not isinstance(value, str):
@@ -247,7 +256,7 @@ def _setting(default: Any, parse: Callable[[object], Any], doc: str) -> Any:
 # overflows (bytes as an int, a deadline as a float, a thread's wait).
 _DAY = 86_400.0
 _YEAR = 365 * _DAY
-_MAX_MB = float(16 << 20)  # 16 TiB
+_MAX_MB = float(16 * MB)  # 16 TiB, in MiB
 _percent = _number(float, 0, 100, low_open=True)
 _seconds = _number(float, 0, _YEAR, high_means="a year")
 _positive = _number(float, 0, _YEAR, low_open=True, high_means="a year")
@@ -362,7 +371,7 @@ class Settings:
         0, _number(int, 0, 65535), "0 = off (it slows allocation-heavy code); N = trace N frames"
     )
     api_enabled: bool = _setting(True, _bool, "the memory API on/off")
-    api_prefix: str = _setting("/api/v1/memory", _prefix, "where the memory API is mounted")
+    api_prefix: str = _setting(DEFAULT_API_PREFIX, _prefix, "where the memory API is mounted")
     api_token: str | None = _setting(
         None,
         _token,
@@ -587,14 +596,20 @@ def env_values(
     return values, origins
 
 
+def did_you_mean(name: str, choices: Iterable[str]) -> str | None:
+    """``"did you mean 'x'?"`` for the choice closest to a misspelt ``name``, or None when
+    none is close: the one hint every "no such ..." message of the package gives."""
+    import difflib  # only for a misspelt name: no process that starts right pays for it
+
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f"did you mean {close[0]!r}?" if close else None
+
+
 def _known_name(name: str, origin: str, value: object) -> str:
     if name in _FIELDS:
         return name
-    close = difflib.get_close_matches(name, _FIELDS, n=1)
-    hint = (
-        f"did you mean {close[0]!r}?"
-        if close
-        else "the settings are listed in the README and by `wsgi-memopt settings`"
+    hint = did_you_mean(name, _FIELDS) or (
+        "the settings are listed in the README and by `wsgi-memopt settings`"
     )
     raise SettingsError(name, value, f"there is no such setting; {hint}", origin)
 

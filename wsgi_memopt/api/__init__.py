@@ -13,7 +13,7 @@ flight to end, else answers 202 and runs at the next moment none is.
 
 The middleware routes to it, with the request counted in flight::
 
-    api = MemoryAPI(optimizer)
+    api = MemoryAPI(optimizer.parts)
     if api.handles(environ["PATH_INFO"]):
         return api(environ, start_response)
 """
@@ -30,19 +30,19 @@ from typing import TYPE_CHECKING, Any
 
 from werkzeug.wrappers import Request, Response
 
+from ..settings import MB
 from . import report
 from .access import Access, RateLimiter, cross_site
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-    from ..middleware import MemoryOptimizer
+    from ..parts import Parts
 
 __all__ = ["MemoryAPI"]
 
 log = logging.getLogger("wsgi_memopt")
 
-_MB = float(1 << 20)
 _DEEP_PROFILE_INTERVAL_S = 10.0  # pympler's full summary takes seconds at 1M objects
 _OWN_REQUEST = 1  # the middleware counts the API's own request in flight before routing it
 # Answered to anyone: a load balancer's probe brings no token, and the page must load before
@@ -58,11 +58,12 @@ class _BadRequest(Exception):
 
 
 class MemoryAPI:
-    """Routes, access and errors of the memory API for one :class:`MemoryOptimizer`."""
+    """Routes, access and errors of the memory API over one middleware's
+    :class:`~wsgi_memopt.parts.Parts`."""
 
-    def __init__(self, optimizer: MemoryOptimizer) -> None:
-        settings = optimizer.settings
-        self.optimizer = optimizer
+    def __init__(self, parts: Parts) -> None:
+        settings = parts.settings
+        self.parts = parts
         self.prefix = settings.api_prefix
         self.access = Access(settings)
         self.limits = RateLimiter(settings.api_min_interval_s)
@@ -138,14 +139,14 @@ class MemoryAPI:
     # -- endpoints
 
     def _health(self, request: Request) -> Response:
-        status, body = report.health(self.optimizer)
+        status, body = report.health(self.parts)
         if self.access.check(request.environ) is not None:
             # A load balancer's probe needs the band, not the process's figures.
             body = {"status": body["status"]}
         return _json(body, status)
 
     def _stats(self, request: Request) -> Response:
-        return _json(report.memory_stats(self.optimizer))
+        return _json(report.memory_stats(self.parts))
 
     def _profile(self, request: Request) -> Response:
         from .profile import profile
@@ -155,23 +156,23 @@ class MemoryAPI:
         waited = self._limited("profile-deep" if deep else "profile", deep)
         if waited is not None:
             return waited
-        body = profile(self.optimizer, limit=limit, deep=deep)
-        sample = report.current_sample(self.optimizer)
-        body["recommendations"] = report.recommendations(self.optimizer, sample)
+        body = profile(self.parts, limit=limit, deep=deep)
+        sample = report.current_sample(self.parts)
+        body["recommendations"] = report.recommendations(self.parts, sample)
         return _json(body)
 
     def _optimize(self, request: Request) -> Response:
         waited = self._limited("optimize")
         if waited is not None:
             return waited
-        optimize = functools.partial(self.optimizer.governor.optimize, "api")
+        optimize = functools.partial(self.parts.governor.optimize, "api")
         return self._when_quiet("optimize", optimize)
 
     def _optimize_force(self, request: Request) -> Response:
         waited = self._limited("optimize/force")
         if waited is not None:
             return waited
-        emergency = functools.partial(self.optimizer.governor.emergency, "api")
+        emergency = functools.partial(self.parts.governor.emergency, "api")
         return self._when_quiet("emergency", emergency)
 
     def _gc_force(self, request: Request) -> Response:
@@ -186,14 +187,14 @@ class MemoryAPI:
         waited = self._limited("cache/clear")
         if waited is not None:
             return waited
-        items, cleared_bytes = self.optimizer.cache.clear()
-        return _json({"cleared_items": items, "freed_mb": round(cleared_bytes / _MB, 3)})
+        items, cleared_bytes = self.parts.cache.clear()
+        return _json({"cleared_items": items, "freed_mb": round(cleared_bytes / MB, 3)})
 
     def _metrics(self, request: Request) -> Response:
         from .metrics import MetricsUnavailable, render_metrics
 
         try:
-            body, content_type = render_metrics(self.optimizer)
+            body, content_type = render_metrics(self.parts)
         except MetricsUnavailable as error:
             return _error(501, str(error))
         return Response(body, 200, content_type=content_type)
@@ -215,7 +216,7 @@ class MemoryAPI:
 
     def _when_quiet(self, kind: str, work: Callable[[], dict[str, Any]]) -> Response:
         """``work``'s body once no other request is in flight, or 202 saying it was deferred."""
-        governor = self.optimizer.governor
+        governor = self.parts.governor
         body = governor.run_when_quiet(kind, work, wait_s=self.quiet_wait_s, own=_OWN_REQUEST)
         if body is not None:
             return _json(body)

@@ -2,10 +2,11 @@
 
 Inline CSS and vanilla JS, no external asset of any kind. The page polls ``<prefix>/stats``
 every 2 s and draws, from the governor's bounded ring of samples (``history``), memory pressure
-over time as an inline SVG chart with the band lines at 70/75/85 %, next to the current status
-band, the cache and GC figures and the governor's last actions. On 401/403 it shows the API's
-message and asks for the token, keeps it in the tab's ``sessionStorage`` and sends it as
-``Authorization: Bearer`` with every poll: never in a cookie or the URL.
+over time as an inline SVG chart with a line where each status band starts (the configured
+thresholds, as ``stats`` gives them), next to the current status band, the cache and GC
+figures and the governor's last actions. On 401/403 it shows the API's message and asks for
+the token, keeps it in the tab's ``sessionStorage`` and sends it as ``Authorization: Bearer``
+with every poll: never in a cookie or the URL.
 
 The page is served with a strict Content-Security-Policy (:func:`dashboard_csp`): nothing but
 its own inline script and style, each allowed by its hash, and requests to its own origin.
@@ -82,11 +83,13 @@ td.num,th.num{text-align:right}
 <h2>Memory pressure (% of limit)</h2>
 <svg id="chart" viewBox="0 0 640 240" role="img" aria-label="memory percent over time">
 <rect x="40" y="10" width="590" height="200" fill="#fafbfc" stroke="#e3e6ea"/>
-<line class="band" x1="40" x2="630" y1="70" y2="70" stroke="#5a9e1b"/>
-<line class="band" x1="40" x2="630" y1="60" y2="60" stroke="#d08a00"/>
-<line class="band" x1="40" x2="630" y1="40" y2="40" stroke="#c62828"/>
-<text x="34" y="74" text-anchor="end">70</text><text x="34" y="64" text-anchor="end">75</text>
-<text x="34" y="44" text-anchor="end">85</text><text x="34" y="14" text-anchor="end">100</text>
+<line id="band-good" class="band" x1="40" x2="630" y1="100" y2="100" stroke="#5a9e1b"/>
+<line id="band-warning" class="band" x1="40" x2="630" y1="80" y2="80" stroke="#d08a00"/>
+<line id="band-critical" class="band" x1="40" x2="630" y1="40" y2="40" stroke="#c62828"/>
+<text id="label-good" x="34" y="104" text-anchor="end">55</text>
+<text id="label-warning" x="34" y="84" text-anchor="end">65</text>
+<text id="label-critical" x="34" y="44" text-anchor="end">85</text>
+<text x="34" y="14" text-anchor="end">100</text>
 <text x="34" y="214" text-anchor="end">0</text>
 <polyline id="line" points="" data-points="0"/>
 <text id="chart-span" x="630" y="230" text-anchor="end"></text>
@@ -142,14 +145,29 @@ function unit(value, digits, suffix) {
   return typeof value === "number" ? value.toFixed(digits) + suffix : null;
 }
 
+function chartY(percent) {
+  return (210 - Math.min(Math.max(percent, 0), 100) * 2).toFixed(1);
+}
+
+function drawBands(bands) {
+  for (const band of ["good", "warning", "critical"]) {
+    const at = bands && bands[band];
+    if (typeof at !== "number") continue;
+    const y = chartY(at);
+    $("band-" + band).setAttribute("y1", y);
+    $("band-" + band).setAttribute("y2", y);
+    $("label-" + band).setAttribute("y", (Number(y) + 4).toFixed(1));
+    show("label-" + band, Number(at.toFixed(1)));
+  }
+}
+
 function drawChart(history) {
   const pts = (Array.isArray(history) ? history : []).filter((s) => typeof s.percent === "number");
   const t0 = pts.length ? pts[0].t : 0;
   const span = pts.length ? pts[pts.length - 1].t - t0 : 0;
   const xy = pts.map((s, i) => {
     const f = span > 0 ? (s.t - t0) / span : (pts.length > 1 ? i / (pts.length - 1) : 1);
-    const p = Math.min(Math.max(s.percent, 0), 100);
-    return (40 + f * 590).toFixed(1) + "," + (210 - p * 2).toFixed(1);
+    return (40 + f * 590).toFixed(1) + "," + chartY(s.percent);
   });
   const line = $("line");
   line.setAttribute("points", xy.join(" "));
@@ -193,6 +211,7 @@ function render(d) {
     cell.colSpan = 4;
     cell.textContent = "none yet";
   }
+  drawBands(m.bands);
   drawChart(d.history);
   refreshes += 1;
   const updated = $("last-updated");

@@ -4,8 +4,8 @@ Needs ``prometheus_client`` (the ``prometheus`` extra); it is imported only when
 asked for, never when this module is imported, so the middleware runs without it. Without
 it, both functions raise :class:`MetricsUnavailable`, whose message says how to install it.
 
-    body, content_type = render_metrics(optimizer)      # our figures only, a private registry
-    REGISTRY.register(memory_collector(optimizer))      # or in the app's own registry
+    body, content_type = render_metrics(optimizer.parts)  # our figures only, a private registry
+    REGISTRY.register(memory_collector(optimizer.parts))  # or in the app's own registry
 
 The collector is a custom collector: every scrape reads this process's figures when it is
 collected (the governor's last sample when younger than 1 s, else a new one; the store's
@@ -24,11 +24,11 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..memory.pressure import MB
+from ..settings import MB
 from .report import current_sample
 
 if TYPE_CHECKING:
-    from ..middleware import MemoryOptimizer
+    from ..parts import Parts
 
 __all__ = ["PREFIX", "STATUSES", "MetricsUnavailable", "memory_collector", "render_metrics"]
 
@@ -59,11 +59,11 @@ def _require() -> None:
 
 
 class MemoryCollector:
-    """A prometheus_client custom collector of one optimizer's figures (see the module
+    """A prometheus_client custom collector of one middleware's figures (see the module
     docstring). Made by :func:`memory_collector`, which checks prometheus_client is there."""
 
-    def __init__(self, optimizer: MemoryOptimizer) -> None:
-        self.optimizer = optimizer
+    def __init__(self, parts: Parts) -> None:
+        self.parts = parts
 
     def describe(self) -> Iterator[Any]:
         """The metric families without samples: registering takes no memory sample."""
@@ -147,15 +147,15 @@ class MemoryCollector:
         if not with_samples:
             return families
 
-        optimizer = self.optimizer
-        sample = current_sample(optimizer)
+        parts = self.parts
+        sample = current_sample(parts)
         source = [sample.source]
         percent.add_metric(source, sample.memory_percent)
         used.add_metric(source, round(sample.used_mb * MB))
         limit.add_metric(source, round(sample.limit_mb * MB))
         rss.add_metric([], round(sample.rss_mb * MB))
 
-        cache = optimizer.cache.stats()
+        cache = parts.cache.stats()
         items.add_metric([], cache["items"])
         cache_bytes.add_metric([], cache["bytes"])
         hits.add_metric([], cache["hits"])
@@ -169,7 +169,7 @@ class MemoryCollector:
             collections.add_metric([str(generation)], stats["collections"])
             collected.add_metric([str(generation)], stats["collected"])
 
-        governor = optimizer.governor
+        governor = parts.governor
         kinds = Counter(governor.action_counts)
         for kind in (*ACTION_KINDS, *sorted(set(kinds) - set(ACTION_KINDS))):
             actions.add_metric([kind], kinds[kind])
@@ -180,22 +180,23 @@ class MemoryCollector:
         return families
 
 
-def memory_collector(optimizer: MemoryOptimizer) -> MemoryCollector:
-    """A collector of ``optimizer``'s figures, to register in any ``CollectorRegistry``.
+def memory_collector(parts: Parts) -> MemoryCollector:
+    """A collector of one middleware's figures (its ``parts``), to register in any
+    ``CollectorRegistry``.
 
     :raises MetricsUnavailable: prometheus_client is not installed.
     """
     _require()
-    return MemoryCollector(optimizer)
+    return MemoryCollector(parts)
 
 
-def render_metrics(optimizer: MemoryOptimizer) -> tuple[bytes, str]:
+def render_metrics(parts: Parts) -> tuple[bytes, str]:
     """``(body, content type)`` of ``/metrics``: a private registry holding only our collector,
     so the body carries none of prometheus_client's default process/platform metrics.
 
     :raises MetricsUnavailable: prometheus_client is not installed.
     """
-    collector = memory_collector(optimizer)
+    collector = memory_collector(parts)
     from prometheus_client import CollectorRegistry, generate_latest
 
     registry = CollectorRegistry()

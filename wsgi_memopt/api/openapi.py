@@ -106,6 +106,8 @@ _STATS = _object(
                 "rss_mb": _NUMBER,
                 "source": _STRING,
                 "status": _STRING,
+                # Where the good, warning and critical bands start (each exclusive but good).
+                "bands": _object({"good": _NUMBER, "warning": _NUMBER, "critical": _NUMBER}),
             }
         ),
         "cache": _object(

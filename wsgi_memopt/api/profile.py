@@ -1,13 +1,14 @@
 """The ``profile`` endpoint's body: what holds the memory, by type and by component.
 
-    body = profile(optimizer)                      # the cheap default view
-    body = profile(optimizer, limit=50, deep=True) # plus pympler's measured summary (seconds)
+    body = profile(optimizer.parts)                       # the cheap default view
+    body = profile(optimizer.parts, limit=50, deep=True)  # plus pympler's measured summary
 
 Every figure says how it was obtained, and nothing is guessed:
 
 - ``top_types`` comes from ONE pass over ``gc.get_objects()`` counting ``type(obj)`` (the
-  cheap per-type count, ~65 ms at 1M objects). Its sizes are ``count * sys.getsizeof(one
-  sampled instance)``, hence ``size_mb_estimate``: only the deep view measures sizes.
+  cheap per-type count; ``benchmarks/profile.py`` times it at 1M objects). Its sizes are
+  ``count * sys.getsizeof(one sampled instance)``, hence ``size_mb_estimate``: only the deep
+  view measures sizes.
   ``gc.get_objects()`` lists neither untracked objects (ints, strings, ...) nor the objects
   ``gc.freeze()`` moved to the permanent generation (``gc.frozen_objects``).
 - ``components`` reports what was measured where it can be (cache byte accounting, RSS deltas
@@ -30,16 +31,17 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from ..settings import MB
+
 if TYPE_CHECKING:
-    from ..middleware import MemoryOptimizer
+    from ..parts import Parts
 
 __all__ = ["LIMIT_MAX", "profile"]
 
-_MB = float(1 << 20)
 LIMIT_MAX = 1000
 
 
-def profile(optimizer: MemoryOptimizer, *, limit: int = 20, deep: bool = False) -> dict[str, Any]:
+def profile(parts: Parts, *, limit: int = 20, deep: bool = False) -> dict[str, Any]:
     """The ``profile`` body, JSON-ready (see the module docstring).
 
     :param limit: rows in ``top_types``, ``tracemalloc.top`` and ``deep`` (1..1000).
@@ -60,9 +62,9 @@ def profile(optimizer: MemoryOptimizer, *, limit: int = 20, deep: bool = False) 
     body: dict[str, Any] = {
         "objects_total": objects_total,
         "top_types": top_types,
-        "components": _components(optimizer, notes),
-        "gc": _gc(optimizer),
-        "tracemalloc": _tracemalloc(limit, notes, optimizer.settings.tracemalloc_frames),
+        "components": _components(parts, notes),
+        "gc": _gc(parts),
+        "tracemalloc": _tracemalloc(limit, notes, parts.settings.tracemalloc_frames),
     }
     if deep:
         body["deep"] = _deep(limit)
@@ -107,30 +109,30 @@ def _top_types(limit: int) -> tuple[int, list[dict[str, Any]]]:
         {
             "type": _type_name(kind),
             "count": count,
-            "size_mb_estimate": round(count * samples.get(kind, 0) / _MB, 3),
+            "size_mb_estimate": round(count * samples.get(kind, 0) / MB, 3),
         }
         for kind, count in top
     ]
     return total, rows
 
 
-def _components(optimizer: MemoryOptimizer, notes: list[str]) -> dict[str, Any]:
+def _components(parts: Parts, notes: list[str]) -> dict[str, Any]:
     try:
-        rss_mb: float | None = psutil.Process().memory_info().rss / _MB
+        rss_mb: float | None = psutil.Process().memory_info().rss / MB
     except psutil.Error as error:
         rss_mb = None
         notes.append(f"RSS unavailable: {error}")
-    cache_mb = optimizer.cache.bytes / _MB
+    cache_mb = parts.cache.bytes / MB
     modules_mb = 0.0
-    if optimizer.lazy is not None:
-        modules = optimizer.lazy.stats()["modules"]
+    if parts.lazy is not None:
+        modules = parts.lazy.stats()["modules"]
         assert isinstance(modules, dict)
         for entry in modules.values():
             if entry["state"] == "loaded" and entry["import_rss_bytes"] is not None:
-                modules_mb += entry["import_rss_bytes"] / _MB
+                modules_mb += entry["import_rss_bytes"] / MB
     heap_mb: float | None = None
     if tracemalloc.is_tracing():
-        heap_mb = tracemalloc.get_traced_memory()[0] / _MB
+        heap_mb = tracemalloc.get_traced_memory()[0] / MB
     else:
         notes.append(
             "python_heap_mb is None: tracemalloc is off (tracemalloc_frames=0), and without it "
@@ -154,7 +156,7 @@ def _components(optimizer: MemoryOptimizer, notes: list[str]) -> dict[str, Any]:
             "rss_mb": "measured: psutil RSS of this process",
             "cache_mb": "measured: the response store's byte accounting",
             "modules_mb": "measured at import: RSS deltas of the loaded lazy modules"
-            if optimizer.lazy is not None
+            if parts.lazy is not None
             else "no lazy module registry attached",
             "python_heap_mb": "measured: tracemalloc traced memory"
             if heap_mb is not None
@@ -170,7 +172,7 @@ def _mb(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-def _gc(optimizer: MemoryOptimizer) -> dict[str, Any]:
+def _gc(parts: Parts) -> dict[str, Any]:
     return {
         "counts": list(gc.get_count()),
         "thresholds": list(gc.get_threshold()),
@@ -178,7 +180,7 @@ def _gc(optimizer: MemoryOptimizer) -> dict[str, Any]:
         "frozen": gc.get_freeze_count(),
         "uncollectable": len(gc.garbage),
         "enabled": gc.isenabled(),
-        "scheduler": optimizer.governor.gc.stats(),
+        "scheduler": parts.governor.gc.stats(),
     }
 
 
@@ -199,13 +201,13 @@ def _tracemalloc(limit: int, notes: list[str], frames: int) -> dict[str, Any] | 
         top.append(
             {
                 "site": f"{frame.filename}:{frame.lineno}",
-                "size_mb": round(stat.size / _MB, 3),
+                "size_mb": round(stat.size / MB, 3),
                 "count": stat.count,
             }
         )
     return {
-        "traced_mb": round(current / _MB, 3),
-        "peak_mb": round(peak / _MB, 3),
+        "traced_mb": round(current / MB, 3),
+        "peak_mb": round(peak / MB, 3),
         "frames": tracemalloc.get_traceback_limit(),
         "top": top,
     }
@@ -235,6 +237,6 @@ def _deep(limit: int) -> list[dict[str, Any]]:
         del objects
     rows.sort(key=lambda row: row[2], reverse=True)
     return [
-        {"type": str(name), "count": int(count), "size_mb": round(size / _MB, 3)}
+        {"type": str(name), "count": int(count), "size_mb": round(size / MB, 3)}
         for name, count, size in rows[:limit]
     ]

@@ -4,8 +4,8 @@ Every figure is read from what the parts measured (the governor's samples, the s
 counters, CPython's collector, psutil); nothing here estimates. ``stats`` must be cheap enough
 to poll every second: one memory sample at most (reused when fresh), no USS, no object walk.
 
-    body = memory_stats(optimizer)
-    status_code, body = health(optimizer)
+    body = memory_stats(optimizer.parts)
+    status_code, body = health(optimizer.parts)
 """
 
 from __future__ import annotations
@@ -17,32 +17,32 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from ..memory.pool import current_pool, serving_master
-from ..memory.pressure import MemorySample
+from ..memory.pressure import MemorySample, traced_bytes
+from ..settings import MB
 
 if TYPE_CHECKING:
-    from ..middleware import MemoryOptimizer
+    from ..parts import Parts
 
 __all__ = ["health", "memory_stats", "recommendations", "worker_pool"]
 
-_MB = float(1 << 20)
 _STARTED = time.time()
 
 
-def current_sample(optimizer: MemoryOptimizer, max_age_s: float = 1.0) -> MemorySample:
+def current_sample(parts: Parts, max_age_s: float = 1.0) -> MemorySample:
     """The governor's last sample when younger than ``max_age_s``, else a new one."""
-    sample = optimizer.governor.last_sample
+    sample = parts.governor.last_sample
     if sample is None or time.time() - sample.taken_at > max_age_s:
-        sample = optimizer.governor.sample()
+        sample = parts.governor.sample()
     return sample
 
 
-def memory_stats(optimizer: MemoryOptimizer) -> dict[str, Any]:
+def memory_stats(parts: Parts) -> dict[str, Any]:
     """The ``stats`` endpoint's body, JSON-ready."""
-    sample = current_sample(optimizer)
-    cache = optimizer.cache.stats()
-    governor = optimizer.governor
+    sample = current_sample(parts)
+    cache = parts.cache.stats()
+    governor = parts.governor
     gc_stats = governor.gc.stats()
-    lazy = optimizer.lazy.stats() if optimizer.lazy is not None else None
+    lazy = parts.lazy.stats() if parts.lazy is not None else None
     return {
         "memory": {
             "percent": round(sample.memory_percent, 2),
@@ -52,12 +52,13 @@ def memory_stats(optimizer: MemoryOptimizer) -> dict[str, Any]:
             "rss_mb": round(sample.rss_mb, 1),
             "source": sample.source,
             "status": sample.status,
+            "bands": parts.governor.bands.lower_bounds(),
         },
         "cache": {
             "items": cache["items"],
             "size_mb": cache["size_mb"],
             "max_items": cache["max_items"],
-            "max_mb": round(cache["max_bytes"] / _MB, 3),
+            "max_mb": round(cache["max_bytes"] / MB, 3),
             "hits": cache["hits"],
             "misses": cache["misses"],
             "hit_rate": cache["hit_rate"],
@@ -90,11 +91,11 @@ def memory_stats(optimizer: MemoryOptimizer) -> dict[str, Any]:
     }
 
 
-def health(optimizer: MemoryOptimizer) -> tuple[int, dict[str, Any]]:
+def health(parts: Parts) -> tuple[int, dict[str, Any]]:
     """``(status code, body)`` of the ``health`` endpoint: 503 when the worker needs a restart
     nothing here can do (no master to respawn it)."""
-    sample = current_sample(optimizer)
-    advice = recommendations(optimizer, sample)
+    sample = current_sample(parts)
+    advice = recommendations(parts, sample)
     alert = None
     if sample.status in ("warning", "critical"):
         alert = {
@@ -103,7 +104,7 @@ def health(optimizer: MemoryOptimizer) -> tuple[int, dict[str, Any]]:
             f"({sample.rss_mb:.0f} MB RSS, limit {sample.limit_mb:.0f} MB)",
             "recommendation": advice[0]["action"] if advice else None,
         }
-    reason = optimizer.governor.restart_reason
+    reason = parts.governor.restart_reason
     server = serving_master()
     body = {
         "status": "restart-needed" if reason else sample.status,
@@ -124,10 +125,10 @@ def health(optimizer: MemoryOptimizer) -> tuple[int, dict[str, Any]]:
     return (503 if reason else 200), body
 
 
-def recommendations(optimizer: MemoryOptimizer, sample: MemorySample) -> list[dict[str, str]]:
+def recommendations(parts: Parts, sample: MemorySample) -> list[dict[str, str]]:
     """Advice derived from the current figures, each naming the setting or endpoint to use."""
-    settings = optimizer.settings
-    cache = optimizer.cache.stats()
+    settings = parts.settings
+    cache = parts.cache.stats()
     advice: list[dict[str, str]] = []
     lookups = cache["hits"] + cache["misses"]
     if lookups >= 100 and cache["hit_rate"] < 0.2:
@@ -175,7 +176,7 @@ def recommendations(optimizer: MemoryOptimizer, sample: MemorySample) -> list[di
                 "setting": "restart_percent",
             }
         )
-    last = optimizer.governor.gc.stats().get("last")
+    last = parts.governor.gc.stats().get("last")
     if isinstance(last, dict) and float(last.get("duration_ms", 0)) > 50:
         advice.append(
             {
@@ -202,7 +203,7 @@ def worker_pool() -> dict[str, Any] | None:
     pool = current_pool()
     if pool is None:
         return None
-    workers = [{"pid": pid, "rss_mb": round(rss / _MB, 1)} for pid, rss in pool.workers.items()]
+    workers = [{"pid": pid, "rss_mb": round(rss / MB, 1)} for pid, rss in pool.workers.items()]
     return {
         "server": pool.server,
         "master_pid": pool.master_pid,
@@ -220,8 +221,5 @@ def _process_started() -> float:
 
 def _python_heap_mb() -> float | None:
     """What tracemalloc traces, when it is tracing; None otherwise (never estimated)."""
-    import tracemalloc
-
-    if not tracemalloc.is_tracing():
-        return None
-    return tracemalloc.get_traced_memory()[0] / _MB
+    traced = traced_bytes()
+    return None if traced is None else traced / MB

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..counting import Tally, read_count
+from ..settings import MB
 from .entry import Entry
 from .flight import Fill, Flights
 from .policy import (
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Decision", "ResponseCache", "Route", "cache_status"]
 
-_MB = 1 << 20
 _CACHEABLE_METHODS = ("GET", "HEAD")
 # How long a page whose response could not be stored is remembered as such (at most
 # cache_ttl_s): Varnish's default for its hit-for-miss and hit-for-pass objects.
@@ -115,7 +115,7 @@ class ResponseCache:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.enabled = settings.cache_enabled
-        self.item_limit = int(min(settings.cache_item_max_mb, settings.cache_max_mb) * _MB)
+        self.item_limit = int(min(settings.cache_item_max_mb, settings.cache_max_mb) * MB)
         self.statuses = frozenset(settings.cache_statuses)
         self.ttl_cap = settings.cache_ttl_s
         self.default_ttl = settings.cache_default_ttl_s
@@ -123,7 +123,7 @@ class ResponseCache:
         if store is None:
             store = ResponseStore(
                 max_items=settings.cache_max_items,
-                max_bytes=int(settings.cache_max_mb * _MB),
+                max_bytes=int(settings.cache_max_mb * MB),
                 item_max_bytes=self.item_limit,
                 evict_fraction=settings.cache_evict_fraction,
                 cleanup_interval_s=settings.cache_cleanup_interval_s,

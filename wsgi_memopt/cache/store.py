@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..settings import MB
 from .entry import Entry, intern_scheme, part_size
 from .policy import CacheKey, variant_key
 from .remembered import RememberedKeys
@@ -278,7 +279,7 @@ class ResponseStore:
                 "items": len(self._entries),
                 "bytes": self.bytes,
                 "books_bytes": self.books_bytes,
-                "size_mb": round(self.bytes / 2**20, 3),
+                "size_mb": round(self.bytes / MB, 3),
                 "max_items": self.max_items,
                 "max_bytes": self.max_bytes,
                 "stores": self.stores,

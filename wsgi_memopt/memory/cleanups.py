@@ -5,10 +5,10 @@
   runs only when asked), then the stdlib caches. Each is timed; one that raises is logged and
   reported, and the others still run.
 - ``clear_stdlib_caches`` empties the interpreter's own caches (``re``, ``linecache``, ...).
-- ``malloc_trim`` hands freed glibc heap back to the OS. Measured (CPython 3.11, glibc):
-  ``gc.collect()`` does not lower RSS; after a burst of small allocations is freed, RSS stays
-  up until ``malloc_trim(0)``, which returns it in ~25 ms per 300 MB. Without glibc (musl,
-  macOS, Windows) it quietly reports ``available=False``.
+- ``malloc_trim`` hands freed glibc heap back to the OS: ``gc.collect()`` does not lower RSS;
+  after a burst of small allocations is freed, RSS stays up until ``malloc_trim(0)`` (see
+  ``benchmarks/rss_burst.py``). Without glibc (musl, macOS, Windows) it quietly reports
+  ``available=False``.
 
     cleanups = Cleanups()
     cleanups.register("templates", template_cache.clear)
@@ -17,8 +17,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import fnmatch
 import functools
 import importlib
@@ -187,6 +185,10 @@ def clear_stdlib_caches() -> list[CleanupResult]:
 @functools.cache
 def _load_malloc_trim() -> Callable[[int], int] | None:
     """glibc's ``malloc_trim``, looked up once; ``None`` where there is none."""
+    # ctypes only here: a process that never trims never loads it.
+    import ctypes
+    import ctypes.util
+
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         func = libc.malloc_trim
@@ -206,8 +208,8 @@ def malloc_trim_available() -> bool:
 def malloc_trim() -> TrimResult:
     """Hand the freed glibc heap back to the OS with ``malloc_trim(0)``; never raises.
 
-    It walks every arena, so it takes time proportional to the heap (~25 ms per 300 MB): call
-    it between requests. ctypes releases the GIL for the call.
+    It walks every arena, so it takes time proportional to the heap: call it between
+    requests. ctypes releases the GIL for the call.
     """
     func = _load_malloc_trim()
     if func is None:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import collections
 import itertools
 import math
-import statistics
 import threading
 from dataclasses import dataclass
 
@@ -120,14 +119,6 @@ class Forecast:
                 self.trend = self._line.trend(points, limit_mb, new_ground=used_mb > peak)
             return self.trend
 
-    def reset(self) -> None:
-        """Forget every sample (a new process starts its own window)."""
-        with self._lock:
-            self._points.clear()
-            self._peaks.clear()
-            self._line = None
-            self.trend = None
-
 
 @dataclass(frozen=True, slots=True)
 class _Line:
@@ -152,9 +143,21 @@ def _fit(points: collections.deque[tuple[float, float]]) -> _Line | None:
     """The Theil-Sen line through ``points``, or None while they are too few or too close."""
     if len(points) < _MIN_SAMPLES or points[-1][0] - points[0][0] < _MIN_SPAN_S:
         return None
-    rate = statistics.median(
-        (used_b - used_a) / (at_b - at_a)
-        for (at_a, used_a), (at_b, used_b) in itertools.combinations(points, 2)
-        if at_b > at_a
+    rate = _median(
+        [
+            (used_b - used_a) / (at_b - at_a)
+            for (at_a, used_a), (at_b, used_b) in itertools.combinations(points, 2)
+            if at_b > at_a
+        ]
     )
-    return _Line(rate, statistics.median(used - rate * at for at, used in points))
+    return _Line(rate, _median([used - rate * at for at, used in points]))
+
+
+def _median(values: list[float]) -> float:
+    """The median of a non-empty list (statistics.median's, without importing statistics,
+    which brings decimal and fractions into every worker)."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2

@@ -17,6 +17,10 @@ memory at most every ``sample_interval_s`` and decides:
 An optimize or emergency that freed less than a point of the limit is not repeated at the same
 level: what no cleanup lowers (a leak, native memory) is the recycle's to give back.
 
+The status band of each sample follows the same thresholds (:class:`~.pressure.Bands`):
+``warning`` above ``max_memory_percent``, ``critical`` above ``critical_percent``, ``good`` in
+the 10 points below ``max_memory_percent``, ``excellent`` below that.
+
 Anything that pauses runs only with no other request of this process in flight, and one
 thread at a time; what is asked for by hand while requests run (the memory API) waits a
 bounded time for that moment, else is deferred to it (:meth:`Governor.run_when_quiet`). Every
@@ -36,26 +40,23 @@ import random
 import signal
 import threading
 import time
-import tracemalloc
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from ..cache.decision import ResponseCache
 from ..lazy import LazyModules
-from ..settings import Settings
+from ..settings import MB, Settings
 from .cleanups import CleanupResult, Cleanups, malloc_trim
 from .forecast import Forecast
 from .gc_schedule import GCScheduler
 from .pool import RecycleLease, current_pool, serving_master
-from .pressure import MemorySample, Sampler, make_sampler, status_for
+from .pressure import Bands, MemorySample, Sampler, make_sampler, traced_bytes
 
-__all__ = ["Action", "Governor"]
+__all__ = ["Action", "GovernedCache", "Governor"]
 
 log = logging.getLogger("wsgi_memopt")
 
-_MB = float(1 << 20)
 _SAMPLES_KEPT = 720  # the dashboard's ring: an hour at one sample every 5 s
 _COLLECT_ROUNDS = 5  # "collect until nothing more is freed", bounded
 _LAZY_IDLE_S = 300.0  # an emergency unloads lazy modules unused for this long
@@ -73,6 +74,33 @@ _GAIN_MB = 64.0
 _DEFER_S = 1.0
 _QUIET_POLL_S = 0.005  # how often run_when_quiet looks at the requests in flight
 _T = TypeVar("_T")
+
+
+class GovernedCache(Protocol):
+    """What the governor does to the response cache: weigh it, trim it, empty it.
+
+    The governor knows no more of the store than this, so any store with these methods can be
+    governed and the memory package never imports the cache package.
+    """
+
+    @property
+    def bytes(self) -> int:
+        """Bytes held, as the store accounts them."""
+
+    def __len__(self) -> int:
+        """Entries held."""
+
+    def sweep(self) -> int:
+        """Drop the expired entries; how many."""
+
+    def evict(self) -> int:
+        """Drop a share of the entries, least recently used first; how many."""
+
+    def clear(self) -> tuple[int, int]:
+        """Drop every entry; ``(items, bytes)`` dropped."""
+
+    def after_fork(self) -> None:
+        """Make the store safe to use in a forked child (its locks made afresh)."""
 
 
 @dataclass
@@ -136,9 +164,10 @@ class Governor:
     """Between-request memory governor of one process (see the module docstring).
 
     :param settings: the middleware's settings (thresholds, intervals, ``gc_*``).
-    :param store: the response cache it trims.
+    :param store: the response cache it trims, seen through :class:`GovernedCache`.
     :param cleanups: the registry of app-level cleanups it runs in an emergency.
-    :param sampler: where pressure is read; by default from ``pressure_source``.
+    :param sampler: where pressure is read; by default from ``pressure_source``, its samples
+        banded by ``.bands`` (from ``max_memory_percent`` and ``critical_percent``).
     :param on_recycle_needed: called once with the reason when the worker should be
         recycled and nothing here can do it (no master process to respawn it).
     """
@@ -146,7 +175,7 @@ class Governor:
     def __init__(
         self,
         settings: Settings,
-        store: ResponseCache,
+        store: GovernedCache,
         cleanups: Cleanups,
         *,
         sampler: Sampler | None = None,
@@ -156,7 +185,10 @@ class Governor:
         self.settings = settings
         self.store = store
         self.cleanups = cleanups
-        self.sampler = sampler or make_sampler(settings.pressure_source, settings.process_limit_mb)
+        self.bands = Bands(settings.max_memory_percent, settings.critical_percent)
+        self.sampler = sampler or make_sampler(
+            settings.pressure_source, settings.process_limit_mb, bands=self.bands
+        )
         self.gc = GCScheduler(settings.gc_mode, settings.gc_freeze, settings.gc_threshold)
         self.on_recycle_needed = on_recycle_needed
         self.lazy: LazyModules | None = None  # attached by the middleware
@@ -256,8 +288,10 @@ class Governor:
                     )
                 self.gc.start()
                 frames = self.settings.tracemalloc_frames
-                if frames > 0 and not tracemalloc.is_tracing():
+                if frames > 0 and traced_bytes() is None:
                     # Opt-in: tracing slows allocation-heavy code several times over.
+                    import tracemalloc
+
                     tracemalloc.start(frames)
                 if self.settings.monitor_interval_s > 0:
                     self._monitor = _Monitor(self, self.settings.monitor_interval_s)
@@ -453,7 +487,7 @@ class Governor:
                 self.sampler.sample(),
                 (time.perf_counter() - started) * 1000,
                 cache_items_freed=items - len(self.store),
-                cache_mb_freed=(cache_bytes - self.store.bytes) / _MB,
+                cache_mb_freed=(cache_bytes - self.store.bytes) / MB,
                 objects_collected=collected,
                 trimmed=trimmed,
             )
@@ -480,7 +514,7 @@ class Governor:
                 self.sampler.sample(),
                 (time.perf_counter() - started) * 1000,
                 cache_items_freed=items,
-                cache_mb_freed=cache_bytes / _MB,
+                cache_mb_freed=cache_bytes / MB,
                 objects_collected=collected,
                 trimmed=trimmed,
                 cleanups=results,
@@ -688,7 +722,7 @@ class Governor:
         sample = self.last_sample
         return {
             "memory": sample.as_dict() if sample else None,
-            "status": sample.status if sample else status_for(0.0),
+            "status": sample.status if sample else self.bands.status(0.0),
             "in_flight": self.in_flight,
             "restart_reason": self.restart_reason,
             "gc": self.gc.stats(),

@@ -3,7 +3,7 @@
 A sampler reads one source, chosen once by ``pressure_source``, and returns a
 :class:`MemorySample` whose ``memory_percent`` the governor compares with its thresholds::
 
-    sampler = make_sampler("auto", None)
+    sampler = make_sampler("auto", None, bands=Bands(max_memory_percent=65, critical_percent=85))
     sample = sampler.sample()
     sample.memory_percent, sample.status        # (41.73, "excellent")
 
@@ -28,6 +28,8 @@ The rules, each one checkable:
 - **process**: used = this process's RSS, limit = ``process_limit_mb``; the percentage may pass
   100.
 - Sizes are in MiB (2**20 bytes), like every ``*_mb`` setting.
+- The status band of a sample follows the governor's thresholds (see :class:`Bands`):
+  ``warning`` is where optimizing starts, ``critical`` where the emergency does.
 - Cheap enough to run every ``sample_interval_s``: the cgroup's files are found once, when the
   sampler is made (a limit changed later is seen by the next sampler made), and a sample reads
   two small files or ``/proc/meminfo``, plus this process's RSS. No USS/PSS here.
@@ -38,6 +40,7 @@ The rules, each one checkable:
 
 from __future__ import annotations
 
+import _tracemalloc
 import contextlib
 import logging
 import math
@@ -48,8 +51,11 @@ from typing import Protocol, runtime_checkable
 
 import psutil
 
+from ..settings import MB
+
 __all__ = [
     "SOURCES",
+    "Bands",
     "ContainerMemory",
     "ContainerSampler",
     "HostSampler",
@@ -58,31 +64,58 @@ __all__ = [
     "Sampler",
     "container_limit",
     "make_sampler",
-    "status_for",
+    "traced_bytes",
 ]
 
 log = logging.getLogger("wsgi_memopt")
 
-MB = 1 << 20
 SOURCES = ("auto", "host", "container", "process")
 # cgroup v1 says "no limit" with PAGE_COUNTER_MAX pages in bytes: 9223372036854771712 with 4 KiB
 # pages, a little different with other page sizes. Nothing real comes near 2**62.
 _V1_NO_LIMIT = 1 << 62
 
 
-def status_for(percent: float) -> str:
-    """The band of ``percent``: excellent < 70 <= good < 75 <= warning <= 85 < critical.
+# "good" is the last stretch before optimizing starts: this many points below it.
+_GOOD_MARGIN_PERCENT = 10.0
 
-    A band owns its lower bound (70 is good, 75 a warning), except that 85 is still a warning:
-    critical means *above* 85, the same "above it" as the default ``critical_percent``.
+
+@dataclass(frozen=True, slots=True)
+class Bands:
+    """The status bands, derived from the governor's two action thresholds.
+
+    - **critical**: above ``critical_percent``, where the governor runs its emergency cleanup;
+    - **warning**: above ``max_memory_percent`` up to ``critical_percent``: it optimizes;
+    - **good**: the last 10 points up to ``max_memory_percent`` (included): nothing to do yet;
+    - **excellent**: below that.
+
+    "Above" as in the settings: a sample exactly at a threshold is still in the band below.
+    ``restart_percent`` adds no band: above it is critical, and ``health`` says
+    ``restart-needed`` once the governor decided a recycle is needed.
     """
-    if percent < 70:
+
+    max_memory_percent: float = 65.0
+    critical_percent: float = 85.0
+
+    def lower_bounds(self) -> dict[str, float]:
+        """Where each band above ``excellent`` starts, JSON-ready (the dashboard's lines)."""
+        return {
+            "good": self.max_memory_percent - _GOOD_MARGIN_PERCENT,
+            "warning": self.max_memory_percent,
+            "critical": self.critical_percent,
+        }
+
+    def status(self, percent: float) -> str:
+        """The band of ``percent``: excellent, good, warning or critical."""
+        if percent > self.critical_percent:
+            return "critical"
+        if percent > self.max_memory_percent:
+            return "warning"
+        if percent >= self.max_memory_percent - _GOOD_MARGIN_PERCENT:
+            return "good"
         return "excellent"
-    if percent < 75:
-        return "good"
-    if percent <= 85:
-        return "warning"
-    return "critical"
+
+
+_DEFAULT_BANDS = Bands()
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +128,7 @@ class MemorySample:
     available_mb: float  # limit - used, never negative
     limit_mb: float  # what counts as 100%
     source: str  # "host", "container" or "process": what was actually measured
-    status: str  # status_for(memory_percent)
+    status: str  # the band of memory_percent (see Bands)
     taken_at: float  # time.time() when taken
 
     def as_dict(self) -> dict[str, float | str]:
@@ -112,7 +145,7 @@ class MemorySample:
         }
 
 
-def _make(source: str, used: float, limit: float, rss: float) -> MemorySample:
+def _make(source: str, used: float, limit: float, rss: float, bands: Bands) -> MemorySample:
     """A sample from byte counts."""
     percent = used / limit * 100
     return MemorySample(
@@ -122,14 +155,14 @@ def _make(source: str, used: float, limit: float, rss: float) -> MemorySample:
         available_mb=max(limit - used, 0) / MB,
         limit_mb=limit / MB,
         source=source,
-        status=status_for(percent),
+        status=bands.status(percent),
         taken_at=time.time(),
     )
 
 
-def _host_sample(rss: int) -> MemorySample:
+def _host_sample(rss: int, bands: Bands) -> MemorySample:
     memory = psutil.virtual_memory()
-    return _make("host", memory.total - memory.available, memory.total, rss)
+    return _make("host", memory.total - memory.available, memory.total, rss, bands)
 
 
 @runtime_checkable
@@ -142,15 +175,17 @@ class Sampler(Protocol):
 
 
 class _RSSReader:
-    """Holds the ``psutil.Process`` of this process, made again after a fork.
+    """Holds the ``psutil.Process`` of this process, made again after a fork, and the bands
+    its samples are given.
 
     ``psutil.Process()`` remembers the pid it was made for, so a sampler made in a preloading
     master would otherwise report the master's RSS in every worker.
     """
 
-    __slots__ = ("_pid", "_process")
+    __slots__ = ("_pid", "_process", "bands")
 
-    def __init__(self) -> None:
+    def __init__(self, bands: Bands) -> None:
+        self.bands = bands
         self._pid = os.getpid()
         self._process = psutil.Process(self._pid)
 
@@ -163,33 +198,40 @@ class _RSSReader:
 
 
 class HostSampler(_RSSReader):
-    """The host's RAM: used = total - available (``psutil.virtual_memory``)."""
+    """The host's RAM: used = total - available (``psutil.virtual_memory``).
+
+    :param bands: the status bands of its samples; by default the default thresholds'.
+    """
 
     __slots__ = ()
     source = "host"
 
+    def __init__(self, *, bands: Bands = _DEFAULT_BANDS) -> None:
+        super().__init__(bands)
+
     def sample(self) -> MemorySample:
-        return _host_sample(self._rss())
+        return _host_sample(self._rss(), self.bands)
 
 
 class ProcessSampler(_RSSReader):
     """This process's RSS over ``limit_mb``, the RSS that counts as 100%.
 
     :param limit_mb: a positive, finite budget in MiB; the percentage passes 100 above it.
+    :param bands: the status bands of its samples; by default the default thresholds'.
     """
 
     __slots__ = ("limit_mb",)
     source = "process"
 
-    def __init__(self, limit_mb: float) -> None:
+    def __init__(self, limit_mb: float, *, bands: Bands = _DEFAULT_BANDS) -> None:
         if not (math.isfinite(limit_mb) and limit_mb > 0):
             raise ValueError(f"process_limit_mb must be a positive number of MiB, not {limit_mb!r}")
-        super().__init__()
+        super().__init__(bands)
         self.limit_mb = float(limit_mb)
 
     def sample(self) -> MemorySample:
         rss = self._rss()
-        return _make("process", rss, self.limit_mb * MB, rss)
+        return _make("process", rss, self.limit_mb * MB, rss, self.bands)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +262,7 @@ class ContainerSampler(_RSSReader):
     :param inactive_key: the ``memory.stat`` line subtracted from the usage: ``inactive_file``
         (v2) or ``total_inactive_file`` (v1). That page cache is reclaimed before the OOM killer
         comes, so it is not pressure.
+    :param bands: the status bands of its samples; by default the default thresholds'.
 
     When a file cannot be read or parsed, :meth:`sample` returns the host's figures with
     ``source="host"`` instead of raising.
@@ -235,10 +278,11 @@ class ContainerSampler(_RSSReader):
         stat_path: str,
         *,
         inactive_key: str = "inactive_file",
+        bands: Bands = _DEFAULT_BANDS,
     ) -> None:
         if limit_bytes <= 0:
             raise ValueError(f"a container limit must be positive, not {limit_bytes!r}")
-        super().__init__()
+        super().__init__(bands)
         self.limit_bytes = limit_bytes
         self.usage_path = usage_path
         self.stat_path = stat_path
@@ -246,12 +290,16 @@ class ContainerSampler(_RSSReader):
         self._failing = False
 
     @classmethod
-    def from_memory(cls, memory: ContainerMemory) -> ContainerSampler:
+    def from_memory(
+        cls, memory: ContainerMemory, bands: Bands = _DEFAULT_BANDS
+    ) -> ContainerSampler:
+        """The sampler of what :func:`container_limit` found."""
         return cls(
             memory.limit_bytes,
             memory.usage_path,
             memory.stat_path,
             inactive_key=memory.inactive_key,
+            bands=bands,
         )
 
     def sample(self) -> MemorySample:
@@ -261,11 +309,23 @@ class ContainerSampler(_RSSReader):
             if not self._failing:
                 self._failing = True
                 log.warning("[MEMORY] cgroup figures unreadable (%s); measuring the host", error)
-            return _host_sample(self._rss())
+            return _host_sample(self._rss(), self.bands)
         if self._failing:
             self._failing = False
             log.info("[MEMORY] cgroup figures readable again; measuring the container")
-        return _make("container", used, self.limit_bytes, self._rss())
+        return _make("container", used, self.limit_bytes, self._rss(), self.bands)
+
+
+def traced_bytes() -> int | None:
+    """What tracemalloc traces now, in bytes; None when it is not tracing.
+
+    Asked of tracemalloc's C half: tracing may be on from the start (``-X tracemalloc``)
+    without ``tracemalloc.py`` imported, and importing it (with pickle) for this question
+    would weigh on every process that never traces.
+    """
+    if not _tracemalloc.is_tracing():
+        return None
+    return _tracemalloc.get_traced_memory()[0]
 
 
 # -- reading cgroup files
@@ -436,18 +496,20 @@ def make_sampler(
     *,
     proc_root: str = "/proc",
     cgroup_root: str = "/sys/fs/cgroup",
+    bands: Bands = _DEFAULT_BANDS,
 ) -> Sampler:
-    """The sampler for ``pressure_source`` (one of :data:`SOURCES`).
+    """The sampler for ``pressure_source`` (one of :data:`SOURCES`), its samples banded by
+    ``bands``.
 
     ``process`` needs ``process_limit_mb`` (ValueError without it). ``container`` with no
     container limit found measures the host and says so in a warning and in ``source``.
     """
     if source == "host":
-        return HostSampler()
+        return HostSampler(bands=bands)
     if source == "process":
         if process_limit_mb is None:
             raise ValueError("pressure_source=process needs process_limit_mb")
-        return ProcessSampler(process_limit_mb)
+        return ProcessSampler(process_limit_mb, bands=bands)
     if source not in SOURCES:
         raise ValueError(f"pressure_source must be one of {', '.join(SOURCES)}, not {source!r}")
     memory = container_limit(proc_root, cgroup_root)
@@ -459,7 +521,7 @@ def make_sampler(
             memory.limit_mb,
             memory.limit_path,
         )
-        return ContainerSampler.from_memory(memory)
+        return ContainerSampler.from_memory(memory, bands)
     if source == "container":
         log.warning("[MEMORY] pressure_source=container but no cgroup limit found; measuring host")
-    return HostSampler()
+    return HostSampler(bands=bands)
