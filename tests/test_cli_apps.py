@@ -11,7 +11,7 @@ import pytest
 from helpers.cli import one_error_line, run_cli, write_apps
 
 from wsgi_memopt.cli.apps import load_app
-from wsgi_memopt.cli.errors import UsageError
+from wsgi_memopt.cli.common import UsageError
 
 
 @pytest.fixture

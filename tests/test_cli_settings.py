@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers.cli import run_cli, write_apps
 
-from wsgi_memopt.cli.errors import UsageError
+from wsgi_memopt.cli.common import UsageError
 from wsgi_memopt.cli.settings import load_settings
 from wsgi_memopt.settings import Settings, SettingsError
 

@@ -19,12 +19,11 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
 
 from .. import __version__
 from ..settings import SettingsError
 from . import serve, settings, status
-from .errors import PROG, USAGE_ERROR, CommandError
+from .common import PROG, USAGE_ERROR, CommandError, CommandParser
 
 __all__ = ["build_parser", "main"]
 
@@ -58,25 +57,10 @@ def _fail(message: str, status: int = USAGE_ERROR) -> int:
     return status
 
 
-class _Parser(argparse.ArgumentParser):
-    """Reports a usage error as one line, like every other error of the command.
-
-    ``usage_status`` is the exit status of a usage error: 2, except for ``status``, whose 2
-    means "critical".
-    """
-
-    def __init__(self, *args: Any, usage_status: int = USAGE_ERROR, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.usage_status = usage_status
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(self.usage_status, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``wsgi-memopt`` parser; each command's module adds its own sub-parser, whose
     ``run`` default is the function that carries it out."""
-    parser = _Parser(
+    parser = CommandParser(
         prog=PROG,
         description="Serve a WSGI app through MemoryOptimizer, show its effective settings, or\n"
         "check the memory status of a running server.",

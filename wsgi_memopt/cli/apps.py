@@ -25,7 +25,7 @@ import os
 import traceback
 from typing import TYPE_CHECKING, Any
 
-from .errors import UsageError
+from .common import UsageError
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication

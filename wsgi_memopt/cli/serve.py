@@ -25,14 +25,14 @@ from typing import TYPE_CHECKING
 
 from ..settings import Settings
 from .apps import load_app
-from .errors import PROG, RUNTIME_ERROR, CommandError, UsageError
+from .common import PROG, RUNTIME_ERROR, CommandError, UsageError
 from .settings import add_set_option, load_settings, shown
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
     from werkzeug.serving import BaseWSGIServer
 
-    from .settings import Commands
+    from .common import Commands
 
 _EPILOG = """\
 MODULE:APP names a WSGI application: MODULE is imported (the current directory is on the

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..settings import Settings
-from .errors import UsageError
+from .common import UsageError
 
 if TYPE_CHECKING:
-    Commands = argparse._SubParsersAction[argparse.ArgumentParser]
+    from .common import Commands
 
 _SECRET_SETTINGS = frozenset({"api_token"})  # never printed
 _EMPTY = '""'  # how an empty list setting is shown

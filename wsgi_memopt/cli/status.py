@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..settings import ENV_PREFIX, Settings, SettingsError
-from .errors import PROG, CommandError
+from .common import PROG, CommandError
 
 if TYPE_CHECKING:
-    from .settings import Commands
+    from .common import Commands
 
 STATUS_OK = 0  # excellent or good
 STATUS_WARNING = 1
@@ -275,51 +275,12 @@ def _network_reason(reason: object, timeout: float) -> str:
 def _summary(api: str, health: dict[str, Any], stats: dict[str, Any]) -> list[str]:
     """The readable summary: one labelled line per part, then the lists."""
     memory = _dict(stats.get("memory"))
-    cache = _dict(stats.get("cache"))
-    gc_stats = _dict(stats.get("gc"))
-    governor = _dict(stats.get("governor"))
-    process = _dict(stats.get("process"))
-
-    percent = _number(health.get("memory_percent"), memory.get("percent"))
-    source = _text(health.get("source") or memory.get("source"))
-    status_line = f"{_text(health.get('status'))}, memory {_fmt(percent, '.1f')}% of {source}"
-    if memory.get("limit_mb") is not None:
-        status_line += (
-            f" (used {_mb(memory.get('used_mb'))} of {_mb(memory.get('limit_mb'))}, "
-            f"{_mb(memory.get('available_mb'))} available)"
-        )
-    rss_line = _mb(memory.get("rss_mb"))
-    if process:
-        rss_line += f" (pid {_text(process.get('pid'))}, up {_duration(process.get('uptime_s'))})"
-
-    hits, misses = _number(cache.get("hits")), _number(cache.get("misses"))
-    hit_rate = _fmt(_number(cache.get("hit_rate")), ".0%")
-    cache_line = (
-        f"{_fmt(_number(cache.get('items')), 'd')} items, {_mb(cache.get('size_mb'), '.3g')}"
-        f" of {_mb(cache.get('max_mb'), 'g')}, hit rate {hit_rate}"
-        f" ({_fmt(hits, 'd')} hits, {_fmt(misses, 'd')} misses), "
-        f"{_fmt(_number(cache.get('evictions')), 'd')} evictions"
-    )
-
-    generations = _list(gc_stats.get("generations"))
-    counts = [_fmt(_number(_dict(gen).get("collections")), "d") for gen in generations]
-    gc_line = (
-        "collections " + ", ".join(f"gen{i} {count}" for i, count in enumerate(counts))
-        if counts
-        else "collections ?"
-    )
-    scheduled = _list(gc_stats.get("collections"))
-    if gc_stats.get("mode") is not None:
-        gc_line += f"; mode {_text(gc_stats.get('mode'))}"
-        if scheduled:
-            gc_line += f" ({sum(_number(n) or 0 for n in scheduled):g} run by wsgi_memopt)"
-
     lines = [
         f"memory API:  {api}",
-        f"status:      {status_line}",
-        f"rss:         {rss_line}",
-        f"cache:       {cache_line}",
-        f"gc:          {gc_line}",
+        f"status:      {_status_line(health, memory)}",
+        f"rss:         {_rss_line(memory, _dict(stats.get('process')))}",
+        f"cache:       {_cache_line(_dict(stats.get('cache')))}",
+        f"gc:          {_gc_line(_dict(stats.get('gc')))}",
     ]
     modules = stats.get("modules")
     if isinstance(modules, dict):
@@ -333,6 +294,7 @@ def _summary(api: str, health: dict[str, Any], stats: dict[str, Any]) -> list[st
             f"workers:     {len(pool)} under {_text(workers.get('server'))} master "
             f"{_text(workers.get('master_pid'))}, {_mb(workers.get('total_rss_mb'))} RSS in all"
         )
+    governor = _dict(stats.get("governor"))
     reason = health.get("restart_reason") or governor.get("restart_reason")
     lines.append(f"restart:     {'needed: ' + _text(reason) if reason else 'not needed'}")
     alert = health.get("alert")
@@ -341,25 +303,73 @@ def _summary(api: str, health: dict[str, Any], stats: dict[str, Any]) -> list[st
 
     actions = [_dict(action) for action in _list(governor.get("last_actions"))]
     lines.append(f"last actions: {len(actions) or 'none'}")
-    for action in actions:
-        improvement = _dict(action.get("improvement"))
-        at = _number(action.get("at"))
-        when = time.strftime("%H:%M:%S", time.localtime(at)) if at is not None else "?"
-        duration = _fmt(_number(action.get("duration_ms")), ".0f")
-        lines.append(
-            f"  - {when} {_text(action.get('kind'))} ({_text(action.get('reason'))}): "
-            f"freed {_mb(improvement.get('mb_freed'))} in {duration} ms"
-        )
-
+    lines.extend(f"  - {_action_line(action)}" for action in actions)
     advice = [_dict(item) for item in _list(health.get("recommendations"))]
     lines.append(f"recommendations: {len(advice) or 'none'}")
-    for item in advice:
-        where = item.get("setting") or item.get("endpoint")
-        lines.append(
-            f"  - {_text(item.get('finding'))}: {_text(item.get('action'))}"
-            + (f" [{_text(where)}]" if where else "")
-        )
+    lines.extend(f"  - {_advice_line(item)}" for item in advice)
     return lines
+
+
+def _status_line(health: dict[str, Any], memory: dict[str, Any]) -> str:
+    percent = _number(health.get("memory_percent"), memory.get("percent"))
+    source = _text(health.get("source") or memory.get("source"))
+    line = f"{_text(health.get('status'))}, memory {_fmt(percent, '.1f')}% of {source}"
+    if memory.get("limit_mb") is not None:
+        line += (
+            f" (used {_mb(memory.get('used_mb'))} of {_mb(memory.get('limit_mb'))}, "
+            f"{_mb(memory.get('available_mb'))} available)"
+        )
+    return line
+
+
+def _rss_line(memory: dict[str, Any], process: dict[str, Any]) -> str:
+    line = _mb(memory.get("rss_mb"))
+    if process:
+        line += f" (pid {_text(process.get('pid'))}, up {_duration(process.get('uptime_s'))})"
+    return line
+
+
+def _cache_line(cache: dict[str, Any]) -> str:
+    hits, misses = _number(cache.get("hits")), _number(cache.get("misses"))
+    hit_rate = _fmt(_number(cache.get("hit_rate")), ".0%")
+    return (
+        f"{_fmt(_number(cache.get('items')), 'd')} items, {_mb(cache.get('size_mb'), '.3g')}"
+        f" of {_mb(cache.get('max_mb'), 'g')}, hit rate {hit_rate}"
+        f" ({_fmt(hits, 'd')} hits, {_fmt(misses, 'd')} misses), "
+        f"{_fmt(_number(cache.get('evictions')), 'd')} evictions"
+    )
+
+
+def _gc_line(gc_stats: dict[str, Any]) -> str:
+    generations = _list(gc_stats.get("generations"))
+    counts = [_fmt(_number(_dict(gen).get("collections")), "d") for gen in generations]
+    line = "collections " + (
+        ", ".join(f"gen{i} {count}" for i, count in enumerate(counts)) if counts else "?"
+    )
+    if gc_stats.get("mode") is not None:
+        line += f"; mode {_text(gc_stats.get('mode'))}"
+        scheduled = _list(gc_stats.get("collections"))
+        if scheduled:
+            line += f" ({sum(_number(n) or 0 for n in scheduled):g} run by wsgi_memopt)"
+    return line
+
+
+def _action_line(action: dict[str, Any]) -> str:
+    at = _number(action.get("at"))
+    when = time.strftime("%H:%M:%S", time.localtime(at)) if at is not None else "?"
+    freed = _mb(_dict(action.get("improvement")).get("mb_freed"))
+    duration = _fmt(_number(action.get("duration_ms")), ".0f")
+    return (
+        f"{when} {_text(action.get('kind'))} ({_text(action.get('reason'))}): "
+        f"freed {freed} in {duration} ms"
+    )
+
+
+def _advice_line(item: dict[str, Any]) -> str:
+    where = item.get("setting") or item.get("endpoint")
+    return f"{_text(item.get('finding'))}: {_text(item.get('action'))}" + (
+        f" [{_text(where)}]" if where else ""
+    )
 
 
 # Tolerant readers: the answer comes from a server, maybe of another version; a missing or
