@@ -1,8 +1,7 @@
 """Tests of ``wsgi-memopt status``: real ``wsgi-memopt serve --demo`` servers on 127.0.0.1 read by
 real ``python -m wsgi_memopt status`` processes, and canned answers from a stub server in-process.
 
-Servers are started and stopped (by PID) with test_cli's ``serve`` fixture; every wait is bounded
-(startup, each request, each command).
+Every wait is bounded (startup, each request, each command); servers are killed by PID.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,15 +18,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import test_cli
-from test_cli import COMMAND_TIMEOUT_S, Server, child_env, fetch
+from helpers.cli import Server, fetch, one_error_line, run_cli, server_starter, write_apps
 
-from wsgi_memopt.cli import StatusUnknown, api_url, main
+from wsgi_memopt.cli import main
+from wsgi_memopt.cli.status import StatusUnknown, api_url
 
-# test_cli's fixtures, used here by name: a temporary app directory, and `serve` which starts
-# `python -m wsgi_memopt serve ARGS --port 0`, waits for its URL and kills it by PID at the end.
-app_dir = test_cli.app_dir
-serve = test_cli.serve
+
+@pytest.fixture
+def app_dir(tmp_path: Path) -> Path:
+    return write_apps(tmp_path)
+
+
+@pytest.fixture
+def serve(tmp_path: Path, app_dir: Path, request: pytest.FixtureRequest) -> Callable[..., Server]:
+    return server_starter(tmp_path, app_dir, request.addfinalizer)
+
 
 PREFIX = "/api/v1/memory"
 SUMMARY_LABELS = (
@@ -62,31 +66,8 @@ _PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 def status(
     *args: str, app_dir: Path, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m wsgi_memopt status ARGS``; a proxy in the environment is not used."""
-    environment = {
-        name: value
-        for name, value in child_env(app_dir, env).items()
-        if name.lower() not in _PROXY_VARIABLES
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "wsgi_memopt", "status", *args],
-        capture_output=True,
-        text=True,
-        env=environment,
-        cwd=app_dir.parent,
-        timeout=COMMAND_TIMEOUT_S,
-        check=False,
-    )
-
-
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    """The single ``wsgi-memopt: error:`` line of a failed command (nothing on stdout)."""
-    assert result.stdout == ""
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("wsgi-memopt: error: ")
-    return lines[0]
+    """Run ``python -m wsgi_memopt status ARGS`` (a proxy in the environment is not used)."""
+    return run_cli("status", *args, app_dir=app_dir, env=env)
 
 
 def field(output: str, label: str) -> str:
@@ -266,11 +247,6 @@ def test_help_documents_the_exit_status(capsys: pytest.CaptureFixture[str]) -> N
     ):
         assert line in out
     assert "WSGI_MEMOPT_API_TOKEN" in out
-
-
-def test_top_level_help_lists_status(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--help"]) == 0
-    assert re.search(r"^    status +print a running server's", capsys.readouterr().out, re.M)
 
 
 @pytest.mark.parametrize(
@@ -478,6 +454,31 @@ def test_a_failing_stats_exits_3(
     assert code == 3
     assert out == ""
     assert f"GET {_url(stub)}{PREFIX}/stats: HTTP 404" in err
+
+
+@pytest.mark.parametrize("prefix", ["/_mem", "_mem", "/_mem/"], ids=["path", "no-slash", "slash"])
+def test_prefix_is_where_the_api_is_asked(
+    stub: ThreadingHTTPServer, capsys: pytest.CaptureFixture[str], prefix: str
+) -> None:
+    stub.answers = {  # type: ignore[attr-defined]
+        "/_mem/health": (200, {}, _json(HEALTH)),
+        "/_mem/stats": (200, {}, _json(STATS)),
+    }
+    code, out, err = _run(capsys, _url(stub), "--prefix", prefix)
+    assert code == 1, err
+    assert field(out, "memory API") == f"{_url(stub)}/_mem"
+    assert [path for path, _ in stub.seen] == ["/_mem/health", "/_mem/stats"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("prefix", ["/", "/a b", "/50%", "/mémoire"])
+def test_prefix_the_server_could_not_have_is_refused(
+    capsys: pytest.CaptureFixture[str], prefix: str
+) -> None:
+    code, out, err = _run(capsys, "http://127.0.0.1:1", "--prefix", prefix)
+    assert code == 3
+    assert out == ""
+    assert err.startswith(f"wsgi-memopt: error: argument --prefix: {prefix!r}: expected a path")
+    assert err.count("\n") == 1
 
 
 def test_env_token_is_not_used_when_token_given(
