@@ -18,13 +18,13 @@ its error is a multi-line report, and building that report imports a failed modu
 from __future__ import annotations
 
 import ast
-import difflib
 import importlib
 import inspect
 import os
 import traceback
 from typing import TYPE_CHECKING, Any
 
+from ..settings import did_you_mean
 from .common import UsageError
 
 if TYPE_CHECKING:
@@ -163,8 +163,8 @@ def _a(noun: str) -> str:
 
 
 def _did_you_mean(name: str, owner: object) -> str:
-    close = difflib.get_close_matches(name, [n for n in dir(owner) if not n.startswith("__")], 1)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(name, [n for n in dir(owner) if not n.startswith("__")])
+    return f"; {hint}" if hint else ""
 
 
 def _describe(error: BaseException) -> str:

@@ -24,7 +24,7 @@ import urllib.request
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..settings import ENV_PREFIX, Settings, SettingsError
+from ..settings import DEFAULT_API_PREFIX, ENV_PREFIX, MB, Settings, SettingsError
 from .common import PROG, CommandError
 
 if TYPE_CHECKING:
@@ -41,9 +41,8 @@ _STATUS_EXIT = {
     "critical": STATUS_CRITICAL,
     "restart-needed": STATUS_CRITICAL,
 }
-DEFAULT_API_PREFIX: str = Settings.api_prefix  # the server's default, read off its setting
 TOKEN_ENV = ENV_PREFIX + "API_TOKEN"  # the server's own api_token variable
-_MAX_BODY_BYTES = 16 << 20  # an answer larger than this is not the memory API's
+_MAX_BODY_BYTES = 16 * MB  # an answer larger than this is not the memory API's
 
 _EPILOG = f"""\
 URL is the server's address (http://127.0.0.1:8000, or the path the app is mounted at), or
