@@ -59,19 +59,22 @@ class ClosingResponse:
             self._on_drop()
 
 
-class Replay(list[bytes]):
-    """A response the middleware answers itself, its body in hand (a cache hit, a ``304``):
-    iterated as the list it is. ``close()`` calls ``on_close``, or its collection without one
-    calls ``on_drop``: exactly one of them, once."""
+class Replay:
+    """A response the middleware answers itself, its body in hand (a cache hit, a ``304``).
+    ``close()`` calls ``on_close``, or its collection without one calls ``on_drop``: exactly
+    one of them, once."""
 
-    __slots__ = ("_on_close", "_on_drop")
+    __slots__ = ("_chunks", "_on_close", "_on_drop")
 
     def __init__(
         self, body: bytes | None, on_close: Callable[[], object], on_drop: Callable[[], object]
     ) -> None:
-        super().__init__(() if body is None else (body,))
+        self._chunks = () if body is None else (body,)
         self._on_close: Callable[[], object] | None = on_close
         self._on_drop = on_drop
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._chunks)
 
     def close(self) -> None:
         """End the request, once."""

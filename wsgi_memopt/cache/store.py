@@ -80,7 +80,8 @@ class ResponseStore:
         """The full key of this request (the variant its ``Vary`` values select, if the page
         varies) and the entry under it fresh at ``now``, or None. An expired entry is
         dropped. Takes no lock: a hit only marks the entry as the most recently used."""
-        vary = self._vary.get(base_key)
+        # Most sites vary no page: then a key is hashed once less.
+        vary = self._vary.get(base_key) if self._vary else None
         key = base_key if vary is None or not vary[0] else variant_key(base_key, vary[0], environ)
         entry = self._entries.get(key)
         if entry is None:
