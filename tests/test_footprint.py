@@ -71,6 +71,8 @@ def _imports(module: Path) -> set[str]:
         pytest.param("api", "wsgi_memopt.middleware", id="api-not-middleware"),
         pytest.param("memory", "wsgi_memopt.middleware", id="memory-not-middleware"),
         pytest.param("memory", "wsgi_memopt.cache", id="memory-not-cache"),
+        pytest.param("cache", "wsgi_memopt.middleware", id="cache-not-middleware"),
+        pytest.param("cache", "wsgi_memopt.api", id="cache-not-api"),
     ],
 )
 def test_the_parts_never_import_what_builds_them(package: str, forbidden: str) -> None:

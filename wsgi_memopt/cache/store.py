@@ -17,16 +17,48 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..settings import MB
 from .entry import Entry, intern_scheme, part_size
 from .policy import CacheKey, variant_key
 from .remembered import RememberedKeys
 
-__all__ = ["Entry", "ResponseStore"]
+__all__ = ["Entry", "ResponseStore", "Store"]
 
 log = logging.getLogger("wsgi_memopt")
+
+
+class Store(Protocol):
+    """What the cache asks of a place that keeps responses: this module's in-process
+    :class:`ResponseStore`, and any store behind it (one shared over the network). Each keeps
+    its own byte accounting and reports it in :meth:`stats`."""
+
+    def lookup(
+        self, base_key: CacheKey, environ: Mapping[str, object], now: float
+    ) -> tuple[CacheKey, Entry | None]:
+        """The full key of the request (its ``Vary`` variant) and the entry fresh at ``now``."""
+        ...
+
+    def put(self, entry: Entry, vary: tuple[str, ...] = ()) -> bool:
+        """Store ``entry``; False when it does not fit."""
+        ...
+
+    def discard(self, entry: Entry) -> None:
+        """Drop ``entry`` if it is still the one stored under its key."""
+        ...
+
+    def invalidate(self, path_prefix: str) -> int:
+        """Drop the entries at ``path_prefix`` and below; how many."""
+        ...
+
+    def clear(self) -> tuple[int, int]:
+        """Drop everything; ``(items, bytes)`` dropped."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Items, bytes and the store's own counts."""
+        ...
 
 
 class ResponseStore:
@@ -353,3 +385,6 @@ _REMEMBERED_SHARE = 0.1
 _EMPTY_ENTRIES = sys.getsizeof(OrderedDict())
 _EMPTY_DICT = sys.getsizeof({})
 _VARY_RECORD = sys.getsizeof([(), 0])  # [environ keys, variants]: the list itself
+
+if TYPE_CHECKING:
+    _IN_PROCESS_IS_A_STORE: type[Store] = ResponseStore
