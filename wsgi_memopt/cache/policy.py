@@ -7,11 +7,11 @@ without ``Cache-Control`` or conditional headers never builds a parser object.
 The rules, as a user can check them:
 
 - only GET and HEAD are served from the cache; HEAD is answered from a GET entry;
-- the key is scheme, host, ``SCRIPT_NAME + PATH_INFO``, the raw query string, the request
-  target as the server received it (``RAW_URI``, else ``REQUEST_URI``), the values of
-  ``X-Forwarded-Proto/-Port/-Prefix`` and of ``cache_key_headers``, and the names and the
-  request's values of the headers the stored response names in ``Vary`` (an absent header
-  differs from an empty one);
+- the key is the request's scheme, ``Host``, ``SERVER_NAME`` and ``SERVER_PORT``,
+  ``SCRIPT_NAME`` and ``PATH_INFO``, the raw query string, the request target as the server
+  received it (``RAW_URI``, ``REQUEST_URI``), the values of ``X-Forwarded-Proto/-Port/-Prefix``
+  and of ``cache_key_headers``, and the names and the request's values of the headers the
+  stored response names in ``Vary`` (an absent header differs from an empty one);
 - a request carrying a header of :data:`FORWARDING_HEADERS` (one that frameworks and WSGI
   filters read to build URLs or pick the method) bypasses the cache unless that header is
   keyed by ``cache_key_headers``; so does a GET or HEAD with a body;
