@@ -147,10 +147,8 @@ def server_environ(path: str, query: str = "", **headers: str) -> dict[str, Any]
         "SCRIPT_NAME": "",
         "PATH_INFO": fresh(path),
         "QUERY_STRING": fresh(query),
-        # gunicorn and uWSGI parse these from each request (werkzeug's server shares its
-        # SERVER_NAME: the figure then counts a string the process holds once).
-        "SERVER_NAME": fresh("shop.example.com"),
-        "SERVER_PORT": fresh("80"),
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
         "SERVER_PROTOCOL": "HTTP/1.1",
         "HTTP_HOST": fresh("shop.example.com"),
         "wsgi.url_scheme": "http",

@@ -36,6 +36,7 @@ from .policy import (
     bypass_environ_keys,
     has_body,
     has_credentials,
+    key_host,
     key_variables,
     path_filter,
     plan_environ_keys,
@@ -166,9 +167,9 @@ class ResponseCache:
         headers that change the plan, when :meth:`decide` would serve it; else None (ask
         :meth:`decide`). Counts the hits it finds, and nothing else.
 
-        It skips two rules that cannot apply to such a request: the path rules (an entry is
-        only ever stored under a key whose path they allow) and single flight (a hit has
-        nothing to wait for).
+        It skips three rules that cannot apply to such a request: the path rules and the
+        ``Host`` rule (an entry is only ever stored under a key they allow) and single flight
+        (a hit has nothing to wait for).
         """
         if (
             not self.enabled
@@ -198,6 +199,8 @@ class ResponseCache:
         if has_body(environ):
             return self._pass("bypass", "request-body")  # a page of what the key does not hold
         key = self.key(environ)
+        if key_host(key) is None:
+            return self._pass("bypass", "no-host")  # the app may build URLs of another name
         if self._path_allowed is not None and not self._path_allowed(key):
             return self._pass("bypass", "path")
         credentials = has_credentials(environ)

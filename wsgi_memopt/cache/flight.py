@@ -49,13 +49,18 @@ class Flights:
         A fill older than ``wait_s`` is taken over: a response whose iterable was never
         closed cannot make every later miss of its key wait.
         """
+        fill = Fill(key, now)
+        # The usual miss has nobody else fetching its key: setdefault, one atomic call under
+        # the GIL, makes it the leader without the lock.
+        if self._fills.setdefault(key, fill) is fill:
+            return fill, None
         with self._lock:
             held = self._fills.get(key)
             if held is not None and now - held.started < wait_s:
                 if held.event is None:
                     held.event = threading.Event()
                 return None, held.event
-            fill = self._fills[key] = Fill(key, now)
+            self._fills[key] = fill
             return fill, None
 
     def end(self, fill: Fill) -> None:

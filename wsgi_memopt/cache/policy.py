@@ -7,11 +7,11 @@ without ``Cache-Control`` or conditional headers never builds a parser object.
 The rules, as a user can check them:
 
 - only GET and HEAD are served from the cache; HEAD is answered from a GET entry;
-- the key is the request's scheme, ``Host``, ``SERVER_NAME`` and ``SERVER_PORT``,
-  ``SCRIPT_NAME`` and ``PATH_INFO``, the raw query string, the request target as the server
-  received it (``RAW_URI``, ``REQUEST_URI``), the values of ``X-Forwarded-Proto/-Port/-Prefix``
-  and of ``cache_key_headers``, and the names and the request's values of the headers the
-  stored response names in ``Vary`` (an absent header differs from an empty one);
+- the key is the request's scheme, ``Host``, ``SCRIPT_NAME`` and ``PATH_INFO``, the raw query
+  string, the request target as the server received it (``RAW_URI``, ``REQUEST_URI``), the
+  values of ``X-Forwarded-Proto/-Port/-Prefix`` and of ``cache_key_headers``, and the names and
+  the request's values of the headers the stored response names in ``Vary`` (an absent header
+  differs from an empty one); a request without ``Host`` (HTTP/1.0) bypasses the cache;
 - a request carrying a header of :data:`FORWARDING_HEADERS` (one that frameworks and WSGI
   filters read to build URLs or pick the method) bypasses the cache unless that header is
   keyed by ``cache_key_headers``; so does a GET or HEAD with a body;
@@ -59,6 +59,7 @@ __all__ = [
     "has_body",
     "has_credentials",
     "is_not_modified",
+    "key_host",
     "key_path",
     "key_route",
     "key_variables",
@@ -125,20 +126,19 @@ HEURISTIC_FRACTION = 0.1
 # The request target as the server received it (RAW_URI from gunicorn and werkzeug,
 # REQUEST_URI from uWSGI, waitress and mod_wsgi) is in it: an app that reads it sees what
 # PATH_INFO hides (an absolute-form http://other.host/p, %2F against /), so two spellings of a
-# path never share an entry. SERVER_NAME and SERVER_PORT stand for the host of a request that
-# names none (HTTP/1.0).
+# path never share an entry.
 KEY_VARIABLES = (
     "wsgi.url_scheme",
     "HTTP_HOST",
-    "SERVER_NAME",
-    "SERVER_PORT",
     "SCRIPT_NAME",
     "PATH_INFO",
     "QUERY_STRING",
     "RAW_URI",
     "REQUEST_URI",
 )
-_SCRIPT_NAME, _PATH_INFO = KEY_VARIABLES.index("SCRIPT_NAME"), KEY_VARIABLES.index("PATH_INFO")
+_HOST, _SCRIPT_NAME, _PATH_INFO = map(
+    KEY_VARIABLES.index, ("HTTP_HOST", "SCRIPT_NAME", "PATH_INFO")
+)
 CacheKey = tuple[Any, ...]
 
 
@@ -167,6 +167,12 @@ def environ_key(header: str) -> str:
 def key_path(base_key: CacheKey) -> str:
     """``SCRIPT_NAME + PATH_INFO`` of a base key (the key holds them apart, unjoined)."""
     return (base_key[_SCRIPT_NAME] or "") + (base_key[_PATH_INFO] or "")
+
+
+def key_host(base_key: CacheKey) -> str | None:
+    """The ``Host`` of a base key; None for a request that sent none (HTTP/1.0), which a
+    cache cannot tell apart from another server name's: such requests pass through."""
+    return base_key[_HOST]  # type: ignore[no-any-return]
 
 
 def key_route(base_key: CacheKey) -> str:
