@@ -59,7 +59,8 @@ _STOP_S = 10.0
 
 @contextlib.contextmanager
 def gunicorn(app_dir: Path, app: str) -> Iterator[str]:
-    """A gunicorn serving ``apps:<app>``; yields its URL; stopped by PID when done."""
+    """A gunicorn serving ``apps:<app>``; yields its URL once it answers (from the cache, for
+    the wrapped app: checked); stopped by PID when done."""
     port = free_port()
     command = [
         sys.executable,
@@ -89,6 +90,11 @@ def gunicorn(app_dir: Path, app: str) -> Iterator[str]:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"gunicorn serving {app} did not start") from None
                 time.sleep(0.1)
+        with urllib.request.urlopen(url, timeout=5) as response:
+            response.read()
+            cached = response.headers.get("X-Cache") == "HIT"
+        if cached != (app == "wrapped"):
+            raise RuntimeError(f"{app}: X-Cache is {response.headers.get('X-Cache')!r}")
         yield url
     finally:
         process.send_signal(signal.SIGTERM)

@@ -1,4 +1,4 @@
-"""The cache benchmark runs, and its own checks hold (a smoke test: no time is asserted).
+"""The benchmarks run, and their own checks hold (smoke tests: no time is asserted).
 
 ``benchmarks/cache.py`` checks, before it times anything, that every contender does what its
 row says (our cache hits, a pass-through is not stored, Flask-Caching does not call the view,
@@ -9,9 +9,13 @@ figures wrong without failing any other test.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+from helpers.servers import require_peer
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -40,3 +44,22 @@ def test_the_cache_benchmark_runs_and_its_checks_hold() -> None:
     notes = [note for row in rows.values() for note in row["notes"]]
     for yardstick in ("least_hit", "LeastWrapper", "LeastCapture"):
         assert any(yardstick in note for note in notes), yardstick
+
+
+@pytest.mark.slow
+def test_the_real_server_hit_benchmark_runs_and_checks_its_hits() -> None:
+    # It starts real gunicorns and loads them with wrk; before timing, it checks that the
+    # wrapped server answers from the cache and the bare one does not.
+    require_peer("wrk")
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "server_hit.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=BENCHMARKS,
+    )
+
+    assert done.returncode == 0, done.stderr
+    ratio = re.search(r"cache hit / ceiling: (\d+\.\d+)", done.stdout)
+    assert ratio is not None, done.stdout
+    assert float(ratio.group(1)) > 0
