@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             for app, runs in rates.items():
                 with gunicorn(app_dir, app) as url:
                     runs.append(requests_per_second(url, options.seconds))
-    ratios = [wrapped / bare for bare, wrapped in zip(rates["bare"], rates["wrapped"])]
+    ratios = [wrapped / bare for bare, wrapped in zip(rates["bare"], rates["wrapped"], strict=True)]
     print(f"gunicorn gthread, 1 worker x 4 threads; wrk -t1 -c8; {options.rounds} rounds")
     print()
     print("contender                          |  req/s (median) | per round")
