@@ -363,9 +363,7 @@ def assess_response(
     ``default_ttl`` is ``cache_default_ttl_s``: the lifetime of a response without explicit
     freshness (when its heuristic freshness is shorter); ``ttl_cap`` caps every lifetime.
     """
-    code = _STATUS_CODES.get(status)
-    if code is None:
-        code = _status_code(status)
+    code = _status_code(status)
     if code not in statuses:
         return _REFUSED["status"]
     cache_control = vary = expires = date = etag = last_modified = length = None
@@ -419,7 +417,7 @@ def assess_response(
         vary_keys = tuple(sorted({environ_key(name) for name in names}))
 
     content_length = _content_length(length, item_limit)
-    if type(content_length) is ResponseVerdict:
+    if isinstance(content_length, ResponseVerdict):
         return content_length
 
     max_age = _seconds(directives, "max-age")
@@ -436,15 +434,10 @@ def assess_response(
             return _REFUSED["no-freshness"]
     elif lifetime <= 0:
         return _REFUSED["stale"]
-    return _verdict((None, lifetime, shareable, vary_keys, content_length, etag, modified_at))
+    return ResponseVerdict(None, lifetime, shareable, vary_keys, content_length, etag, modified_at)
 
 
 _NO_DIRECTIVES: Mapping[str, str | None] = {}
-
-# Status line -> code: an app answers with a handful of status lines, and int() of a slice
-# costs a miss three times a dict lookup. Bounded: the status line is the app's to choose.
-_STATUS_CODES: dict[str, int] = {}
-_STATUS_CODES_MAX = 64
 
 
 def _status_code(status: str) -> int:
@@ -453,23 +446,18 @@ def _status_code(status: str) -> int:
         code = int(status[:3])
     except ValueError:
         code = -1
-    if len(_STATUS_CODES) < _STATUS_CODES_MAX:
-        _STATUS_CODES[status] = code
     return code
-
-
-_verdict = ResponseVerdict._make
 
 
 def _plain_verdict(length: str | None, item_limit: int, lifetime: float) -> ResponseVerdict:
     """The verdict on a response without any caching header: stored for ``lifetime``
     (``cache_default_ttl_s``, capped), not at all when that is zero."""
     content_length = _content_length(length, item_limit)
-    if type(content_length) is ResponseVerdict:
+    if isinstance(content_length, ResponseVerdict):
         return content_length
     if lifetime <= 0:
         return _REFUSED["no-freshness"]
-    return _verdict((None, lifetime, False, (), content_length, None, None))
+    return ResponseVerdict(None, lifetime, content_length=content_length)
 
 
 def _content_length(length: str | None, item_limit: int) -> int | ResponseVerdict | None:
@@ -542,8 +530,8 @@ def is_not_modified(
 
 
 # Clients revalidate a popular page with the validators it was sent: the same few values
-# again and again. Parsing one costs 1.5-3.5 µs; the last results are kept (short values
-# only: a request's header is the client's to choose).
+# again and again, each dearer to parse than to look up. The last results are kept (short
+# values only: a request's header is the client's to choose).
 
 
 def _request_etags(value: str) -> ETags:
