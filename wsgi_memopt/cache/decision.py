@@ -81,6 +81,12 @@ class Decision(NamedTuple):
     fill: Fill | None = None
 
 
+def _may_serve(entry: Entry, credentials: bool) -> bool:
+    """One user's page must never reach another: a request with credentials is served only
+    what a response marked ``public`` or ``s-maxage``."""
+    return not credentials or entry.shareable_with_credentials
+
+
 @functools.cache  # a few dozen (forward, detail) pairs, all ours
 def passing(forward: str | None, detail: str | None = None) -> Decision:
     """The decision to pass a request through, with its ``Cache-Status`` words."""
@@ -179,7 +185,7 @@ class ResponseCache:
         ):
             return None
         _, entry = self.store.lookup(self.key(environ), environ, self.store.clock())
-        if entry is None or (has_credentials(environ) and not entry.shareable_with_credentials):
+        if entry is None or not _may_serve(entry, has_credentials(environ)):
             return None
         next(self._hits)
         return entry
@@ -210,7 +216,7 @@ class ResponseCache:
                 return self._pass("request", "head")  # nothing to refresh the entry with
             return self._fetch(key, "request", credentials)
         lookup_key, entry = self.store.lookup(key, environ, self.store.clock())
-        if entry is not None and (not credentials or entry.shareable_with_credentials):
+        if entry is not None and _may_serve(entry, credentials):
             return self._serve(entry)
         if method == "HEAD":
             return self._pass("miss", "head")  # a HEAD response has no body to store
