@@ -16,6 +16,7 @@ class _Response(Protocol):
     @property
     def headers(self) -> Headers: ...
 
+
 # Cache-Status is an RFC 8941 list: the value is matched whole before its parameters are read.
 _TOKEN = r"[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*"
 _KEY = r"[a-z*][a-z0-9_\-.*]*"
