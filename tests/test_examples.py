@@ -23,7 +23,8 @@ from types import ModuleType
 from urllib.parse import urlencode
 
 import pytest
-from helpers.servers import EXAMPLES, Servers, require_module
+from helpers.needs import require_module
+from helpers.servers import EXAMPLES, Servers
 from helpers.servers import fetch as fetch_over_http
 from helpers.wsgi import checked
 from werkzeug.test import Client

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from helpers.clock import FakeClock
 from helpers.headers import cache_status
+from helpers.needs import unavailable
 from helpers.servers import HOST, fetch
 
 
@@ -35,6 +36,15 @@ def test_fake_clock_moves_only_when_told() -> None:
     assert (clock(), clock()) == (5.0, 5.0)
     clock.advance(2.5)
     assert clock() == 7.5
+
+
+def test_unavailable_skips_here_and_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=r"^x is missing$"):
+        unavailable("x is missing", "CI installs x")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"^x is missing; CI installs x$"):
+        unavailable("x is missing", "CI installs x")
 
 
 class _Echo(BaseHTTPRequestHandler):

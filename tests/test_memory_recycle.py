@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
+from helpers.needs import require_malloc_trim, require_module, require_peer
 from helpers.servers import (
     BOOT_TIMEOUT_S,
     HOST,
@@ -50,8 +51,6 @@ from helpers.servers import (
     free_port,
     gunicorn_command,
     launch,
-    require_module,
-    require_peer,
     stop,
 )
 
@@ -693,10 +692,7 @@ BURST_SCRIPT = textwrap.dedent(
     ],
 )
 def test_freed_burst_is_given_back_before_the_next_request(tmp_path: Path, scenario: str) -> None:
-    from wsgi_memopt.memory.cleanups import malloc_trim_available
-
-    if not malloc_trim_available():
-        pytest.skip("no glibc malloc_trim here")
+    require_malloc_trim()
     script = tmp_path / "burst.py"
     script.write_text(BURST_SCRIPT)
     done = subprocess.run(

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.servers import BOOT_TIMEOUT_S, EXAMPLES, Servers, fetch, require_module
+from helpers.needs import require_module
+from helpers.servers import BOOT_TIMEOUT_S, EXAMPLES, Servers, fetch
 from helpers.wsgi import checked, get
 from werkzeug.test import Client
 

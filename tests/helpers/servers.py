@@ -8,10 +8,8 @@ start servers alike. Every server here is stopped by its PID and every wait is b
 from __future__ import annotations
 
 import http.client
-import importlib.util
 import io
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +23,8 @@ from typing import NamedTuple
 import pytest
 from _servers import HOST, child_env, control_socket_args, free_port
 from werkzeug.datastructures import Headers
+
+from helpers.needs import require_module
 
 __all__ = [
     "BOOT_TIMEOUT_S",
@@ -40,8 +40,6 @@ __all__ = [
     "free_port",
     "gunicorn_command",
     "launch",
-    "require_module",
-    "require_peer",
     "stop",
     "wait_for",
 ]
@@ -50,24 +48,6 @@ BOOT_TIMEOUT_S = 30.0
 REQUEST_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def require_peer(executable: str) -> str:
-    """The path of a real peer program; skip without it, but fail under CI (which installs it)."""
-    path = shutil.which(executable)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{executable} is not installed; .ci/run must install it")
-        pytest.skip(f"{executable} is not installed")
-    return path
-
-
-def require_module(name: str) -> None:
-    """Skip when ``name`` cannot be imported, but fail under CI (which installs it)."""
-    if importlib.util.find_spec(name) is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is not installed; .ci/run must install it")
-        pytest.skip(f"{name} is not installed")
 
 
 def gunicorn_command(port: int, worker_class: str, *args: str) -> list[str]:
