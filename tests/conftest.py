@@ -1,4 +1,5 @@
-"""Fixtures for every test: the collector, the environment and the WSGI checks as found.
+"""Fixtures for every test: the collector, the environment and the WSGI checks as found;
+and the real servers (gunicorn, ``wsgi-memopt serve``) that some tests start.
 
 Helpers to import live in ``tests/helpers/``; this file holds only fixtures.
 """
@@ -7,12 +8,13 @@ from __future__ import annotations
 
 import gc
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.servers import Servers
+from helpers.cli import server_starter, write_apps
+from helpers.servers import Server, Servers
 from werkzeug.middleware import lint
 
 
@@ -22,6 +24,19 @@ def servers(tmp_path: Path) -> Iterator[Servers]:
     started = Servers(tmp_path)
     yield started
     started.stop_all()
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path) -> Path:
+    """A directory holding the app module ``webapp`` the ``wsgi-memopt`` tests load."""
+    return write_apps(tmp_path)
+
+
+@pytest.fixture
+def serve(tmp_path: Path, app_dir: Path, request: pytest.FixtureRequest) -> Callable[..., Server]:
+    """``serve(*args, env=None)``: a real ``wsgi-memopt serve ARGS`` on 127.0.0.1 that can load
+    ``webapp``, stopped by its PID when the test ends."""
+    return server_starter(tmp_path, app_dir, request.addfinalizer)
 
 
 @pytest.fixture(autouse=True)

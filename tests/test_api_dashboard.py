@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.servers import require_peer
+from helpers.needs import require_peer
 from werkzeug.serving import make_server
 from werkzeug.test import Client
 

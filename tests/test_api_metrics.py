@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import os
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from helpers.needs import require_module
 from helpers.wsgi import get, wrap
 
 from wsgi_memopt import MemoryOptimizer
@@ -32,12 +32,9 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 def _prometheus() -> ModuleType:
     """prometheus_client; skipped when missing, but a failure under CI (which installs it)."""
-    try:
-        import prometheus_client
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("prometheus_client is not installed; the test extra must install it")
-        pytest.skip("prometheus_client is not installed")
+    require_module("prometheus_client")
+    import prometheus_client
+
     return prometheus_client
 
 

@@ -1,9 +1,21 @@
-"""Tests of wsgi_memopt.cache.capture: streaming, close() once, what is (not) stored, isolation.
+"""Tests of wsgi_memopt.cache.capture: the rules for storing a response, one test each.
+
+- what is stored and what is not (and the reason counted), and when ``Cache-Status`` may say
+  ``stored``; the item limit, in a streamed body or a declared one;
+- streaming: each chunk reaches the server as the app yields it, and the copy is dropped
+  past the limit;
+- the app's iterable closed exactly once, whatever the server or the app does;
+- the legacy ``write()`` callable, ``exc_info``, an app raising in its call or mid-body;
+- one user's page never reaching another;
+- a response nobody closes, or that the collector takes, never jamming the process.
+
+Which requests are served, fetched or passed through is in ``test_middleware.py``.
 
 The capture is the response iterable the middleware hands the server on a miss. These tests
-play the server themselves where they need to watch it chunk by chunk (``Server`` below), and
-use werkzeug's ``Client`` (through ``helpers.wsgi.wrap``/``get``) everywhere else. Either way
-the app is behind wsgiref's validator and werkzeug's lint on both sides of the middleware.
+play the server themselves where they need to watch it chunk by chunk (``FakeServer`` below),
+run wsgiref's handler where the bytes on the wire matter (``wsgiref_get``), and use werkzeug's
+``Client`` (through ``helpers.wsgi.wrap``/``get``) everywhere else. Either way the app is behind
+wsgiref's validator and werkzeug's lint on both sides of the middleware.
 
 A few tests read the capture's private ``_size``/``_chunks`` on purpose: how much of a streamed
 body is held in memory cannot be seen from outside, and the cache promises to hold at most
@@ -21,29 +33,31 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from helpers.wsgi import checked, get, wrap
-from werkzeug.http import parse_cookie
+from helpers.apps import CACHEABLE, CountingApp
+from helpers.clock import DATE
+from helpers.headers import cache_status
+from helpers.store import assert_consistent
+from helpers.wsgi import WSGIApp, checked, get, wrap, wsgiref_get
+from werkzeug.http import http_date, parse_cookie
 from werkzeug.middleware import lint
-from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.test import Client, EnvironBuilder, TestResponse
-from werkzeug.wrappers import Response
 
 from wsgi_memopt import MemoryOptimizer
 from wsgi_memopt.cache.capture import Capture
 
+KB = 1 << 10
 MB = 1 << 20
-CHUNK = 64 * 1024
+CHUNK = 64 * KB
 WAIT_S = 10.0  # the bound of every wait on another thread; never reached when all is well
-# How the test apps mark a response cacheable, where a test is about anything but freshness.
-CACHEABLE = (("Cache-Control", "max-age=1800"),)
 
 
 # -- helpers
 
-_started: list[Any] = []  # every response a ``Server`` started, closed at teardown if left open
+_started: list[Any] = []  # every response a ``FakeServer`` started, closed at teardown if left open
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +71,7 @@ def _close_what_a_failed_test_left_open() -> Iterator[None]:
                 response.close()
 
 
-class Server:
+class FakeServer:
     """Plays the WSGI server around ``optimizer``, behind the same checks ``wrap`` puts there.
 
     ``returned`` holds what the optimizer itself returned (the :class:`Capture` on a miss),
@@ -137,7 +151,7 @@ class Body:
             raise self.close_error
 
 
-class CountingApp:
+class BodyApp:
     """A tiny app returning a :class:`Body`; counts its calls and its bodies' close() calls.
 
     Its responses are marked cacheable (:data:`CACHEABLE`) unless ``headers`` says otherwise.
@@ -223,7 +237,249 @@ def in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     return thread, outcome
 
 
-# -- 1. streaming
+# -- what is stored, and what Cache-Status says of it
+
+NOT_STORED: list[Any] = [
+    # id, settings, app keywords, detail in Cache-Status (None: decided after the headers), reason
+    ("no-store", {}, {"headers": [("Cache-Control", "no-store")]}, "no-store", "no-store"),
+    # No explicit freshness, no Last-Modified, cache_default_ttl_s=0: nothing says keep it.
+    ("says-nothing", {}, {"headers": []}, "no-freshness", "no-freshness"),
+    (
+        "says-public-only",
+        {},
+        {"headers": [("Cache-Control", "public")]},
+        "no-freshness",
+        "no-freshness",
+    ),
+    (
+        "last-modified-not-heuristic-status",
+        {"cache_statuses": (200, 302)},
+        {"status": "302 Found", "headers": [("Last-Modified", http_date(DATE))]},
+        "no-freshness",
+        "no-freshness",
+    ),
+    ("private", {}, {"headers": [("Cache-Control", "private")]}, "private", "private"),
+    (
+        "private-with-max-age",
+        {},
+        {"headers": [("Cache-Control", "max-age=60, private")]},
+        "private",
+        "private",
+    ),
+    ("no-cache", {}, {"headers": [("Cache-Control", "no-cache")]}, "no-cache", "no-cache"),
+    (
+        "no-store-in-second-header",
+        {},
+        {"headers": [("Cache-Control", "public"), ("Cache-Control", "no-store")]},
+        "no-store",
+        "no-store",
+    ),
+    ("set-cookie", {}, {"headers": [("Set-Cookie", "a=1")]}, "set-cookie", "set-cookie"),
+    ("vary-star", {}, {"headers": [("Vary", "*")]}, "vary-star", "vary-star"),
+    ("vary-star-in-list", {}, {"headers": [("Vary", "Accept, *")]}, "vary-star", "vary-star"),
+    ("status-404", {}, {"status": "404 Not Found"}, "status", "status"),
+    ("status-500", {}, {"status": "500 Internal Server Error"}, "status", "status"),
+    (
+        "status-404-not-listed",
+        {"cache_statuses": (200, 301)},
+        {"status": "404 Not Found"},
+        "status",
+        "status",
+    ),
+    (
+        "too-large-content-length",
+        {"cache_item_max_mb": 0.001},
+        {"body": b"x" * 2000},
+        "too-large",
+        "too-large",
+    ),
+    (
+        "too-large-streamed",
+        {"cache_item_max_mb": 0.001},
+        {"body": b"x" * 2000, "content_length": False},
+        "too-large",  # seen in the first chunk, before the headers went
+        "too-large",
+    ),
+    ("max-age-0", {}, {"headers": [("Cache-Control", "max-age=0")]}, "stale", "stale"),
+    (
+        "s-maxage-0",
+        {},
+        {"headers": [("Cache-Control", "s-maxage=0, max-age=60")]},
+        "stale",
+        "stale",
+    ),
+    ("expires-invalid", {}, {"headers": [("Expires", "0")]}, "stale", "stale"),
+    ("expires-garbage", {}, {"headers": [("Expires", "next tuesday")]}, "stale", "stale"),
+    (
+        "expires-before-date",
+        {},
+        {"headers": [("Date", http_date(DATE)), ("Expires", http_date(DATE - timedelta(1)))]},
+        "stale",
+        "stale",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("settings", "app_kwargs", "detail", "reason"),
+    [case[1:] for case in NOT_STORED],
+    ids=[case[0] for case in NOT_STORED],
+)
+def test_response_not_stored(
+    settings: dict[str, Any], app_kwargs: dict[str, Any], detail: str | None, reason: str
+) -> None:
+    app = CountingApp(**app_kwargs)
+    optimizer, client = wrap(app, **settings)
+
+    first = get(client, "/p")
+    second = get(client, "/p")
+
+    assert app.calls == 2
+    assert second.data.endswith(b" #2")
+    expected = {"fwd": "miss"} if detail is None else {"fwd": "miss", "detail": detail}
+    assert cache_status(first) == cache_status(second) == expected
+    assert first.headers["X-Cache"] == "MISS"
+    counts = optimizer.cache.stats()
+    assert (counts["items"], counts["stores"], counts["rejected"]) == (0, 0, {reason: 2})
+
+
+def test_an_error_page_that_says_nothing_does_not_outlive_the_outage() -> None:
+    # The database is down for one request: its "unavailable" page, a 200 that says nothing
+    # about caching, is not kept; the next request, the database back, gets the real page.
+    database: list[bytes] = [b"database unavailable"]
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        body = database[-1]
+        start_response(
+            "200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+        )
+        return [body]
+
+    optimizer, client = wrap(app)
+    outage = get(client, "/products")
+    database.append(b"42 products")
+    back = get(client, "/products")
+
+    assert (outage.data, back.data) == (b"database unavailable", b"42 products")
+    assert cache_status(outage) == {"fwd": "miss", "detail": "no-freshness"}
+    assert optimizer.cache.stats()["rejected"] == {"no-freshness": 2}
+
+
+def test_cache_default_ttl_s_keeps_what_says_nothing_where_cache_paths_allows() -> None:
+    # The original "keep every page 30 minutes", scoped to the reports.
+    app = CountingApp(headers=[], echo="PATH_INFO")
+    _, client = wrap(app, cache_default_ttl_s=1800, cache_paths=("/reports/*",))
+
+    reports = [get(client, "/reports/q1") for _ in range(2)]
+    accounts = [get(client, "/account") for _ in range(2)]
+
+    assert [r.data for r in reports] == [b"body #1 '/reports/q1'"] * 2
+    assert cache_status(reports[1]) == {"hit": True, "ttl": "1800"}
+    assert [r.data for r in accounts] == [b"body #2 '/account'", b"body #3 '/account'"]
+
+
+STORED: list[Any] = [
+    # id, settings, app keywords, whether the miss announces "stored"
+    ("plain", {}, {}, True),
+    ("no-content-length", {}, {"content_length": False}, False),
+    ("status-404-listed", {"cache_statuses": (200, 404)}, {"status": "404 Not Found"}, True),
+    ("public", {}, {"headers": [("Cache-Control", "public, max-age=60")]}, True),
+    ("must-revalidate", {}, {"headers": [("Cache-Control", "max-age=60, must-revalidate")]}, True),
+    ("vary-listed", {}, {"headers": [("Vary", "Accept-Language"), *CACHEABLE]}, True),
+    (
+        "last-modified",
+        {},
+        {"headers": [("Last-Modified", http_date(datetime.now(timezone.utc)))]},
+        True,
+    ),
+    ("says-nothing-default-ttl", {"cache_default_ttl_s": 60}, {"headers": []}, True),
+    (
+        "expires-after-date",
+        {},
+        {"headers": [("Date", http_date(DATE)), ("Expires", http_date(DATE + timedelta(1)))]},
+        True,
+    ),
+    # 10485 B allowed; the entry holds ~1.7 KB besides the body
+    ("body-under-limit", {"cache_item_max_mb": 0.01}, {"body": b"x" * 8000}, True),
+]
+
+
+@pytest.mark.parametrize(
+    ("settings", "app_kwargs", "announced"),
+    [case[1:] for case in STORED],
+    ids=[case[0] for case in STORED],
+)
+def test_response_stored(
+    settings: dict[str, Any], app_kwargs: dict[str, Any], announced: bool
+) -> None:
+    app = CountingApp(**app_kwargs)
+    optimizer, client = wrap(app, **settings)
+
+    miss = get(client, "/p")
+    hit = get(client, "/p")
+
+    assert app.calls == 1
+    assert hit.data == miss.data
+    assert hit.status == miss.status
+    assert hit.headers["Content-Length"] == str(len(miss.data))
+    assert cache_status(miss) == ({"fwd": "miss", "stored": True} if announced else {"fwd": "miss"})
+    assert cache_status(hit)["hit"] is True
+    counts = optimizer.cache.stats()
+    assert (counts["items"], counts["stores"], counts["rejected"]) == (1, 1, {})
+
+
+def test_stored_is_announced_only_when_stored() -> None:
+    app = CountingApp(b"x" * 1000)  # 1000 B body, limit 1048 B: the entry's overhead tips it over
+    optimizer, client = wrap(app, cache_item_max_mb=0.001)
+
+    miss = get(client, "/p")
+
+    stored = optimizer.cache.stats()["stores"] == 1
+    assert cache_status(miss).get("stored", False) is stored
+
+
+def declaring_app(declared: int | None, *chunks: bytes, written: bytes = b"") -> WSGIApp:
+    """An app whose response declares ``Content-Length: declared`` (None: none), sends
+    ``written`` through the legacy write() callable, then returns ``chunks``."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        headers = [("Content-Type", "text/plain"), *CACHEABLE]
+        if declared is not None:
+            headers.append(("Content-Length", str(declared)))
+        write = start_response("200 OK", headers)
+        if written:
+            write(written)
+        return list(chunks)
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("app", "said", "stored"),
+    [
+        pytest.param(declaring_app(5, b"hello"), True, True, id="whole-in-its-first-chunk"),
+        pytest.param(declaring_app(5, b"lo", written=b"hel"), False, False, id="write-callable"),
+        pytest.param(declaring_app(10, b"hello"), False, False, id="shorter-than-declared"),
+        pytest.param(declaring_app(10, b"hello", b"world"), False, True, id="whole-at-its-end"),
+        pytest.param(declaring_app(None, b"hello"), False, True, id="no-content-length"),
+    ],
+)
+def test_stored_is_said_only_of_a_response_stored_before_its_headers_went(
+    app: WSGIApp, said: bool, stored: bool
+) -> None:
+    # The headers go with the first bytes of the body: "stored" can be said only of a body
+    # whole (and stored) by then. Seen before: said of a write() response and of a body
+    # shorter than its Content-Length, both then refused.
+    optimizer = MemoryOptimizer(app, cache_lock_timeout_s=0, monitor_interval_s=0)
+    try:
+        _, headers, _ = wsgiref_get(optimizer, checks=False)
+        assert cache_status(headers).get("stored", False) is said
+        assert len(optimizer.cache) == int(stored)
+    finally:
+        optimizer.governor.stop()
+
+
+# -- streaming
 
 
 @pytest.mark.slow
@@ -244,7 +500,7 @@ def test_big_body_streams_chunk_by_chunk_and_its_copy_is_dropped_past_the_limit(
     optimizer = MemoryOptimizer(checked(app), cache_lock_timeout_s=0)
     limit = int(optimizer.settings.cache_item_max_mb * MB)
     assert limit == 2 * MB  # the default this test is about
-    server = Server(optimizer)
+    server = FakeServer(optimizer)
     response = server.call("/big")
     capture = server.capture  # the internals are inspected on purpose, see the module doc
 
@@ -275,22 +531,42 @@ def test_big_body_streams_chunk_by_chunk_and_its_copy_is_dropped_past_the_limit(
     assert cache["rejected"].get("too-large") == 1
 
 
+ITEM_LIMIT: list[Any] = [
+    # id, body size, Content-Length declared, in pieces of 1 KiB (else one), Cache-Status
+    ("well-under-streamed", CHUNK // 2, False, True, {"fwd": "miss"}),
+    ("at-the-limit-streamed", CHUNK, False, True, {"fwd": "miss"}),
+    # Whole in its first chunk: stored before its headers go, and said so.
+    ("at-the-limit-declared", CHUNK, True, False, {"fwd": "miss", "stored": True}),
+    # Crossed mid-stream: the headers went before it was known.
+    ("one-byte-over-streamed", CHUNK + 1, False, True, {"fwd": "miss"}),
+    ("one-byte-over-declared", CHUNK + 1, True, False, {"fwd": "miss", "detail": "too-large"}),
+]
+
+
 @pytest.mark.parametrize(
-    ("size", "stored"),
-    [
-        pytest.param(CHUNK // 2, True, id="well-under-the-limit"),
-        pytest.param(CHUNK + 1, False, id="one-byte-over"),
-    ],
+    ("size", "declared", "pieces", "status"),
+    [case[1:] for case in ITEM_LIMIT],
+    ids=[case[0] for case in ITEM_LIMIT],
 )
-def test_body_over_the_item_limit_is_not_stored(size: int, stored: bool) -> None:
-    app = CountingApp([b"x"] * size)  # one-byte chunks: the limit is crossed mid-stream
+def test_a_body_is_stored_up_to_the_item_limit_and_not_a_byte_more(
+    size: int, declared: bool, pieces: bool, status: dict[str, Any]
+) -> None:
+    body = b"x" * size
+    chunks = [body[i : i + KB] for i in range(0, size, KB)] if pieces else [body]
+    length = [("Content-Length", str(size))] if declared else []
+    app = BodyApp(chunks, headers=[*CACHEABLE, *length])
     optimizer, client = wrap(app, cache_item_max_mb=CHUNK / MB)
-    for _ in range(2):
-        assert get(client, "/").data == b"x" * size
+    stored = size <= CHUNK
+
+    first = get(client, "/")
+    assert get(client, "/").data == first.data == body
+
+    assert cache_status(first) == status
     assert app.calls == (1 if stored else 2)
-    assert stats(optimizer)["items"] == int(stored)
-    if not stored:
-        assert stats(optimizer)["rejected"].get("too-large") == 2
+    cache = stats(optimizer)
+    assert cache["items"] == int(stored)
+    assert cache["rejected"] == ({} if stored else {"too-large": 2})
+    assert_consistent(optimizer.cache.store, optimizer.cache)
 
 
 def test_streamed_body_without_content_length_is_stored_and_replayed_whole() -> None:
@@ -321,7 +597,7 @@ def test_streamed_body_without_content_length_is_stored_and_replayed_whole() -> 
     assert len(calls) == 1
 
 
-# -- 2. close() exactly once
+# -- close() exactly once
 
 
 @pytest.mark.parametrize(
@@ -340,7 +616,7 @@ def test_streamed_body_without_content_length_is_stored_and_replayed_whole() -> 
 def test_app_iterable_is_closed_once_per_response(
     method: str, request_headers: dict[str, str], response_headers: list[Any], stored: bool
 ) -> None:
-    app = CountingApp(headers=response_headers)
+    app = BodyApp(headers=response_headers)
     optimizer, client = wrap(app)
     client.open("/page", method=method, headers=request_headers, buffered=True)
     assert app.calls == 1
@@ -349,7 +625,7 @@ def test_app_iterable_is_closed_once_per_response(
 
 
 def test_a_hit_does_not_call_the_app_so_closes_nothing() -> None:
-    app = CountingApp(headers=[("ETag", '"v1"'), *CACHEABLE])
+    app = BodyApp(headers=[("ETag", '"v1"'), *CACHEABLE])
     optimizer, client = wrap(app)
     assert get(client, "/page").headers["X-Cache"] == "MISS"
     assert (app.calls, app.closes) == (1, 1)
@@ -360,11 +636,16 @@ def test_a_hit_does_not_call_the_app_so_closes_nothing() -> None:
     assert (app.calls, app.closes) == (1, 1)
     assert stats(optimizer)["hits"] == 3
 
+    # A request passed through after the hits: called and closed once, the entry kept.
+    assert client.post("/page", buffered=True).data == b"hello world"
+    assert (app.calls, app.closes) == (2, 2)
+    assert stats(optimizer)["items"] == 1
+
 
 def test_client_stopping_early_closes_once_and_stores_nothing() -> None:
-    app = CountingApp([b"a", b"b", b"c"])
+    app = BodyApp([b"a", b"b", b"c"])
     optimizer = MemoryOptimizer(checked(app), cache_lock_timeout_s=0)
-    server = Server(optimizer)
+    server = FakeServer(optimizer)
     response = server.call("/page")
     assert next(response) == b"a"
     response.close()
@@ -375,25 +656,25 @@ def test_client_stopping_early_closes_once_and_stores_nothing() -> None:
 
 
 def test_app_raising_mid_body_closes_once_and_stores_nothing() -> None:
-    app = CountingApp([b"a", b"b", b"c"], fail_at=1)
+    app = BodyApp([b"a", b"b", b"c"], fail_at=1)
     optimizer = MemoryOptimizer(checked(app), cache_lock_timeout_s=0)
-    server = Server(optimizer)
-    response = server.call("/page")
-    with pytest.raises(AppError):
-        list(response)
-    response.close()
-    assert app.closes == 1
+    server = FakeServer(optimizer)
+    for _ in range(2):
+        response = server.call("/page")
+        with pytest.raises(AppError):  # reaches the server
+            list(response)
+        response.close()
+    assert app.calls == 2  # nothing was stored
+    assert [body.closes for body in app.bodies] == [1, 1]
     cache = stats(optimizer)
-    assert cache["items"] == 0
-    assert cache["stores"] == 0
-    assert sum(cache["rejected"].values()) == 1
+    assert (cache["items"], cache["stores"], cache["rejected"]) == (0, 0, {"incomplete": 2})
 
 
 def test_app_close_raising_propagates_stores_nothing_and_closes_once() -> None:
     error = CloseError("close failed")
-    app = CountingApp(close_error=error)
+    app = BodyApp(close_error=error)
     optimizer = MemoryOptimizer(checked(app), cache_lock_timeout_s=0)
-    server = Server(optimizer)
+    server = FakeServer(optimizer)
     response = server.call("/page")
     assert b"".join(response) == b"hello world"  # the body ran to its end
     with pytest.raises(CloseError) as raised:
@@ -408,15 +689,15 @@ def test_app_close_raising_propagates_stores_nothing_and_closes_once() -> None:
 def test_app_close_raising_releases_single_flight_waiters(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    first = CountingApp(close_error=CloseError("close failed"))
-    later = CountingApp()
+    first = BodyApp(close_error=CloseError("close failed"))
+    later = BodyApp()
 
     def app(environ: dict[str, Any], start_response: Any) -> Body:
         return (first if not first.calls else later)(environ, start_response)
 
     optimizer, client = wrap(app, cache_lock_timeout_s=WAIT_S)
     answers, someone_waits = spy_single_flight(monkeypatch, optimizer)
-    server = Server(optimizer)
+    server = FakeServer(optimizer)
     leader = server.call("/page")  # takes the single-flight key
     assert answers == [None]
     thread, outcome = in_thread(lambda: get(client, "/page"))
@@ -458,7 +739,7 @@ def test_waiters_are_released_as_soon_as_the_response_will_not_be_stored(
 
     optimizer, client = wrap(app, cache_lock_timeout_s=WAIT_S, cache_item_max_mb=CHUNK / MB)
     answers, someone_waits = spy_single_flight(monkeypatch, optimizer)
-    server = Server(optimizer)
+    server = FakeServer(optimizer)
     leader = server.call("/page")
     thread, outcome = in_thread(lambda: get(client, "/page"))
     assert someone_waits.wait(WAIT_S)
@@ -481,9 +762,9 @@ def test_waiters_are_released_as_soon_as_the_response_will_not_be_stored(
 
 
 def test_server_closing_twice_closes_the_app_once_and_stores_once() -> None:
-    app = CountingApp()
+    app = BodyApp()
     optimizer = MemoryOptimizer(checked(app), cache_lock_timeout_s=0)
-    server = Server(optimizer)
+    server = FakeServer(optimizer)
     response = server.call("/page")
     capture = server.capture
     assert b"".join(response) == b"hello world"
@@ -496,9 +777,9 @@ def test_server_closing_twice_closes_the_app_once_and_stores_once() -> None:
 
 
 def test_close_without_iterating_closes_once_and_stores_nothing() -> None:
-    app = CountingApp()
+    app = BodyApp()
     optimizer = MemoryOptimizer(checked(app), cache_lock_timeout_s=0)
-    server = Server(optimizer)
+    server = FakeServer(optimizer)
     server.call("/page").close()
     assert app.bodies[0].produced == 0
     assert app.closes == 1
@@ -506,34 +787,33 @@ def test_close_without_iterating_closes_once_and_stores_nothing() -> None:
     assert stats(optimizer)["rejected"].get("incomplete") == 1
 
 
-# -- 3. the legacy write() callable
+# -- the legacy write() callable
 
 
-def test_write_callable_reaches_the_client_and_is_never_stored() -> None:
+def test_write_callable_reaches_the_client_in_order_and_is_never_stored() -> None:
     calls: list[int] = []
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         calls.append(1)
         write = start_response("200 OK", [("Content-Type", "text/plain"), *CACHEABLE])
-        write(b"a")
-        return [b"b"]
+        write(b"written-1 ")
+        write(b"written-2 ")
+        return [b"iterable-1 ", b"iterable-2"]
 
-    # Played by ``Server``: werkzeug's Client drops write() data when buffered=True.
+    # Through wsgiref's handler: werkzeug's Client drops write() data when buffered=True.
     optimizer = MemoryOptimizer(checked(app), cache_lock_timeout_s=0)
-    server = Server(optimizer)
     for _ in range(2):
-        server.written.clear()
-        response = server.call("/legacy")
-        body = b"".join(response)
-        response.close()
-        assert b"".join(server.written) + body == b"ab"
-        assert server.header("X-Cache") == "MISS"
+        status, headers, body = wsgiref_get(optimizer, "/legacy")
+        assert status == "200 OK"
+        assert body == b"written-1 written-2 iterable-1 iterable-2"
+        assert cache_status(headers) == {"fwd": "miss", "detail": "write-callable"}
+        assert dict(headers)["X-Cache"] == "MISS"
     assert len(calls) == 2
-    assert stats(optimizer)["items"] == 0
-    assert stats(optimizer)["rejected"].get("write-callable") == 2
+    cache = stats(optimizer)
+    assert (cache["items"], cache["rejected"]) == (0, {"write-callable": 2})
 
 
-# -- 4. exc_info
+# -- exc_info
 
 
 @pytest.mark.parametrize("started", [True, False], ids=["after-a-start", "as-the-first-call"])
@@ -550,25 +830,27 @@ def test_exc_info_is_passed_to_the_server_and_the_error_page_is_not_stored(
         except AppError:
             exc_info = sys.exc_info()
             given.append(exc_info)
-            start_response("500 Internal Server Error", [("Content-Type", "text/plain")], exc_info)
+            error_headers = [("Content-Type", "text/plain"), *CACHEABLE]
+            start_response("500 Internal Server Error", error_headers, exc_info)
         return [b"error page"]
 
-    # 500 may be stored here: only the exc_info can keep the error page out of the cache.
+    # A cacheable 500, which may be stored here: only the exc_info can keep it out.
     optimizer = MemoryOptimizer(checked(app), cache_lock_timeout_s=0, cache_statuses=(200, 500))
-    server = Server(optimizer)
+    server = FakeServer(optimizer)
     for _ in range(2):
         response = server.call("/broken")
         assert b"".join(response) == b"error page"
         response.close()
-        status, _, exc_info = server.responses[-1]
+        status, headers, exc_info = server.responses[-1]
         assert status == "500 Internal Server Error"
         assert exc_info is given[-1]
+        assert cache_status(headers) == {"fwd": "miss", "detail": "app-error"}
     assert len(given) == 2  # the app was called again: nothing was stored
-    assert stats(optimizer)["items"] == 0
-    assert stats(optimizer)["rejected"].get("app-error") == 2
+    cache = stats(optimizer)
+    assert (cache["items"], cache["rejected"]) == (0, {"app-error": 2})
 
 
-# -- 5. the app raising before it returns
+# -- the app raising before it returns
 
 
 @pytest.mark.parametrize("started", [True, False], ids=["after-start-response", "before-it"])
@@ -592,6 +874,7 @@ def test_app_raising_in_its_call_propagates_and_releases_the_key(
         get(client, "/page")
     assert raised.value is error
     assert stats(optimizer)["items"] == 0
+    assert stats(optimizer)["rejected"] == {"app-error": 1}
 
     assert get(client, "/page").data == b"second"
     assert answers == [None, None], "the second request waited on a key nobody was filling"
@@ -630,7 +913,7 @@ def test_app_raising_in_its_call_wakes_a_request_waiting_on_it(
     assert len(calls) == 2
 
 
-# -- 6. one user's page never reaches another
+# -- one user's page never reaches another
 
 
 USERS: dict[str, tuple[dict[str, str], str]] = {
@@ -763,7 +1046,8 @@ def test_public_personalised_page_that_varies_on_the_credentials_stays_private()
 
 
 @pytest.mark.parametrize(
-    "directive", ["no-store", "private", "no-cache", "No-Store", "Private", "NO-CACHE"]
+    "directive",
+    ["no-store", "private", "no-cache", "No-Store", "Private", "NO-CACHE", "NO-STORE", "No-Cache"],
 )
 def test_page_that_forbids_storing_is_not_shared_whatever_the_case(directive: str) -> None:
     nonces = itertools.count()
@@ -783,188 +1067,7 @@ def test_page_that_forbids_storing_is_not_shared_whatever_the_case(directive: st
     assert stats(optimizer)["items"] == 0
 
 
-HONEST = b'<a href="http://localhost/next">next</a>'
-EVIL = b'<a href="http://evil.example/next">next</a>'
-
-
-def links_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-    """Builds absolute links from the host, honouring X-Forwarded-Host as ProxyFix would."""
-    host = environ.get("HTTP_X_FORWARDED_HOST") or environ["HTTP_HOST"]
-    body = f'<a href="http://{host}/next">next</a>'.encode()
-    headers = [("Content-Type", "text/html"), ("Content-Length", str(len(body))), *CACHEABLE]
-    start_response("200 OK", headers)
-    return [body]
-
-
-def host_links_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-    """Builds absolute links from ``HTTP_HOST`` only (which ProxyFix rewrites)."""
-    body = f'<a href="http://{environ["HTTP_HOST"]}/next">next</a>'.encode()
-    headers = [("Content-Type", "text/html"), ("Content-Length", str(len(body))), *CACHEABLE]
-    start_response("200 OK", headers)
-    return [body]
-
-
-def forwarded_setup(placement: str, **settings: Any) -> tuple[MemoryOptimizer, Client]:
-    if placement == "app-reads-the-header":
-        return wrap(links_app, **settings)
-    if placement == "proxy-fix-inside":
-        return wrap(ProxyFix(checked(host_links_app), x_host=1), **settings)
-    optimizer = MemoryOptimizer(checked(host_links_app), cache_lock_timeout_s=0, **settings)
-    return optimizer, Client(checked(ProxyFix(checked(optimizer), x_host=1)), use_cookies=False)
-
-
-@pytest.mark.parametrize("evil_first", [True, False], ids=["evil-first", "honest-first"])
-@pytest.mark.parametrize(
-    "placement", ["app-reads-the-header", "proxy-fix-inside", "proxy-fix-outside"]
-)
-def test_forwarded_host_cannot_poison_the_cache(placement: str, evil_first: bool) -> None:
-    optimizer, client = forwarded_setup(placement)
-    evil_headers = {"X-Forwarded-Host": "evil.example"}
-    for step in ("evil", "honest") if evil_first else ("honest", "evil"):
-        if step == "evil":
-            response = get(client, "/links", headers=evil_headers)
-            assert response.data == EVIL  # the app did use the header: the test is real
-            assert response.headers["X-Cache"] == "MISS"
-        else:
-            assert get(client, "/links").data == HONEST
-    for _ in range(2):
-        assert get(client, "/links").data == HONEST
-        assert get(client, "/links", headers=evil_headers).data == EVIL
-    assert all(entry.body == HONEST for entry in optimizer.cache.entries())
-    assert stats(optimizer)["bypassed"].get("forwarding-header") == 3
-
-
-@pytest.mark.parametrize(
-    "placement", ["app-reads-the-header", "proxy-fix-inside", "proxy-fix-outside"]
-)
-def test_forwarded_host_keyed_by_setting_is_stored_apart(placement: str) -> None:
-    optimizer, client = forwarded_setup(placement, cache_key_headers=("X-Forwarded-Host",))
-    evil_headers = {"X-Forwarded-Host": "evil.example"}
-    assert get(client, "/links", headers=evil_headers).data == EVIL
-    again = get(client, "/links", headers=evil_headers)
-    assert (again.data, again.headers["X-Cache"]) == (EVIL, "HIT")  # it was stored...
-    honest = get(client, "/links")
-    assert (honest.data, honest.headers["X-Cache"]) == (HONEST, "MISS")  # ...apart
-    evil_entries = [entry for entry in optimizer.cache.entries() if entry.body == EVIL]
-    assert len(evil_entries) == 1
-    assert "evil.example" in str(evil_entries[0].key)
-
-
-class MethodOverride:
-    """Flask's "Adding HTTP Method Overrides" pattern: X-HTTP-Method-Override picks the method."""
-
-    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
-        self.app = app
-
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        method = environ.get("HTTP_X_HTTP_METHOD_OVERRIDE", "").upper()
-        if method in ("GET", "HEAD", "POST", "DELETE", "PUT", "PATCH", "OPTIONS"):
-            environ["REQUEST_METHOD"] = method
-        return self.app(environ, start_response)
-
-
-def test_a_method_override_filter_behind_the_cache_cannot_store_a_delete_as_the_get() -> None:
-    items = ["a", "b"]
-
-    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        if environ["REQUEST_METHOD"] == "DELETE":
-            items.clear()
-        body = f"items: {items}".encode()
-        start_response(
-            "200 OK",
-            [("Content-Type", "text/plain"), ("Content-Length", str(len(body))), *CACHEABLE],
-        )
-        return [body]
-
-    optimizer, client = wrap(MethodOverride(app))
-    deleted = get(client, "/items", headers={"X-HTTP-Method-Override": "DELETE"})
-    items[:] = ["a", "b"]  # restored
-
-    assert deleted.data == b"items: []"  # the filter did act: the test is real
-    assert get(client, "/items").data == b"items: ['a', 'b']"
-    assert all(entry.body == b"items: ['a', 'b']" for entry in optimizer.cache.entries())
-
-
-def test_host_header_is_part_of_the_key() -> None:
-    optimizer, client = wrap(host_links_app)
-    assert get(client, "/links", base_url="http://evil.example/").data == EVIL
-    assert get(client, "/links").data == HONEST
-    assert stats(optimizer)["items"] == 2
-
-
-# -- 7. hit replays
-
-
-@pytest.mark.parametrize(
-    "request_headers",
-    [
-        pytest.param({}, id="get"),
-        pytest.param({"method": "HEAD"}, id="head"),
-        pytest.param({"headers": {"If-None-Match": '"v1"'}}, id="not-modified"),
-    ],
-)
-def test_hit_gives_the_server_a_fresh_header_list_each_time(
-    request_headers: dict[str, Any],
-) -> None:
-    app = CountingApp(headers=[("ETag", '"v1"'), ("Content-Length", "11"), *CACHEABLE])
-    optimizer = MemoryOptimizer(checked(app), cache_lock_timeout_s=0)
-    server = Server(optimizer)
-
-    def serve(**request: Any) -> list[tuple[str, str]]:
-        with warnings.catch_warnings():
-            # A HEAD hit's Content-Length without a body: see ``head``.
-            warnings.filterwarnings(
-                "ignore",
-                message="Content-Length and the number of bytes sent",
-                category=lint.WSGIWarning,
-            )
-            response = server.call("/page", **request)
-            b"".join(response)
-            response.close()
-        _, headers, _ = server.responses[-1]
-        return headers
-
-    # A server adds and replaces headers in the list it was given, as wsgiref's does.
-    serve().extend([("Date", "on the miss"), ("Server", "on the miss")])
-    assert app.calls == 1
-    seen: list[list[tuple[str, str]]] = []
-    for _ in range(3):
-        headers = serve(**request_headers)
-        assert server.header("X-Cache") == "HIT"
-        assert all(headers is not earlier for earlier in seen)
-        names = [name for name, _ in headers]
-        assert "Date" not in names
-        assert "Server" not in names
-        assert len(names) == len(set(names))
-        seen.append(list(headers))
-        headers.append(("Date", "on a hit"))
-        headers[0] = ("X-Replaced", "by the server")
-    assert seen[0] == seen[1] == seen[2]
-    assert app.calls == 1
-
-
-# -- what a HEAD request leaves in the cache
-
-
-@pytest.mark.parametrize("stored_first", [False, True], ids=["cold", "warm"])
-def test_head_refresh_never_stores_an_empty_body_for_get(stored_first: bool) -> None:
-    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        # A streamed werkzeug response: on HEAD it sends no body and no Content-Length.
-        response = Response(
-            (chunk for chunk in (b"full ", b"page")), mimetype="text/plain", headers=CACHEABLE
-        )
-        return response(environ, start_response)
-
-    optimizer, client = wrap(app)
-    if stored_first:
-        assert get(client, "/page").data == b"full page"
-    refresh = head(client, "/page", headers={"Cache-Control": "no-cache"})
-    assert (refresh.status_code, refresh.data) == (200, b"")
-    assert get(client, "/page").data == b"full page"
-    assert stats(optimizer)["items"] == 1
-
-
-# -- 9. a response nobody closes cannot jam the process
+# -- a response nobody closes cannot jam the process
 
 
 def never_closes(app: Callable[..., Iterable[bytes]]) -> Callable[..., list[bytes]]:
@@ -982,7 +1085,7 @@ def test_an_outer_layer_that_never_closes_cannot_jam_the_process(
 ) -> None:
     # Seen before: every other request waited the whole lock timeout on a dead fill, nothing
     # was stored, in_flight grew by one a request and the collector stayed off for good.
-    app = CountingApp([b"hello ", b"world"])
+    app = BodyApp([b"hello ", b"world"])
     optimizer = MemoryOptimizer(
         checked(app), cache_lock_timeout_s=WAIT_S, monitor_interval_s=0, gc_freeze=False
     )
@@ -1005,10 +1108,10 @@ def test_an_outer_layer_that_never_closes_cannot_jam_the_process(
 def test_a_body_read_to_its_end_is_stored_and_lets_the_waiters_go_before_close(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    app = CountingApp()  # two chunks, no Content-Length: whole only at the end
+    app = BodyApp()  # two chunks, no Content-Length: whole only at the end
     optimizer, client = wrap(app, cache_lock_timeout_s=WAIT_S)
     answers, someone_waits = spy_single_flight(monkeypatch, optimizer)
-    server = Server(optimizer)
+    server = FakeServer(optimizer)
     leader = server.call("/page")
     thread, outcome = in_thread(lambda: get(client, "/page"))
     assert someone_waits.wait(WAIT_S)
@@ -1034,9 +1137,9 @@ def test_a_body_read_to_its_end_is_stored_and_lets_the_waiters_go_before_close(
 def test_a_failure_after_the_body_was_stored_drops_the_entry_again() -> None:
     # Stored when whole; the app's close() then raises: the rule "an app that raised is not
     # stored" still holds, though a request may have been served the entry meanwhile.
-    app = CountingApp(close_error=CloseError("close failed"))
+    app = BodyApp(close_error=CloseError("close failed"))
     optimizer = MemoryOptimizer(checked(app), cache_lock_timeout_s=0)
-    server = Server(optimizer)
+    server = FakeServer(optimizer)
     response = server.call("/page")
     assert b"".join(response) == b"hello world"
     assert len(optimizer.cache) == 1
@@ -1049,7 +1152,7 @@ def test_a_failure_after_the_body_was_stored_drops_the_entry_again() -> None:
 def test_a_response_collected_unclosed_ends_its_request_and_lets_the_waiters_go(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    app = CountingApp([b"a", b"b", b"c"])
+    app = BodyApp([b"a", b"b", b"c"])
     optimizer, client = wrap(app, cache_lock_timeout_s=WAIT_S)
     answers, someone_waits = spy_single_flight(monkeypatch, optimizer)
     environ = EnvironBuilder(path="/page").get_environ()
@@ -1125,7 +1228,7 @@ def test_a_response_collected_by_the_collector_inside_the_stores_lock_never_wait
 def test_every_response_collected_unclosed_ends_its_request_once(
     method: str, path: str, request_headers: dict[str, str]
 ) -> None:
-    app = CountingApp(headers=[("ETag", '"v1"')])
+    app = BodyApp(headers=[("ETag", '"v1"')])
     optimizer, client = wrap(app)
     get(client, "/page")  # stored
     environ = EnvironBuilder(path=path, method=method, headers=request_headers).get_environ()
@@ -1140,7 +1243,7 @@ def test_every_response_collected_unclosed_ends_its_request_once(
 
 
 def test_a_hit_whose_sample_is_due_ends_once_when_collected_unclosed() -> None:
-    app = CountingApp()
+    app = BodyApp()
     optimizer, client = wrap(app)
     get(client, "/page")
     optimizer.governor.next_tick = 0.0  # a sample is due: the hit that ticks on close()

@@ -11,7 +11,6 @@ wait on another thread is bounded.
 
 from __future__ import annotations
 
-import collections
 import datetime
 import gc
 import io
@@ -27,7 +26,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
+from helpers.apps import CACHEABLE
 from helpers.clock import FakeClock
+from helpers.store import assert_consistent, own_bytes
 from helpers.wsgi import checked, get, run_threads, wrap
 from pympler import asizeof
 from werkzeug.test import Client, EnvironBuilder, TestResponse
@@ -44,8 +45,6 @@ KB = 1 << 10
 MB = 1 << 20
 ACCEPT_LANGUAGE = ("HTTP_ACCEPT_LANGUAGE",)
 BOUND_S = 5.0  # the longest any test waits for another thread: a bug fails, never hangs
-# How the test apps mark a response cacheable, where a test is about anything but freshness.
-CACHEABLE = ("Cache-Control", "max-age=1800")
 
 StartResponse = Callable[..., Callable[[bytes], object]]
 
@@ -90,7 +89,7 @@ class SizedApp:
             # A value of its own, as an app's is: the query's string is the key's too.
             headers.append(("Cache-Control", "max-age=" + query.split("=", 1)[1]))
         else:
-            headers.append(CACHEABLE)
+            headers += CACHEABLE
         if query == "stream":
             start_response("200 OK", headers)
             return (body[i : i + 64 * KB] for i in range(0, len(body), 64 * KB))
@@ -99,32 +98,8 @@ class SizedApp:
         return [body]
 
 
-def own_bytes(entries: list[Entry]) -> int:
-    """What the entries hold alone; the store's books (its tables, remembered keys) apart."""
-    return sum(entry.size for entry in entries)
-
-
 def stored_paths(store: ResponseStore) -> list[str]:
     return [entry.path for entry in store.entries()]
-
-
-def assert_consistent(store: ResponseStore, cache: ResponseCache | None = None) -> None:
-    """The store's books agree with its entries: bytes, items, the Vary index; and the
-    ``cache`` in front of it, if given, counted no cache errors."""
-    entries = store.entries()
-    stats = store.stats()
-    assert store.bytes == stats["bytes"] == own_bytes(entries) + store.books_bytes
-    assert len(store) == len(store._entries) == stats["items"] == len(entries)
-    assert all(key == entry.key for key, entry in store._entries.items())
-    # The Vary index counts the variants of each base key; a plain entry is not indexed.
-    per_base = collections.Counter(
-        entry.base_key for entry in entries if entry.key is not entry.base_key
-    )
-    assert {base: known[1] for base, known in store._vary.items()} == dict(per_base)
-    if cache is not None:
-        counts = cache.stats()
-        assert "cache-error" not in counts["rejected"]
-        assert "cache-error" not in counts["bypassed"]
 
 
 def assert_within_caps(store: ResponseStore) -> None:
@@ -462,18 +437,6 @@ def test_response_too_large_is_refused_but_served(
     assert stored_paths(optimizer.cache.store) == ["/small/100"]
     assert get(client, path, query_string=query).headers["X-Cache"] == "MISS"
     assert app.calls == 3
-
-
-def test_body_at_the_item_limit_is_stored() -> None:
-    optimizer, client = wrap(SizedApp(), cache_item_max_mb=0.5)
-    path = f"/limit/{MB // 2}"
-
-    response = get(client, path)
-
-    assert response.headers["Cache-Status"] == "wsgi-memopt; fwd=miss; stored"
-    assert optimizer.cache.stats()["rejected"] == {}
-    assert get(client, path).data == body_for(path, MB // 2)
-    assert_consistent(optimizer.cache.store, optimizer.cache)
 
 
 # -- 3. TTL: expired entries are never served, swept between requests
@@ -939,7 +902,7 @@ class GatedApp:
     """Counts calls; each call waits (bounded) for ``gate`` before answering ``body #N``."""
 
     def __init__(self, headers: list[tuple[str, str]] | None = None) -> None:
-        self.headers = [CACHEABLE] if headers is None else headers
+        self.headers = list(CACHEABLE) if headers is None else headers
         self.gate = threading.Event()
         self.calls = 0
         self.gate_was_open: list[bool] = []
@@ -1152,10 +1115,10 @@ def test_a_response_lost_to_an_error_is_not_remembered_uncacheable(
             failed.append(True)
             if failure == "app-raised":
                 raise RuntimeError("the database is down")
-            start_response("200 OK", [("Content-Type", "text/plain"), CACHEABLE])
+            start_response("200 OK", [("Content-Type", "text/plain"), *CACHEABLE])
             return _cut_short()
         start_response(
-            "200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4"), CACHEABLE]
+            "200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4"), *CACHEABLE]
         )
         return [b"page"]
 
@@ -1260,7 +1223,9 @@ def test_a_superseded_leader_does_not_release_the_new_leaders_waiters(
         # The first leader fails (an upstream timeout, say): its answer is not storable.
         status = "503 Service Unavailable" if number == 0 else "200 OK"
         body = b"answer %d" % number
-        start_response(status, [("Content-Type", "text/plain"), ("Content-Length", "8"), CACHEABLE])
+        start_response(
+            status, [("Content-Type", "text/plain"), ("Content-Length", "8"), *CACHEABLE]
+        )
         return [body]
 
     optimizer, _ = wrap(app, cache_lock_timeout_s=5)
@@ -1324,7 +1289,7 @@ def test_threads_hammering_more_keys_than_fit(caplog: pytest.LogCaptureFixture) 
         if number % 7 == 0:
             headers.append(("Cache-Control", "max-age=1"))  # expires during the run
         else:
-            headers.append(CACHEABLE)
+            headers += CACHEABLE
         start_response("200 OK", headers)
         return [body]
 

@@ -7,14 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers.cli import one_error_line, run_cli, write_apps
+from helpers.cli import one_error_line, run_cli
 
 from wsgi_memopt.cli import main
-
-
-@pytest.fixture
-def app_dir(tmp_path: Path) -> Path:
-    return write_apps(tmp_path)
 
 
 @pytest.mark.parametrize(

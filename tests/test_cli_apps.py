@@ -8,15 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.cli import one_error_line, run_cli, write_apps
+from helpers.cli import one_error_line, run_cli
 
 from wsgi_memopt.cli.apps import load_app
 from wsgi_memopt.cli.common import UsageError
-
-
-@pytest.fixture
-def app_dir(tmp_path: Path) -> Path:
-    return write_apps(tmp_path)
 
 
 @pytest.fixture

@@ -11,62 +11,43 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers.cli import (
-    EXIT_TIMEOUT_S,
-    Server,
-    cache_status,
-    fetch,
-    one_error_line,
-    run_cli,
-    server_starter,
-    write_apps,
-)
-
-
-@pytest.fixture
-def app_dir(tmp_path: Path) -> Path:
-    return write_apps(tmp_path)
-
-
-@pytest.fixture
-def serve(tmp_path: Path, app_dir: Path, request: pytest.FixtureRequest) -> Callable[..., Server]:
-    return server_starter(tmp_path, app_dir, request.addfinalizer)
-
+from helpers.cli import demo_token, one_error_line, run_cli
+from helpers.headers import cache_status
+from helpers.servers import STOP_TIMEOUT_S, Server, fetch
 
 # -- serve --demo
 
 
 def test_serve_demo_caches_slow_and_keeps_me_private(serve: Callable[..., Server]) -> None:
     server = serve("--demo")
-    url = server.url
-    assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)
-    assert url.rsplit(":", 1)[1] != "0"  # the real bound port is printed
-    output = server.output()
+    url, port = server.url, server.port
+    output = server.log()
+    assert re.search(rf"^ \* app: +{re.escape(url)}$", output, re.M)  # 127.0.0.1
+    assert port != 0  # the real bound port is printed
     assert f"try: curl -i {url}/slow twice" in output
 
-    status, _, index = fetch(f"{url}/")
+    status, _, index = fetch(port, "/")
     assert status == 200
     assert b'href="/slow"' in index
 
-    status, first_headers, first = fetch(f"{url}/slow")
-    assert status == 200
-    assert first_headers["X-Cache"] == "MISS"
-    assert cache_status(first_headers) == ["wsgi-memopt", "fwd=miss", "stored"]
-    status, second_headers, second = fetch(f"{url}/slow")
-    assert status == 200
-    assert "hit" in cache_status(second_headers)
-    assert second_headers["X-Cache"] == "HIT"
-    assert second == first
+    first = fetch(port, "/slow")
+    assert first.status == 200
+    assert first.headers["X-Cache"] == "MISS"
+    assert cache_status(first) == {"fwd": "miss", "stored": True}
+    second = fetch(port, "/slow")
+    assert second.status == 200
+    assert cache_status(second)["hit"] is True
+    assert second.headers["X-Cache"] == "HIT"
+    assert second.body == first.body
 
-    _, alice_headers, alice = fetch(f"{url}/me", cookie="user=alice")
-    _, _, bob = fetch(f"{url}/me", cookie="user=bob")
-    assert b"alice" in alice
-    assert b"bob" in bob
-    assert alice != bob
-    assert alice_headers["Cache-Control"] == "private"
+    alice = fetch(port, "/me", headers={"Cookie": "user=alice"})
+    bob = fetch(port, "/me", headers={"Cookie": "user=bob"})
+    assert b"alice" in alice.body
+    assert b"bob" in bob.body
+    assert alice.body != bob.body
+    assert alice.headers["Cache-Control"] == "private"
 
-    status, _, _ = fetch(f"{url}/no-such-page")
-    assert status == 404
+    assert fetch(port, "/no-such-page").status == 404
 
 
 def test_serve_demo_makes_a_token_prints_it_and_the_api_takes_only_it(
@@ -74,40 +55,44 @@ def test_serve_demo_makes_a_token_prints_it_and_the_api_takes_only_it(
 ) -> None:
     server = serve("--demo")
     api = f"{server.url}/api/v1/memory"
-    token = server.token()
+    token = demo_token(server)
     assert re.fullmatch(r"[0-9a-f]{32}", token)  # 128 random bits
-    output = server.output()
+    output = server.log()
     assert f" * memory API: {api}/  (the dashboard; it asks for the token)" in output
     assert f'try: curl -H "Authorization: Bearer {token}" {api}/stats' in output
     assert "api_token" not in output  # made here, not a setting the user gave
 
-    status, _, body = fetch(f"{api}/stats", token=token)
+    stats = "/api/v1/memory/stats"
+    status, _, body = fetch(server.port, stats, headers={"Authorization": f"Bearer {token}"})
     assert status == 200
-    assert json.loads(body)["process"]["pid"] == server.process.pid
-    assert fetch(f"{api}/stats")[0] == 401  # loopback alone is not enough
-    assert fetch(f"{api}/stats", token=token[:-1])[0] == 401
-    status, _, body = fetch(f"{api}/health")  # a load balancer's probe: the band only
+    assert json.loads(body)["process"]["pid"] == server.proc.pid
+    assert fetch(server.port, stats).status == 401  # loopback alone is not enough
+    wrong = {"Authorization": f"Bearer {token[:-1]}"}
+    assert fetch(server.port, stats, headers=wrong).status == 401
+    # A load balancer's probe: the band only.
+    status, _, body = fetch(server.port, "/api/v1/memory/health")
     assert (status, list(json.loads(body))) == (200, ["status"])
 
-    assert serve("--demo").token() != token  # a new one for every run
+    assert demo_token(serve("--demo")) != token  # a new one for every run
 
 
 def test_serve_demo_keeps_the_token_it_is_given(serve: Callable[..., Server]) -> None:
     server = serve("--demo", "--set", "api_token=mine-42")
-    output = server.output()
+    output = server.log()
     assert " * API token:  the api_token you set" in output
     assert "mine-42" not in output
     assert "api_token=<hidden> (explicit)" in output
-    assert fetch(f"{server.url}/api/v1/memory/stats", token="mine-42")[0] == 200
+    mine = {"Authorization": "Bearer mine-42"}
+    assert fetch(server.port, "/api/v1/memory/stats", headers=mine).status == 200
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
 def test_serve_stops_cleanly(serve: Callable[..., Server], signum: int) -> None:
     server = serve("--demo", "--no-threads")
-    assert fetch(f"{server.url}/")[0] == 200
-    server.process.send_signal(signum)
-    assert server.process.wait(timeout=EXIT_TIMEOUT_S) == 0
-    assert server.output().endswith("wsgi-memopt: stopped\n")
+    assert fetch(server.port).status == 200
+    server.proc.send_signal(signum)
+    assert server.proc.wait(timeout=STOP_TIMEOUT_S) == 0
+    assert server.log().endswith("wsgi-memopt: stopped\n")
     assert "Traceback" not in server.errors()
 
 
@@ -120,7 +105,7 @@ def test_serve_shows_settings_and_their_sources(serve: Callable[..., Server]) ->
         "api_prefix=/_mem",
         env={"WSGI_MEMOPT_CACHE_TTL_S": "60"},
     )
-    output = server.output()
+    output = server.log()
     assert "cache_max_mb=5 (explicit)" in output
     assert "cache_ttl_s=60 (env)" in output
     assert "api_prefix=/_mem (explicit)" in output
@@ -136,13 +121,12 @@ def test_serve_shows_settings_and_their_sources(serve: Callable[..., Server]) ->
 )
 def test_serve_module_app(serve: Callable[..., Server], target: str, greeting: str) -> None:
     server = serve(target)
-    assert f"serving {target} through MemoryOptimizer" in server.output()
-    _, first_headers, first = fetch(f"{server.url}/page")
-    _, second_headers, second = fetch(f"{server.url}/page")
-    assert first == second == f"{greeting} #1".encode()
-    assert first_headers["X-Cache"] == "MISS"
-    assert second_headers["X-Cache"] == "HIT"
-    assert "try: curl" not in server.output()  # the hint is for the demo
+    assert f"serving {target} through MemoryOptimizer" in server.log()
+    first, second = fetch(server.port, "/page"), fetch(server.port, "/page")
+    assert first.body == second.body == f"{greeting} #1".encode()
+    assert first.headers["X-Cache"] == "MISS"
+    assert second.headers["X-Cache"] == "HIT"
+    assert "try: curl" not in server.log()  # the hint is for the demo
 
 
 # -- what keeps a server from starting: one line

@@ -8,16 +8,11 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers.cli import run_cli, write_apps
+from helpers.cli import run_cli
 
 from wsgi_memopt.cli.common import UsageError
 from wsgi_memopt.cli.settings import load_settings
 from wsgi_memopt.settings import Settings, SettingsError
-
-
-@pytest.fixture
-def app_dir(tmp_path: Path) -> Path:
-    return write_apps(tmp_path)
 
 
 def test_settings_shows_every_value_and_its_source(app_dir: Path) -> None:

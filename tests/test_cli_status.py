@@ -18,21 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.cli import Server, fetch, one_error_line, run_cli, server_starter, write_apps
+from helpers.cli import PROXY_VARIABLES, demo_token, one_error_line, run_cli
+from helpers.servers import Server, fetch
 
 from wsgi_memopt.cli import main
 from wsgi_memopt.cli.status import StatusUnknown, api_url
-
-
-@pytest.fixture
-def app_dir(tmp_path: Path) -> Path:
-    return write_apps(tmp_path)
-
-
-@pytest.fixture
-def serve(tmp_path: Path, app_dir: Path, request: pytest.FixtureRequest) -> Callable[..., Server]:
-    return server_starter(tmp_path, app_dir, request.addfinalizer)
-
 
 PREFIX = "/api/v1/memory"
 SUMMARY_LABELS = (
@@ -60,7 +50,6 @@ CRITICAL = (
     "restart_percent=30",
 )
 LOCKED = ("--set", "api_token=s3cret")
-_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
 
 def status(
@@ -82,10 +71,10 @@ def field(output: str, label: str) -> str:
 
 def test_summary_of_a_calm_server(serve: Callable[..., Server], app_dir: Path) -> None:
     server = serve("--demo", *CALM)
-    assert fetch(f"{server.url}/slow")[0] == 200  # stored when the server closes it
-    assert fetch(f"{server.url}/slow")[1]["X-Cache"] == "HIT"
+    assert fetch(server.port, "/slow").status == 200  # stored when the server closes it
+    assert fetch(server.port, "/slow").headers["X-Cache"] == "HIT"
 
-    result = status(server.url, "--token", server.token(), app_dir=app_dir)
+    result = status(server.url, "--token", demo_token(server), app_dir=app_dir)
 
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
@@ -94,7 +83,7 @@ def test_summary_of_a_calm_server(serve: Callable[..., Server], app_dir: Path) -
         assert re.search(rf"^{re.escape(label)}", out, re.MULTILINE), (label, out)
     assert field(out, "memory API") == server.url + PREFIX
     assert re.fullmatch(r"excellent, memory \d+\.\d% of process \(used .+\)", field(out, "status"))
-    pid = server.process.pid
+    pid = server.proc.pid
     assert re.fullmatch(rf"\d+\.\d MB \(pid {pid}, up \d+ s\)", field(out, "rss"))
     cache = field(out, "cache")
     assert cache.startswith("1 items, ")
@@ -116,7 +105,7 @@ def test_url_forms(serve: Callable[..., Server], app_dir: Path) -> None:
         f"{server.url}{PREFIX}/",
         host_port,  # no scheme: http
     ):
-        result = status(url, "--token", server.token(), app_dir=app_dir)
+        result = status(url, "--token", demo_token(server), app_dir=app_dir)
         assert result.returncode == 0, (url, result.stderr)
         assert field(result.stdout, "memory API") == server.url + PREFIX
 
@@ -124,14 +113,14 @@ def test_url_forms(serve: Callable[..., Server], app_dir: Path) -> None:
 def test_json_has_both_bodies(serve: Callable[..., Server], app_dir: Path) -> None:
     server = serve("--demo", *CALM)
     result = status(
-        server.url, "--json", "--timeout", "5", "--token", server.token(), app_dir=app_dir
+        server.url, "--json", "--timeout", "5", "--token", demo_token(server), app_dir=app_dir
     )
     assert result.returncode == 0, result.stderr
     body = json.loads(result.stdout)
     assert set(body) == {"health", "stats"}
     assert body["health"]["status"] == "excellent"
     assert body["health"]["source"] == "process"
-    assert body["stats"]["process"]["pid"] == server.process.pid
+    assert body["stats"]["process"]["pid"] == server.proc.pid
     assert {"memory", "cache", "gc", "governor"} <= set(body["stats"])
 
 
@@ -173,9 +162,9 @@ def test_forbidden_without_a_token_configured(serve: Callable[..., Server], app_
 
 def test_critical_exits_2(serve: Callable[..., Server], app_dir: Path) -> None:
     server = serve("--demo", *CRITICAL)
-    assert fetch(f"{server.url}/")[0] == 200  # a request, so that the governor acts
+    assert fetch(server.port).status == 200  # a request, so that the governor acts
 
-    result = status(server.url, "--token", server.token(), app_dir=app_dir)
+    result = status(server.url, "--token", demo_token(server), app_dir=app_dir)
 
     assert result.returncode == 2, result.stderr
     out = result.stdout
@@ -186,7 +175,7 @@ def test_critical_exits_2(serve: Callable[..., Server], app_dir: Path) -> None:
     actions = re.findall(r"^  - \d\d:\d\d:\d\d (\w+) \((\w+)\): freed \d+\.\d MB", out, re.M)
     assert ("emergency", "critical") in actions
 
-    as_json = status(server.url, "--json", "--token", server.token(), app_dir=app_dir)
+    as_json = status(server.url, "--json", "--token", demo_token(server), app_dir=app_dir)
     assert as_json.returncode == 2
     assert json.loads(as_json.stdout)["health"]["status"] == "critical"
 
@@ -364,7 +353,7 @@ def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]
 
 @pytest.fixture(autouse=True)
 def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in _PROXY_VARIABLES:
+    for name in PROXY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.upper(), raising=False)
 

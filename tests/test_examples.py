@@ -11,7 +11,6 @@ gunicorn on 127.0.0.1 (sync and gthread workers), with the same checks:
 
 from __future__ import annotations
 
-import http.client
 import importlib.util
 import json
 import re
@@ -24,7 +23,9 @@ from types import ModuleType
 from urllib.parse import urlencode
 
 import pytest
-from helpers.servers import EXAMPLES, HOST, REQUEST_TIMEOUT_S, Servers, require_module
+from helpers.needs import require_module
+from helpers.servers import EXAMPLES, Servers
+from helpers.servers import fetch as fetch_over_http
 from helpers.wsgi import checked
 from werkzeug.test import Client
 
@@ -132,15 +133,10 @@ def over_http(port: int) -> Fetch:
         headers = {"Cookie": cookie} if cookie else {}
         body = None
         if form is not None:
-            body = urlencode(form)
+            body = urlencode(form).encode()
             headers["Content-Type"] = "application/x-www-form-urlencoded"
-        connection = http.client.HTTPConnection(HOST, port, timeout=REQUEST_TIMEOUT_S)
-        try:
-            connection.request(method, path, body=body, headers=headers)
-            response = connection.getresponse()
-            return Reply(response.status, response.getheaders(), response.read())
-        finally:
-            connection.close()
+        reply = fetch_over_http(port, path, method=method, headers=headers, body=body)
+        return Reply(reply.status, list(reply.headers.items()), reply.body)
 
     return fetch
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.needs import require_module
 
 from wsgi_memopt.lazy import DEFAULT_PRIORITIES, LazyModules
 
@@ -43,12 +44,7 @@ def run(code: str, **env: str) -> Any:
 
 def require_numpy() -> None:
     """Skip without numpy, but fail under CI, whose test extra installs it."""
-    try:
-        import numpy  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("numpy is not installed; the test extra must install it")
-        pytest.skip("numpy is not installed")
+    require_module("numpy")
 
 
 # -- loading

@@ -8,7 +8,6 @@ import functools
 import json
 import linecache
 import logging
-import os
 import re
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from helpers.needs import require_malloc_trim
 
 from wsgi_memopt.memory import cleanups as cleanups_module
 from wsgi_memopt.memory.cleanups import (
@@ -405,10 +405,7 @@ BURST_SCRIPT = textwrap.dedent(
 
 
 def test_malloc_trim_returns_a_freed_burst_to_the_os() -> None:
-    if not malloc_trim_available():
-        if os.environ.get("CI") == "true":
-            pytest.fail("malloc_trim is not available; CI runs on glibc Linux where it must be")
-        pytest.skip("malloc_trim is not available (not glibc)")
+    require_malloc_trim()
 
     proc = subprocess.run(
         [sys.executable, "-c", BURST_SCRIPT],

@@ -26,6 +26,7 @@ from typing import Any
 
 import psutil
 import pytest
+from helpers.needs import require_malloc_trim
 from helpers.wsgi import get, run_threads, wrap
 from werkzeug.test import Client, EnvironBuilder
 
@@ -186,13 +187,6 @@ def run_script(script: str, *args: str) -> dict[str, Any]:
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
-
-
-def require_malloc_trim() -> None:
-    if not malloc_trim_available():
-        if os.environ.get("CI") == "true":
-            pytest.fail("malloc_trim is not available: CI runs on glibc")
-        pytest.skip("malloc_trim needs glibc")
 
 
 @pytest.fixture(autouse=True)

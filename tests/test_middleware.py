@@ -1,4 +1,16 @@
-"""Tests of wsgi_memopt.middleware: the response cache rules, one test per rule.
+"""Tests of wsgi_memopt.middleware and the cache's decision: what each request gets, one test
+per rule.
+
+- which requests are served from the cache, fetched (and maybe stored) or passed through, and
+  why (``Cache-Status``): methods, the key, credentials, bypassing headers, request bodies,
+  the request target, ``Vary``, refresh, path rules, the cache switched off;
+- what a hit sends: freshness and ``Age``, the stored headers afresh, ``304`` to conditional
+  requests;
+- a failing cache never failing a request; invalidation; a hit's end of request;
+- the plain-hit fast path answering as the full rules do.
+
+What is stored of a response is in ``test_cache_capture.py``; the store's books and caps in
+``test_cache_store.py``.
 
 Every app runs behind ``checked`` on both sides of the middleware (see helpers/wsgi.py), and each
 test tells a hit from a miss by counting the app's calls: :class:`CountingApp` answers
@@ -8,22 +20,22 @@ test tells a hit from a miss by counting the app's calls: :class:`CountingApp` a
 from __future__ import annotations
 
 import io
-import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
-from wsgiref.handlers import SimpleHandler
 
 import pytest
 from helpers.apps import CACHEABLE, CountingApp
-from helpers.clock import FakeClock
+from helpers.clock import DATE, FakeClock
 from helpers.headers import cache_status
-from helpers.wsgi import WSGIApp, checked, get, wrap
+from helpers.wsgi import checked, get, wrap
 from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from werkzeug.http import http_date
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.test import Client, EnvironBuilder, TestResponse
+from werkzeug.wrappers import Response
 
 from wsgi_memopt import MemoryOptimizer
 from wsgi_memopt.cache.policy import (
@@ -39,8 +51,6 @@ BOUND_S = 5.0  # the longest a test waits for another thread: a bug fails, never
 # and no body (RFC 9110 §9.3.2): a limitation of the lint, filtered only on HEAD tests.
 HEAD_LINT = pytest.mark.filterwarnings("ignore:Content-Length and the number of bytes sent")
 
-DATE = datetime(2030, 1, 1, tzinfo=timezone.utc)
-
 
 def wrap_clocked(app: CountingApp, **settings: Any) -> tuple[MemoryOptimizer, Client, FakeClock]:
     optimizer, client = wrap(app, **settings)
@@ -52,28 +62,6 @@ def wrap_clocked(app: CountingApp, **settings: Any) -> tuple[MemoryOptimizer, Cl
 def open_(client: Client, method: str, path: str = "/", **kwargs: Any) -> TestResponse:
     """Any method, read to its end and closed like ``get``."""
     return client.open(path, method=method, buffered=True, **kwargs)
-
-
-def serve(
-    app: Callable[..., Iterable[bytes]], path: str = "/", *, checks: bool = True
-) -> tuple[str, Headers, bytes]:
-    """One GET through wsgiref's server handler: ``(status, headers, body)``.
-
-    werkzeug's test client cannot run two of the cases below: it re-raises any ``exc_info``
-    given to ``start_response`` even before headers are sent, and with ``buffered=True`` it
-    drops what the legacy ``write()`` callable sent. The stdlib's PEP 3333 handler does both
-    as a server must. ``checks=False`` leaves out the compliance checks, for an app broken
-    on purpose.
-    """
-    environ = EnvironBuilder(path).get_environ()
-    out = io.BytesIO()
-    handler = SimpleHandler(io.BytesIO(), out, io.StringIO(), environ)
-    handler.os_environ = {}  # keep the process environment out of the request
-    handler.run(checked(app) if checks else app)
-    head, _, body = out.getvalue().partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = [tuple(line.split(": ", 1)) for line in lines]
-    return status_line.split(" ", 1)[1], headers, body  # type: ignore[return-value]
 
 
 # -- methods
@@ -329,373 +317,6 @@ def test_key_parts_cannot_spell_another_key(
     victim = get(client, "/p", headers={"X-Forwarded-Proto": "https", "Accept-Language": "en"})
 
     assert victim.data == b"body #2 'https'"
-
-
-# -- responses that are not stored
-
-NOT_STORED: list[Any] = [
-    # id, settings, app keywords, detail in Cache-Status (None: decided after the headers), reason
-    ("no-store", {}, {"headers": [("Cache-Control", "no-store")]}, "no-store", "no-store"),
-    # No explicit freshness, no Last-Modified, cache_default_ttl_s=0: nothing says keep it.
-    ("says-nothing", {}, {"headers": []}, "no-freshness", "no-freshness"),
-    (
-        "says-public-only",
-        {},
-        {"headers": [("Cache-Control", "public")]},
-        "no-freshness",
-        "no-freshness",
-    ),
-    (
-        "last-modified-not-heuristic-status",
-        {"cache_statuses": (200, 302)},
-        {"status": "302 Found", "headers": [("Last-Modified", http_date(DATE))]},
-        "no-freshness",
-        "no-freshness",
-    ),
-    ("private", {}, {"headers": [("Cache-Control", "private")]}, "private", "private"),
-    (
-        "private-with-max-age",
-        {},
-        {"headers": [("Cache-Control", "max-age=60, private")]},
-        "private",
-        "private",
-    ),
-    ("no-cache", {}, {"headers": [("Cache-Control", "no-cache")]}, "no-cache", "no-cache"),
-    (
-        "no-store-in-second-header",
-        {},
-        {"headers": [("Cache-Control", "public"), ("Cache-Control", "no-store")]},
-        "no-store",
-        "no-store",
-    ),
-    ("set-cookie", {}, {"headers": [("Set-Cookie", "a=1")]}, "set-cookie", "set-cookie"),
-    ("vary-star", {}, {"headers": [("Vary", "*")]}, "vary-star", "vary-star"),
-    ("vary-star-in-list", {}, {"headers": [("Vary", "Accept, *")]}, "vary-star", "vary-star"),
-    ("status-404", {}, {"status": "404 Not Found"}, "status", "status"),
-    ("status-500", {}, {"status": "500 Internal Server Error"}, "status", "status"),
-    (
-        "status-404-not-listed",
-        {"cache_statuses": (200, 301)},
-        {"status": "404 Not Found"},
-        "status",
-        "status",
-    ),
-    (
-        "too-large-content-length",
-        {"cache_item_max_mb": 0.001},
-        {"body": b"x" * 2000},
-        "too-large",
-        "too-large",
-    ),
-    (
-        "too-large-streamed",
-        {"cache_item_max_mb": 0.001},
-        {"body": b"x" * 2000, "content_length": False},
-        "too-large",  # seen in the first chunk, before the headers went
-        "too-large",
-    ),
-    ("max-age-0", {}, {"headers": [("Cache-Control", "max-age=0")]}, "stale", "stale"),
-    (
-        "s-maxage-0",
-        {},
-        {"headers": [("Cache-Control", "s-maxage=0, max-age=60")]},
-        "stale",
-        "stale",
-    ),
-    ("expires-invalid", {}, {"headers": [("Expires", "0")]}, "stale", "stale"),
-    ("expires-garbage", {}, {"headers": [("Expires", "next tuesday")]}, "stale", "stale"),
-    (
-        "expires-before-date",
-        {},
-        {"headers": [("Date", http_date(DATE)), ("Expires", http_date(DATE - timedelta(1)))]},
-        "stale",
-        "stale",
-    ),
-]
-
-
-@pytest.mark.parametrize(
-    ("settings", "app_kwargs", "detail", "reason"),
-    [case[1:] for case in NOT_STORED],
-    ids=[case[0] for case in NOT_STORED],
-)
-def test_response_not_stored(
-    settings: dict[str, Any], app_kwargs: dict[str, Any], detail: str | None, reason: str
-) -> None:
-    app = CountingApp(**app_kwargs)
-    optimizer, client = wrap(app, **settings)
-
-    first = get(client, "/p")
-    second = get(client, "/p")
-
-    assert app.calls == 2
-    assert second.data.endswith(b" #2")
-    expected = {"fwd": "miss"} if detail is None else {"fwd": "miss", "detail": detail}
-    assert cache_status(first) == cache_status(second) == expected
-    assert first.headers["X-Cache"] == "MISS"
-    stats = optimizer.cache.stats()
-    assert (stats["items"], stats["stores"], stats["rejected"]) == (0, 0, {reason: 2})
-
-
-def test_an_error_page_that_says_nothing_does_not_outlive_the_outage() -> None:
-    # The database is down for one request: its "unavailable" page, a 200 that says nothing
-    # about caching, is not kept; the next request, the database back, gets the real page.
-    database: list[bytes] = [b"database unavailable"]
-
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        body = database[-1]
-        start_response(
-            "200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
-        )
-        return [body]
-
-    optimizer, client = wrap(app)
-    outage = get(client, "/products")
-    database.append(b"42 products")
-    back = get(client, "/products")
-
-    assert (outage.data, back.data) == (b"database unavailable", b"42 products")
-    assert cache_status(outage) == {"fwd": "miss", "detail": "no-freshness"}
-    assert optimizer.cache.stats()["rejected"] == {"no-freshness": 2}
-
-
-def test_cache_default_ttl_s_keeps_what_says_nothing_where_cache_paths_allows() -> None:
-    # The original "keep every page 30 minutes", scoped to the reports.
-    app = CountingApp(headers=[], echo="PATH_INFO")
-    _, client = wrap(app, cache_default_ttl_s=1800, cache_paths=("/reports/*",))
-
-    reports = [get(client, "/reports/q1") for _ in range(2)]
-    accounts = [get(client, "/account") for _ in range(2)]
-
-    assert [r.data for r in reports] == [b"body #1 '/reports/q1'"] * 2
-    assert cache_status(reports[1]) == {"hit": True, "ttl": "1800"}
-    assert [r.data for r in accounts] == [b"body #2 '/account'", b"body #3 '/account'"]
-
-
-@pytest.mark.parametrize("cache_control", ["Private", "NO-STORE", "No-Cache"])
-def test_response_directives_are_case_insensitive(cache_control: str) -> None:
-    app = CountingApp(headers=[("Cache-Control", cache_control)])
-    _, client = wrap(app)
-
-    get(client, "/p")
-    other_user = get(client, "/p")
-
-    assert other_user.data == b"body #2"
-
-
-STORED: list[Any] = [
-    # id, settings, app keywords, whether the miss announces "stored"
-    ("plain", {}, {}, True),
-    ("no-content-length", {}, {"content_length": False}, False),
-    ("status-404-listed", {"cache_statuses": (200, 404)}, {"status": "404 Not Found"}, True),
-    ("public", {}, {"headers": [("Cache-Control", "public, max-age=60")]}, True),
-    ("must-revalidate", {}, {"headers": [("Cache-Control", "max-age=60, must-revalidate")]}, True),
-    ("vary-listed", {}, {"headers": [("Vary", "Accept-Language"), *CACHEABLE]}, True),
-    (
-        "last-modified",
-        {},
-        {"headers": [("Last-Modified", http_date(datetime.now(timezone.utc)))]},
-        True,
-    ),
-    ("says-nothing-default-ttl", {"cache_default_ttl_s": 60}, {"headers": []}, True),
-    (
-        "expires-after-date",
-        {},
-        {"headers": [("Date", http_date(DATE)), ("Expires", http_date(DATE + timedelta(1)))]},
-        True,
-    ),
-    # 10485 B allowed; the entry holds ~1.7 KB besides the body
-    ("body-under-limit", {"cache_item_max_mb": 0.01}, {"body": b"x" * 8000}, True),
-]
-
-
-@pytest.mark.parametrize(
-    ("settings", "app_kwargs", "announced"),
-    [case[1:] for case in STORED],
-    ids=[case[0] for case in STORED],
-)
-def test_response_stored(
-    settings: dict[str, Any], app_kwargs: dict[str, Any], announced: bool
-) -> None:
-    app = CountingApp(**app_kwargs)
-    optimizer, client = wrap(app, **settings)
-
-    miss = get(client, "/p")
-    hit = get(client, "/p")
-
-    assert app.calls == 1
-    assert hit.data == miss.data
-    assert hit.status == miss.status
-    assert hit.headers["Content-Length"] == str(len(miss.data))
-    assert cache_status(miss) == ({"fwd": "miss", "stored": True} if announced else {"fwd": "miss"})
-    assert cache_status(hit)["hit"] is True
-    stats = optimizer.cache.stats()
-    assert (stats["items"], stats["stores"], stats["rejected"]) == (1, 1, {})
-
-
-def test_stored_is_announced_only_when_stored() -> None:
-    app = CountingApp(b"x" * 1000)  # 1000 B body, limit 1048 B: the entry's overhead tips it over
-    optimizer, client = wrap(app, cache_item_max_mb=0.001)
-
-    miss = get(client, "/p")
-
-    stored = optimizer.cache.stats()["stores"] == 1
-    assert cache_status(miss).get("stored", False) is stored
-
-
-def declaring_app(declared: int | None, *chunks: bytes, written: bytes = b"") -> WSGIApp:
-    """An app whose response declares ``Content-Length: declared`` (None: none), sends
-    ``written`` through the legacy write() callable, then returns ``chunks``."""
-
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        headers = [("Content-Type", "text/plain"), *CACHEABLE]
-        if declared is not None:
-            headers.append(("Content-Length", str(declared)))
-        write = start_response("200 OK", headers)
-        if written:
-            write(written)
-        return list(chunks)
-
-    return app
-
-
-@pytest.mark.parametrize(
-    ("app", "said", "stored"),
-    [
-        pytest.param(declaring_app(5, b"hello"), True, True, id="whole-in-its-first-chunk"),
-        pytest.param(declaring_app(5, b"lo", written=b"hel"), False, False, id="write-callable"),
-        pytest.param(declaring_app(10, b"hello"), False, False, id="shorter-than-declared"),
-        pytest.param(declaring_app(10, b"hello", b"world"), False, True, id="whole-at-its-end"),
-        pytest.param(declaring_app(None, b"hello"), False, True, id="no-content-length"),
-    ],
-)
-def test_stored_is_said_only_of_a_response_stored_before_its_headers_went(
-    app: WSGIApp, said: bool, stored: bool
-) -> None:
-    # The headers go with the first bytes of the body: "stored" can be said only of a body
-    # whole (and stored) by then. Seen before: said of a write() response and of a body
-    # shorter than its Content-Length, both then refused.
-    optimizer = MemoryOptimizer(app, cache_lock_timeout_s=0, monitor_interval_s=0)
-    try:
-        _, headers, _ = serve(optimizer, checks=False)
-        assert cache_status(headers).get("stored", False) is said
-        assert len(optimizer.cache) == int(stored)
-    finally:
-        optimizer.governor.stop()
-
-
-def test_app_raising_mid_iteration_is_not_stored() -> None:
-    calls = 0
-
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
-        nonlocal calls
-        calls += 1
-        start_response("200 OK", [("Content-Type", "text/plain"), *CACHEABLE])
-        yield b"partial"
-        raise RuntimeError("app failed mid-body")
-
-    optimizer, client = wrap(app)
-
-    for _ in range(2):
-        with pytest.raises(RuntimeError, match="app failed mid-body"):
-            get(client, "/p")
-
-    assert calls == 2
-    stats = optimizer.cache.stats()
-    assert (stats["items"], stats["rejected"]) == (0, {"incomplete": 2})
-
-
-def test_app_raising_before_start_response_is_not_stored() -> None:
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        raise RuntimeError("app failed")
-
-    optimizer, client = wrap(app)
-
-    with pytest.raises(RuntimeError, match="app failed"):
-        get(client, "/p")
-
-    assert optimizer.cache.stats()["rejected"] == {"app-error": 1}
-
-
-def test_write_callable_reaches_client_in_order_and_is_not_stored() -> None:
-    calls = 0
-
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        nonlocal calls
-        calls += 1
-        write = start_response("200 OK", [("Content-Type", "text/plain"), *CACHEABLE])
-        write(b"written-1 ")
-        write(b"written-2 ")
-        return [b"iterable-1 ", b"iterable-2"]
-
-    optimizer = MemoryOptimizer(checked(app), cache_lock_timeout_s=0)
-
-    for _ in range(2):
-        status, headers, body = serve(optimizer)
-        assert status == "200 OK"
-        assert body == b"written-1 written-2 iterable-1 iterable-2"
-        assert cache_status(headers) == {"fwd": "miss", "detail": "write-callable"}
-
-    assert calls == 2
-    stats = optimizer.cache.stats()
-    assert (stats["items"], stats["rejected"]) == (0, {"write-callable": 2})
-
-
-def test_start_response_with_exc_info_sends_the_error_page_and_stores_nothing() -> None:
-    calls = 0
-
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        nonlocal calls
-        calls += 1
-        try:
-            start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
-            raise ValueError("failed after start_response")
-        except ValueError:
-            page = b"error page"
-            headers = [("Content-Type", "text/plain"), ("Content-Length", str(len(page)))]
-            headers += CACHEABLE
-            start_response("500 Internal Server Error", headers, sys.exc_info())
-            return [page]
-
-    # 500 may be stored here, so only the exc_info can be the reason it is not.
-    optimizer = MemoryOptimizer(checked(app), cache_statuses=(200, 500), cache_lock_timeout_s=0)
-
-    for _ in range(2):
-        status, headers, body = serve(optimizer)
-        assert (status, body) == ("500 Internal Server Error", b"error page")
-        assert cache_status(headers) == {"fwd": "miss", "detail": "app-error"}
-
-    assert calls == 2
-    stats = optimizer.cache.stats()
-    assert (stats["items"], stats["rejected"]) == (0, {"app-error": 2})
-
-
-def test_close_of_the_app_iterable_is_called_exactly_once() -> None:
-    closes: list[str] = []
-
-    class Body:
-        def __init__(self, method: str) -> None:
-            self.method = method
-
-        def __iter__(self) -> Iterator[bytes]:
-            yield b"body"
-
-        def close(self) -> None:
-            closes.append(self.method)
-
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Body:
-        start_response(
-            "200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4"), *CACHEABLE]
-        )
-        return Body(environ["REQUEST_METHOD"])
-
-    optimizer, client = wrap(app)
-    get(client, "/p")  # miss, stored
-    get(client, "/p")  # hit: the app is not called
-    open_(client, "POST", "/p")  # passed through
-
-    assert closes == ["GET", "POST"]
-    assert len(optimizer.cache) == 1
 
 
 # -- credentials
@@ -987,6 +608,108 @@ def test_forwarding_header_in_cache_key_headers_is_keyed(header: str) -> None:
     assert get(client, "/p").data == b"body #3 None"  # absent is a third entry
 
 
+HONEST = b'<a href="http://localhost/next">next</a>'
+EVIL = b'<a href="http://evil.example/next">next</a>'
+
+
+def links_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """Builds absolute links from the host, honouring X-Forwarded-Host as ProxyFix would."""
+    host = environ.get("HTTP_X_FORWARDED_HOST") or environ["HTTP_HOST"]
+    body = f'<a href="http://{host}/next">next</a>'.encode()
+    headers = [("Content-Type", "text/html"), ("Content-Length", str(len(body))), *CACHEABLE]
+    start_response("200 OK", headers)
+    return [body]
+
+
+def host_links_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """Builds absolute links from ``HTTP_HOST`` only (which ProxyFix rewrites)."""
+    body = f'<a href="http://{environ["HTTP_HOST"]}/next">next</a>'.encode()
+    headers = [("Content-Type", "text/html"), ("Content-Length", str(len(body))), *CACHEABLE]
+    start_response("200 OK", headers)
+    return [body]
+
+
+def forwarded_setup(placement: str, **settings: Any) -> tuple[MemoryOptimizer, Client]:
+    if placement == "app-reads-the-header":
+        return wrap(links_app, **settings)
+    if placement == "proxy-fix-inside":
+        return wrap(ProxyFix(checked(host_links_app), x_host=1), **settings)
+    optimizer = MemoryOptimizer(checked(host_links_app), cache_lock_timeout_s=0, **settings)
+    return optimizer, Client(checked(ProxyFix(checked(optimizer), x_host=1)), use_cookies=False)
+
+
+@pytest.mark.parametrize("evil_first", [True, False], ids=["evil-first", "honest-first"])
+@pytest.mark.parametrize(
+    "placement", ["app-reads-the-header", "proxy-fix-inside", "proxy-fix-outside"]
+)
+def test_forwarded_host_cannot_poison_the_cache(placement: str, evil_first: bool) -> None:
+    optimizer, client = forwarded_setup(placement)
+    evil_headers = {"X-Forwarded-Host": "evil.example"}
+    for step in ("evil", "honest") if evil_first else ("honest", "evil"):
+        if step == "evil":
+            response = get(client, "/links", headers=evil_headers)
+            assert response.data == EVIL  # the app did use the header: the test is real
+            assert response.headers["X-Cache"] == "MISS"
+        else:
+            assert get(client, "/links").data == HONEST
+    for _ in range(2):
+        assert get(client, "/links").data == HONEST
+        assert get(client, "/links", headers=evil_headers).data == EVIL
+    assert all(entry.body == HONEST for entry in optimizer.cache.entries())
+    assert optimizer.cache.stats()["bypassed"].get("forwarding-header") == 3
+
+
+@pytest.mark.parametrize(
+    "placement", ["app-reads-the-header", "proxy-fix-inside", "proxy-fix-outside"]
+)
+def test_forwarded_host_keyed_by_setting_is_stored_apart(placement: str) -> None:
+    optimizer, client = forwarded_setup(placement, cache_key_headers=("X-Forwarded-Host",))
+    evil_headers = {"X-Forwarded-Host": "evil.example"}
+    assert get(client, "/links", headers=evil_headers).data == EVIL
+    again = get(client, "/links", headers=evil_headers)
+    assert (again.data, again.headers["X-Cache"]) == (EVIL, "HIT")  # it was stored...
+    honest = get(client, "/links")
+    assert (honest.data, honest.headers["X-Cache"]) == (HONEST, "MISS")  # ...apart
+    evil_entries = [entry for entry in optimizer.cache.entries() if entry.body == EVIL]
+    assert len(evil_entries) == 1
+    assert "evil.example" in str(evil_entries[0].key)
+
+
+class MethodOverride:
+    """Flask's "Adding HTTP Method Overrides" pattern: X-HTTP-Method-Override picks the method."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        method = environ.get("HTTP_X_HTTP_METHOD_OVERRIDE", "").upper()
+        if method in ("GET", "HEAD", "POST", "DELETE", "PUT", "PATCH", "OPTIONS"):
+            environ["REQUEST_METHOD"] = method
+        return self.app(environ, start_response)
+
+
+def test_a_method_override_filter_behind_the_cache_cannot_store_a_delete_as_the_get() -> None:
+    items = ["a", "b"]
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ["REQUEST_METHOD"] == "DELETE":
+            items.clear()
+        body = f"items: {items}".encode()
+        start_response(
+            "200 OK",
+            [("Content-Type", "text/plain"), ("Content-Length", str(len(body))), *CACHEABLE],
+        )
+        return [body]
+
+    optimizer, client = wrap(MethodOverride(app))
+    deleted = get(client, "/items", headers={"X-HTTP-Method-Override": "DELETE"})
+    items[:] = ["a", "b"]  # restored
+
+    assert deleted.data == b"items: []"  # the filter did act: the test is real
+    assert get(client, "/items").data == b"items: ['a', 'b']"
+    assert all(entry.body == b"items: ['a', 'b']" for entry in optimizer.cache.entries())
+
+
 # -- requests with a body
 
 BODIES: list[Any] = [
@@ -1162,18 +885,28 @@ def test_request_directives_that_do_not_refresh(request_headers: dict[str, str])
     assert app.calls == 1
 
 
-def test_head_refresh_does_not_replace_the_get_entry_with_an_empty_body() -> None:
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        # A streamed response: no Content-Length, and no body on HEAD.
-        start_response("200 OK", [("Content-Type", "text/plain"), *CACHEABLE])
-        return [] if environ["REQUEST_METHOD"] == "HEAD" else [b"full body"]
+@HEAD_LINT
+@pytest.mark.parametrize("stored_first", [False, True], ids=["cold", "warm"])
+def test_head_refresh_does_not_replace_the_get_entry_with_an_empty_body(
+    stored_first: bool,
+) -> None:
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        # A streamed werkzeug response: on HEAD it sends no body and no Content-Length.
+        response = Response(
+            (chunk for chunk in (b"full ", b"page")), mimetype="text/plain", headers=CACHEABLE
+        )
+        return response(environ, start_response)
 
-    _, client = wrap(app)
-    assert get(client, "/p").data == b"full body"
+    optimizer, client = wrap(app)
+    if stored_first:
+        assert get(client, "/p").data == b"full page"
 
-    open_(client, "HEAD", "/p", headers={"Cache-Control": "no-cache"})
+    refresh = open_(client, "HEAD", "/p", headers={"Cache-Control": "no-cache"})
 
-    assert get(client, "/p").data == b"full body"
+    assert (refresh.status_code, refresh.data) == (200, b"")
+    assert cache_status(refresh) == {"fwd": "request", "detail": "head"}  # nothing to store
+    assert get(client, "/p").data == b"full page"
+    assert len(optimizer.cache) == 1
 
 
 # -- freshness
@@ -1786,24 +1519,48 @@ def test_a_hit_ends_when_closed_or_let_go_of_and_never_reads_below_the_hits_runn
     assert governor.in_flight == 0
 
 
-def test_a_hit_replays_the_body_and_the_headers_afresh() -> None:
-    # Each hit gets a response of its own (it ends that request, once) and a copy of the
-    # header list, since a server may change it.
-    app, optimizer, environ = stored_once("/p")
-    seen: list[list[tuple[str, str]]] = []
+@pytest.mark.parametrize(
+    ("request_kwargs", "body"),
+    [
+        pytest.param({}, b"body #1", id="get"),
+        pytest.param({"method": "HEAD"}, b"", id="head"),
+        pytest.param({"headers": {"If-None-Match": '"v1"'}}, b"", id="not-modified"),
+    ],
+)
+def test_a_hit_replays_the_body_and_the_headers_afresh(
+    request_kwargs: dict[str, Any], body: bytes
+) -> None:
+    # Each hit gets a response of its own (it ends that request, once) and a header list of
+    # its own, since a server changes the one it is given (wsgiref adds Date and Server).
+    app = CountingApp(headers=[("ETag", '"v1"'), *CACHEABLE])
+    optimizer, _ = wrap(app)
+    given: list[tuple[list[tuple[str, str]], list[tuple[str, str]]]] = []
 
     def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        seen.append(headers)
-        headers.append(("X-Server", "changed it"))  # as wsgiref adds Date and Server
+        given.append((headers, list(headers)))
+        headers.append(("Date", "set by the server"))
+        headers[0] = ("X-Replaced", "by the server")
 
-    responses = [optimizer(dict(environ), start_response) for _ in range(2)]
+    miss = optimizer(EnvironBuilder(path="/p").get_environ(), start_response)
+    assert b"".join(miss) == b"body #1"
+    miss.close()  # type: ignore[attr-defined]
+    environ = EnvironBuilder(path="/p", **request_kwargs).get_environ()
+    responses = [optimizer(dict(environ), start_response) for _ in range(3)]
+    bodies = []
     for response in responses:
+        bodies.append(b"".join(response))
         response.close()  # type: ignore[attr-defined]
 
-    assert responses[0] is not responses[1]
-    assert list(responses[0]) == list(responses[1]) == [b"body #1"]
-    assert seen[0] is not seen[1]
-    assert [name for name, _ in seen[1]].count("X-Server") == 1
+    assert len({id(response) for response in responses}) == 3
+    assert bodies == [body] * 3
+    hits = given[1:]
+    assert len({id(headers) for headers, _ in hits}) == 3
+    assert hits[0][1] == hits[1][1] == hits[2][1]  # as sent, whatever the server did since
+    names = [name for name, _ in hits[0][1]]
+    assert "Date" not in names
+    assert "X-Replaced" not in names
+    assert len(names) == len(set(names))
+    assert dict(hits[0][1])["X-Cache"] == "HIT"
     assert app.calls == 1
 
 

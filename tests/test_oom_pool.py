@@ -24,12 +24,11 @@ CI.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import pytest
-from helpers.servers import require_peer
+from helpers.needs import require_peer, unavailable
 from leak_pool import (
     CgroupUnavailable,
     MemoryCgroup,
@@ -45,13 +44,6 @@ LOAD_S = 25.0
 WORKERS = 2
 
 
-def _unavailable(reason: str) -> None:
-    """Skip, but fail under CI (which runs as root with a memory controller)."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
 @pytest.fixture
 def pool_peers() -> None:
     """wrk is installed and a memory cgroup can be made here."""
@@ -60,14 +52,14 @@ def pool_peers() -> None:
         with MemoryCgroup("probe", 16):
             pass
     except CgroupUnavailable as exc:
-        _unavailable(f"no memory cgroup: {exc}")
+        unavailable(f"no memory cgroup: {exc}", "CI runs as root with a memory controller")
 
 
 def _uwsgi() -> None:
     try:
         find_uwsgi()
     except ToolMissing as exc:
-        _unavailable(str(exc))
+        unavailable(str(exc), "CI runs as root with a memory controller")
 
 
 def _run(

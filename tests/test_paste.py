@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.servers import BOOT_TIMEOUT_S, EXAMPLES, Servers, require_module
+from helpers.needs import require_module
+from helpers.servers import BOOT_TIMEOUT_S, EXAMPLES, Servers, fetch
 from helpers.wsgi import checked, get
 from werkzeug.test import Client
 
@@ -253,25 +254,25 @@ def test_gunicorn_paste_serves_through_the_filter(
         "WSGI_MEMOPT_API_ALLOW_NETWORKS=127.0.0.1/32",
         worker_class=worker_class,
     )
-    first, second = server.get("/slow"), server.get("/slow")
-    me = server.get("/me")
+    first, second = fetch(server.port, "/slow"), fetch(server.port, "/slow")
+    me = fetch(server.port, "/me")
     log = server.log()
     report = f"--- gunicorn log (tail) ---\n{log[-4000:]}"
     assert (first.status, second.status, me.status) == (200, 200, 200), report
     assert first.headers["Cache-Status"] == "wsgi-memopt; fwd=miss; stored", report
     assert second.headers["Cache-Status"].startswith("wsgi-memopt; hit; ttl="), report
-    assert second.body == first.body  # type: ignore[attr-defined]
+    assert second.body == first.body
     assert me.headers["Set-Cookie"].startswith("user=visitor-"), report
     assert "hit" not in me.headers["Cache-Status"], report
-    stats = json.loads(server.get("/api/v1/memory/stats").body)  # type: ignore[attr-defined]
+    stats = json.loads(fetch(server.port, "/api/v1/memory/stats").body)
     pool = stats["workers"]  # under a gunicorn master: the sibling workers, from psutil
     assert pool is not None, report
     assert pool["server"] == "gunicorn", report
     assert stats["process"]["pid"] in [worker["pid"] for worker in pool["workers"]], report
     assert pool["total_rss_mb"] > 0, report
-    health = server.get("/api/v1/memory/health")  # from the middleware, not the app
+    health = fetch(server.port, "/api/v1/memory/health")  # from the middleware, not the app
     assert health.status == 200, report
-    assert json.loads(health.body)["source"] in ("host", "container", "process"), report  # type: ignore[attr-defined]
+    assert json.loads(health.body)["source"] in ("host", "container", "process"), report
     # The ini's logging sections route the wsgi_memopt logger to stderr (here, the log).
     assert "wsgi_memopt INFO [GC] froze the startup heap" in log, report
     assert "Traceback" not in log, report

@@ -1,6 +1,11 @@
-"""A clock for code that takes one as a callable: time moves only when a test says so."""
+"""A clock for code that takes one as a callable: time moves only when a test says so; and
+a fixed date for the HTTP dates (``Date``, ``Expires``, ``Last-Modified``) tests send."""
 
 from __future__ import annotations
+
+from datetime import datetime, timezone
+
+DATE = datetime(2030, 1, 1, tzinfo=timezone.utc)
 
 
 class FakeClock:

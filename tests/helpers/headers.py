@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import re
+from typing import Protocol
 
-from werkzeug.test import TestResponse
+from werkzeug.datastructures import Headers
 
-Headers = list[tuple[str, str]]
+HeaderList = list[tuple[str, str]]
+
+
+class _Response(Protocol):
+    """A werkzeug test response, or a real server's :class:`~helpers.servers.Reply`."""
+
+    @property
+    def headers(self) -> Headers: ...
+
 
 # Cache-Status is an RFC 8941 list: the value is matched whole before its parameters are read.
 _TOKEN = r"[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*"
@@ -21,11 +30,11 @@ _SF_LIST = re.compile(rf"{_MEMBER}(?:[ \t]*,[ \t]*{_MEMBER})*")
 _PARAM_RE = re.compile(_PARAM)
 
 
-def cache_status(response: TestResponse | Headers) -> dict[str, str | bool]:
+def cache_status(response: _Response | HeaderList) -> dict[str, str | bool]:
     """The parameters of the one ``wsgi-memopt`` member of ``Cache-Status``, checked valid.
 
-    ``response`` is anything with werkzeug-like ``.headers.getlist`` (a test response), or
-    a WSGI header list. A parameter without a value maps to ``True``.
+    ``response`` is anything with werkzeug ``Headers`` (a test response, a real server's
+    reply), or a WSGI header list. A parameter without a value maps to ``True``.
     """
     if isinstance(response, list):
         values = [value for name, value in response if name.lower() == "cache-status"]

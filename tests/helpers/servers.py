@@ -1,28 +1,30 @@
 """Real servers in subprocesses on 127.0.0.1: starting, waiting, fetching and stopping them.
 
 The port, gunicorn's flags and the child's environment come from ``benchmarks/_servers.py``
-(``tests/conftest.py`` puts ``benchmarks/`` on ``sys.path``), so benchmarks and tests start
-servers alike.
+(``tests/helpers/__init__.py`` puts ``benchmarks/`` on ``sys.path``), so benchmarks and tests
+start servers alike. Every server here is stopped by its PID and every wait is bounded.
 """
 
 from __future__ import annotations
 
 import http.client
-import importlib.util
+import io
 import os
-import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple
 
 import pytest
 from _servers import HOST, child_env, control_socket_args, free_port
+from werkzeug.datastructures import Headers
+
+from helpers.needs import require_module
 
 __all__ = [
     "BOOT_TIMEOUT_S",
@@ -30,7 +32,7 @@ __all__ = [
     "HOST",
     "REQUEST_TIMEOUT_S",
     "STOP_TIMEOUT_S",
-    "GunicornServer",
+    "Reply",
     "Server",
     "Servers",
     "child_env",
@@ -38,8 +40,6 @@ __all__ = [
     "free_port",
     "gunicorn_command",
     "launch",
-    "require_module",
-    "require_peer",
     "stop",
     "wait_for",
 ]
@@ -48,24 +48,6 @@ BOOT_TIMEOUT_S = 30.0
 REQUEST_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def require_peer(executable: str) -> str:
-    """The path of a real peer program; skip without it, but fail under CI (which installs it)."""
-    path = shutil.which(executable)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{executable} is not installed; .ci/run must install it")
-        pytest.skip(f"{executable} is not installed")
-    return path
-
-
-def require_module(name: str) -> None:
-    """Skip when ``name`` cannot be imported, but fail under CI (which installs it)."""
-    if importlib.util.find_spec(name) is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is not installed; .ci/run must install it")
-        pytest.skip(f"{name} is not installed")
 
 
 def gunicorn_command(port: int, worker_class: str, *args: str) -> list[str]:
@@ -100,37 +82,96 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=STOP_TIMEOUT_S)
 
 
-def fetch(port: int, path: str = "/") -> tuple[int, bytes]:
-    """One GET on a fresh connection; no retry of any kind."""
-    with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=REQUEST_TIMEOUT_S) as r:
-        return r.status, r.read()
+class Reply(NamedTuple):
+    """A server's answer: its status, its headers (case-insensitive) and its whole body."""
+
+    status: int
+    headers: Headers
+    body: bytes
 
 
-def wait_for(predicate: Callable[[], bool], proc: subprocess.Popen[bytes], what: str) -> None:
-    """Poll ``predicate`` until it holds; fail if ``proc`` exits or ``BOOT_TIMEOUT_S`` passes."""
+class _Received:
+    """What a socket received, for ``http.client`` to parse as if it were reading it now."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def makefile(self, mode: str) -> io.BytesIO:
+        return io.BytesIO(self._data)
+
+
+def fetch(
+    port: int,
+    path: str = "/",
+    *,
+    method: str = "GET",
+    headers: Mapping[str, str] | None = None,
+    body: bytes | None = None,
+) -> Reply:
+    """One request on a fresh connection, read until the server closes it; no retry, and
+    any status is returned (none raises).
+
+    The middleware stores a response when the server closes it, after its last byte went
+    out, and the servers close the connection (``Connection: close``) only after that:
+    reading to the close, not only to ``Content-Length``, makes "the first response was
+    stored before the second request came" a certainty rather than a race.
+    """
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {HOST}:{port}", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    if body is not None:
+        lines.append(f"Content-Length: {len(body)}")
+    with socket.create_connection((HOST, port), timeout=REQUEST_TIMEOUT_S) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b""))
+        received = bytearray()
+        while chunk := sock.recv(1 << 16):  # each wait bounded by the socket timeout
+            received += chunk
+    response = http.client.HTTPResponse(_Received(bytes(received)), method=method)  # type: ignore[arg-type]
+    response.begin()
+    return Reply(response.status, Headers(response.getheaders()), response.read())
+
+
+def wait_for(
+    predicate: Callable[[], bool],
+    proc: subprocess.Popen[bytes],
+    what: str,
+    log: Callable[[], str] | None = None,
+) -> None:
+    """Poll ``predicate`` until it holds; fail if ``proc`` exits or ``BOOT_TIMEOUT_S`` passes
+    (with the tail of ``log``, if given, in the failure)."""
     deadline = time.monotonic() + BOOT_TIMEOUT_S
     while not predicate():
         if proc.poll() is not None:
-            pytest.fail(f"the server exited ({proc.returncode}) while waiting for {what}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {BOOT_TIMEOUT_S:g} s waiting for {what}")
-        time.sleep(0.05)
+            message = f"the server exited ({proc.returncode}) while waiting for {what}"
+        elif time.monotonic() > deadline:
+            message = f"timed out after {BOOT_TIMEOUT_S:g} s waiting for {what}"
+        else:
+            time.sleep(0.05)
+            continue
+        pytest.fail(message if log is None else f"{message}\n{log()[-4000:]}")
 
 
 @dataclass
 class Server:
-    """A server subprocess on 127.0.0.1:``port``, its output in ``log_path``."""
+    """A server subprocess on 127.0.0.1:``port``: its output in ``log_path``, its error
+    output there too unless it has its own ``errors_path``."""
 
     proc: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    errors_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        """Where it listens: ``http://127.0.0.1:PORT``."""
+        return f"http://{HOST}:{self.port}"
 
     def log(self) -> str:
-        """Everything the server has written so far."""
+        """Everything the server has written so far (to its output)."""
         return self.log_path.read_text(errors="replace")
 
-
-ServerT = TypeVar("ServerT", bound=Server)
+    def errors(self) -> str:
+        """What the server has written to its error output so far."""
+        return (self.errors_path or self.log_path).read_text(errors="replace")
 
 
 def launch(
@@ -140,33 +181,17 @@ def launch(
     started: list[subprocess.Popen[bytes]],
     ready: Callable[[str], bool] | None,
     what: str,
-    server_type: type[ServerT] = Server,  # type: ignore[assignment]
-) -> ServerT:
+) -> Server:
     """Start ``command`` (recorded in ``started``, for the fixture to stop) and, unless
     ``ready`` is None, wait until its log says it is: no probe connection, which a worker
     would have to answer (and which would count as its first request)."""
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=child_env())
     started.append(proc)
-    server = server_type(proc, port, log_path)
+    server = Server(proc, port, log_path)
     if ready is not None:
-        wait_for(lambda: ready(server.log()), proc, what)
+        wait_for(lambda: ready(server.log()), proc, what, server.log)
     return server
-
-
-class GunicornServer(Server):
-    """A gunicorn server, and a client for it."""
-
-    def get(self, path: str, headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
-        """One GET on its own connection, read to the end (``.body`` holds the bytes)."""
-        connection = http.client.HTTPConnection(HOST, self.port, timeout=REQUEST_TIMEOUT_S)
-        try:
-            connection.request("GET", path, headers=headers or {})
-            response = connection.getresponse()
-            response.body = response.read()  # type: ignore[attr-defined]
-            return response
-        finally:
-            connection.close()
 
 
 class Servers:
@@ -177,9 +202,7 @@ class Servers:
         self.log_dir = log_dir
         self.started: list[subprocess.Popen[bytes]] = []
 
-    def start(
-        self, *args: str, worker_class: str = "sync", wait_boot: bool = True
-    ) -> GunicornServer:
+    def start(self, *args: str, worker_class: str = "sync", wait_boot: bool = True) -> Server:
         """One master with one worker; ready, unless ``wait_boot`` is false, once it boots."""
         port = free_port()
         # Ready once a worker is booting: the master listens already, and a request that
@@ -191,7 +214,6 @@ class Servers:
             self.started,
             (lambda log: "Booting worker with pid" in log) if wait_boot else None,
             "gunicorn to boot a worker",
-            GunicornServer,
         )
 
     def stop_all(self) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
+from wsgiref.handlers import SimpleHandler
 from wsgiref.validate import validator
 
 from werkzeug.middleware.lint import LintMiddleware
-from werkzeug.test import Client, TestResponse
+from werkzeug.test import Client, EnvironBuilder, TestResponse
 
 from wsgi_memopt import MemoryOptimizer
 
@@ -37,6 +39,28 @@ def wrap(app: WSGIApp, **settings: Any) -> tuple[MemoryOptimizer, Client]:
 def get(client: Client, path: str = "/", **kwargs: Any) -> TestResponse:
     """A GET whose response is read to its end and closed, as a server does."""
     return client.get(path, buffered=True, **kwargs)
+
+
+def wsgiref_get(
+    app: WSGIApp, path: str = "/", *, checks: bool = True
+) -> tuple[str, list[tuple[str, str]], bytes]:
+    """One GET through wsgiref's server handler: ``(status, headers, body)`` as sent.
+
+    werkzeug's test client cannot run some cases: it re-raises any ``exc_info`` given to
+    ``start_response`` even before headers are sent, and with ``buffered=True`` it drops what
+    the legacy ``write()`` callable sent. The stdlib's PEP 3333 handler does both as a server
+    must, and its output is the bytes in the order they went. ``checks=False`` leaves out
+    the compliance checks, for an app broken on purpose.
+    """
+    environ = EnvironBuilder(path).get_environ()
+    out = io.BytesIO()
+    handler = SimpleHandler(io.BytesIO(), out, io.StringIO(), environ)
+    handler.os_environ = {}  # keep the process environment out of the request
+    handler.run(checked(app) if checks else app)
+    head, _, body = out.getvalue().partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = [tuple(line.split(": ", 1)) for line in lines]
+    return status_line.split(" ", 1)[1], headers, body  # type: ignore[return-value]
 
 
 def run_threads(count: int, worker: Callable[[int], object], timeout_s: float) -> None:
