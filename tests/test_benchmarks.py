@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers.servers import require_peer
+from helpers.needs import require_peer
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
