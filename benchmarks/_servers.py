@@ -1,18 +1,21 @@
 """What every script that starts a real server on loopback needs: a free port, gunicorn's
 command-line quirks, and an environment without the developer's WSGI_MEMOPT_* settings.
 
-Shared by the benchmarks and, through ``tests/conftest.py``, by the tests that start servers.
+Shared by the benchmarks and, through ``tests/helpers/servers.py``, by the tests that start
+servers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
 import socket
 import subprocess
 import sys
 
-__all__ = ["HOST", "child_env", "control_socket_args", "free_port"]
+__all__ = ["HOST", "child_env", "control_socket_args", "free_port", "stop_process"]
 
 HOST = "127.0.0.1"  # never any other address
 
@@ -46,3 +49,18 @@ def child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WSGI_MEMOPT_")}
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Stop ``proc`` by its PID: SIGTERM, then SIGKILL if it has not exited ``timeout_s``
+    later; returns once it has exited."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout_s)

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from _servers import HOST, child_env, control_socket_args, free_port
+from _servers import HOST, child_env, control_socket_args, free_port, stop_process
 
 from wsgi_memopt.settings import DEFAULT_API_PREFIX
 
@@ -214,14 +214,7 @@ def wait_ready(server: Server) -> None:
 def stop_server(server: Server) -> None:
     """SIGTERM to the master by PID, SIGKILL after a bound; then no worker may be left."""
     server.note_children()
-    proc = server.proc
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=STOP_TIMEOUT_S)
+    stop_process(server.proc, STOP_TIMEOUT_S)
     deadline = time.monotonic() + STOP_TIMEOUT_S
     for pid in server.children:
         with contextlib.suppress(psutil.Error):

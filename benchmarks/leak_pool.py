@@ -42,7 +42,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar
 
-from _servers import HOST, child_env, control_socket_args, free_port
+from _servers import HOST, child_env, control_socket_args, free_port, stop_process
 
 __all__ = [
     "CgroupUnavailable",
@@ -654,16 +654,7 @@ def _wait_ready(
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM to the master by PID, SIGKILL after a bound."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=STOP_TIMEOUT_S)
+    stop_process(proc, STOP_TIMEOUT_S)
 
 
 # -- the run

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from _servers import HOST, child_env, control_socket_args, free_port
+from _servers import HOST, child_env, control_socket_args, free_port, stop_process
 from leak_pool import parse_wrk
 
 APPS = textwrap.dedent(
@@ -97,12 +96,7 @@ def gunicorn(app_dir: Path, app: str) -> Iterator[str]:
             raise RuntimeError(f"{app}: X-Cache is {response.headers.get('X-Cache')!r}")
         yield url
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(_STOP_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(_STOP_S)
+        stop_process(process, _STOP_S)
 
 
 def requests_per_second(url: str, seconds: float) -> float:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import http.client
 import io
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +19,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from _servers import HOST, child_env, control_socket_args, free_port
+from _servers import HOST, child_env, control_socket_args, free_port, stop_process
 from werkzeug.datastructures import Headers
 
 from helpers.needs import require_module
@@ -72,14 +70,7 @@ def gunicorn_command(port: int, worker_class: str, *args: str) -> list[str]:
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM by PID, then SIGKILL after a bound."""
-    if proc.poll() is not None:
-        return
-    os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=STOP_TIMEOUT_S)
+    stop_process(proc, STOP_TIMEOUT_S)
 
 
 class Reply(NamedTuple):
