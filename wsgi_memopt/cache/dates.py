@@ -1,7 +1,7 @@
 """Strict HTTP-date parsing (RFC 9110 §5.6.7): the three forms a recipient must accept.
 
     IMF-fixdate    Sun, 06 Nov 1994 08:49:37 GMT       the one form senders generate
-    rfc850-date    Sunday, 06-Nov-94 08:49:37 GMT      obsolete, two-digit year
+    rfc850-date    Sunday, 06-Nov-94 08:49:37 GMT      obsolete, year at most 50 years ahead
     asctime-date   Sun Nov  6 08:49:37 1994            obsolete, implicitly GMT
 
 Anything else is not a date: a cache then treats an ``Expires`` as already past
@@ -9,7 +9,7 @@ Anything else is not a date: a cache then treats an ``Expires`` as already past
 RFC spells them, the zone is exactly ``GMT``, day, hour, minute and second have two digits
 (asctime pads the day with a space), the date must exist in the calendar and the time must
 be in range (second 60 is a leap second). The day name is checked for spelling only, not
-against the date. Whitespace around the value is allowed.
+against the date. Spaces and tabs around the value are allowed.
 
     http_date("Sun, 06 Nov 1994 08:49:37 GMT")  # 784111777.0
     http_date("Sun, 06 Nov 94 08:49:37 GMT")    # None
