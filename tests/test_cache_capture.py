@@ -636,10 +636,11 @@ def test_a_hit_does_not_call_the_app_so_closes_nothing() -> None:
     assert (app.calls, app.closes) == (1, 1)
     assert stats(optimizer)["hits"] == 3
 
-    # A request passed through after the hits: called and closed once, the entry kept.
+    # A POST passed through after the hits: called and closed once; its success invalidates
+    # the page's entry (RFC 9111 §4.4).
     assert client.post("/page", buffered=True).data == b"hello world"
     assert (app.calls, app.closes) == (2, 2)
-    assert stats(optimizer)["items"] == 1
+    assert stats(optimizer)["items"] == 0
 
 
 def test_client_stopping_early_closes_once_and_stores_nothing() -> None:

@@ -258,9 +258,13 @@ def test_explicit_freshness_beats_heuristic_and_default() -> None:
     modified = ("Last-Modified", http_date(DATE - timedelta(days=30)))
 
     assert assess([("Cache-Control", "max-age=5"), modified], default_ttl=80).lifetime == 5
-    assert assess([("Cache-Control", "max-age=0"), modified], default_ttl=80).reason == "stale"
+    # Stale on arrival, but with a validator: kept to be revalidated, never served as it is.
+    stale = assess([("Cache-Control", "max-age=0"), modified], default_ttl=80)
+    assert (stale.reason, stale.lifetime) == (None, 0.0)
+    assert assess([("Cache-Control", "max-age=0")], default_ttl=80).reason == "stale"
     expired = ("Expires", http_date(DATE - timedelta(seconds=1)))
-    assert assess([expired, modified], default_ttl=80).reason == "stale"
+    assert assess([expired], default_ttl=80).reason == "stale"
+    assert (assess([expired, modified], default_ttl=80).reason, stale.lifetime) == (None, 0.0)
 
 
 # -- assess_response: what is stored, and what the store learns

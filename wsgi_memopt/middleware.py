@@ -15,15 +15,15 @@ governor, which looks after memory between requests.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .api import MemoryAPI
 from .api.report import memory_stats
 from .cache.capture import Capture
-from .cache.decision import Decision, ResponseCache, Route, cache_status
+from .cache.decision import Decision, ResponseCache, Route, cache_status, stored_response
 from .cache.entry import Entry
-from .cache.policy import is_not_modified
+from .cache.policy import SAFE_METHODS
 from .closing import ClosingResponse, Replay
 from .lazy import LazyModules
 from .memory.cleanups import Cleanups
@@ -95,6 +95,8 @@ class MemoryOptimizer:
             decision = self._decide(environ)
             if decision.route is Route.SERVE:
                 return self._serve(decision.entry, environ, start_response)  # type: ignore[arg-type]
+            if decision.route is Route.SERVE_STALE:
+                return self._serve_stale(decision, environ, start_response)
             if decision.route is Route.FETCH:
                 return self._fetch(decision, environ, start_response)
             return self._pass(decision, environ, start_response)
@@ -121,18 +123,59 @@ class MemoryOptimizer:
     # -- answering
 
     def _serve(
-        self, entry: Entry, environ: WSGIEnvironment, start_response: StartResponse
+        self,
+        entry: Entry,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        then: Callable[[], object] | None = None,
     ) -> Iterable[bytes]:
         """The stored response as it is now (its ``Age`` brought up to date), or a ``304``
-        when the request's validators match it."""
-        now = self.cache.clock()
-        if entry.validated and is_not_modified(environ, entry.etag, entry.last_modified):
-            start_response("304 Not Modified", entry.not_modified_headers_at(now))
-            body = None
-        else:
-            start_response(entry.status, entry.hit_headers(now))
-            body = entry.body if environ.get("REQUEST_METHOD") == "GET" else None
-        return Replay(body, self.governor.request_finished, self.governor.request_dropped)
+        when the request's validators match it; ``then`` runs after the server closed it."""
+        status, headers, body = stored_response(entry, environ, self.cache.clock())
+        start_response(status, headers)
+        governor = self.governor
+        if then is None:
+            return Replay(body, governor.request_finished, governor.request_dropped)
+
+        def then_finish() -> None:
+            try:
+                then()
+            finally:
+                governor.request_finished()
+
+        return Replay(body, then_finish, governor.request_dropped)
+
+    def _serve_stale(
+        self, decision: Decision, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """A stale entry within its stale-while-revalidate window: served now; the request
+        that leads its refresh asks the app after its response is closed, so that no client
+        waits for it (RFC 5861 §3)."""
+        self.cache.served_stale("stale-while-revalidate")
+        entry = decision.entry
+        assert entry is not None
+        if decision.fill is None:
+            return self._serve(entry, environ, start_response)  # another request refreshes it
+        refresh = decision._replace(route=Route.FETCH)
+        return self._serve(entry, environ, start_response, lambda: self._refresh(refresh, environ))
+
+    def _refresh(self, decision: Decision, environ: WSGIEnvironment) -> None:
+        """Fetch (conditionally) what ``decision`` revalidates, for the cache alone: the
+        response goes nowhere but the store. Never raises."""
+        try:
+            capture = Capture(self.cache, decision, environ, _discard_response, _nothing, _nothing)
+            entry = decision.entry
+            assert entry is not None
+            app_environ = self.cache.revalidation_environ(environ, entry)
+            capture.app_iter = self.app(app_environ, capture.start_response)
+            for _ in capture:
+                pass
+            capture.close()
+        except Exception:
+            log.warning("[CACHE] refreshing a stale response failed", exc_info=True)
+        finally:
+            if decision.fill is not None:
+                self.cache.flights.end(decision.fill)
 
     def _fetch(
         self, decision: Decision, environ: WSGIEnvironment, start_response: StartResponse
@@ -147,10 +190,22 @@ class MemoryOptimizer:
             governor.request_finished,
             governor.request_dropped,
         )
+        stale = decision.entry
+        app_environ = environ
+        if stale is not None and stale.validated:
+            app_environ = self.cache.revalidation_environ(environ, stale)
         try:
-            app_iter = self.app(environ, capture.start_response)
-        except BaseException:
+            app_iter = self.app(app_environ, capture.start_response)
+        except Exception:
             capture.dismiss("app-error")  # releases single-flight waiters
+            if stale is not None and self.cache.clock() < stale.sie_until:
+                # The app is down: the stored response stands in (RFC 5861 §4).
+                log.warning("[CACHE] the app failed; serving a stale response", exc_info=True)
+                self.cache.served_stale("stale-if-error")
+                return self._serve(stale, environ, start_response)
+            raise
+        except BaseException:
+            capture.dismiss("app-error")
             raise
         if _is_file_wrapper(app_iter, environ):
             capture.hand_over("file-wrapper")  # the page cache holds that file already
@@ -161,17 +216,29 @@ class MemoryOptimizer:
     def _pass(
         self, decision: Decision, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
-        """The app's response, untouched but for ``Cache-Status`` saying why."""
+        """The app's response, untouched but for ``Cache-Status`` saying why; a response to
+        an unsafe method invalidates what its URIs had stored."""
         if decision.forward is None:
             return self._closing(self.app(environ, start_response), environ)
         status_headers = cache_status(decision.forward, decision.detail)
+        unsafe = environ.get("REQUEST_METHOD") not in SAFE_METHODS
 
         def start_with_status(
             status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
         ) -> Any:
+            if unsafe:
+                self._invalidate_after(environ, status, headers)
             return start_response(status, [*headers, *status_headers], exc_info)
 
         return self._closing(self.app(environ, start_with_status), environ)
+
+    def _invalidate_after(
+        self, environ: WSGIEnvironment, status: str, headers: list[tuple[str, str]]
+    ) -> None:
+        try:
+            self.cache.invalidate_after(environ, status, headers)
+        except Exception:
+            log.warning("[CACHE] could not invalidate after an unsafe method", exc_info=True)
 
     def _closing(self, app_iter: Iterable[bytes], environ: WSGIEnvironment) -> Iterable[bytes]:
         """``app_iter`` with the end of the request hooked to its ``close()``."""
@@ -193,6 +260,21 @@ class MemoryOptimizer:
     def memory_stats(self) -> dict[str, Any]:
         """The figures the ``stats`` endpoint returns."""
         return memory_stats(self.parts)
+
+
+def _discard_response(
+    status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
+) -> Callable[[bytes], object]:
+    """A ``start_response`` for a response nobody reads (a background refresh)."""
+    return _nothing_written
+
+
+def _nothing_written(data: bytes) -> None:
+    return None
+
+
+def _nothing() -> None:
+    return None
 
 
 def _is_file_wrapper(app_iter: Iterable[bytes], environ: WSGIEnvironment) -> bool:

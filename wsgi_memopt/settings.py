@@ -193,6 +193,14 @@ def _header_names(value: object) -> tuple[str, ...]:
     return tuple(sorted({str(name).lower() for name in names}))
 
 
+def _ordered_header_names(value: object) -> tuple[str, ...]:
+    # An empty value is allowed: no header at all.
+    names = [] if value in ("", "none") else _items(value)
+    if not all(isinstance(name, str) and _TOKEN.fullmatch(name) for name in names):
+        raise _Invalid("expected HTTP header names in order, e.g. 'CDN-Cache-Control', or none")
+    return tuple(dict.fromkeys(str(name).lower() for name in names))
+
+
 def _gc_threshold(value: object) -> tuple[int, ...]:
     rule = "expected 1 to 3 non-negative integers for gc.set_threshold, e.g. '700,10,10'"
     try:
@@ -310,6 +318,12 @@ class Settings:
         _header_names,
         "request headers added to every cache key; a forwarding header named here stops "
         "bypassing the cache",
+    )
+    cache_targeted_fields: tuple[str, ...] = _setting(
+        ("wsgi-memopt-cache-control", "cdn-cache-control"),
+        _ordered_header_names,
+        "targeted cache-control fields obeyed before Cache-Control (RFC 9213), first found "
+        "wins; none: Cache-Control only",
     )
     cache_lock_timeout_s: float = _setting(
         5.0,

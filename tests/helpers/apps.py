@@ -38,10 +38,13 @@ class CountingApp:
         self.echo = echo
         self.calls = 0
         self.paths: list[str] = []
+        # Each call's preconditions (If-None-Match, If-Modified-Since, ...): a revalidation's.
+        self.preconditions: list[dict[str, str]] = []
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         self.calls += 1
         self.paths.append(environ["PATH_INFO"])
+        self.preconditions.append({k: v for k, v in environ.items() if k.startswith("HTTP_IF_")})
         body = self.body + b" #%d" % self.calls
         if self.echo is not None:
             body += b" " + repr(environ.get(self.echo)).encode()

@@ -25,13 +25,14 @@ what is safe in any thread at any moment: no lock, no pause.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..closing import close_dropped
-from .decision import Decision, ResponseCache, cache_status
+from .decision import Decision, ResponseCache, cache_status, stored_response
 from .entry import Entry
-from .policy import ResponseVerdict, assess_response, variant_key
+from .policy import ResponseVerdict, variant_key
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
@@ -63,9 +64,12 @@ class Capture:
         "_on_close",
         "_on_drop",
         "_pending",
+        "_requested_at",
+        "_responded_at",
         "_server_start_response",
         "_size",
         "_status",
+        "_swapped",
         "_write",
         "app_iter",
         "decision",
@@ -101,6 +105,9 @@ class Capture:
         self._entry: Entry | None = None  # stored, while it stays so
         self._counted = False  # stored or refused, in the cache's counts
         self._closed = False  # close() (or the finalizer) ran
+        self._requested_at = time.time()  # the fetch's start: the response's age counts from it
+        self._responded_at = self._requested_at
+        self._swapped: Entry | None = None  # the stored response sent instead of the app's
 
     # -- what the app sees
 
@@ -112,19 +119,14 @@ class Capture:
     ) -> Callable[[bytes], object]:
         """Record the response and decide whether it may be stored. The server gets it now
         if not, else with the body's first bytes (see the module docstring)."""
+        if self.decision.entry is not None and self._stands_in(status, headers, exc_info):
+            return self.write
         if exc_info is not None:
             self.refuse("app-error")
         else:
-            cache = self._cache
             try:
-                verdict = self.verdict = assess_response(
-                    status,
-                    headers,
-                    self.decision.credentials,
-                    cache.statuses,
-                    cache.item_limit,
-                    cache.ttl_cap,
-                    default_ttl=cache.default_ttl,
+                verdict = self.verdict = self._cache.assess(
+                    status, headers, self.decision.credentials
                 )
             except Exception:
                 log.warning("[CACHE] could not assess a response; not storing it", exc_info=True)
@@ -135,6 +137,7 @@ class Capture:
                 else:
                     self.reason = None
                     self._status = status
+                    self._responded_at = time.time()
                     self._headers = headers
         if self.reason is None and self._write is None:
             self._pending = (status, headers)
@@ -143,9 +146,48 @@ class Capture:
             self._send_headers(status, headers, exc_info)
         return self.write
 
+    def _stands_in(
+        self, status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None
+    ) -> bool:
+        """Whether the stale entry this fetch revalidates answers instead of the app's
+        response: freshened by a ``304`` (RFC 9111 §4.3.4), or as it is when the app answers
+        an error within the entry's stale-if-error window (RFC 5861). Never raises: a failure
+        here is the cache's, and the app's response goes through as it is."""
+        stale = self.decision.entry
+        assert stale is not None
+        try:
+            cache, now = self._cache, self._cache.clock()
+            if status.startswith("304") and exc_info is None and stale.validated:
+                entry = cache.revalidated(
+                    stale, headers, self.decision.credentials, self._requested_at, time.time()
+                )
+                self._swap(entry, "wsgi-memopt; fwd=stale; fwd-status=304; detail=revalidated")
+                return True
+            if (exc_info is not None or status[:1] == "5") and now < stale.sie_until:
+                code = status[:3] if exc_info is None else "error"
+                value = f"wsgi-memopt; fwd=stale; fwd-status={code}; detail=stale-if-error"
+                self._swap(stale, value)
+                return True
+        except Exception:
+            log.warning("[CACHE] could not revalidate a stored response", exc_info=True)
+        return False
+
+    def _swap(self, entry: Entry, status_value: str) -> None:
+        """Send ``entry`` (or a 304 of it, if the client's validators match) instead of the
+        app's response, whose body is read and dropped."""
+        how = status_value.rsplit("=", 1)[1]
+        self.refuse(how)  # the app's response is not stored
+        self._counted = True
+        self._cache.served_stale(how)
+        self._swapped = entry
+        status, headers, _ = stored_response(entry, self.environ, self._cache.clock(), status_value)
+        self._pending = (status, headers)
+
     def write(self, data: bytes) -> object:
         """The legacy ``write()`` callable: passed on, and the response is not stored (what
         it sends bypasses the iterable, so it is never seen whole)."""
+        if self._swapped is not None:
+            return None  # the stored response answers: the app's bytes go nowhere
         if self.reason is None:
             self.refuse("write-callable")
         self._send_pending()
@@ -213,6 +255,9 @@ class Capture:
         return self._tee()
 
     def _tee(self) -> Iterator[bytes]:
+        if self._swapped is not None:
+            yield from self._stand_in()
+            return
         for chunk in self.app_iter:
             if self._chunks is not None:
                 self._copy(chunk)
@@ -230,6 +275,18 @@ class Capture:
             else:
                 self.refuse("content-length")  # shorter than it declared
         self._send_pending()  # an empty body's headers
+
+    def _stand_in(self) -> Iterator[bytes]:
+        """The swapped-in stored response: the app's body is read (its iterable may have work
+        to finish) and dropped."""
+        for _ in self.app_iter:
+            pass
+        self._send_pending()
+        entry = self._swapped
+        assert entry is not None
+        _, _, body = stored_response(entry, self.environ, self._cache.clock())
+        if body:
+            yield body
 
     def _copy(self, chunk: bytes) -> None:
         self._size += len(chunk)
@@ -251,9 +308,11 @@ class Capture:
     def _send_headers(
         self, status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
     ) -> None:
-        stored = self._entry is not None
-        status_headers = cache_status(self.decision.forward or "miss", self.reason, stored)
-        self._write = self._server_start_response(status, [*headers, *status_headers], exc_info)
+        if self._swapped is None:
+            stored = self._entry is not None
+            forward = self.decision.forward or "miss"
+            headers = [*headers, *cache_status(forward, self.reason, stored)]
+        self._write = self._server_start_response(status, headers, exc_info)
 
     def _send_pending(self) -> None:
         pending, self._pending = self._pending, None
@@ -323,18 +382,19 @@ class Capture:
         assert base_key is not None  # a fetch always has one
         key = variant_key(base_key, verdict.vary, self.environ) if verdict.vary else base_key
         try:
-            entry = Entry(
+            entry = cache.entry_for(
                 key,
                 base_key,
                 self._status,
-                tuple(headers),
+                headers,
                 body,
-                cache.clock(),
-                verdict.lifetime,
-                verdict.shareable_with_credentials,
-                verdict.etag,
-                verdict.last_modified,
+                verdict,
+                self._requested_at,
+                self._responded_at,
             )
+            if entry.keep_until <= cache.clock():
+                self.refuse("stale")  # older than its lifetime on arrival, and no validator
+                return
             stored = cache.stored(entry, verdict.vary)
         except Exception:
             log.warning("[CACHE] storing a response failed; it was served uncached", exc_info=True)

@@ -24,6 +24,7 @@ import enum
 import functools
 import itertools
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -32,10 +33,15 @@ from ..settings import MB
 from .entry import Entry
 from .flight import Fill, Flights
 from .policy import (
+    PRECONDITION_KEYS,
+    SAFE_METHODS,
     CacheKey,
+    ResponseVerdict,
+    assess_response,
     bypass_environ_keys,
     has_body,
     has_credentials,
+    is_not_modified,
     key_host,
     key_variables,
     path_filter,
@@ -47,7 +53,7 @@ from .store import ResponseStore
 if TYPE_CHECKING:
     from ..settings import Settings
 
-__all__ = ["Decision", "ResponseCache", "Route", "cache_status"]
+__all__ = ["Decision", "ResponseCache", "Route", "cache_status", "stored_response"]
 
 _CACHEABLE_METHODS = ("GET", "HEAD")
 # How long a page whose response could not be stored is remembered as such (at most
@@ -58,8 +64,9 @@ _REMEMBER_UNCACHEABLE_S = 120.0
 class Route(enum.Enum):
     """Where a request's response comes from."""
 
-    SERVE = "serve"  # the stored response
-    FETCH = "fetch"  # the app's, captured to be stored
+    SERVE = "serve"  # the stored response, fresh
+    SERVE_STALE = "serve-stale"  # the stored response, stale: refreshed after it is sent
+    FETCH = "fetch"  # the app's, captured to be stored (asked conditionally to revalidate)
     PASS = "pass"  # the app's, untouched but for Cache-Status
 
 
@@ -69,7 +76,9 @@ class Decision(NamedTuple):
     ``forward`` and ``detail`` are the ``fwd=`` and ``detail=`` of ``Cache-Status`` (RFC
     9211) for a response not served from the cache (``forward`` None: the cache is off, no
     header at all). A fetch carries the base ``key`` to store under, whether the request has
-    ``credentials``, and the single-flight ``fill`` it leads, if any.
+    ``credentials``, the single-flight ``fill`` it leads, if any, and the stale ``entry`` it
+    revalidates (and serves if the app fails within its stale-if-error window), if any. A
+    stale serve carries the ``fill`` of the refresh it leads, if any.
     """
 
     route: Route
@@ -106,6 +115,24 @@ def cache_status(
     return (("Cache-Status", value), ("X-Cache", "MISS"))
 
 
+def stored_response(
+    entry: Entry, environ: Mapping[str, Any], now: float, status_value: str | None = None
+) -> tuple[str, list[tuple[str, str]], bytes | None]:
+    """What a request is answered from ``entry`` at ``now``: a ``304`` when its validators
+    match the request's (RFC 9110 §13.2.2), else the stored response (its body for a GET,
+    none for a HEAD). ``status_value`` replaces the ``Cache-Status`` of a plain hit."""
+    if entry.validated and is_not_modified(environ, entry.etag, entry.last_modified):
+        status, headers, body = "304 Not Modified", entry.not_modified_headers_at(now), None
+    else:
+        status, headers = entry.status, entry.hit_headers(now)
+        body = entry.body if environ.get("REQUEST_METHOD") == "GET" else None
+    if status_value is not None:
+        headers = [
+            (name, status_value if name == "Cache-Status" else value) for name, value in headers
+        ]
+    return status, headers, body
+
+
 class ResponseCache:
     """Decides what each request gets, and keeps the responses it may store in ``store``.
 
@@ -126,6 +153,7 @@ class ResponseCache:
         self.statuses = frozenset(settings.cache_statuses)
         self.ttl_cap = settings.cache_ttl_s
         self.default_ttl = settings.cache_default_ttl_s
+        self.targeted_fields = settings.cache_targeted_fields
         self.lock_wait_s = settings.cache_lock_timeout_s
         if store is None:
             store = ResponseStore(
@@ -149,6 +177,7 @@ class ResponseCache:
         self._misses = itertools.count()
         self._bypassed = Tally()
         self._rejected = Tally()
+        self._stale = Tally()  # stale responses served or revalidated, by how
         # Made now: a response collected unclosed is counted from a finalizer, which may run
         # where the tally's lock is held, so that count must never need the lock.
         self._rejected.counter("dropped")
@@ -184,8 +213,9 @@ class ResponseCache:
             or has_body(environ)
         ):
             return None
-        _, entry = self.store.lookup(self.key(environ), environ, self.store.clock())
-        if entry is None or not _may_serve(entry, has_credentials(environ)):
+        now = self.store.clock()
+        _, entry = self.store.lookup(self.key(environ), environ, now)
+        if entry is None or now >= entry.expires or not _may_serve(entry, has_credentials(environ)):
             return None
         next(self._hits)
         return entry
@@ -215,9 +245,20 @@ class ResponseCache:
             if method == "HEAD":
                 return self._pass("request", "head")  # nothing to refresh the entry with
             return self._fetch(key, "request", credentials)
-        lookup_key, entry = self.store.lookup(key, environ, self.store.clock())
+        now = self.store.clock()
+        lookup_key, entry = self.store.lookup(key, environ, now)
         if entry is not None and _may_serve(entry, credentials):
-            return self._serve(entry)
+            if now < entry.expires:
+                return self._serve(entry)
+            if now < entry.swr_until:
+                # Stale, within stale-while-revalidate: served now, one refresh after it.
+                fill, _ = self.flights.join(lookup_key, self.lock_wait_s, now)
+                next(self._hits)
+                return Decision(Route.SERVE_STALE, "stale", entry=entry, key=key, fill=fill)
+            if method == "GET":
+                # Stale: the app is asked (conditionally, when it has a validator); the stored
+                # response stands in if the app fails within its stale-if-error window.
+                return self._fetch(key, "stale", credentials, entry=entry)
         if method == "HEAD":
             return self._pass("miss", "head")  # a HEAD response has no body to store
         if credentials:
@@ -239,13 +280,15 @@ class ResponseCache:
         fill, event = self.flights.join(lookup_key, self.lock_wait_s, self.store.clock())
         if event is not None:
             event.wait(self.lock_wait_s)
-            _, entry = self.store.lookup(key, environ, self.store.clock())
-            if entry is not None:
+            now = self.store.clock()
+            _, entry = self.store.lookup(key, environ, now)
+            if entry is not None and now < entry.expires:
                 return self._serve(entry)
             return self._fetch(key)
         # Stored by the previous fill between our lookup and now?
-        _, entry = self.store.lookup(key, environ, self.store.clock())
-        if entry is not None:
+        now = self.store.clock()
+        _, entry = self.store.lookup(key, environ, now)
+        if entry is not None and now < entry.expires:
             self.flights.end(fill)  # type: ignore[arg-type]
             return self._serve(entry)
         return self._fetch(key, fill=fill)
@@ -263,10 +306,11 @@ class ResponseCache:
         forward: str = "miss",
         credentials: bool = False,
         fill: Fill | None = None,
+        entry: Entry | None = None,
     ) -> Decision:
-        if forward == "miss":
+        if forward != "request":
             next(self._misses)
-        return Decision(Route.FETCH, forward, key=key, credentials=credentials, fill=fill)
+        return Decision(Route.FETCH, forward, None, entry, key, credentials, fill)
 
     def passing_on_error(self) -> Decision:
         """The decision for a request whose deciding failed: passed through, and counted
@@ -282,6 +326,131 @@ class ResponseCache:
         return passing(forward, detail)
 
     # -- what became of responses
+
+    def assess(
+        self, status: str, headers: list[tuple[str, str]], credentials: bool
+    ) -> ResponseVerdict:
+        """Whether a response to a GET may be stored, by this cache's settings."""
+        return assess_response(
+            status,
+            headers,
+            credentials,
+            self.statuses,
+            self.item_limit,
+            self.ttl_cap,
+            default_ttl=self.default_ttl,
+            targeted=self.targeted_fields,
+        )
+
+    def entry_for(
+        self,
+        key: CacheKey,
+        base_key: CacheKey,
+        status: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        verdict: ResponseVerdict,
+        requested_at: float,
+        responded_at: float,
+    ) -> Entry:
+        """The entry of a response that ``verdict`` lets store; ``requested_at`` and
+        ``responded_at`` (POSIX seconds) date the request that fetched it. Its initial age
+        is RFC 9111 §4.2.3's: the larger of what its ``Date`` says and its ``Age`` plus the
+        time the fetch took."""
+        apparent = max(responded_at - verdict.date, 0.0) if verdict.date is not None else 0.0
+        initial_age = max(apparent, verdict.age + max(responded_at - requested_at, 0.0))
+        return Entry(
+            key,
+            base_key,
+            status,
+            tuple(headers),
+            body,
+            self.store.clock(),
+            verdict.lifetime,
+            verdict.shareable_with_credentials,
+            verdict.etag,
+            verdict.last_modified,
+            initial_age=initial_age,
+            must_revalidate=verdict.must_revalidate,
+            stale_while_revalidate=verdict.stale_while_revalidate,
+            stale_if_error=verdict.stale_if_error,
+            revalidate_for=self.ttl_cap,
+        )
+
+    def revalidated(
+        self,
+        stale: Entry,
+        headers: list[tuple[str, str]],
+        credentials: bool,
+        requested_at: float,
+        responded_at: float,
+    ) -> Entry:
+        """``stale`` freshened by a ``304`` with ``headers`` (RFC 9111 §4.3.4): each field the
+        304 sends replaces the stored one (``Content-Length`` aside: the body is the stored
+        one), and the entry is stored again if the result may be. Returned either way: the
+        304 validated it for the request that asked."""
+        sent = {name.lower() for name, _ in headers} - {"content-length"}
+        merged = [pair for pair in stale.headers if pair[0].lower() not in sent]
+        merged += [pair for pair in headers if pair[0].lower() in sent]
+        verdict = self.assess(stale.status, merged, credentials)
+        storable = verdict.reason is None
+        if not storable:
+            self.store.discard(stale)  # served this once, never again
+        entry = self.entry_for(
+            stale.key,
+            stale.base_key,
+            stale.status,
+            merged,
+            stale.body,
+            verdict,
+            requested_at,
+            responded_at,
+        )
+        if storable and self.store.clock() < entry.keep_until:
+            self.stored(entry, verdict.vary)
+        return entry
+
+    def served_stale(self, how: str) -> None:
+        """Count a stale response served (``stale-while-revalidate``, ``stale-if-error``) or
+        freshened by the app's ``304`` (``revalidated``)."""
+        self._stale.add(how)
+
+    def revalidation_environ(self, environ: Mapping[str, Any], entry: Entry) -> dict[str, Any]:
+        """A copy of ``environ`` that asks the app for ``entry``'s URL only if it changed:
+        the client's own preconditions replaced by the entry's validators (RFC 9111 §4.3.1)."""
+        conditional = {k: v for k, v in environ.items() if k not in PRECONDITION_KEYS}
+        if entry.etag is not None:
+            conditional["HTTP_IF_NONE_MATCH"] = entry.etag
+        last_modified = next(
+            (value for name, value in entry.headers if name.lower() == "last-modified"), None
+        )
+        if last_modified is not None:
+            conditional["HTTP_IF_MODIFIED_SINCE"] = last_modified
+        return conditional
+
+    def invalidate_after(
+        self, environ: Mapping[str, Any], status: str, headers: list[tuple[str, str]]
+    ) -> int:
+        """After a response to an unsafe method: when it is not an error, drop what is
+        stored for the request's URI and for the same-host URIs its ``Location`` and
+        ``Content-Location`` name (RFC 9111 §4.4); returns how many entries went."""
+        if environ.get("REQUEST_METHOD") in SAFE_METHODS or not "200" <= status[:3] < "400":
+            return 0
+        key = self.key(environ)
+        host = key_host(key)
+        if host is None:
+            return 0
+        path = str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))
+        query = str(environ.get("QUERY_STRING", ""))
+        dropped = self.store.invalidate_uri(host, path, query)
+        base = f"{environ.get('wsgi.url_scheme', 'http')}://{host}{urllib.parse.quote(path)}"
+        for name, value in headers:
+            if name.lower() in ("location", "content-location"):
+                target = urllib.parse.urlsplit(urllib.parse.urljoin(base, value))
+                if target.netloc == host:
+                    target_path = urllib.parse.unquote(target.path)
+                    dropped += self.store.invalidate_uri(host, target_path, target.query)
+        return dropped
 
     def refused(self, reason: str) -> None:
         """Count a response that was not stored, by reason."""
@@ -309,6 +478,7 @@ class ResponseCache:
             "hit_rate": round(hits / lookups, 4) if lookups else 0.0,
             "rejected": self._rejected.snapshot(),
             "bypassed": self._bypassed.snapshot(),
+            "stale": self._stale.snapshot(),
         }
 
     @property
@@ -346,3 +516,4 @@ class ResponseCache:
         self.store.after_fork()
         self._bypassed = Tally()._adopt(self._bypassed)
         self._rejected = Tally()._adopt(self._rejected)
+        self._stale = Tally()._adopt(self._stale)

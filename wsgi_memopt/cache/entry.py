@@ -31,6 +31,11 @@ class Entry:
     ``Cache-Status`` and ``X-Cache``) and ``replay_until`` the moment it stops being right:
     when its ``Age`` is a second old or the entry expires, whichever comes first. Before that
     a hit needs no other check.
+
+    Its age (RFC 9111 §4.2.3) is ``initial_age`` (what it had when stored: its ``Age``
+    header and the time it took to arrive) plus its time here; it is fresh until
+    ``expires``. Past that it may still be served while revalidated (``swr_until``), when the
+    app fails (``sie_until``), or, with a validator, be revalidated, until ``keep_until``.
     """
 
     __slots__ = (
@@ -40,13 +45,18 @@ class Entry:
         "etag",
         "expires",
         "headers",
+        "initial_age",
+        "keep_until",
         "key",
         "last_modified",
+        "must_revalidate",
         "replay",
         "replay_until",
         "shareable_with_credentials",
+        "sie_until",
         "size",
         "status",
+        "swr_until",
         "validated",
     )
 
@@ -62,18 +72,36 @@ class Entry:
         shareable_with_credentials: bool = False,
         etag: str | None = None,
         last_modified: float | None = None,
+        *,
+        initial_age: float = 0.0,
+        must_revalidate: bool = False,
+        stale_while_revalidate: float = 0.0,
+        stale_if_error: float = 0.0,
+        revalidate_for: float = 0.0,
     ) -> None:
         self.key = key
         self.base_key = base_key
         self.status = status
-        self.headers = headers
+        # Its own Age goes: a hit says the entry's age (see rebuild_hit_headers).
+        self.headers = tuple([pair for pair in headers if pair[0].lower() != "age"])
         self.body = body
         self.created = created
-        self.expires = created + lifetime
+        self.initial_age = initial_age
+        self.expires = created + lifetime - initial_age
         self.shareable_with_credentials = shareable_with_credentials
         self.etag = etag
         self.last_modified = last_modified
         self.validated = etag is not None or last_modified is not None  # may answer a 304
+        # must-revalidate and its kin forbid serving it stale, in any window. A deadline equal
+        # to another is the same float: an entry holds no more objects than it needs.
+        self.must_revalidate = must_revalidate
+        swr = 0.0 if must_revalidate else stale_while_revalidate
+        sie = 0.0 if must_revalidate else stale_if_error
+        self.swr_until = self.expires + swr if swr else self.expires
+        self.sie_until = self.expires + sie if sie else self.expires
+        # How long past both a validator keeps it worth a conditional request.
+        last = max(self.swr_until, self.sie_until)
+        self.keep_until = last + revalidate_for if self.validated and revalidate_for else last
         # Built by settle() when stored, so that their memory is always accounted.
         self.replay: list[tuple[str, str]] = _NOT_BUILT
         self.replay_until = _NEVER
@@ -93,7 +121,14 @@ class Entry:
         built.
         """
         self.status = sys.intern(self.status)
-        self.headers = tuple([(sys.intern(str(name)), value) for name, value in self.headers])
+        # Its own Age goes: a hit says the entry's age (see rebuild_hit_headers).
+        self.headers = tuple(
+            [
+                (sys.intern(str(name)), value)
+                for name, value in self.headers
+                if name.lower() != "age"
+            ]
+        )
         base_key = intern_scheme(self.base_key)
         self.key = base_key if self.key is self.base_key else (base_key, *self.key[1:])
         self.base_key = base_key
@@ -106,7 +141,6 @@ class Entry:
         headers, replay, body = self.headers, self.replay, self.body
         size = (
             _ENTRY
-            + 2 * _FLOAT  # created, expires
             + _INT  # size, once set
             + key_size(self.base_key)
             + _TUPLE_BASE
@@ -122,17 +156,26 @@ class Entry:
             size += _BYTES_BASE + len(body)
         if self.key is not self.base_key:
             size += _TUPLE_BASE + 3 * _POINTER + part_size(self.key[1]) + part_size(self.key[2])
-        if self.replay_until is not self.expires:
-            size += _FLOAT
-        if self.last_modified is not None:
-            size += _FLOAT
+        # Its deadlines and ages: each float object once, however many names share it.
+        floats = (
+            self.created,
+            self.expires,
+            self.initial_age,
+            self.swr_until,
+            self.sie_until,
+            self.keep_until,
+            self.replay_until,
+            self.last_modified,
+        )
+        size += _FLOAT * len({id(value) for value in floats if type(value) is float})
         return size
 
     def rebuild_hit_headers(self, now: float) -> list[tuple[str, str]]:
         """Age the replayed headers to ``now``; returns them (the server must get a copy)."""
         # A request that waited for another's fetch read the clock before the entry existed.
-        age = max(int(now - self.created), 0)
-        ttl = max(round(self.expires - self.created) - age, 0)
+        age = max(int(self.initial_age + now - self.created), 0)
+        # Its freshness lifetime less its age, in whole seconds (RFC 9211: negative once stale).
+        ttl = round(self.expires - self.created + self.initial_age) - age
         replay = [
             *self.headers,
             (_AGE, str(age)),
@@ -141,7 +184,7 @@ class Entry:
         ]
         # The list first: a hit reading the pair in between sends an Age a second behind.
         self.replay = replay
-        until = self.created + age + 1
+        until = self.created + age + 1 - self.initial_age
         self.replay_until = until if until < self.expires else self.expires
         return replay
 

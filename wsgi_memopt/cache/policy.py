@@ -41,7 +41,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from werkzeug.datastructures import ETags
-from werkzeug.http import parse_date, parse_dict_header, parse_etags, unquote_etag
+from werkzeug.http import parse_dict_header, parse_etags, unquote_etag
+
+from .dates import http_date
 
 __all__ = [
     "BYPASS_HEADERS",
@@ -50,6 +52,8 @@ __all__ = [
     "HEURISTIC_STATUSES",
     "KEY_VARIABLES",
     "NO_BODY_LENGTHS",
+    "PRECONDITION_KEYS",
+    "SAFE_METHODS",
     "CacheKey",
     "ResponseVerdict",
     "assess_response",
@@ -61,6 +65,7 @@ __all__ = [
     "is_not_modified",
     "key_host",
     "key_path",
+    "key_query",
     "key_route",
     "key_variables",
     "normalized_path",
@@ -110,6 +115,18 @@ FORWARDED_KEY_HEADERS = ("x-forwarded-port", "x-forwarded-prefix", "x-forwarded-
 BYPASS_HEADERS = tuple(name for name in FORWARDING_HEADERS if name not in FORWARDED_KEY_HEADERS)
 # The request's own directives: which rule applies is the full path's to work out.
 DIRECTIVE_HEADERS = ("cache-control", "pragma")
+# RFC 9110 §9.2.1: the safe methods. A non-error response to any other invalidates what is
+# stored for its target URI (RFC 9111 §4.4).
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+# The request's preconditions (RFC 9110 §13.1): a revalidation replaces the client's with
+# the stored response's validators.
+PRECONDITION_KEYS = (
+    "HTTP_IF_MATCH",
+    "HTTP_IF_NONE_MATCH",
+    "HTTP_IF_MODIFIED_SINCE",
+    "HTTP_IF_UNMODIFIED_SINCE",
+    "HTTP_IF_RANGE",
+)
 # A body makes a GET's page depend on what the key does not hold: Transfer-Encoding, or a
 # Content-Length other than these (absent, as gunicorn leaves it; empty, as werkzeug's
 # server sets it; zero).
@@ -136,8 +153,8 @@ KEY_VARIABLES = (
     "RAW_URI",
     "REQUEST_URI",
 )
-_HOST, _SCRIPT_NAME, _PATH_INFO = map(
-    KEY_VARIABLES.index, ("HTTP_HOST", "SCRIPT_NAME", "PATH_INFO")
+_HOST, _SCRIPT_NAME, _PATH_INFO, _QUERY = map(
+    KEY_VARIABLES.index, ("HTTP_HOST", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING")
 )
 CacheKey = tuple[Any, ...]
 
@@ -173,6 +190,11 @@ def key_host(base_key: CacheKey) -> str | None:
     """The ``Host`` of a base key; None for a request that sent none (HTTP/1.0), which a
     cache cannot tell apart from another server name's: such requests pass through."""
     return base_key[_HOST]  # type: ignore[no-any-return]
+
+
+def key_query(base_key: CacheKey) -> str:
+    """The query string of a base key ("" when there is none)."""
+    return base_key[_QUERY] or ""
 
 
 def key_route(base_key: CacheKey) -> str:
@@ -300,12 +322,17 @@ class ResponseVerdict(NamedTuple):
     """Whether a response may be stored, and what the store needs to know about it."""
 
     reason: str | None  # why it may not be stored; None when it may
-    lifetime: float = 0.0  # seconds of freshness
+    lifetime: float = 0.0  # seconds of freshness (0: to be revalidated before any reuse)
     shareable_with_credentials: bool = False  # public / s-maxage: may serve Authorization/Cookie
     vary: tuple[str, ...] = ()  # environ keys of the Vary headers, sorted
     content_length: int | None = None
     etag: str | None = None
     last_modified: float | None = None  # POSIX seconds
+    age: float = 0.0  # the response's own Age header: seconds it spent in caches upstream
+    date: float | None = None  # its Date, POSIX seconds
+    must_revalidate: bool = False  # never served stale (must-/proxy-revalidate, s-maxage, no-cache)
+    stale_while_revalidate: float = 0.0  # RFC 5861 windows, seconds past expiry
+    stale_if_error: float = 0.0
 
 
 # One verdict object per refusal reason, made once: refusing must cost next to nothing.
@@ -339,6 +366,7 @@ _READ = (
     "etag",
     "last-modified",
     "content-length",
+    "age",
 )
 _HEADER_KINDS: dict[str, str] = {
     **{name: name for name in _READ},
@@ -357,87 +385,107 @@ def assess_response(
     ttl_cap: float,
     now: float | None = None,
     default_ttl: float = 0.0,
+    targeted: Sequence[str] = (),
 ) -> ResponseVerdict:
     """Decide at ``start_response`` time whether a GET response may be stored.
 
     ``default_ttl`` is ``cache_default_ttl_s``: the lifetime of a response without explicit
     freshness (when its heuristic freshness is shorter); ``ttl_cap`` caps every lifetime.
+    ``targeted`` names the targeted fields this cache obeys (RFC 9213), lower-cased, in order:
+    the first one present replaces ``Cache-Control`` and ``Expires``. ``now``: POSIX seconds.
     """
     code = _status_code(status)
     if code not in statuses:
         return _REFUSED["status"]
-    cache_control = vary = expires = date = etag = last_modified = length = None
-    kinds = _HEADER_KINDS
+    fields: dict[str, str] = {}
     for name, value in headers:
-        kind = kinds.get(name)
+        kind = _HEADER_KINDS.get(name)
         if kind is None:
-            kind = kinds.get(name.lower(), _OTHER)  # an unusual spelling of the name
+            kind = name.lower()  # an unusual spelling, or a header only targeted fields name
+            kind = _HEADER_KINDS.get(kind, kind if kind in targeted else _OTHER)
         if kind is _OTHER:
             continue
-        # The commonest first: nearly every response has a Content-Length.
-        if kind == "content-length":
-            length = value
-        elif kind == "cache-control":
-            cache_control = value if cache_control is None else f"{cache_control}, {value}"
-        elif kind == "date":
-            date = value
-        elif kind == "set-cookie":
+        if kind == "set-cookie":
             return _REFUSED["set-cookie"]
-        elif kind == "vary":
-            vary = value if vary is None else f"{vary}, {value}"
-        elif kind == "etag":
-            etag = value
-        elif kind == "last-modified":
-            last_modified = value
-        else:
-            expires = value
-
-    if cache_control is None:
-        # No directives: the usual response of an app that does not think of caching.
+        # A field sent on several lines is one comma-separated list (RFC 9110 §5.3).
+        fields[kind] = f"{fields[kind]}, {value}" if kind in fields else value
+    if not fields.keys() - {"content-length"}:
+        # No caching header at all: the usual response of an app that does not think of it.
         if credentials:
             return _REFUSED["credentials"]
-        if vary is None and expires is None and etag is None and last_modified is None:
-            return _plain_verdict(length, item_limit, min(default_ttl, ttl_cap))
-        directives: Mapping[str, str | None] = _NO_DIRECTIVES
-    else:
-        directives = cache_directives(cache_control)
-    for refusal in ("no-store", "private", "no-cache"):
+        return _plain_verdict(fields.get("content-length"), item_limit, min(default_ttl, ttl_cap))
+
+    control = next((fields[name] for name in targeted if fields.get(name, "").strip()), None)
+    expires = None
+    if control is None:
+        control, expires = fields.get("cache-control"), fields.get("expires")
+    directives = _NO_DIRECTIVES if control is None else cache_directives(control)
+    for refusal in ("no-store", "private"):
         if refusal in directives:
             return _REFUSED[refusal]
     s_maxage = _seconds(directives, "s-maxage")
     shareable = "public" in directives or s_maxage is not None
     if credentials and not shareable:
         return _REFUSED["credentials"]
+    etag, last_modified = fields.get("etag"), fields.get("last-modified")
+    # no-cache: stored only to be revalidated before every reuse, which needs a validator.
+    no_cache = "no-cache" in directives
+    if no_cache and etag is None and last_modified is None:
+        return _REFUSED["no-cache"]
 
     vary_keys: tuple[str, ...] = ()
-    if vary is not None:
-        names = [part.strip() for part in vary.split(",") if part.strip()]
+    if "vary" in fields:
+        names = [part.strip() for part in fields["vary"].split(",") if part.strip()]
         if "*" in names:
             return _REFUSED["vary-star"]
         vary_keys = tuple(sorted({environ_key(name) for name in names}))
 
-    content_length = _content_length(length, item_limit)
+    content_length = _content_length(fields.get("content-length"), item_limit)
     if isinstance(content_length, ResponseVerdict):
         return content_length
 
-    max_age = _seconds(directives, "max-age")
-    modified = parse_date(last_modified) if last_modified else None
-    modified_at = modified.timestamp() if modified else None
-    lifetime = _lifetime(s_maxage, max_age, expires, date, ttl_cap, now)
+    date = http_date(fields["date"]) if "date" in fields else None
+    modified_at = http_date(last_modified) if last_modified else None
+    lifetime = _lifetime(s_maxage, _seconds(directives, "max-age"), expires, date, ttl_cap, now)
     if lifetime is None:
         # Nothing explicit: what RFC 9111 §4.2.2 allows, or what the operator set.
         heuristic = 0.0
         if modified_at is not None and code in HEURISTIC_STATUSES:
             heuristic = _heuristic_lifetime(modified_at, date, now)
         lifetime = min(max(heuristic, default_ttl), ttl_cap)
-        if lifetime <= 0:
+        if lifetime <= 0 and not no_cache:
             return _REFUSED["no-freshness"]
-    elif lifetime <= 0:
-        return _REFUSED["stale"]
-    return ResponseVerdict(None, lifetime, shareable, vary_keys, content_length, etag, modified_at)
+    elif lifetime <= 0 and etag is None and last_modified is None:
+        return _REFUSED["stale"]  # stale on arrival, and nothing to revalidate it with
+    return ResponseVerdict(
+        None,
+        0.0 if no_cache else max(lifetime, 0.0),
+        shareable,
+        vary_keys,
+        content_length,
+        etag,
+        modified_at,
+        age=_age(fields.get("age")),
+        date=date,
+        must_revalidate=no_cache
+        or s_maxage is not None
+        or "must-revalidate" in directives
+        or "proxy-revalidate" in directives,
+        stale_while_revalidate=max(_seconds(directives, "stale-while-revalidate") or 0, 0),
+        stale_if_error=max(_seconds(directives, "stale-if-error") or 0, 0),
+    )
 
 
 _NO_DIRECTIVES: Mapping[str, str | None] = {}
+
+
+def _age(value: str | None) -> float:
+    """An ``Age`` header's seconds (RFC 9111 §5.1); 0 when absent or not a number (the first
+    of several values counts)."""
+    if value is None:
+        return 0.0
+    first = value.split(",", 1)[0].strip()
+    return float(first) if first.isdecimal() else 0.0
 
 
 def _status_code(status: str) -> int:
@@ -478,7 +526,7 @@ def _lifetime(
     s_maxage: int | None,
     max_age: int | None,
     expires: str | None,
-    date: str | None,
+    date: float | None,
     ttl_cap: float,
     now: float | None,
 ) -> float | None:
@@ -489,23 +537,22 @@ def _lifetime(
     if max_age is not None:
         return min(float(max_age), ttl_cap)
     if expires is not None:
-        expires_at = parse_date(expires)
+        expires_at = http_date(expires)
         if expires_at is None:
             return 0.0  # RFC 9111 §5.3: an invalid Expires means "already expired"
-        return min(expires_at.timestamp() - _date_or_now(date, now), ttl_cap)
+        return min(expires_at - _date_or_now(date, now), ttl_cap)
     return None
 
 
-def _heuristic_lifetime(last_modified: float, date: str | None, now: float | None) -> float:
+def _heuristic_lifetime(last_modified: float, date: float | None, now: float | None) -> float:
     """RFC 9111 §4.2.2: a tenth of the time the response had gone unmodified when sent."""
     return max(_date_or_now(date, now) - last_modified, 0.0) * HEURISTIC_FRACTION
 
 
-def _date_or_now(date: str | None, now: float | None) -> float:
-    """POSIX seconds of the response's ``Date``, or of now when it has none (or garbage)."""
-    date_at = parse_date(date) if date else None
-    if date_at is not None:
-        return date_at.timestamp()
+def _date_or_now(date: float | None, now: float | None) -> float:
+    """The response's ``Date``, or now when it has none (or garbage): POSIX seconds."""
+    if date is not None:
+        return date
     return time.time() if now is None else now
 
 
@@ -525,7 +572,7 @@ def is_not_modified(
     if_modified_since = environ.get("HTTP_IF_MODIFIED_SINCE")
     if if_modified_since is None or last_modified is None:
         return False
-    since = _request_date(str(if_modified_since))
+    since = http_date(str(if_modified_since))
     return since is not None and since >= last_modified
 
 
@@ -549,20 +596,3 @@ def _remembered_etags(value: str) -> ETags:
 def _etag_value(etag: str) -> str:
     """A stored ``ETag`` header's tag, unquoted (the app's few tags: remembered)."""
     return unquote_etag(etag)[0] or ""
-
-
-def _request_date(value: str) -> float | None:
-    """POSIX seconds of an HTTP date in a request header, None when it is not one."""
-    if len(value) <= _REMEMBERED_VALUE_MAX:
-        return _remembered_date(value)
-    return _posix(value)
-
-
-@functools.lru_cache(maxsize=256)
-def _remembered_date(value: str) -> float | None:
-    return _posix(value)
-
-
-def _posix(value: str) -> float | None:
-    date = parse_date(value)
-    return None if date is None else date.timestamp()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..settings import MB
 from .entry import Entry, intern_scheme, part_size
-from .policy import CacheKey, variant_key
+from .policy import CacheKey, key_host, key_path, key_query, variant_key
 from .remembered import RememberedKeys
 
 __all__ = ["Entry", "ResponseStore", "Store"]
@@ -37,7 +37,8 @@ class Store(Protocol):
     def lookup(
         self, base_key: CacheKey, environ: Mapping[str, object], now: float
     ) -> tuple[CacheKey, Entry | None]:
-        """The full key of the request (its ``Vary`` variant) and the entry fresh at ``now``."""
+        """The full key of the request (its ``Vary`` variant) and the entry stored under it,
+        fresh or stale, while it is of use at ``now``."""
         ...
 
     def put(self, entry: Entry, vary: tuple[str, ...] = ()) -> bool:
@@ -110,15 +111,16 @@ class ResponseStore:
         self, base_key: CacheKey, environ: Mapping[str, object], now: float
     ) -> tuple[CacheKey, Entry | None]:
         """The full key of this request (the variant its ``Vary`` values select, if the page
-        varies) and the entry under it fresh at ``now``, or None. An expired entry is
-        dropped. Takes no lock: a hit only marks the entry as the most recently used."""
+        varies) and the entry under it, or None. The entry may be stale (the caller reads
+        ``expires``): one past its ``keep_until``, of no use any more, is dropped instead.
+        Takes no lock: a hit only marks the entry as the most recently used."""
         # Most sites vary no page: then a key is hashed once less.
         vary = self._vary.get(base_key) if self._vary else None
         key = base_key if vary is None or not vary[0] else variant_key(base_key, vary[0], environ)
         entry = self._entries.get(key)
         if entry is None:
             return key, None
-        if entry.expires <= now:
+        if entry.keep_until <= now:
             with self._lock:
                 if self._entries.get(key) is entry:
                     self._remove(entry)
@@ -226,12 +228,12 @@ class ResponseStore:
         return self.clock() >= self._next_sweep
 
     def sweep(self) -> int:
-        """Drop every expired entry; returns how many."""
+        """Drop every entry past its ``keep_until``; returns how many."""
         now = self.clock()
         with self._lock:
             self._next_sweep = now + self.cleanup_interval_s
             # list() first: a lock-free hit may reorder the dict while we look at it.
-            expired = [entry for entry in list(self._entries.values()) if entry.expires <= now]
+            expired = [e for e in list(self._entries.values()) if e.keep_until <= now]
             for entry in expired:
                 self._remove(entry)
             self.expirations += len(expired)
@@ -276,6 +278,21 @@ class ResponseStore:
                 self._remove(entry)
             self._uncacheable.forget_under(path_prefix, below)
             self._private.forget_under(path_prefix, below)
+        return len(doomed)
+
+    def invalidate_uri(self, host: str, path: str, query: str) -> int:
+        """Drop every entry of one URI: ``host``, ``path`` (``SCRIPT_NAME + PATH_INFO``) and
+        ``query``, whatever its variants and keyed header values; returns how many."""
+        with self._lock:
+            doomed = [
+                entry
+                for entry in list(self._entries.values())
+                if key_path(entry.base_key) == path
+                and key_query(entry.base_key) == query
+                and key_host(entry.base_key) == host
+            ]
+            for entry in doomed:
+                self._remove(entry)
         return len(doomed)
 
     def entries(self) -> list[Entry]:
