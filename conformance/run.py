@@ -173,8 +173,8 @@ def outcome(
     test_id: str, tests: dict[str, Test], results: dict[str, Any], seen: dict[str, str]
 ) -> str:
     """What the suite's own display calls a result: pass / fail (required, optimal), yes / no
-    (check), blocked (a test it depends on did not pass), setup (the harness failed), or
-    untested."""
+    (check), blocked (a test it depends on did not pass), setup (a step the test needs before
+    its own check, such as a response being stored, did not go as it expects), or untested."""
     if test_id in seen:
         return seen[test_id]
     test, result = tests[test_id], results.get(test_id)
