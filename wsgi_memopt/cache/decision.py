@@ -56,6 +56,11 @@ if TYPE_CHECKING:
 __all__ = ["Decision", "ResponseCache", "Route", "cache_status", "stored_response"]
 
 _CACHEABLE_METHODS = ("GET", "HEAD")
+# Fields a 304 does not update (RFC 9111 §3.2): they describe the stored body, which the 304
+# does not replace, and its validator.
+_KEPT_ON_REVALIDATION = frozenset(
+    {"content-length", "content-encoding", "content-md5", "content-range", "etag"}
+)
 # How long a page whose response could not be stored is remembered as such (at most
 # cache_ttl_s): Varnish's default for its hit-for-miss and hit-for-pass objects.
 _REMEMBER_UNCACHEABLE_S = 120.0
@@ -121,7 +126,8 @@ def stored_response(
     """What a request is answered from ``entry`` at ``now``: a ``304`` when its validators
     match the request's (RFC 9110 §13.2.2), else the stored response (its body for a GET,
     none for a HEAD). ``status_value`` replaces the ``Cache-Status`` of a plain hit."""
-    if entry.validated and is_not_modified(environ, entry.etag, entry.last_modified):
+    validators = entry.etag is not None or entry.modified is not None
+    if validators and is_not_modified(environ, entry.etag, entry.modified):
         status, headers, body = "304 Not Modified", entry.not_modified_headers_at(now), None
     else:
         status, headers = entry.status, entry.hit_headers(now)
@@ -375,6 +381,7 @@ class ResponseCache:
             stale_while_revalidate=verdict.stale_while_revalidate,
             stale_if_error=verdict.stale_if_error,
             revalidate_for=self.ttl_cap,
+            date=verdict.date,
         )
 
     def revalidated(
@@ -386,10 +393,11 @@ class ResponseCache:
         responded_at: float,
     ) -> Entry:
         """``stale`` freshened by a ``304`` with ``headers`` (RFC 9111 §4.3.4): each field the
-        304 sends replaces the stored one (``Content-Length`` aside: the body is the stored
-        one), and the entry is stored again if the result may be. Returned either way: the
+        304 sends replaces the stored one (but those that describe the stored body and its
+        identity, :data:`_KEPT_ON_REVALIDATION`), and the entry is stored again if the result
+        may be. Returned either way: the
         304 validated it for the request that asked."""
-        sent = {name.lower() for name, _ in headers} - {"content-length"}
+        sent = {name.lower() for name, _ in headers} - _KEPT_ON_REVALIDATION
         merged = [pair for pair in stale.headers if pair[0].lower() not in sent]
         merged += [pair for pair in headers if pair[0].lower() in sent]
         verdict = self.assess(stale.status, merged, credentials)

@@ -49,6 +49,7 @@ class Entry:
         "keep_until",
         "key",
         "last_modified",
+        "modified",
         "must_revalidate",
         "replay",
         "replay_until",
@@ -78,6 +79,7 @@ class Entry:
         stale_while_revalidate: float = 0.0,
         stale_if_error: float = 0.0,
         revalidate_for: float = 0.0,
+        date: float | None = None,
     ) -> None:
         self.key = key
         self.base_key = base_key
@@ -91,7 +93,10 @@ class Entry:
         self.shareable_with_credentials = shareable_with_credentials
         self.etag = etag
         self.last_modified = last_modified
-        self.validated = etag is not None or last_modified is not None  # may answer a 304
+        self.validated = etag is not None or last_modified is not None  # may be revalidated
+        # When it last changed, for a client's If-Modified-Since: its Last-Modified, else its
+        # Date (RFC 9111 §4.3.2).
+        self.modified = last_modified if last_modified is not None else date
         # must-revalidate and its kin forbid serving it stale, in any window. A deadline equal
         # to another is the same float: an entry holds no more objects than it needs.
         self.must_revalidate = must_revalidate
@@ -166,6 +171,7 @@ class Entry:
             self.keep_until,
             self.replay_until,
             self.last_modified,
+            self.modified,
         )
         size += _FLOAT * len({id(value) for value in floats if type(value) is float})
         return size

@@ -54,6 +54,7 @@ __all__ = [
     "NO_BODY_LENGTHS",
     "PRECONDITION_KEYS",
     "SAFE_METHODS",
+    "UNDERSTOOD_STATUSES",
     "CacheKey",
     "ResponseVerdict",
     "assess_response",
@@ -131,6 +132,14 @@ PRECONDITION_KEYS = (
 # Content-Length other than these (absent, as gunicorn leaves it; empty, as werkzeug's
 # server sets it; zero).
 NO_BODY_LENGTHS = frozenset({None, "", "0"})
+# RFC 9110 §15: the status codes it defines. A response marked must-understand is stored only
+# with one of these (RFC 9111 §5.2.2.3).
+UNDERSTOOD_STATUSES = frozenset(
+    {200, 201, 202, 203, 204, 205, 206, 300, 301, 302, 303, 304, 305, 307, 308}
+    | set(range(400, 418))
+    | {421, 422, 426}
+    | set(range(500, 506))
+)
 # RFC 9110 §15.1: the statuses a cache may give heuristic freshness (RFC 9111 §4.2.2).
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
 # RFC 9111 §4.2.2's "typical setting": a tenth of the time since Last-Modified.
@@ -350,6 +359,7 @@ _REFUSED = {
         "too-large",
         "stale",
         "no-freshness",
+        "must-understand",
     )
 }
 
@@ -420,11 +430,18 @@ def assess_response(
     if control is None:
         control, expires = fields.get("cache-control"), fields.get("expires")
     directives = _NO_DIRECTIVES if control is None else cache_directives(control)
-    for refusal in ("no-store", "private"):
-        if refusal in directives:
-            return _REFUSED[refusal]
+    if "must-understand" in directives:
+        # Stored only when this cache knows the status's rules; then no-store does not count.
+        if code not in UNDERSTOOD_STATUSES:
+            return _REFUSED["must-understand"]
+    elif "no-store" in directives:
+        return _REFUSED["no-store"]
+    if "private" in directives:
+        return _REFUSED["private"]
     s_maxage = _seconds(directives, "s-maxage")
-    shareable = "public" in directives or s_maxage is not None
+    must_revalidate = "must-revalidate" in directives
+    # RFC 9111 §3.5: what the origin lets every user have, a request's credentials aside.
+    shareable = "public" in directives or s_maxage is not None or must_revalidate
     if credentials and not shareable:
         return _REFUSED["credentials"]
     etag, last_modified = fields.get("etag"), fields.get("last-modified")
@@ -468,8 +485,8 @@ def assess_response(
         age=_age(fields.get("age")),
         date=date,
         must_revalidate=no_cache
+        or must_revalidate
         or s_maxage is not None
-        or "must-revalidate" in directives
         or "proxy-revalidate" in directives,
         stale_while_revalidate=max(_seconds(directives, "stale-while-revalidate") or 0, 0),
         stale_if_error=max(_seconds(directives, "stale-if-error") or 0, 0),
@@ -480,12 +497,16 @@ _NO_DIRECTIVES: Mapping[str, str | None] = {}
 
 
 def _age(value: str | None) -> float:
-    """An ``Age`` header's seconds (RFC 9111 §5.1); 0 when absent or not a number (the first
-    of several values counts)."""
+    """An ``Age`` header's seconds (RFC 9111 §5.1): 0 when absent; when it is not exactly one
+    non-negative integer (a list, a fraction, a sign), so old the response is stale."""
     if value is None:
         return 0.0
-    first = value.split(",", 1)[0].strip()
-    return float(first) if first.isdecimal() else 0.0
+    value = value.strip()
+    return float(value) if value.isdecimal() and value.isascii() else _INVALID_AGE
+
+
+# What RFC 9111 §1.2.2 has a cache send for an age it cannot express: stale, whatever else.
+_INVALID_AGE = float(2**31)
 
 
 def _status_code(status: str) -> int:
