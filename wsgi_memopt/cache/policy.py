@@ -18,17 +18,26 @@ The rules, as a user can check them:
 - ``cache_paths`` and ``cache_exclude_paths`` see the path as a router does: dot segments
   resolved, repeated slashes merged (:func:`normalized_path`);
 - a request with ``Authorization`` or ``Cookie`` is served and stored only when the response
-  says ``public`` or ``s-maxage``;
+  says ``public``, ``s-maxage`` or ``must-revalidate``;
 - request ``no-store`` bypasses; request ``no-cache``, ``max-age=0`` or ``Pragma: no-cache``
   skips the stored copy and refreshes it;
-- a response is not stored when it says ``no-store``, ``private`` or ``no-cache``, sets a
-  cookie, has ``Vary: *``, a status outside ``cache_statuses``, a body over the item limit, a
-  freshness lifetime of zero, or a ``Content-Length`` its body does not match;
-- freshness: ``s-maxage``, else ``max-age``, else ``Expires - Date``; without any of them, the
-  longer of the heuristic freshness RFC 9111 §4.2.2 allows (10% of the time since
-  ``Last-Modified``, for a status RFC 9110 §15.1 calls heuristically cacheable) and
-  ``cache_default_ttl_s`` (0 by default: a response that says nothing is not stored); every
-  lifetime capped by ``cache_ttl_s``.
+- a non-error response to an unsafe method invalidates its URI and the same-host URIs of its
+  ``Location`` and ``Content-Location``;
+- the first targeted field of ``cache_targeted_fields`` present (RFC 9213) replaces
+  ``Cache-Control`` and ``Expires``;
+- a response is not stored when it says ``no-store`` (unless ``must-understand`` with a status
+  RFC 9110 defines) or ``private``, ``no-cache`` without a validator, sets a cookie, has
+  ``Vary: *``, a status outside ``cache_statuses``, a body over the item limit, is stale on
+  arrival without a validator, or has a ``Content-Length`` its body does not match;
+- freshness: ``s-maxage``, else ``max-age``, else ``Expires - Date`` (strict HTTP dates, see
+  :mod:`wsgi_memopt.cache.dates`); without any of them, the longer of the heuristic freshness
+  RFC 9111 §4.2.2 allows (10% of the time since ``Last-Modified``, for a status RFC 9110 §15.1
+  calls heuristically cacheable) and ``cache_default_ttl_s`` (0 by default: a response that
+  says nothing is not stored); every lifetime capped by ``cache_ttl_s``; a response's age is
+  RFC 9111 §4.2.3's (its ``Age``, its ``Date``, the time the app took);
+- a stale entry with a validator is revalidated with a conditional request; within
+  ``stale-while-revalidate`` it is served while one refresh runs after the response, within
+  ``stale-if-error`` when the app fails; never with ``must-revalidate`` and its kin.
 """
 
 from __future__ import annotations
