@@ -14,7 +14,7 @@ def own_bytes(entries: list[Entry]) -> int:
 
 
 def assert_consistent(store: ResponseStore, cache: ResponseCache | None = None) -> None:
-    """The store's books agree with its entries: bytes, items, the Vary index; and the
+    """The store's books agree with its entries: bytes, items, the Vary and URI indexes; and the
     ``cache`` in front of it, if given, counted no cache errors."""
     entries = store.entries()
     stats = store.stats()
@@ -26,6 +26,10 @@ def assert_consistent(store: ResponseStore, cache: ResponseCache | None = None) 
         entry.base_key for entry in entries if entry.key is not entry.base_key
     )
     assert {base: known[1] for base, known in store._vary.items()} == dict(per_base)
+    # The URI index files each entry once, and nothing else.
+    indexed = [entry for bucket in store._by_uri.values() for entry in bucket]
+    assert sorted(map(id, indexed)) == sorted(map(id, entries))
+    assert all(store._by_uri.values())
     if cache is not None:
         counts = cache.stats()
         assert "cache-error" not in counts["rejected"]

@@ -444,20 +444,22 @@ class ResponseCache:
         ``Content-Location`` name (RFC 9111 §4.4); returns how many entries went."""
         if environ.get("REQUEST_METHOD") in SAFE_METHODS or not "200" <= status[:3] < "400":
             return 0
-        key = self.key(environ)
-        host = key_host(key)
-        if host is None:
+        host = environ.get("HTTP_HOST")
+        if not host or not len(self.store):
             return 0
-        path = str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))
+        script = str(environ.get("SCRIPT_NAME", ""))
+        path_info = str(environ.get("PATH_INFO", ""))
         query = str(environ.get("QUERY_STRING", ""))
-        dropped = self.store.invalidate_uri(host, path, query)
-        base = f"{environ.get('wsgi.url_scheme', 'http')}://{host}{urllib.parse.quote(path)}"
+        dropped = self.store.invalidate_uri(host, script, path_info, query)
+        here = f"{environ.get('wsgi.url_scheme', 'http')}://{host}"
+        base = here + urllib.parse.quote(script + path_info)
         for name, value in headers:
             if name.lower() in ("location", "content-location"):
                 target = urllib.parse.urlsplit(urllib.parse.urljoin(base, value))
-                if target.netloc == host:
-                    target_path = urllib.parse.unquote(target.path)
-                    dropped += self.store.invalidate_uri(host, target_path, target.query)
+                path = urllib.parse.unquote(target.path)
+                if target.netloc == host and path.startswith(script):
+                    route = path[len(script) :]
+                    dropped += self.store.invalidate_uri(host, script, route, target.query)
         return dropped
 
     def refused(self, reason: str) -> None:

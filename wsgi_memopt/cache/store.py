@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..settings import MB
 from .entry import Entry, intern_scheme, part_size
-from .policy import CacheKey, key_host, key_path, key_query, variant_key
+from .policy import CacheKey, key_host, key_query, key_route, variant_key
 from .remembered import RememberedKeys
 
 __all__ = ["Entry", "ResponseStore", "Store"]
@@ -101,6 +101,9 @@ class ResponseStore:
         self._private = RememberedKeys(max_items, uncacheable_ttl_s, remembered_bytes)
         self._bytes = 0  # what the entries alone hold
         self._vary_bytes = 0  # the records of _vary, beside its table
+        # (host, PATH_INFO, query) -> its entries: what an unsafe method's URI invalidates.
+        self._by_uri: dict[tuple[Any, str, str], list[Entry]] = {}
+        self._uri_bytes = 0  # the records of _by_uri, beside its table
         self._books = 0  # books_bytes as of the last store (see _make_room)
         self._next_sweep = clock() + cleanup_interval_s
         self.stores = self.evictions = self.expirations = 0
@@ -172,6 +175,7 @@ class ResponseStore:
             elif known is not None:
                 self._newest_vary(known, vary)  # "no Vary": look up the base key itself
             entries[entry.key] = entry
+            self._index(entry)
             self._bytes += entry.size
             self.stores += 1
             # The table that indexes the entries may have grown with this one past the cap
@@ -256,9 +260,10 @@ class ResponseStore:
             dropped = len(self._entries), self.bytes
             self._entries.clear()
             self._vary.clear()
+            self._by_uri.clear()
             self._uncacheable.clear()
             self._private.clear()
-            self._bytes = self._vary_bytes = 0
+            self._bytes = self._vary_bytes = self._uri_bytes = 0
             self._books = self.books_bytes
         return dropped
 
@@ -280,17 +285,13 @@ class ResponseStore:
             self._private.forget_under(path_prefix, below)
         return len(doomed)
 
-    def invalidate_uri(self, host: str, path: str, query: str) -> int:
-        """Drop every entry of one URI: ``host``, ``path`` (``SCRIPT_NAME + PATH_INFO``) and
-        ``query``, whatever its variants and keyed header values; returns how many."""
+    def invalidate_uri(self, host: str, script_name: str, path_info: str, query: str) -> int:
+        """Drop every entry of one URI (``host``, ``SCRIPT_NAME``, ``PATH_INFO``, ``query``),
+        whatever its variants and keyed header values; returns how many."""
+        path = script_name + path_info
         with self._lock:
-            doomed = [
-                entry
-                for entry in list(self._entries.values())
-                if key_path(entry.base_key) == path
-                and key_query(entry.base_key) == query
-                and key_host(entry.base_key) == host
-            ]
+            bucket = self._by_uri.get((host, path_info, query), ())
+            doomed = [entry for entry in bucket if entry.path == path]
             for entry in doomed:
                 self._remove(entry)
         return len(doomed)
@@ -315,6 +316,9 @@ class ResponseStore:
             + sys.getsizeof(self._vary)
             - _EMPTY_DICT
             + self._vary_bytes
+            + sys.getsizeof(self._by_uri)
+            - _EMPTY_DICT
+            + self._uri_bytes
             + self._uncacheable.bytes
             + self._private.bytes
         )
@@ -350,8 +354,33 @@ class ResponseStore:
         del self._entries[entry.key]
         self._forget(entry)
 
+    def _index(self, entry: Entry) -> None:
+        """File ``entry`` under its URI (see :meth:`invalidate_uri`)."""
+        uri = (key_host(entry.base_key), key_route(entry.base_key), key_query(entry.base_key))
+        bucket = self._by_uri.get(uri)
+        if bucket is None:
+            bucket = self._by_uri[uri] = []
+            self._uri_bytes += _URI_RECORD
+        before = sys.getsizeof(bucket)
+        bucket.append(entry)
+        self._uri_bytes += sys.getsizeof(bucket) - before
+
+    def _unindex(self, entry: Entry) -> None:
+        uri = (key_host(entry.base_key), key_route(entry.base_key), key_query(entry.base_key))
+        bucket = self._by_uri.get(uri)
+        if bucket is None or entry not in bucket:
+            return
+        before = sys.getsizeof(bucket)
+        bucket.remove(entry)
+        if bucket:
+            self._uri_bytes += sys.getsizeof(bucket) - before
+        else:
+            del self._by_uri[uri]
+            self._uri_bytes -= before + _URI_RECORD - _EMPTY_LIST
+
     def _forget(self, entry: Entry) -> None:
         """Account for ``entry`` having left ``_entries``."""
+        self._unindex(entry)
         self._bytes -= entry.size
         if entry.key is not entry.base_key:
             vary = self._vary.get(entry.base_key)
@@ -402,6 +431,8 @@ _REMEMBERED_SHARE = 0.1
 _EMPTY_ENTRIES = sys.getsizeof(OrderedDict())
 _EMPTY_DICT = sys.getsizeof({})
 _VARY_RECORD = sys.getsizeof([(), 0])  # [environ keys, variants]: the list itself
+_EMPTY_LIST = sys.getsizeof([])
+_URI_RECORD = sys.getsizeof(("", "", "")) + _EMPTY_LIST  # the key tuple, an empty bucket
 
 if TYPE_CHECKING:
     _IN_PROCESS_IS_A_STORE: type[Store] = ResponseStore
