@@ -372,11 +372,6 @@ def test_a_uri_on_another_host_is_not_invalidated(target: str) -> None:
 
 
 @RELATIVE_LOCATION
-@pytest.mark.xfail(
-    strict=True,
-    reason="invalidate_after unquotes a Location path as UTF-8, but PATH_INFO is the latin-1 "
-    "spelling of the request's bytes (PEP 3333): a non-ASCII URI named by Location is kept",
-)
 def test_a_named_uri_with_a_non_ascii_path_is_invalidated() -> None:
     pages = CountingApp()
     optimizer, client = wrap(site(pages, "201 Created", [("Location", "/caf%C3%A9")]))
@@ -706,11 +701,6 @@ def test_after_the_stale_while_revalidate_window_the_app_answers_first(
 
 
 @HEAD_LINT
-@pytest.mark.xfail(
-    strict=True,
-    reason="the refresh after a HEAD served stale copies the HEAD's environ: the app answers "
-    "a HEAD, and its empty body (no Content-Length) is stored as the page's",
-)
 def test_a_head_served_stale_refreshes_the_page_with_a_get() -> None:
     app = CountingApp(headers=[("Cache-Control", SWR)], content_length=False)
     _, client, clock = wrap_clocked(app)
@@ -724,11 +714,6 @@ def test_a_head_served_stale_refreshes_the_page_with_a_get() -> None:
     assert refreshed.data == b"body #2"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Capture._swap calls refuse(), which with a fill (a stale-while-revalidate refresh) "
-    "remembers the key as uncacheable: the page's next misses skip single flight",
-)
 def test_a_refresh_answered_304_leaves_the_page_cacheable() -> None:
     app = Origin(
         headers=[("Cache-Control", SWR), ("ETag", ETAG)], not_modified=[("Cache-Control", SWR)]
@@ -774,11 +759,6 @@ def test_stale_if_error_serves_the_stored_response_when_the_app_fails(
     assert stale_counts(optimizer) == {"stale-if-error": 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="only an exception from the app's call is caught: an app whose iterable raises "
-    "before start_response (a generator app) fails the request instead",
-)
 def test_stale_if_error_serves_when_a_lazy_app_raises() -> None:
     app = Origin(headers=[("Cache-Control", SIE)])
 
@@ -824,11 +804,6 @@ def test_stale_if_error_does_not_hide_a_good_answer() -> None:
     assert get(client).data == b"body #2"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a stale-while-revalidate refresh answered 5xx swaps in the stale entry for nobody "
-    "and counts it as a stale-if-error response served",
-)
 def test_a_failed_refresh_counts_no_stale_response_served() -> None:
     cache_control = "max-age=10, stale-while-revalidate=60, stale-if-error=60"
     app = Origin(headers=[("Cache-Control", cache_control)])

@@ -163,7 +163,15 @@ class MemoryOptimizer:
         """Fetch (conditionally) what ``decision`` revalidates, for the cache alone: the
         response goes nowhere but the store. Never raises."""
         try:
-            capture = Capture(self.cache, decision, environ, _discard_response, _nothing, _nothing)
+            capture = Capture(
+                self.cache,
+                decision,
+                environ,
+                _discard_response,
+                _nothing,
+                _nothing,
+                serves_client=False,
+            )
             entry = decision.entry
             assert entry is not None
             app_environ = self.cache.revalidation_environ(environ, entry)

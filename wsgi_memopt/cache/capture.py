@@ -24,6 +24,7 @@ what is safe in any thread at any moment: no lock, no pause.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -43,7 +44,9 @@ __all__ = ["Capture"]
 log = logging.getLogger("wsgi_memopt")
 
 # Refusals that say nothing of the key's next response: the next miss leads a fill again.
-_TRANSIENT_REFUSALS = frozenset({"app-error", "cache-error", "no-response", "incomplete"})
+_TRANSIENT_REFUSALS = frozenset(
+    {"app-error", "cache-error", "no-response", "incomplete", "revalidated", "stale-if-error"}
+)
 
 
 class Capture:
@@ -67,6 +70,7 @@ class Capture:
         "_requested_at",
         "_responded_at",
         "_server_start_response",
+        "_serves_client",
         "_size",
         "_status",
         "_swapped",
@@ -87,8 +91,12 @@ class Capture:
         start_response: StartResponse,
         on_close: Callable[[], object],
         on_drop: Callable[[], object],
+        *,
+        serves_client: bool = True,
     ) -> None:
         self._cache = cache
+        # False for a background refresh: nobody is served, so no stale copy stands in.
+        self._serves_client = serves_client
         self.decision = decision
         self.environ = environ
         self._server_start_response = start_response
@@ -163,7 +171,8 @@ class Capture:
                 )
                 self._swap(entry, "wsgi-memopt; fwd=stale; fwd-status=304; detail=revalidated")
                 return True
-            if (exc_info is not None or status[:1] == "5") and now < stale.sie_until:
+            failed = exc_info is not None or status[:1] == "5"
+            if failed and self._serves_client and now < stale.sie_until:
                 code = status[:3] if exc_info is None else "error"
                 value = f"wsgi-memopt; fwd=stale; fwd-status={code}; detail=stale-if-error"
                 self._swap(stale, value)
@@ -255,10 +264,19 @@ class Capture:
         return self._tee()
 
     def _tee(self) -> Iterator[bytes]:
-        if self._swapped is not None:
-            yield from self._stand_in()
-            return
-        for chunk in self.app_iter:
+        chunks = iter(self.app_iter)
+        while not self._standing_in():
+            try:
+                chunk = next(chunks)
+            except StopIteration:
+                break
+            except Exception:
+                # A lazy app (a generator) fails only now: the stored response may stand in.
+                if not self._stands_in_for_error():
+                    raise
+                break
+            if self._standing_in():
+                break  # a lazy app's start_response, run by this first next(), swapped it
             if self._chunks is not None:
                 self._copy(chunk)
             elif chunk and self._entry is not None:
@@ -266,6 +284,9 @@ class Capture:
             if chunk and self._pending is not None:
                 self._send_pending()  # the first bytes: their headers go first
             yield chunk
+        if self._swapped is not None:
+            yield from self._stand_in(chunks)
+            return
         # The server read the iterable to its end: the body is whole, whether or not the
         # server ever calls close().
         if self._chunks is not None and self.reason is None:
@@ -276,17 +297,33 @@ class Capture:
                 self.refuse("content-length")  # shorter than it declared
         self._send_pending()  # an empty body's headers
 
-    def _stand_in(self) -> Iterator[bytes]:
-        """The swapped-in stored response: the app's body is read (its iterable may have work
-        to finish) and dropped."""
-        for _ in self.app_iter:
-            pass
+    def _standing_in(self) -> bool:
+        """Whether the stored response answers instead of the app's (see :meth:`_swap`)."""
+        return self._swapped is not None
+
+    def _stand_in(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """The swapped-in stored response: the rest of the app's body is read (its iterable
+        may have work to finish) and dropped."""
+        with contextlib.suppress(Exception):  # the app already failed, or answered a 304
+            for _ in chunks:
+                pass
         self._send_pending()
         entry = self._swapped
         assert entry is not None
         _, _, body = stored_response(entry, self.environ, self._cache.clock())
         if body:
             yield body
+
+    def _stands_in_for_error(self) -> bool:
+        """Whether the stale entry answers for an app that raised before sending anything."""
+        stale = self.decision.entry
+        if stale is None or not self._serves_client or self._write is not None:
+            return False
+        if self._cache.clock() >= stale.sie_until:
+            return False
+        log.warning("[CACHE] the app failed; serving a stale response", exc_info=True)
+        self._swap(stale, "wsgi-memopt; fwd=stale; fwd-status=error; detail=stale-if-error")
+        return True
 
     def _copy(self, chunk: bytes) -> None:
         self._size += len(chunk)

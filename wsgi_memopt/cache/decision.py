@@ -427,6 +427,7 @@ class ResponseCache:
         """A copy of ``environ`` that asks the app for ``entry``'s URL only if it changed:
         the client's own preconditions replaced by the entry's validators (RFC 9111 §4.3.1)."""
         conditional = {k: v for k, v in environ.items() if k not in PRECONDITION_KEYS}
+        conditional["REQUEST_METHOD"] = "GET"  # a HEAD's refresh fetches the body to store
         if entry.etag is not None:
             conditional["HTTP_IF_NONE_MATCH"] = entry.etag
         last_modified = next(
@@ -456,7 +457,8 @@ class ResponseCache:
         for name, value in headers:
             if name.lower() in ("location", "content-location"):
                 target = urllib.parse.urlsplit(urllib.parse.urljoin(base, value))
-                path = urllib.parse.unquote(target.path)
+                # PEP 3333: PATH_INFO holds the request's bytes decoded as latin-1.
+                path = urllib.parse.unquote(target.path, encoding="latin-1")
                 if target.netloc == host and path.startswith(script):
                     route = path[len(script) :]
                     dropped += self.store.invalidate_uri(host, script, route, target.query)
