@@ -655,6 +655,27 @@ def test_stale_while_revalidate_serves_at_once_and_refreshes_after_the_response(
     assert app.calls == 2
 
 
+def test_a_refresh_for_a_request_with_credentials_stores_only_what_is_public() -> None:
+    # A public page gone stale, served to a logged-in user within stale-while-revalidate:
+    # the refresh carries that user's cookie, so the app's new answer is stored only if it
+    # is public again; a personal page it answers instead never reaches anyone else.
+    swr = "public, max-age=10, stale-while-revalidate=60"
+    app = Origin(headers=[("Cache-Control", swr)])
+    optimizer, client, clock = wrap_clocked(app)
+    get(client)
+    clock.advance(15)
+    app.headers = [("Cache-Control", "max-age=60")]  # personal now: not public
+
+    stale = opened(client, headers={"Cookie": "session=alice"})
+    assert (stale.status_code, stale.data) == (200, b"body #1")
+    stale.close()
+
+    assert app.calls == 2  # the refresh ran, with alice's cookie
+    assert optimizer.cache.stats()["rejected"] == {"credentials": 1}
+    anonymous = get(client)
+    assert anonymous.data != b"body #2"  # alice's page was not stored for everyone
+
+
 def test_one_refresh_for_concurrent_stale_requests() -> None:
     app = Origin(
         headers=[("Cache-Control", SWR), ("ETag", ETAG)], not_modified=[("Cache-Control", SWR)]

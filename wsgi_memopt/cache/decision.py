@@ -260,7 +260,7 @@ class ResponseCache:
                 # Stale, within stale-while-revalidate: served now, one refresh after it.
                 fill, _ = self.flights.join(lookup_key, self.lock_wait_s, now)
                 next(self._hits)
-                return Decision(Route.SERVE_STALE, "stale", entry=entry, key=key, fill=fill)
+                return Decision(Route.SERVE_STALE, "stale", None, entry, key, credentials, fill)
             if method == "GET":
                 # Stale: the app is asked (conditionally, when it has a validator); the stored
                 # response stands in if the app fails within its stale-if-error window.
