@@ -227,6 +227,7 @@ _POINTER = sys.getsizeof((None,)) - _TUPLE_BASE
 _PAIR = sys.getsizeof(("a", "b"))
 _STR_BASE = sys.getsizeof("")
 _BYTES_BASE = sys.getsizeof(b"")
+_NONE = sys.getsizeof(None)
 
 
 def str_size(text: str) -> int:
@@ -257,10 +258,11 @@ def key_size(key: CacheKey) -> int:
     if type(key[0]) is not str:
         parts = key_size(key[0]) + sum(part_size(part) for part in key[1:])
         return _TUPLE_BASE + _POINTER * len(key) + parts
-    size = _TUPLE_BASE + _POINTER * len(key)
-    for part in key[1:]:
-        size += str_size(part) if type(part) is str else part_size(part)
-    return size
+    # Its parts are the environ's strings (and None): each one's own size, but the shared
+    # singletons None and "" hold nothing.
+    values = key[1:]
+    shared = _NONE * values.count(None) + _STR_BASE * values.count("")
+    return _TUPLE_BASE + _POINTER * len(key) + sum(map(sys.getsizeof, values)) - shared
 
 
 def intern_scheme(key: CacheKey) -> CacheKey:

@@ -156,8 +156,10 @@ class ResponseStore:
             if not self._could_fit(entry.size) or not self._make_room(entry.size):
                 return False
             for remembered in (self._uncacheable, self._private):
+                if not remembered:
+                    continue  # most caches remember no key, or few
                 for key in (entry.key, entry.base_key):
-                    if key in remembered:  # one C call: most keys were never remembered
+                    if key in remembered:
                         remembered.forget(key)
             known = self._vary.get(entry.base_key)
             if vary:
