@@ -24,7 +24,7 @@ from helpers.apps import CountingApp
 from helpers.clock import FakeClock
 from helpers.headers import cache_status
 from helpers.store import assert_consistent
-from helpers.wsgi import WSGIApp, checked, get, run_threads, wrap
+from helpers.wsgi import WSGIApp, checked, get, run_threads, wrap, wsgiref_get
 from werkzeug.http import http_date
 from werkzeug.test import Client, TestResponse
 
@@ -310,3 +310,58 @@ def test_a_background_refresh_stops_reading_a_body_it_will_not_store(answer: str
     stale.close()  # the refresh runs now, in the thread that served the stale copy
 
     assert len(pulled) < 20  # the item limit is 10 KB: nothing past it is of any use
+
+
+# -- one user's page reaching another
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="must-revalidate makes a response to a request with a Cookie shareable: RFC 9111 "
+    "§3.5 grants that to Authorization only, and session-cookie apps send "
+    "'max-age=N, must-revalidate' on personal pages to forbid stale copies, not to share them; "
+    "the logged-in user's page is then served to everyone",
+)
+def test_a_must_revalidate_page_built_for_a_cookie_never_reaches_another_user() -> None:
+    app = CountingApp(
+        headers=[("Cache-Control", "max-age=60, must-revalidate")], echo="HTTP_COOKIE"
+    )
+    _, client = wrap(app)
+
+    alice = get(client, headers={"Cookie": "session=alice"})
+    anonymous = get(client)
+
+    assert b"alice" in alice.data
+    assert b"alice" not in anonymous.data
+
+
+# -- stale-if-error (RFC 5861 §4)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="when the app calls start_response with a response that may not be stored, then "
+    "raises, stale-if-error calls the server's start_response a second time without exc_info "
+    "(PEP 3333 forbids it): the server fails the request with a 500 instead of the stale page",
+)
+def test_stale_if_error_stands_in_for_an_app_that_raises_after_start_response() -> None:
+    down = False
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if not down:
+            cache_control = "max-age=10, stale-if-error=60"
+            start_response(
+                "200 OK", [("Content-Type", "text/plain"), ("Cache-Control", cache_control)]
+            )
+            return [b"stored"]
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Set-Cookie", "a=1")])
+        raise RuntimeError("the app failed after start_response")
+
+    optimizer, _, clock = wrap_clocked(app)
+    assert wsgiref_get(optimizer)[2] == b"stored"
+    clock.advance(15)
+    down = True
+
+    status, _, body = wsgiref_get(optimizer)
+
+    assert (status, body) == ("200 OK", b"stored")
