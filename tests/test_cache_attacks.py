@@ -335,6 +335,28 @@ def test_a_must_revalidate_page_built_for_a_cookie_never_reaches_another_user() 
     assert b"alice" not in anonymous.data
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="a stale-while-revalidate refresh led by a request with a Cookie, whose answer is "
+    "not public, marks the page uncacheable for everyone (hit-for-miss): any logged-in client "
+    "can switch single flight off for a public page for two minutes",
+)
+def test_a_refresh_with_credentials_leaves_the_page_cacheable_for_everyone() -> None:
+    swr = "public, max-age=10, stale-while-revalidate=60"
+    app = CountingApp(headers=[("Cache-Control", swr)])
+    optimizer, client, clock = wrap_clocked(app, cache_lock_timeout_s=5)
+    get(client)
+    clock.advance(15)
+    app.headers = [("Cache-Control", "max-age=60")]  # personal to a logged-in user: not public
+
+    stale = opened(client, headers={"Cookie": "session=mallory"})
+    assert stale.data == b"body #1"
+    stale.close()  # the refresh runs, with her cookie, and is not stored
+
+    (entry,) = optimizer.cache.entries()
+    assert not optimizer.cache.store.is_uncacheable(entry.key, clock())
+
+
 # -- stale-if-error (RFC 5861 §4)
 
 
