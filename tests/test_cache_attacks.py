@@ -1,0 +1,389 @@
+"""The cache's RFC 9111 behaviours as an attacker, or a hostile or buggy app, sees them.
+
+Each test drives the middleware with werkzeug's ``Client`` (behind the WSGI checks of
+``helpers.wsgi``) and asks one question: can one user's page reach another, can a request
+poison or wipe what others are served, can the cache be made to do unbounded work or to
+fail a request? A test marked ``xfail(strict=True)`` shows a problem still open; its
+``reason`` says what goes wrong. The others pin down attacks that fail today and had no
+test yet.
+
+Time is a :class:`FakeClock` the tests advance; the app is a :class:`CountingApp` (``#1``,
+``#2``, ... in each body says which call produced it) or :class:`Origin`, which also answers
+``304`` to a conditional request.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import pytest
+from helpers.apps import CountingApp
+from helpers.clock import FakeClock
+from helpers.headers import cache_status
+from helpers.store import assert_consistent
+from helpers.wsgi import WSGIApp, checked, get, run_threads, wrap, wsgiref_get
+from werkzeug.http import http_date
+from werkzeug.test import Client, TestResponse
+
+from wsgi_memopt import MemoryOptimizer
+
+Headers = list[tuple[str, str]]
+
+ETAG = '"v1"'
+LAST_MODIFIED = "Sun, 06 Nov 1994 08:49:37 GMT"
+LATER_MODIFIED = "Mon, 07 Nov 1994 08:49:37 GMT"
+BOUND_S = 5.0  # the longest a test waits for another thread: a bug fails, never hangs
+
+# werkzeug's lint follows RFC 2616, which kept body fields out of a 304 and wanted absolute
+# URLs in Location; RFC 9110 allows both, and the tests send them on purpose.
+FIELDS_IN_304 = pytest.mark.filterwarnings("ignore:Entity header")
+RELATIVE_LOCATION = pytest.mark.filterwarnings("ignore:Absolute URLs required for location")
+
+
+class Origin(CountingApp):
+    """A :class:`CountingApp` that answers a conditional request (``If-None-Match`` or
+    ``If-Modified-Since``) ``304 Not Modified`` with the headers ``not_modified``."""
+
+    def __init__(self, *, headers: Headers, not_modified: Headers) -> None:
+        super().__init__(headers=headers)
+        self.not_modified = not_modified
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if "HTTP_IF_NONE_MATCH" not in environ and "HTTP_IF_MODIFIED_SINCE" not in environ:
+            return super().__call__(environ, start_response)
+        self.calls += 1
+        self.preconditions.append({k: v for k, v in environ.items() if k.startswith("HTTP_IF_")})
+        start_response("304 Not Modified", list(self.not_modified))
+        return []
+
+
+def wrap_clocked(app: WSGIApp, **settings: Any) -> tuple[MemoryOptimizer, Client, FakeClock]:
+    """:func:`wrap`, with the cache's clock a :class:`FakeClock` at 0."""
+    optimizer, client = wrap(app, **settings)
+    clock = FakeClock()
+    optimizer.cache.clock = clock
+    return optimizer, client, clock
+
+
+def opened(client: Client, path: str = "/", **kwargs: Any) -> TestResponse:
+    """A GET whose response the test reads and then closes itself, as a server does last."""
+    return client.get(path, buffered=False, **kwargs)
+
+
+def open_(client: Client, method: str, path: str = "/", **kwargs: Any) -> TestResponse:
+    """Any method, read to its end and closed like :func:`get`."""
+    return client.open(path, method=method, buffered=True, **kwargs)
+
+
+# -- revalidation: what a 304 may do to the stored entry (RFC 9111 §4.3.4)
+
+
+@FIELDS_IN_304
+@pytest.mark.xfail(
+    strict=True,
+    reason="a 304 naming another representation (its ETag or Last-Modified differs from the "
+    "stored one's) freshens the stored body anyway: RFC 9111 §4.3.4 forbids using it to update "
+    "any stored response",
+)
+@pytest.mark.parametrize(
+    ("stored", "not_modified"),
+    [
+        pytest.param([("ETag", ETAG)], [("ETag", '"v2"')], id="strong-etag"),
+        pytest.param([("ETag", ETAG)], [("ETag", 'W/"v2"')], id="weak-etag"),
+        pytest.param(
+            [("Last-Modified", LAST_MODIFIED)],
+            [("Last-Modified", LATER_MODIFIED)],
+            id="last-modified",
+        ),
+    ],
+)
+def test_a_304_for_another_representation_does_not_freshen_the_stored_one(
+    stored: Headers, not_modified: Headers
+) -> None:
+    app = Origin(
+        headers=[("Cache-Control", "max-age=10"), *stored],
+        not_modified=[("Cache-Control", "max-age=100"), *not_modified],
+    )
+    _, client, clock = wrap_clocked(app)
+    get(client)
+    clock.advance(15)
+
+    answered = get(client)  # the app says: not modified, but it is "v2" now
+    clock.advance(5)
+    later = get(client)
+
+    # body #1 is the "v1" representation: the 304 did not say it is current.
+    assert cache_status(answered).get("detail") != "revalidated"
+    assert (later.data, cache_status(later).get("hit")) != (b"body #1", True)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a failure while a 304 freshens the entry (here an absurd max-age that overflows "
+    "a float, or a store that is down) sends the client the app's bare 304, although the "
+    "client sent no precondition and has no copy: the stored body should answer",
+)
+@pytest.mark.parametrize("failure", ["absurd-max-age", "store-down"])
+def test_a_failure_while_freshening_never_answers_an_unconditional_get_with_304(
+    monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    # 400 digits: a valid delta-seconds, but no float holds it.
+    cache_control = f"max-age={'9' * 400}" if failure == "absurd-max-age" else "max-age=10"
+    app = Origin(
+        headers=[("Cache-Control", "max-age=10"), ("ETag", ETAG)],
+        not_modified=[("Cache-Control", cache_control)],
+    )
+    optimizer, client, clock = wrap_clocked(app)
+    get(client)
+    clock.advance(15)
+    if failure == "store-down":
+
+        def down(*args: Any, **kwargs: Any) -> Any:
+            raise ConnectionError("the cache backend is down")
+
+        monkeypatch.setattr(optimizer.cache.store, "put", down)
+
+    response = get(client)  # no If-None-Match, no If-Modified-Since
+
+    assert app.calls == 2
+    assert (response.status_code, response.data) == (200, b"body #1")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a 304 that adds Vary re-stores the freshened entry under its old plain key while "
+    "the Vary index now sends every lookup to a variant key: the entry is unreachable, and the "
+    "index's record of the page is never dropped (it counts no variant), so such records pile "
+    "up in the books",
+)
+def test_a_304_that_adds_vary_keeps_the_page_reachable_and_the_books_right() -> None:
+    app = Origin(
+        headers=[("Cache-Control", "max-age=10"), ("ETag", ETAG)],
+        not_modified=[("Cache-Control", "max-age=10"), ("Vary", "Accept-Language")],
+    )
+    optimizer, client, clock = wrap_clocked(app)
+    english = {"Accept-Language": "en"}
+    get(client, headers=english)
+    clock.advance(15)
+
+    revalidated = get(client, headers=english)
+    again = get(client, headers=english)
+
+    assert cache_status(revalidated)["detail"] == "revalidated"
+    assert_consistent(optimizer.cache.store)
+    if len(optimizer.cache):  # kept: then the request that freshened it finds it
+        assert (again.data, cache_status(again).get("hit")) == (b"body #1", True)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a 304 without Date keeps the stored response's Date, so the freshened entry's age "
+    "counts from the first response: once that is older than max-age, every request "
+    "revalidates (the app is called each time)",
+)
+def test_a_304_without_date_freshens_the_entry_for_its_max_age(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = Origin(
+        headers=[("Cache-Control", "max-age=10"), ("ETag", ETAG), ("Date", http_date(time.time()))],
+        not_modified=[("Cache-Control", "max-age=10")],
+    )
+    _, client, clock = wrap_clocked(app)
+    get(client)
+    # The wall clock (which Date is read against) moves with the cache's own.
+    wall = time.time
+    monkeypatch.setattr(time, "time", lambda: wall() + clock())
+    clock.advance(15)
+
+    revalidated = get(client)
+    hit = get(client)
+
+    assert cache_status(revalidated)["detail"] == "revalidated"
+    assert (hit.data, cache_status(hit)) == (b"body #1", {"hit": True, "ttl": "10"})
+    assert app.calls == 2
+
+
+@FIELDS_IN_304
+def test_a_304_that_sets_a_cookie_is_never_stored_for_others() -> None:
+    app = Origin(
+        headers=[("Cache-Control", "max-age=10"), ("ETag", ETAG)],
+        not_modified=[("Cache-Control", "max-age=10"), ("Set-Cookie", "session=alice")],
+    )
+    optimizer, client, clock = wrap_clocked(app)
+    get(client)
+    clock.advance(15)
+
+    alice = get(client)  # her revalidation: the app's 304 sets her cookie
+    bob = get(client)
+
+    assert alice.headers.get("Set-Cookie") == "session=alice"
+    assert "Set-Cookie" not in bob.headers
+    assert len(optimizer.cache) <= 1
+    assert all(
+        name.lower() != "set-cookie"
+        for entry in optimizer.cache.entries()
+        for name, _ in entry.headers
+    )
+
+
+# -- single flight and background refreshes: the work one request can cause
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a stale entry kept to be revalidated (it has a validator) skips single flight: "
+    "every concurrent request for it goes to the app, so the stampede single flight exists "
+    "to stop comes back whenever a popular page with an ETag expires",
+)
+def test_concurrent_requests_for_a_stale_entry_ask_the_app_once() -> None:
+    requests = 5
+    conditional_calls: list[int] = []
+    all_in = threading.Event()
+
+    class SlowOrigin(Origin):
+        """Holds each conditional request until all the test's requests asked, or a second
+        passed: long enough for them to arrive, whether they wait for each other or not."""
+
+        def __call__(
+            self, environ: dict[str, Any], start_response: Callable[..., Any]
+        ) -> list[bytes]:
+            if "HTTP_IF_NONE_MATCH" in environ:
+                conditional_calls.append(1)
+                if len(conditional_calls) == requests:
+                    all_in.set()
+                all_in.wait(1.0)
+            return super().__call__(environ, start_response)
+
+    app = SlowOrigin(
+        headers=[("Cache-Control", "max-age=10"), ("ETag", ETAG)],
+        not_modified=[("Cache-Control", "max-age=10")],
+    )
+    optimizer, client, clock = wrap_clocked(app, cache_lock_timeout_s=BOUND_S)
+    get(client)
+    clock.advance(15)
+    bodies: list[bytes] = []
+
+    def request(_: int) -> None:
+        bodies.append(get(Client(checked(optimizer), use_cookies=False)).data)
+
+    run_threads(requests, request, BOUND_S)
+
+    assert bodies == [b"body #1"] * requests
+    assert len(conditional_calls) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a stale-while-revalidate refresh reads the app's whole body even once it knows it "
+    "will not store it (too large, no-store): with no client to serve, the worker's thread "
+    "stays busy for the length of any stream the app sends",
+)
+@pytest.mark.parametrize("answer", ["too-large", "no-store"])
+def test_a_background_refresh_stops_reading_a_body_it_will_not_store(answer: str) -> None:
+    swr = "max-age=10, stale-while-revalidate=60"
+    pulled: list[int] = []
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if not pulled:  # the first response: small, and stored
+            pulled.append(0)
+            start_response("200 OK", [("Content-Type", "text/plain"), ("Cache-Control", swr)])
+            return [b"small"]
+        cache_control = swr if answer == "too-large" else "no-store"
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Cache-Control", cache_control)])
+
+        def stream() -> Iterator[bytes]:
+            for n in range(1, 1001):
+                pulled.append(n)
+                yield b"x" * 1024
+
+        return stream()
+
+    _, client, clock = wrap_clocked(app, cache_item_max_mb=0.01)
+    get(client)
+    clock.advance(15)
+
+    stale = opened(client)
+    assert stale.data == b"small"
+    stale.close()  # the refresh runs now, in the thread that served the stale copy
+
+    assert len(pulled) < 20  # the item limit is 10 KB: nothing past it is of any use
+
+
+# -- one user's page reaching another
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="must-revalidate makes a response to a request with a Cookie shareable: RFC 9111 "
+    "§3.5 grants that to Authorization only, and session-cookie apps send "
+    "'max-age=N, must-revalidate' on personal pages to forbid stale copies, not to share them; "
+    "the logged-in user's page is then served to everyone",
+)
+def test_a_must_revalidate_page_built_for_a_cookie_never_reaches_another_user() -> None:
+    app = CountingApp(
+        headers=[("Cache-Control", "max-age=60, must-revalidate")], echo="HTTP_COOKIE"
+    )
+    _, client = wrap(app)
+
+    alice = get(client, headers={"Cookie": "session=alice"})
+    anonymous = get(client)
+
+    assert b"alice" in alice.data
+    assert b"alice" not in anonymous.data
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a stale-while-revalidate refresh led by a request with a Cookie, whose answer is "
+    "not public, marks the page uncacheable for everyone (hit-for-miss): any logged-in client "
+    "can switch single flight off for a public page for two minutes",
+)
+def test_a_refresh_with_credentials_leaves_the_page_cacheable_for_everyone() -> None:
+    swr = "public, max-age=10, stale-while-revalidate=60"
+    app = CountingApp(headers=[("Cache-Control", swr)])
+    optimizer, client, clock = wrap_clocked(app, cache_lock_timeout_s=5)
+    get(client)
+    clock.advance(15)
+    app.headers = [("Cache-Control", "max-age=60")]  # personal to a logged-in user: not public
+
+    stale = opened(client, headers={"Cookie": "session=mallory"})
+    assert stale.data == b"body #1"
+    stale.close()  # the refresh runs, with her cookie, and is not stored
+
+    (entry,) = optimizer.cache.entries()
+    assert not optimizer.cache.store.is_uncacheable(entry.key, clock())
+
+
+# -- stale-if-error (RFC 5861 §4)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="when the app calls start_response with a response that may not be stored, then "
+    "raises, stale-if-error calls the server's start_response a second time without exc_info "
+    "(PEP 3333 forbids it): the server fails the request with a 500 instead of the stale page",
+)
+def test_stale_if_error_stands_in_for_an_app_that_raises_after_start_response() -> None:
+    down = False
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if not down:
+            cache_control = "max-age=10, stale-if-error=60"
+            start_response(
+                "200 OK", [("Content-Type", "text/plain"), ("Cache-Control", cache_control)]
+            )
+            return [b"stored"]
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Set-Cookie", "a=1")])
+        raise RuntimeError("the app failed after start_response")
+
+    optimizer, _, clock = wrap_clocked(app)
+    assert wsgiref_get(optimizer)[2] == b"stored"
+    clock.advance(15)
+    down = True
+
+    status, _, body = wsgiref_get(optimizer)
+
+    assert (status, body) == ("200 OK", b"stored")
