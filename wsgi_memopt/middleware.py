@@ -15,6 +15,7 @@ governor, which looks after memory between requests.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -128,11 +129,13 @@ class MemoryOptimizer:
         environ: WSGIEnvironment,
         start_response: StartResponse,
         then: Callable[[], object] | None = None,
+        exc_info: OptExcInfo | None = None,
     ) -> Iterable[bytes]:
         """The stored response as it is now (its ``Age`` brought up to date), or a ``304``
-        when the request's validators match it; ``then`` runs after the server closed it."""
+        when the request's validators match it; ``then`` runs after the server closed it.
+        ``exc_info``: the error it replaces a response for, if the server had its headers."""
         status, headers, body = stored_response(entry, environ, self.cache.clock())
-        start_response(status, headers)
+        start_response(status, headers, exc_info)
         governor = self.governor
         if then is None:
             return Replay(body, governor.request_finished, governor.request_dropped)
@@ -177,7 +180,8 @@ class MemoryOptimizer:
             app_environ = self.cache.revalidation_environ(environ, entry)
             capture.app_iter = self.app(app_environ, capture.start_response)
             for _ in capture:
-                pass
+                if capture.reason is not None:
+                    break  # not to be stored: nothing more of it is of use
             capture.close()
         except Exception:
             log.warning("[CACHE] refreshing a stale response failed", exc_info=True)
@@ -190,6 +194,10 @@ class MemoryOptimizer:
     ) -> Iterable[bytes]:
         """The app's response, streamed through a capture that stores it if it may."""
         governor = self.governor
+        stale = decision.entry
+        app_environ = environ
+        if stale is not None and stale.validated:
+            app_environ = self.cache.revalidation_environ(environ, stale)
         capture = Capture(
             self.cache,
             decision,
@@ -197,20 +205,20 @@ class MemoryOptimizer:
             start_response,
             governor.request_finished,
             governor.request_dropped,
+            refetch=lambda start: self.app(environ, start),
         )
-        stale = decision.entry
-        app_environ = environ
-        if stale is not None and stale.validated:
-            app_environ = self.cache.revalidation_environ(environ, stale)
         try:
             app_iter = self.app(app_environ, capture.start_response)
         except Exception:
             capture.dismiss("app-error")  # releases single-flight waiters
+            # Not once the server has a status: PEP 3333 lets it be replaced only with exc_info.
             if stale is not None and self.cache.clock() < stale.sie_until:
-                # The app is down: the stored response stands in (RFC 5861 §4).
+                # The app is down: the stored response stands in (RFC 5861 §4); headers the
+                # app already gave the server are replaced as PEP 3333 allows, with exc_info.
                 log.warning("[CACHE] the app failed; serving a stale response", exc_info=True)
                 self.cache.served_stale("stale-if-error")
-                return self._serve(stale, environ, start_response)
+                exc_info = sys.exc_info() if capture.headers_sent else None
+                return self._serve(stale, environ, start_response, exc_info=exc_info)
             raise
         except BaseException:
             capture.dismiss("app-error")

@@ -67,6 +67,8 @@ class Capture:
         "_on_close",
         "_on_drop",
         "_pending",
+        "_refetch",
+        "_refetch_wanted",
         "_requested_at",
         "_responded_at",
         "_server_start_response",
@@ -93,8 +95,12 @@ class Capture:
         on_drop: Callable[[], object],
         *,
         serves_client: bool = True,
+        refetch: Callable[[StartResponse], Iterable[bytes]] | None = None,
     ) -> None:
         self._cache = cache
+        # How to ask the app again without conditions, when its 304 names another version.
+        self._refetch = refetch
+        self._refetch_wanted = False
         # False for a background refresh: nobody is served, so no stale copy stands in.
         self._serves_client = serves_client
         self.decision = decision
@@ -166,9 +172,20 @@ class Capture:
         try:
             cache, now = self._cache, self._cache.clock()
             if status.startswith("304") and exc_info is None and stale.validated:
-                entry = cache.revalidated(
-                    stale, headers, self.decision.credentials, self._requested_at, time.time()
-                )
+                if not cache.same_representation(stale, headers):
+                    # RFC 9111 §4.3.4: a 304 for another representation updates nothing; the
+                    # stored one goes, and the app is asked again without conditions.
+                    cache.store.discard(stale)
+                    self._refetch_wanted = self._refetch is not None
+                    return self._refetch_wanted
+                try:
+                    entry = cache.revalidated(
+                        stale, headers, self.decision.credentials, self._requested_at, time.time()
+                    )
+                except Exception:
+                    # The 304 still vouches for the stored response: served as it is.
+                    log.warning("[CACHE] could not freshen a stored response", exc_info=True)
+                    entry = stale
                 self._swap(entry, "wsgi-memopt; fwd=stale; fwd-status=304; detail=revalidated")
                 return True
             failed = exc_info is not None or status[:1] == "5"
@@ -195,8 +212,8 @@ class Capture:
     def write(self, data: bytes) -> object:
         """The legacy ``write()`` callable: passed on, and the response is not stored (what
         it sends bypasses the iterable, so it is never seen whole)."""
-        if self._swapped is not None:
-            return None  # the stored response answers: the app's bytes go nowhere
+        if self._standing_in():
+            return None  # the stored response (or a second fetch) answers: these bytes go nowhere
         if self.reason is None:
             self.refuse("write-callable")
         self._send_pending()
@@ -216,8 +233,11 @@ class Capture:
             except Exception:
                 log.warning("[CACHE] could not drop a failed response's entry", exc_info=True)
         if self.fill is not None:
-            self._release_waiters(reason not in _TRANSIENT_REFUSALS)
-        elif reason == "credentials":
+            # A refusal for this request's credentials says nothing of the page's response to
+            # anyone else: the page is not remembered as uncacheable for them.
+            uncacheable = reason not in _TRANSIENT_REFUSALS and reason != "credentials"
+            self._release_waiters(uncacheable)
+        if reason == "credentials":
             # Not public: the page's next requests with credentials need no capture.
             try:
                 store.remember_uncacheable(self.decision.key, credentials=True)  # type: ignore[arg-type]
@@ -284,6 +304,9 @@ class Capture:
             if chunk and self._pending is not None:
                 self._send_pending()  # the first bytes: their headers go first
             yield chunk
+        if self._refetch_wanted:
+            yield from self._refetched(chunks)
+            return
         if self._swapped is not None:
             yield from self._stand_in(chunks)
             return
@@ -298,8 +321,9 @@ class Capture:
         self._send_pending()  # an empty body's headers
 
     def _standing_in(self) -> bool:
-        """Whether the stored response answers instead of the app's (see :meth:`_swap`)."""
-        return self._swapped is not None
+        """Whether the app's response is not the one sent: the stored one answers instead
+        (see :meth:`_swap`), or a second, unconditional fetch does (see :meth:`_refetched`)."""
+        return self._swapped is not None or self._refetch_wanted
 
     def _stand_in(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
         """The swapped-in stored response: the rest of the app's body is read (its iterable
@@ -313,6 +337,26 @@ class Capture:
         _, _, body = stored_response(entry, self.environ, self._cache.clock())
         if body:
             yield body
+
+    def _refetched(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """The answer to the app's unconditional fetch, captured as any miss, after the
+        mismatched 304's iterable is read and closed."""
+        with contextlib.suppress(Exception):
+            for _ in chunks:
+                pass
+        close_dropped(self.app_iter)
+        assert self._refetch is not None
+        self._refetch_wanted = False
+        self.decision = self.decision._replace(entry=None)
+        self.reason, self.verdict, self._chunks, self._size = "no-response", None, [], 0
+        self._pending = None
+        self.app_iter = self._refetch(self.start_response)
+        yield from self._tee()
+
+    @property
+    def headers_sent(self) -> bool:
+        """Whether the server has been given a status and headers already."""
+        return self._write is not None
 
     def _stands_in_for_error(self) -> bool:
         """Whether the stale entry answers for an app that raised before sending anything."""

@@ -28,6 +28,8 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from werkzeug.http import http_date as werkzeug_http_date
+
 from ..counting import Tally, read_count
 from ..settings import MB
 from .entry import Entry
@@ -118,6 +120,19 @@ def cache_status(
     if detail is not None:
         value += f"; detail={detail}"
     return (("Cache-Status", value), ("X-Cache", "MISS"))
+
+
+def _field(headers: Entry | list[tuple[str, str]], name: str) -> str | None:
+    """One field's value in a header list (or an entry's), its lines joined; None if absent."""
+    pairs = headers.headers if isinstance(headers, Entry) else headers
+    values = [value for key, value in pairs if key.lower() == name]
+    return ", ".join(values) if values else None
+
+
+def _opaque_tag(etag: str) -> str:
+    """An entity tag without its weakness (RFC 9110 §8.8.3.2: weak comparison)."""
+    etag = etag.strip()
+    return etag[2:] if etag.startswith("W/") else etag
 
 
 def stored_response(
@@ -264,7 +279,9 @@ class ResponseCache:
             if method == "GET":
                 # Stale: the app is asked (conditionally, when it has a validator); the stored
                 # response stands in if the app fails within its stale-if-error window.
-                return self._fetch(key, "stale", credentials, entry=entry)
+                if credentials or self.lock_wait_s <= 0:
+                    return self._fetch(key, "stale", credentials, entry=entry)
+                return self._fetch_once(key, lookup_key, environ, stale=entry)
         if method == "HEAD":
             return self._pass("miss", "head")  # a HEAD response has no body to store
         if credentials:
@@ -279,10 +296,16 @@ class ResponseCache:
         return self._fetch_once(key, lookup_key, environ)
 
     def _fetch_once(
-        self, key: CacheKey, lookup_key: CacheKey, environ: Mapping[str, Any]
+        self,
+        key: CacheKey,
+        lookup_key: CacheKey,
+        environ: Mapping[str, Any],
+        stale: Entry | None = None,
     ) -> Decision:
-        """Single flight: the first miss of a key fetches it; the others wait for its
-        response (at most ``cache_lock_timeout_s``), then serve it or fetch themselves."""
+        """Single flight: the first miss of a key (or the first request of a ``stale``
+        entry) fetches it; the others wait for its response (at most
+        ``cache_lock_timeout_s``), then serve it or fetch themselves."""
+        forward = "miss" if stale is None else "stale"
         fill, event = self.flights.join(lookup_key, self.lock_wait_s, self.store.clock())
         if event is not None:
             event.wait(self.lock_wait_s)
@@ -290,14 +313,14 @@ class ResponseCache:
             _, entry = self.store.lookup(key, environ, now)
             if entry is not None and now < entry.expires:
                 return self._serve(entry)
-            return self._fetch(key)
+            return self._fetch(key, forward, entry=stale)
         # Stored by the previous fill between our lookup and now?
         now = self.store.clock()
         _, entry = self.store.lookup(key, environ, now)
         if entry is not None and now < entry.expires:
             self.flights.end(fill)  # type: ignore[arg-type]
             return self._serve(entry)
-        return self._fetch(key, fill=fill)
+        return self._fetch(key, forward, fill=fill, entry=stale)
 
     # Each request is counted once, as what it ends as: a hit, a miss (fetched, or a HEAD or
     # credentials miss passed through) or a bypass by reason.
@@ -384,6 +407,17 @@ class ResponseCache:
             date=verdict.date,
         )
 
+    def same_representation(self, stale: Entry, headers: list[tuple[str, str]]) -> bool:
+        """Whether a ``304`` speaks of ``stale``'s representation: the validators it sends
+        (ETag, strong or weak; Last-Modified) are the stored ones (RFC 9111 §4.3.4)."""
+        for name, value in headers:
+            lower = name.lower()
+            if lower == "etag" and _opaque_tag(value) != _opaque_tag(stale.etag or ""):
+                return False
+            if lower == "last-modified" and value != _field(stale, "last-modified"):
+                return False
+        return True
+
     def revalidated(
         self,
         stale: Entry,
@@ -398,10 +432,15 @@ class ResponseCache:
         may be. Returned either way: the
         304 validated it for the request that asked."""
         sent = {name.lower() for name, _ in headers} - _KEPT_ON_REVALIDATION
+        if "date" not in sent:
+            # Its age counts from this 304 (RFC 9111 §4.2.3), not from the first response.
+            sent.add("date")
+            headers = [*headers, ("Date", werkzeug_http_date(responded_at))]
         merged = [pair for pair in stale.headers if pair[0].lower() not in sent]
         merged += [pair for pair in headers if pair[0].lower() in sent]
         verdict = self.assess(stale.status, merged, credentials)
-        storable = verdict.reason is None
+        # A 304 that changes Vary changes the key the entry belongs under: served this once.
+        storable = verdict.reason is None and _field(stale, "vary") == _field(merged, "vary")
         if not storable:
             self.store.discard(stale)  # served this once, never again
         entry = self.entry_for(

@@ -18,7 +18,7 @@ The rules, as a user can check them:
 - ``cache_paths`` and ``cache_exclude_paths`` see the path as a router does: dot segments
   resolved, repeated slashes merged (:func:`normalized_path`);
 - a request with ``Authorization`` or ``Cookie`` is served and stored only when the response
-  says ``public``, ``s-maxage`` or ``must-revalidate``;
+  says ``public`` or ``s-maxage``;
 - request ``no-store`` bypasses; request ``no-cache``, ``max-age=0`` or ``Pragma: no-cache``
   skips the stored copy and refreshes it;
 - a non-error response to an unsafe method invalidates its URI and the same-host URIs of its
@@ -449,8 +449,10 @@ def assess_response(
         return _REFUSED["private"]
     s_maxage = _seconds(directives, "s-maxage")
     must_revalidate = "must-revalidate" in directives
-    # RFC 9111 §3.5: what the origin lets every user have, a request's credentials aside.
-    shareable = "public" in directives or s_maxage is not None or must_revalidate
+    # What the origin lets every user have, a request's credentials aside. RFC 9111 §3.5 also
+    # lets must-revalidate share a response to Authorization; here a cookie counts as
+    # credentials too, and a page built for one carries must-revalidate as often as not.
+    shareable = "public" in directives or s_maxage is not None
     if credentials and not shareable:
         return _REFUSED["credentials"]
     etag, last_modified = fields.get("etag"), fields.get("last-modified")
