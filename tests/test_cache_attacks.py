@@ -19,15 +19,20 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
-from helpers.apps import CountingApp
-from helpers.clock import FakeClock
+from helpers.apps import CountingApp, Origin
 from helpers.headers import cache_status
 from helpers.store import assert_consistent
-from helpers.wsgi import WSGIApp, checked, get, run_threads, wrap, wsgiref_get
+from helpers.wsgi import (
+    checked,
+    get,
+    opened,
+    run_threads,
+    wrap,
+    wrap_clocked,
+    wsgiref_get,
+)
 from werkzeug.http import http_date
-from werkzeug.test import Client, TestResponse
-
-from wsgi_memopt import MemoryOptimizer
+from werkzeug.test import Client
 
 Headers = list[tuple[str, str]]
 
@@ -40,41 +45,6 @@ BOUND_S = 5.0  # the longest a test waits for another thread: a bug fails, never
 # URLs in Location; RFC 9110 allows both, and the tests send them on purpose.
 FIELDS_IN_304 = pytest.mark.filterwarnings("ignore:Entity header")
 RELATIVE_LOCATION = pytest.mark.filterwarnings("ignore:Absolute URLs required for location")
-
-
-class Origin(CountingApp):
-    """A :class:`CountingApp` that answers a conditional request (``If-None-Match`` or
-    ``If-Modified-Since``) ``304 Not Modified`` with the headers ``not_modified``."""
-
-    def __init__(self, *, headers: Headers, not_modified: Headers) -> None:
-        super().__init__(headers=headers)
-        self.not_modified = not_modified
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        if "HTTP_IF_NONE_MATCH" not in environ and "HTTP_IF_MODIFIED_SINCE" not in environ:
-            return super().__call__(environ, start_response)
-        self.calls += 1
-        self.preconditions.append({k: v for k, v in environ.items() if k.startswith("HTTP_IF_")})
-        start_response("304 Not Modified", list(self.not_modified))
-        return []
-
-
-def wrap_clocked(app: WSGIApp, **settings: Any) -> tuple[MemoryOptimizer, Client, FakeClock]:
-    """:func:`wrap`, with the cache's clock a :class:`FakeClock` at 0."""
-    optimizer, client = wrap(app, **settings)
-    clock = FakeClock()
-    optimizer.cache.clock = clock
-    return optimizer, client, clock
-
-
-def opened(client: Client, path: str = "/", **kwargs: Any) -> TestResponse:
-    """A GET whose response the test reads and then closes itself, as a server does last."""
-    return client.get(path, buffered=False, **kwargs)
-
-
-def open_(client: Client, method: str, path: str = "/", **kwargs: Any) -> TestResponse:
-    """Any method, read to its end and closed like :func:`get`."""
-    return client.open(path, method=method, buffered=True, **kwargs)
 
 
 # -- revalidation: what a 304 may do to the stored entry (RFC 9111 §4.3.4)

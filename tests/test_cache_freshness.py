@@ -23,12 +23,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
-from helpers.apps import CountingApp
-from helpers.clock import FakeClock
+from helpers.apps import CountingApp, Origin
 from helpers.headers import cache_status
-from helpers.wsgi import WSGIApp, get, wrap
+from helpers.wsgi import get, open_, opened, wrap, wrap_clocked
 from werkzeug.http import http_date
-from werkzeug.test import Client, TestResponse
 
 from wsgi_memopt import MemoryOptimizer
 from wsgi_memopt.cache.policy import key_query
@@ -47,48 +45,6 @@ FIELDS_IN_304 = pytest.mark.filterwarnings("ignore:Entity header")
 ETAG = '"v1"'
 LAST_MODIFIED = "Sun, 06 Nov 1994 08:49:37 GMT"
 EPOCH = "Thu, 01 Jan 1970 00:00:00 GMT"
-
-
-class Origin(CountingApp):
-    """A :class:`CountingApp` that answers a conditional request (``If-None-Match`` or
-    ``If-Modified-Since``) ``304 Not Modified`` with the headers ``not_modified``, unless
-    that is None; and raises while ``down``."""
-
-    def __init__(self, *, headers: Headers, not_modified: Headers | None = None) -> None:
-        super().__init__(headers=headers)
-        self.not_modified = not_modified
-        self.down = False
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        if self.down:
-            self.calls += 1
-            raise RuntimeError("the app is down")
-        conditional = "HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ
-        if not conditional or self.not_modified is None:
-            return super().__call__(environ, start_response)
-        self.calls += 1
-        self.paths.append(environ["PATH_INFO"])
-        self.preconditions.append({k: v for k, v in environ.items() if k.startswith("HTTP_IF_")})
-        start_response("304 Not Modified", list(self.not_modified))
-        return []
-
-
-def wrap_clocked(app: WSGIApp, **settings: Any) -> tuple[MemoryOptimizer, Client, FakeClock]:
-    """:func:`wrap`, with the cache's clock a :class:`FakeClock` at 0."""
-    optimizer, client = wrap(app, **settings)
-    clock = FakeClock()
-    optimizer.cache.clock = clock
-    return optimizer, client, clock
-
-
-def opened(client: Client, path: str = "/", **kwargs: Any) -> TestResponse:
-    """A GET whose response the test reads and then closes itself, as a server does last."""
-    return client.get(path, buffered=False, **kwargs)
-
-
-def open_(client: Client, method: str, path: str = "/", **kwargs: Any) -> TestResponse:
-    """Any method, read to its end and closed like :func:`get`."""
-    return client.open(path, method=method, buffered=True, **kwargs)
 
 
 def http_now(offset_s: float = 0.0) -> str:

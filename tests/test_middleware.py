@@ -28,13 +28,13 @@ import pytest
 from helpers.apps import CACHEABLE, CountingApp
 from helpers.clock import DATE, FakeClock
 from helpers.headers import cache_status
-from helpers.wsgi import checked, get, wrap
+from helpers.wsgi import checked, get, open_, wrap, wrap_clocked
 from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from werkzeug.http import http_date
 from werkzeug.middleware.proxy_fix import ProxyFix
-from werkzeug.test import Client, EnvironBuilder, TestResponse
+from werkzeug.test import Client, EnvironBuilder
 from werkzeug.wrappers import Response
 
 from wsgi_memopt import MemoryOptimizer
@@ -50,18 +50,6 @@ BOUND_S = 5.0  # the longest a test waits for another thread: a bug fails, never
 # every HEAD response that carries one, but a HEAD response legitimately has a Content-Length
 # and no body (RFC 9110 §9.3.2): a limitation of the lint, filtered only on HEAD tests.
 HEAD_LINT = pytest.mark.filterwarnings("ignore:Content-Length and the number of bytes sent")
-
-
-def wrap_clocked(app: CountingApp, **settings: Any) -> tuple[MemoryOptimizer, Client, FakeClock]:
-    optimizer, client = wrap(app, **settings)
-    clock = FakeClock()
-    optimizer.cache.clock = clock
-    return optimizer, client, clock
-
-
-def open_(client: Client, method: str, path: str = "/", **kwargs: Any) -> TestResponse:
-    """Any method, read to its end and closed like ``get``."""
-    return client.open(path, method=method, buffered=True, **kwargs)
 
 
 # -- methods

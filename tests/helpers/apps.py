@@ -53,3 +53,27 @@ class CountingApp:
             headers.append(("Content-Length", str(len(body))))
         start_response(self.status, headers)
         return [] if environ["REQUEST_METHOD"] == "HEAD" else [body]
+
+
+class Origin(CountingApp):
+    """A :class:`CountingApp` that answers a conditional request (``If-None-Match`` or
+    ``If-Modified-Since``) ``304 Not Modified`` with the headers ``not_modified``, unless
+    that is None; and raises while ``down``."""
+
+    def __init__(self, *, headers: Headers, not_modified: Headers | None = None) -> None:
+        super().__init__(headers=headers)
+        self.not_modified = not_modified
+        self.down = False
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if self.down:
+            self.calls += 1
+            raise RuntimeError("the app is down")
+        conditional = "HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ
+        if not conditional or self.not_modified is None:
+            return super().__call__(environ, start_response)
+        self.calls += 1
+        self.paths.append(environ["PATH_INFO"])
+        self.preconditions.append({k: v for k, v in environ.items() if k.startswith("HTTP_IF_")})
+        start_response("304 Not Modified", list(self.not_modified))
+        return []

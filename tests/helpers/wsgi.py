@@ -14,6 +14,8 @@ from werkzeug.test import Client, EnvironBuilder, TestResponse
 
 from wsgi_memopt import MemoryOptimizer
 
+from .clock import FakeClock
+
 WSGIApp = Callable[..., Iterable[bytes]]
 
 
@@ -39,6 +41,24 @@ def wrap(app: WSGIApp, **settings: Any) -> tuple[MemoryOptimizer, Client]:
 def get(client: Client, path: str = "/", **kwargs: Any) -> TestResponse:
     """A GET whose response is read to its end and closed, as a server does."""
     return client.get(path, buffered=True, **kwargs)
+
+
+def wrap_clocked(app: WSGIApp, **settings: Any) -> tuple[MemoryOptimizer, Client, FakeClock]:
+    """:func:`wrap`, with the cache's clock a :class:`FakeClock` at 0."""
+    optimizer, client = wrap(app, **settings)
+    clock = FakeClock()
+    optimizer.cache.clock = clock
+    return optimizer, client, clock
+
+
+def opened(client: Client, path: str = "/", **kwargs: Any) -> TestResponse:
+    """A GET whose response the test reads and then closes itself, as a server does last."""
+    return client.get(path, buffered=False, **kwargs)
+
+
+def open_(client: Client, method: str, path: str = "/", **kwargs: Any) -> TestResponse:
+    """Any method, read to its end and closed like :func:`get`."""
+    return client.open(path, method=method, buffered=True, **kwargs)
 
 
 def wsgiref_get(
