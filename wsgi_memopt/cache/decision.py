@@ -141,8 +141,8 @@ def stored_response(
     """What a request is answered from ``entry`` at ``now``: a ``304`` when its validators
     match the request's (RFC 9110 §13.2.2), else the stored response (its body for a GET,
     none for a HEAD). ``status_value`` replaces the ``Cache-Status`` of a plain hit."""
-    validators = entry.etag is not None or entry.modified is not None
-    if validators and is_not_modified(environ, entry.etag, entry.modified):
+    conditional = "HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ
+    if conditional and is_not_modified(environ, entry.etag, entry.modified):
         status, headers, body = "304 Not Modified", entry.not_modified_headers_at(now), None
     else:
         status, headers = entry.status, entry.hit_headers(now)
