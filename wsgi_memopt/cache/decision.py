@@ -286,11 +286,11 @@ class ResponseCache:
             return self._pass("miss", "head")  # a HEAD response has no body to store
         if credentials:
             # Never waits for another's fill: that response may not be public.
-            if self.store.is_uncacheable(key, self.store.clock(), credentials=True):
+            if self.store.is_uncacheable(key, now, credentials=True):
                 # The page's last response to credentials was not public: no capture.
                 return self._pass("miss", "credentials")
             return self._fetch(key, credentials=True)
-        if self.lock_wait_s <= 0 or self.store.is_uncacheable(lookup_key, self.store.clock()):
+        if self.lock_wait_s <= 0 or self.store.is_uncacheable(lookup_key, now):
             # No single flight, or nothing to wait for: the last response was not storable.
             return self._fetch(key)
         return self._fetch_once(key, lookup_key, environ)

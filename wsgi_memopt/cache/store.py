@@ -358,7 +358,7 @@ class ResponseStore:
 
     def _index(self, entry: Entry) -> None:
         """File ``entry`` under its URI (see :meth:`invalidate_uri`)."""
-        uri = (key_host(entry.base_key), key_route(entry.base_key), key_query(entry.base_key))
+        uri = _uri_of(entry)
         bucket = self._by_uri.get(uri)
         if bucket is None:
             bucket = self._by_uri[uri] = []
@@ -368,7 +368,7 @@ class ResponseStore:
         self._uri_bytes += sys.getsizeof(bucket) - before
 
     def _unindex(self, entry: Entry) -> None:
-        uri = (key_host(entry.base_key), key_route(entry.base_key), key_query(entry.base_key))
+        uri = _uri_of(entry)
         bucket = self._by_uri.get(uri)
         if bucket is None or entry not in bucket:
             return
@@ -435,6 +435,14 @@ _EMPTY_DICT = sys.getsizeof({})
 _VARY_RECORD = sys.getsizeof([(), 0])  # [environ keys, variants]: the list itself
 _EMPTY_LIST = sys.getsizeof([])
 _URI_RECORD = sys.getsizeof(("", "", "")) + _EMPTY_LIST  # the key tuple, an empty bucket
+
+
+def _uri_of(entry: Entry) -> tuple[Any, str, str]:
+    """Where the URI index files ``entry``: its host, ``PATH_INFO`` and query, the key's own
+    strings (the index holds no new ones)."""
+    base = entry.base_key
+    return (key_host(base), key_route(base), key_query(base))
+
 
 if TYPE_CHECKING:
     _IN_PROCESS_IS_A_STORE: type[Store] = ResponseStore
