@@ -141,10 +141,11 @@ class RedisStore:
     # -- the request path
 
     def get(
-        self, base_key: CacheKey, environ: Mapping[str, object], now: float
+        self, base_key: CacheKey, environ: Mapping[str, object], now: float, count: bool = True
     ) -> tuple[CacheKey, Entry | None, tuple[str, ...]]:
         """The key of this request's variant, the entry Redis holds under it (None when it
-        holds none, or cannot be asked) and its ``Vary`` environ keys."""
+        holds none, or cannot be asked) and its ``Vary`` environ keys; counted as a hit or a
+        miss unless ``count`` is False (a request looking again)."""
 
         def ask() -> tuple[CacheKey, Entry | None, tuple[str, ...]]:
             key_str = self.key_text(base_key)
@@ -164,7 +165,8 @@ class RedisStore:
         found = self._ask("get", ask)
         if found is None:
             return base_key, None, ()
-        next(self.hits if found[1] is not None else self.misses)
+        if count:
+            next(self.hits if found[1] is not None else self.misses)
         return found
 
     def _decode(
