@@ -400,6 +400,10 @@ class ResponseStore:
                 "expirations": self.expirations,
             }
 
+    def close(self) -> None:
+        """Stop what the store runs beside the requests: nothing here (a shared store's
+        invalidation listener)."""
+
     def after_fork(self) -> None:
         """In a forked child: locks another thread held at the fork stay held for good, and
         the single-flight fills in progress belonged to threads that are gone."""
