@@ -12,6 +12,7 @@ import unicodedata
 from pathlib import Path
 
 import pytest
+from helpers.servers import free_port
 from werkzeug.test import Client
 
 from wsgi_memopt import MemoryOptimizer, Settings
@@ -148,7 +149,10 @@ def test_metrics_table_lists_what_the_endpoint_serves() -> None:
     def app(environ: dict[str, object], start_response: object) -> list[bytes]:
         raise AssertionError("the API must answer /metrics itself")
 
-    client = Client(MemoryOptimizer(app, api_token="t0ken", monitor_interval_s=0))
+    # With a shared backend (down: its families are served all the same), every family.
+    backend = f"redis://127.0.0.1:{free_port()}/0"
+    optimizer = MemoryOptimizer(app, api_token="t0ken", monitor_interval_s=0, cache_backend=backend)
+    client = Client(optimizer)
     response = client.get("/api/v1/memory/metrics", headers={"Authorization": "Bearer t0ken"})
     assert response.status_code == 200
     served = set(re.findall(r"^# TYPE (wsgi_memopt_\w+) (gauge|counter)$", response.text, re.M))

@@ -450,7 +450,9 @@ BAD_VALUES = [
     pytest.param("cache_redis_timeout_s", "61", "<= 60", id="redis-timeout-61"),
     pytest.param("cache_redis_retry_s", "0", "> 0", id="redis-retry-zero"),
     pytest.param("cache_redis_secret", "short", SECRET, id="redis-secret-short"),
-    pytest.param("cache_redis_secret", "sixteen chars with spaces", SECRET, id="redis-secret-space"),
+    pytest.param(
+        "cache_redis_secret", "sixteen chars with spaces", SECRET, id="redis-secret-space"
+    ),
     pytest.param("cache_local_ttl_s", "0", "> 0", id="local-ttl-zero"),
     pytest.param("cache_local_ttl_s", "86401", "<= 86400", id="local-ttl-over-a-day"),
     pytest.param("api_allow_networks", "10.0.0.0/33", NETWORKS, id="networks-bad-mask"),
