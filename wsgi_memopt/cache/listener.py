@@ -1,7 +1,7 @@
 """Each process's ear on the shared store: invalidations published by the others.
 
-One daemon thread per process subscribes to the invalidation channel and hands every message
-to ``deliver``. It is started by the first request a process serves, not when the middleware
+One daemon thread per process subscribes to the invalidation channel and hands every message's
+data to ``deliver``. It is started by the first request a process serves, not when the middleware
 is built: under gunicorn the app is often built in the master, and a thread started before
 the fork does not exist in the workers. When the subscription breaks (Redis restarted, a
 partition) it subscribes again, with a growing pause, and calls ``resubscribed``: messages sent
@@ -13,11 +13,10 @@ meanwhile are lost, so the process drops its own copies of shared entries.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["Listener"]
@@ -35,7 +34,7 @@ class Listener:
         self,
         client: Callable[[], Any],
         channel: str,
-        deliver: Callable[[Mapping[str, Any]], None],
+        deliver: Callable[[bytes], None],
         resubscribed: Callable[[], None],
     ) -> None:
         self._client = client
@@ -112,11 +111,9 @@ class Listener:
                         log.debug("[CACHE] closing a broken subscription failed", exc_info=True)
         self.connected = False
 
-    def _handle(self, data: object) -> None:
+    def _handle(self, data: bytes) -> None:
+        self.received += 1
         try:
-            message = json.loads(data)  # type: ignore[arg-type]
-            if isinstance(message, dict):
-                self.received += 1
-                self._deliver(message)
+            self._deliver(data)
         except Exception:
             log.warning("[CACHE] could not apply an invalidation message", exc_info=True)

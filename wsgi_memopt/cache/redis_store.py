@@ -83,7 +83,11 @@ def connect(address: BackendAddress, timeout_s: float) -> redis.Redis | Any:
 
         sentinel = Sentinel(
             list(address.nodes),
-            sentinel_kwargs={"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s},
+            sentinel_kwargs={
+                "socket_timeout": timeout_s,
+                "socket_connect_timeout": timeout_s,
+                "retry": Retry(NoBackoff(), 0),  # not inherited from the primary's settings
+            },
             **common,
         )
         return sentinel.master_for(address.service or "", db=address.db, ssl=address.tls)
@@ -288,9 +292,21 @@ class RedisStore:
         return dropped
 
     def publish(self, message: Mapping[str, Any]) -> None:
-        """Tell every process's listener (see :mod:`wsgi_memopt.cache.listener`)."""
-        text = json.dumps(message, separators=(",", ":"))
+        """Tell every process's listener (see :mod:`wsgi_memopt.cache.listener`); signed
+        like the records when there is a secret."""
+        text = wire.seal_message(json.dumps(message, separators=(",", ":")), self.secret)
         self._ask("publish", lambda: self.client.publish(self.channel, text))
+
+    def read_message(self, data: bytes | str) -> dict[str, Any] | None:
+        """A published message, or None (counted) when it is not one of ours: not JSON, or
+        not signed with the secret."""
+        try:
+            message = json.loads(wire.open_message(data, self.secret))
+        except (wire.BadRecord, ValueError) as error:
+            self.refused.add("message")
+            log.warning("[CACHE] refused an invalidation message: %s", error)
+            return None
+        return message if isinstance(message, dict) else None
 
     def _scan(self, pattern: str) -> Iterator[str]:
         names = self.client.scan_iter(match=pattern, count=_SCAN_COUNT)

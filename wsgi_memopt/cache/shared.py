@@ -164,9 +164,10 @@ class SharedStore(ResponseStore):
         self.shared.publish({"op": op, "origin": self._origin, **fields})
         self.published += 1
 
-    def _apply(self, message: Mapping[str, Any]) -> None:
+    def _apply(self, data: bytes) -> None:
         """Apply another process's invalidation to the entries here."""
-        if message.get("origin") == self._origin:
+        message = self.shared.read_message(data)
+        if message is None or message.get("origin") == self._origin:
             return  # done here already
         op = message.get("op")
         if op == "uri":

@@ -4,7 +4,7 @@ Whoever can write to the shared store must not get code run in the workers that 
 an entry is plain data: JSON for the status, headers, key and cache metadata, then the body's
 bytes as they are. With a secret, each record carries an HMAC-SHA256 of its key and content;
 a reader with the secret refuses every record without a valid one (written by anything else,
-or moved under another key).
+or moved under another key). Invalidation messages are signed the same way.
 
     record = encode(entry, vary, key_text, wall_clock(), now, secret)
     entry = decode(record, key, key_text, wall_clock(), now, secret)   # raises BadRecord
@@ -26,7 +26,16 @@ from typing import Any
 from .entry import Entry
 from .policy import CacheKey
 
-__all__ = ["VERSION", "BadRecord", "decode", "encode", "key_text", "vary_marker"]
+__all__ = [
+    "VERSION",
+    "BadRecord",
+    "decode",
+    "encode",
+    "key_text",
+    "open_message",
+    "seal_message",
+    "vary_marker",
+]
 
 VERSION = 1
 _MAGIC = b"WMC"
@@ -124,6 +133,26 @@ def decode(
         return entry, _names(meta["vary"])
     except (KeyError, TypeError, ValueError) as error:
         raise BadRecord(f"a malformed record: {error}") from None
+
+
+def seal_message(text: str, secret: bytes | None) -> str:
+    """An invalidation message as published: with a secret, its HMAC first."""
+    if secret is None:
+        return text
+    return hmac.new(secret, text.encode(), hashlib.sha256).hexdigest() + " " + text
+
+
+def open_message(data: bytes | str, secret: bytes | None) -> str:
+    """The text of a published message; :class:`BadRecord` when a secret is set and the
+    message does not carry its HMAC."""
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    if secret is None:
+        return text
+    mac, _, body = text.partition(" ")
+    expected = hmac.new(secret, body.encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(mac.encode(), expected.encode()):
+        raise BadRecord("a message not signed with this cache's secret")
+    return body
 
 
 def _frame(meta: bytes, body: bytes, key: str, secret: bytes | None) -> bytes:
