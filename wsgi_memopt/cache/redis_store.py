@@ -116,6 +116,7 @@ class RedisStore:
         self.key_names = key_names
         self.breaker = Breaker(_BREAKER_THRESHOLD, retry_s)
         self._client = client
+        self._made_client = client is None  # ours to make again in a forked child
         self.hits = itertools.count()
         self.misses = itertools.count()
         self.stores = itertools.count()
@@ -385,7 +386,10 @@ class RedisStore:
         }
 
     def after_fork(self) -> None:
-        """In a forked child: new locks; redis-py makes new connections by itself."""
+        """In a forked child: new locks, and a client of its own (the parent's sockets are
+        the parent's: two processes reading one connection read each other's replies)."""
+        if self._made_client:
+            self._client = None
         self.breaker.after_fork()
         self.errors = Tally()._adopt(self.errors)
         self.refused = Tally()._adopt(self.refused)
