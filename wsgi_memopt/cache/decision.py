@@ -524,7 +524,7 @@ class ResponseCache:
         if environ.get("REQUEST_METHOD") in SAFE_METHODS or not "200" <= status[:3] < "400":
             return 0
         host = environ.get("HTTP_HOST")
-        if not host:
+        if not host or not self.store.may_hold_uris():
             return 0
         script = str(environ.get("SCRIPT_NAME", ""))
         path_info = str(environ.get("PATH_INFO", ""))

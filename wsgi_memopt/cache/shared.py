@@ -145,6 +145,10 @@ class SharedStore(ResponseStore):
         self._publish("uri", host=host, script_name=script_name, path_info=path_info, query=query)
         return dropped
 
+    def may_hold_uris(self) -> bool:
+        """Always: Redis may hold what this process does not."""
+        return True
+
     def invalidate(self, path_prefix: str) -> int:
         """Drop the entries at ``path_prefix`` and below here, in Redis and in every
         process; how many here and in Redis."""

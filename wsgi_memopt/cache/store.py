@@ -337,8 +337,6 @@ class ResponseStore:
     def invalidate_uri(self, host: str, script_name: str, path_info: str, query: str) -> int:
         """Drop every entry of one URI (``host``, ``SCRIPT_NAME``, ``PATH_INFO``, ``query``),
         whatever its variants and keyed header values; returns how many."""
-        if not self._by_uri:
-            return 0  # most POSTs, in a cache that holds nothing of theirs
         path = script_name + path_info
         with self._lock:
             bucket = self._by_uri.get((host, path_info, query), ())
@@ -354,6 +352,11 @@ class ResponseStore:
             if entry is not None:
                 self._remove(entry)
         return entry is not None
+
+    def may_hold_uris(self) -> bool:
+        """Whether an invalidation could find anything to drop (False: an empty store, so
+        that an unsafe method in a cache that holds nothing costs nothing more)."""
+        return bool(self._by_uri)
 
     def entries(self) -> list[Entry]:
         """A snapshot of the stored entries, least recently used first."""
