@@ -57,7 +57,7 @@ def optimizers() -> Iterator[Callable[..., tuple[MemoryOptimizer, Client]]]:
 
     yield make
     for optimizer in made:
-        optimizer.cache.store.close()
+        optimizer.close()
 
 
 def _api(client: Client, endpoint: str) -> Any:

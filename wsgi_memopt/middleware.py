@@ -269,6 +269,13 @@ class MemoryOptimizer:
         self.governor.request_finished()
         return file_wrapper
 
+    def close(self) -> None:
+        """Stop the threads the middleware runs beside the requests: the governor's monitor
+        (CPython's collector given back its own settings) and a shared store's listener. For
+        tests and programs that build many; a server's workers need not call it."""
+        self.governor.stop()
+        self.cache.close()
+
     def optimize(self) -> dict[str, Any]:
         """Run the governor's optimize now; the measured result, as the API returns it."""
         return self.governor.optimize()

@@ -606,6 +606,10 @@ class ResponseCache:
         """Drop ``cache_evict_fraction`` of the entries, least recently used first."""
         return self.store.evict()
 
+    def close(self) -> None:
+        """Stop what the store runs beside the requests (a shared store's listener)."""
+        self.store.close()
+
     def after_fork(self) -> None:
         """In a forked child: the parent's fills and locks are not this process's."""
         self.flights.after_fork()

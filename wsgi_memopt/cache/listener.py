@@ -4,10 +4,10 @@ One daemon thread per process subscribes to the invalidation channel and hands e
 data to ``deliver``. It is started by the first request a process serves, not when the middleware
 is built: under gunicorn the app is often built in the master, and a thread started before
 the fork does not exist in the workers. When the subscription breaks (Redis restarted, a
-partition) it subscribes again, with a growing pause, and calls ``resubscribed``: messages sent
-meanwhile are lost, so the process drops its own copies of shared entries.
+partition) it subscribes again, with a growing pause. Messages sent meanwhile are lost: the
+process's copies of shared entries are short-lived (``cache_local_ttl_s``) for that reason.
 
-    listener = Listener(lambda: redis_store.client, channel, deliver, resubscribed)
+    listener = Listener(lambda: redis_store.client, channel, deliver)
     listener.ensure_running()      # from the request path: cheap once it runs
 """
 
@@ -35,12 +35,10 @@ class Listener:
         client: Callable[[], Any],
         channel: str,
         deliver: Callable[[bytes], None],
-        resubscribed: Callable[[], None],
     ) -> None:
         self._client = client
         self.channel = channel
         self._deliver = deliver
-        self._resubscribed = resubscribed
         self._pid: int | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -90,7 +88,6 @@ class Listener:
                 pause = 0.05
                 if not first:
                     self.reconnects += 1
-                    self._resubscribed()
                 first = False
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=_POLL_S)

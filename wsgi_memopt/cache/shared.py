@@ -47,9 +47,7 @@ class SharedStore(ResponseStore):
         super().__init__(keep_for_s=local_ttl_s, **local)
         self.shared = shared
         self._origin = secrets.token_hex(8)  # this process, in the messages it publishes
-        self.listener = Listener(
-            lambda: shared.client, shared.channel, self._apply, self._resubscribed
-        )
+        self.listener = Listener(lambda: shared.client, shared.channel, self._apply)
         self.published = 0
 
     # -- the request path
@@ -189,10 +187,6 @@ class SharedStore(ResponseStore):
             names, key = json.loads(str(message["key"]))
             if tuple(names) == self.shared.key_names:
                 self.drop_key(_as_tuple(key))
-
-    def _resubscribed(self) -> None:
-        # Messages published while the channel was down are lost: the copies here go.
-        self.clear_local()
 
     # -- reports and housekeeping
 
