@@ -1,5 +1,5 @@
 """Fixtures for every test: the collector, the environment and the WSGI checks as found;
-and the real servers (gunicorn, ``wsgi-memopt serve``) that some tests start.
+and the real servers (gunicorn, ``wsgi-memopt serve``, redis-server) that some tests start.
 
 Helpers to import live in ``tests/helpers/``; this file holds only fixtures.
 """
@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from helpers.cli import server_starter, write_apps
+from helpers.redis import RedisCluster, RedisSentinel, RedisServer, require_redis
 from helpers.servers import Server, Servers
 from werkzeug.middleware import lint
 
@@ -72,3 +73,57 @@ def _no_env_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("WSGI_MEMOPT_"):
             monkeypatch.delenv(name)
+
+
+# Real Redis peers on 127.0.0.1 (tests/helpers/redis.py): without redis-server the tests that
+# use them skip, under CI=true they fail. Each is stopped by its PID, whatever the test did.
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the whole run; tests take it through ``redis_url``."""
+    require_redis()
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The shared redis-server's URL, up and empty for this test."""
+    redis_server.reset()
+    return redis_server.url
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server for this test alone, to kill, pause or restart; stopped at its end."""
+    require_redis()
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()  # resumes it first if the test left it paused
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A 3-primary Redis Cluster for the whole run."""
+    require_redis()
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisCluster) -> str:
+    """The cluster's URL, every primary empty for this test."""
+    redis_cluster.flush()
+    return redis_cluster.url
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel]:
+    """A primary redis-server watched by one sentinel, for the whole run."""
+    require_redis()
+    sentinel = RedisSentinel(tmp_path_factory.mktemp("redis-sentinel")).start()
+    yield sentinel
+    sentinel.stop()

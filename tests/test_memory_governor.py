@@ -406,7 +406,7 @@ class ListCache:
         self.items -= 1
         return 1
 
-    def clear(self) -> tuple[int, int]:
+    def clear_local(self) -> tuple[int, int]:
         self.calls.append("clear")
         dropped = self.items, self.bytes
         self.items = 0

@@ -17,9 +17,11 @@ from wsgi_memopt import MemoryOptimizer
 from wsgi_memopt.settings import (
     DEFAULT_API_PREFIX,
     ENV_PREFIX,
+    SECRET_SETTINGS,
     Settings,
     SettingsError,
     did_you_mean,
+    shown_value,
 )
 
 BOUND_S = 10.0  # no test waits longer; a bug fails, never hangs
@@ -42,6 +44,12 @@ NON_DEFAULT: dict[str, Any] = {
     "cache_key_headers": ("accept-language", "x-forwarded-host"),
     "cache_targeted_fields": ("cdn-cache-control",),
     "cache_lock_timeout_s": 0.1,
+    "cache_backend": "redis://127.0.0.1:1/3",
+    "cache_redis_prefix": "shop:",
+    "cache_redis_timeout_s": 0.05,
+    "cache_redis_retry_s": 0.5,
+    "cache_redis_secret": "0123456789abcdef-secret",
+    "cache_local_ttl_s": 1.5,
     "max_memory_percent": 50,
     "critical_percent": 70.5,
     "restart_percent": 95,
@@ -296,6 +304,9 @@ GC_RULE = "1 to 3 non-negative integers"
 NETWORKS = "expected networks"
 PREFIX = "starting with '/'"
 TOKEN = "expected a token of visible ASCII characters"
+BACKEND = "expected 'memory', or a Redis URL"
+PREFIX_CHARS = "visible ASCII characters without"
+SECRET = "expected a secret of visible ASCII characters (no spaces), 16 or more"
 LIST = "expected a comma-separated list"
 
 BAD_VALUES = [
@@ -424,6 +435,24 @@ BAD_VALUES = [
     pytest.param("api_token", "s3cr\u00e9t", TOKEN, id="token-non-ascii"),
     pytest.param("api_token", "two words", TOKEN, id="token-space"),
     pytest.param("api_token", "tok\x7f", TOKEN, id="token-control"),
+    pytest.param("cache_backend", "http://127.0.0.1:6379", BACKEND, id="backend-http"),
+    pytest.param("cache_backend", "redis://a:1,b:2/0", BACKEND, id="backend-two-hosts"),
+    pytest.param("cache_backend", "redis://h:70000/0", BACKEND, id="backend-bad-port"),
+    pytest.param("cache_backend", "redis://h/0/1", BACKEND, id="backend-two-dbs"),
+    pytest.param("cache_backend", "redis+cluster://h:7000/1", BACKEND, id="backend-cluster-db"),
+    pytest.param("cache_backend", "redis+sentinel://h:26379", BACKEND, id="backend-no-service"),
+    pytest.param("cache_backend", "unix://", BACKEND, id="backend-unix-no-path"),
+    pytest.param("cache_backend", 6379, BACKEND, id="backend-int"),
+    pytest.param("cache_redis_prefix", "", PREFIX_CHARS, id="redis-prefix-empty"),
+    pytest.param("cache_redis_prefix", "app*", PREFIX_CHARS, id="redis-prefix-glob"),
+    pytest.param("cache_redis_prefix", "my app", PREFIX_CHARS, id="redis-prefix-space"),
+    pytest.param("cache_redis_timeout_s", "0", "> 0", id="redis-timeout-zero"),
+    pytest.param("cache_redis_timeout_s", "61", "<= 60", id="redis-timeout-61"),
+    pytest.param("cache_redis_retry_s", "0", "> 0", id="redis-retry-zero"),
+    pytest.param("cache_redis_secret", "short", SECRET, id="redis-secret-short"),
+    pytest.param("cache_redis_secret", "sixteen chars with spaces", SECRET, id="redis-secret-space"),
+    pytest.param("cache_local_ttl_s", "0", "> 0", id="local-ttl-zero"),
+    pytest.param("cache_local_ttl_s", "86401", "<= 86400", id="local-ttl-over-a-day"),
     pytest.param("api_allow_networks", "10.0.0.0/33", NETWORKS, id="networks-bad-mask"),
     pytest.param("api_allow_networks", "not-a-network", NETWORKS, id="networks-word"),
     pytest.param("api_allow_networks", "10.0.0.0/8, bogus", NETWORKS, id="networks-one-bad"),
@@ -442,7 +471,7 @@ def _check_error(error: SettingsError, name: str, value: object, rule: str) -> N
     assert error.setting == name
     message = str(error)
     assert name in message
-    assert repr(value) in message
+    assert repr(shown_value(name, value)) in message  # a secret's value is never echoed
     assert rule in message
     assert rule in error.allowed
 
@@ -515,6 +544,9 @@ UPPER_BOUNDS = {
     "cache_evict_fraction": "1",
     "cache_cleanup_interval_s": "31536000 (a year)",
     "cache_lock_timeout_s": "86400 (a day)",
+    "cache_redis_timeout_s": "60",
+    "cache_redis_retry_s": "3600",
+    "cache_local_ttl_s": "86400 (a day)",
     "max_memory_percent": "100",
     "critical_percent": "100",
     "restart_percent": "100",
@@ -1015,8 +1047,12 @@ def test_as_text_round_trips_through_from_mapping(values: dict[str, Any]) -> Non
 
 
 def writable(text: dict[str, str]) -> dict[str, str]:
-    """``text`` without an unset api_token: "none" shows it, but only leaving it out writes it."""
-    return {name: value for name, value in text.items() if (name, value) != ("api_token", "none")}
+    """``text`` without an unset secret: "none" shows it, but only leaving it out writes it."""
+    return {
+        name: value
+        for name, value in text.items()
+        if name not in SECRET_SETTINGS or value != "none"
+    }
 
 
 def test_an_unset_token_is_shown_as_none_and_written_by_leaving_it_out() -> None:
@@ -1058,7 +1094,7 @@ def test_describe_env_names_are_read_by_from_env() -> None:
     environ = {
         env: default_text
         for name, env, default_text, _ in Settings.describe()
-        if (name, default_text) != ("api_token", "none")
+        if name not in SECRET_SETTINGS or default_text != "none"
     }
     settings = Settings.from_env(environ=environ)
     assert settings == Settings()

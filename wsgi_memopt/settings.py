@@ -23,19 +23,25 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
+from .backend import MEMORY, RULE, parse_backend, redacted
+
 __all__ = [
     "DEFAULT_API_PREFIX",
     "ENV_PREFIX",
     "MB",
+    "SECRET_SETTINGS",
+    "SHARED_LOCAL_MAX_MB",
     "Settings",
     "SettingsError",
     "did_you_mean",
     "env_values",
+    "shown_value",
 ]
 
 ENV_PREFIX = "WSGI_MEMOPT_"
 DEFAULT_API_PREFIX = "/api/v1/memory"
 MB = 1 << 20  # a MiB: the unit of every *_mb setting, and of every MB the package reports
+SHARED_LOCAL_MAX_MB = 5.0  # cache_max_mb's default when cache_backend names a shared store
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -48,8 +54,6 @@ _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # an HTTP field name (RF
 # ":" and "@"). PATH_INFO carries the URL's bytes as latin-1, so a prefix of anything else
 # ("/mémoire" arrives as "/mÃ©moire") would never be reached.
 _PATH = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/]+")
-# A bearer token as the API compares it: bytes, in constant time (hmac.compare_digest).
-_VISIBLE_ASCII = re.compile(r"[!-~]+")
 
 
 class SettingsError(ValueError):
@@ -61,7 +65,20 @@ class SettingsError(ValueError):
         self.allowed = allowed
         self.origin = origin
         where = f" (from {origin})" if origin and origin != setting else ""
-        super().__init__(f"setting {setting}{where}: {value!r} is not allowed; {allowed}")
+        shown = shown_value(setting, value)
+        super().__init__(f"setting {setting}{where}: {shown!r} is not allowed; {allowed}")
+
+
+SECRET_SETTINGS = frozenset({"api_token", "cache_redis_secret"})  # never shown
+
+
+def shown_value(setting: str, value: object) -> object:
+    """``value`` as it may be printed or logged: secrets hidden, a URL's password too."""
+    if setting in SECRET_SETTINGS and value is not None:
+        return "<hidden>"
+    if setting == "cache_backend" and isinstance(value, str):
+        return redacted(value)
+    return value
 
 
 class _Invalid(Exception):
@@ -242,16 +259,47 @@ def _prefix(value: object) -> str:
     return prefix
 
 
-def _token(value: object) -> str | None:
-    if value is None:
-        return None  # the default: no token
-    # Explicit text that reads as "nothing" is a mistake (an unset variable in a template, a
-    # str(None)), never a way to turn the token off: that is leaving api_token unset.
-    if not isinstance(value, str) or not _VISIBLE_ASCII.fullmatch(value) or value.lower() in _NONE:
-        raise _Invalid(
-            "expected a token of visible ASCII characters (no spaces), not empty or 'none'; "
-            "for no token, leave api_token unset"
-        )
+def _secret(name: str, what: str, min_length: int) -> Callable[[object], str | None]:
+    """A parser for a secret (``api_token``, ``cache_redis_secret``): ``min_length`` or more
+    visible ASCII characters, unset by default."""
+    pattern = re.compile(f"[!-~]{{{min_length},}}")
+    length = f", {min_length} or more" if min_length > 1 else ""
+    rule = (
+        f"expected {what} of visible ASCII characters (no spaces){length}, not empty or "
+        f"'none'; to have none, leave {name} unset"
+    )
+
+    def parse(value: object) -> str | None:
+        if value is None:
+            return None  # the default: unset
+        # Explicit text that reads as "nothing" is a mistake (an unset variable in a
+        # template, a str(None)), never a way to turn it off: that is leaving it unset.
+        if not isinstance(value, str) or not pattern.fullmatch(value) or value.lower() in _NONE:
+            raise _Invalid(rule)
+        return value
+
+    return parse
+
+
+def _backend(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(RULE)
+    try:
+        address = parse_backend(value)
+    except ValueError:
+        raise _Invalid(RULE) from None
+    return MEMORY if address is None else address.url
+
+
+def _redis_prefix(value: object) -> str:
+    # Printable, and free of what SCAN's MATCH reads as a pattern, so that the prefix matches
+    # only itself.
+    if (
+        not isinstance(value, str)
+        or not re.fullmatch(r"[!-~]{1,64}", value)
+        or re.search(r"[*?\[\]\\]", value)
+    ):
+        raise _Invalid("expected 1 to 64 visible ASCII characters without * ? [ ] \\")
     return value
 
 
@@ -284,7 +332,10 @@ class Settings:
     cache_enabled: bool = _setting(True, _bool, "response cache on/off")
     cache_max_items: int = _setting(500, _number(int, 1, 10**9), "entries held at most")
     cache_max_mb: float = _setting(
-        25.0, _megabytes, "bytes held by the cache at most, measured (body + headers + entry)"
+        25.0,
+        _megabytes,
+        "bytes held by the cache at most, measured (body + headers + entry); in each process "
+        f"when cache_backend is shared, where it defaults to {SHARED_LOCAL_MAX_MB:g}",
     )
     cache_item_max_mb: float = _setting(
         2.0, _megabytes, "a larger response is never stored (it still streams to the client)"
@@ -329,6 +380,39 @@ class Settings:
         5.0,
         _wait_seconds,
         "concurrent misses of one key wait this long for the first one's response (0: no wait)",
+    )
+    cache_backend: str = _setting(
+        MEMORY,
+        _backend,
+        "memory: each process keeps its own cache; a Redis URL (redis://, rediss://, unix://, "
+        "redis+cluster://, redis+sentinel://): a cache shared by every process and machine "
+        "that names it, behind each process's own",
+    )
+    cache_redis_prefix: str = _setting(
+        "wsgi-memopt:", _redis_prefix, "namespace of every Redis key and channel the cache uses"
+    )
+    cache_redis_timeout_s: float = _setting(
+        0.25,
+        _number(float, 0, 60, low_open=True),
+        "longest wait for Redis to connect or answer one command; then the request goes on "
+        "without it",
+    )
+    cache_redis_retry_s: float = _setting(
+        2.0,
+        _number(float, 0, 3600, low_open=True),
+        "after repeated Redis errors, how long the cache stops asking it before one probe",
+    )
+    cache_redis_secret: str | None = _setting(
+        None,
+        _secret("cache_redis_secret", "a secret", 16),
+        "sign shared entries with HMAC-SHA256 and refuse any not signed with it (set the same "
+        "secret on every process)",
+    )
+    cache_local_ttl_s: float = _setting(
+        5.0,
+        _number(float, 0, _DAY, low_open=True, high_means="a day"),
+        "with a shared backend: the longest a process keeps its own copy of a shared entry (a "
+        "lost invalidation heals within it)",
     )
     max_memory_percent: float = _setting(
         65.0, _percent, "above it, optimize between requests (trim cache, collect)"
@@ -388,7 +472,7 @@ class Settings:
     api_prefix: str = _setting(DEFAULT_API_PREFIX, _prefix, "where the memory API is mounted")
     api_token: str | None = _setting(
         None,
-        _token,
+        _secret("api_token", "a token", 1),
         "requests that send it as Authorization: Bearer may use the API from anywhere (none: "
         "only /health answers, unless api_allow_networks is set)",
     )
@@ -420,6 +504,9 @@ class Settings:
                 object.__setattr__(self, field.name, value)
                 if field.name not in self._sources:
                     self._sources[field.name] = "default" if value == field.default else "explicit"
+        if self.cache_backend != MEMORY and self._sources["cache_max_mb"] == "default":
+            # Each process's own copies are only the hottest of what the shared store holds.
+            object.__setattr__(self, "cache_max_mb", SHARED_LOCAL_MAX_MB)
         self._check_together()
 
     def _check_together(self) -> None:
@@ -532,7 +619,10 @@ class Settings:
         """A copy with ``changes`` applied as explicit values, validated like the constructor."""
         for name, value in changes.items():
             _known_name(name, name, value)
-        values = {name: getattr(self, name) for name in self.NAMES}
+        # Defaults stay defaults: one may depend on another setting that changes here.
+        values = {
+            name: getattr(self, name) for name in self.NAMES if self.source_of(name) != "default"
+        }
         values.update(changes)
         sources = dict(self._sources)
         sources.update(dict.fromkeys(changes, "explicit"))
@@ -566,13 +656,13 @@ class Settings:
         for name, env, default, doc in cls.describe():
             shown = f"`{default}`" if default else "*(empty)*"
             if _FIELDS[name].default is None and not _parses(name, default):
-                shown = "*(not set)*"  # no text means "unset" (api_token): it is left out
+                shown = "*(not set)*"  # no text means "unset" (a secret): it is left out
             lines.append(f"| `{name}` | `{env}` | {shown} | {doc} |")
         return "\n".join(lines)
 
     def as_text(self) -> dict[str, str]:
         """Every setting as the ini/env text that parses back to the same value; but an unset
-        ``api_token`` reads ``none``, and is written by leaving it out (no text turns it off)."""
+        secret reads ``none``, and is written by leaving it out (no text turns it off)."""
         return {name: _as_text(getattr(self, name)) for name in self.NAMES}
 
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from werkzeug.http import http_date as werkzeug_http_date
 
+from ..backend import parse_backend
 from ..counting import Tally, read_count
 from ..settings import MB
 from .entry import Entry
@@ -176,20 +177,10 @@ class ResponseCache:
         self.default_ttl = settings.cache_default_ttl_s
         self.targeted_fields = settings.cache_targeted_fields
         self.lock_wait_s = settings.cache_lock_timeout_s
-        if store is None:
-            store = ResponseStore(
-                max_items=settings.cache_max_items,
-                max_bytes=int(settings.cache_max_mb * MB),
-                item_max_bytes=self.item_limit,
-                evict_fraction=settings.cache_evict_fraction,
-                cleanup_interval_s=settings.cache_cleanup_interval_s,
-                uncacheable_ttl_s=min(settings.cache_ttl_s, _REMEMBER_UNCACHEABLE_S),
-                clock=clock,
-            )
-        self.store = store
-        self.flights = Flights()
         keyed = settings.cache_key_headers
         self._key_variables = key_variables(keyed)
+        self.store = store if store is not None else self._make_store(settings, clock)
+        self.flights = Flights()
         self._plan_headers = plan_environ_keys(keyed)
         self._bypass_headers = bypass_environ_keys(keyed)
         self._path_allowed = path_filter(settings.cache_paths, settings.cache_exclude_paths)
@@ -202,6 +193,33 @@ class ResponseCache:
         # Made now: a response collected unclosed is counted from a finalizer, which may run
         # where the tally's lock is held, so that count must never need the lock.
         self._rejected.counter("dropped")
+
+    def _make_store(self, settings: Settings, clock: Callable[[], float]) -> ResponseStore:
+        """This process's store; with a shared ``cache_backend``, in front of Redis."""
+        local: dict[str, Any] = {
+            "max_items": settings.cache_max_items,
+            "max_bytes": int(settings.cache_max_mb * MB),
+            "item_max_bytes": self.item_limit,
+            "evict_fraction": settings.cache_evict_fraction,
+            "cleanup_interval_s": settings.cache_cleanup_interval_s,
+            "uncacheable_ttl_s": min(settings.cache_ttl_s, _REMEMBER_UNCACHEABLE_S),
+            "clock": clock,
+        }
+        address = parse_backend(settings.cache_backend)
+        if address is None:
+            return ResponseStore(**local)
+        from .redis_store import RedisStore
+        from .shared import SharedStore
+
+        shared = RedisStore(
+            address,
+            prefix=settings.cache_redis_prefix,
+            timeout_s=settings.cache_redis_timeout_s,
+            retry_s=settings.cache_redis_retry_s,
+            secret=settings.cache_redis_secret,
+            key_names=self._key_variables,
+        )
+        return SharedStore(shared, local_ttl_s=settings.cache_local_ttl_s, **local)
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -235,7 +253,8 @@ class ResponseCache:
         ):
             return None
         now = self.store.clock()
-        _, entry = self.store.lookup(self.key(environ), environ, now)
+        # This process's entries alone: a shared store is asked by decide, once.
+        _, entry = self.store.lookup_local(self.key(environ), environ, now)
         if entry is None or now >= entry.expires or not _may_serve(entry, has_credentials(environ)):
             return None
         next(self._hits)
@@ -274,6 +293,8 @@ class ResponseCache:
             if now < entry.swr_until:
                 # Stale, within stale-while-revalidate: served now, one refresh after it.
                 fill, _ = self.flights.join(lookup_key, self.lock_wait_s, now)
+                if fill is not None:
+                    fill = self._claimed(fill, key, environ)
                 next(self._hits)
                 return Decision(Route.SERVE_STALE, "stale", None, entry, key, credentials, fill)
             if method == "GET":
@@ -314,13 +335,31 @@ class ResponseCache:
             if entry is not None and now < entry.expires:
                 return self._serve(entry)
             return self._fetch(key, forward, entry=stale)
+        assert fill is not None
         # Stored by the previous fill between our lookup and now?
         now = self.store.clock()
-        _, entry = self.store.lookup(key, environ, now)
-        if entry is not None and now < entry.expires:
-            self.flights.end(fill)  # type: ignore[arg-type]
-            return self._serve(entry)
-        return self._fetch(key, forward, fill=fill, entry=stale)
+        _, entry = self.store.lookup_local(key, environ, now)
+        if entry is None or now >= entry.expires:
+            # Another process may be fetching it: the store waits for that one's entry.
+            claim = self.store.claim(key, lookup_key, environ, self.lock_wait_s)
+            fill.release = claim.release
+            entry = claim.entry
+            if claim.fetch:
+                return self._fetch(key, forward, fill=fill, entry=stale)
+        self.flights.end(fill)
+        if entry is None:
+            return self._fetch(key, forward, entry=stale)
+        return self._serve(entry)
+
+    def _claimed(self, fill: Fill, key: CacheKey, environ: Mapping[str, Any]) -> Fill | None:
+        """``fill`` when this process's refresh of a stale entry is the only one (another
+        process may be refreshing it already: then None, and the fill ends)."""
+        claim = self.store.claim(key, fill.key, environ, self.lock_wait_s, wait=False)
+        if claim.fetch:
+            fill.release = claim.release
+            return fill
+        self.flights.end(fill)
+        return None
 
     # Each request is counted once, as what it ends as: a hit, a miss (fetched, or a HEAD or
     # credentials miss passed through) or a bypass by reason.
@@ -485,7 +524,7 @@ class ResponseCache:
         if environ.get("REQUEST_METHOD") in SAFE_METHODS or not "200" <= status[:3] < "400":
             return 0
         host = environ.get("HTTP_HOST")
-        if not host or not len(self.store):
+        if not host:
             return 0
         script = str(environ.get("SCRIPT_NAME", ""))
         path_info = str(environ.get("PATH_INFO", ""))
@@ -549,8 +588,14 @@ class ResponseCache:
         return self.store.invalidate(path_prefix)
 
     def clear(self) -> tuple[int, int]:
-        """Drop every entry; returns ``(items, bytes)`` dropped."""
+        """Drop every entry (with a shared store: there and in every process too); returns
+        ``(items, bytes)`` dropped here."""
         return self.store.clear()
+
+    def clear_local(self) -> tuple[int, int]:
+        """Drop every entry this process holds (what the governor frees in an emergency);
+        returns ``(items, bytes)`` dropped."""
+        return self.store.clear_local()
 
     def sweep(self) -> int:
         """Drop expired entries and abandoned fills; returns how many entries."""

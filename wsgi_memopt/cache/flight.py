@@ -14,13 +14,17 @@ stored or refused; the others get the fill's event and wait at most ``wait_s`` f
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
+from .entry import Entry
 from .policy import CacheKey
 
-__all__ = ["Fill", "Flights"]
+__all__ = ["FETCH", "Claim", "Fill", "Flights"]
 
 
 @dataclass(eq=False)
@@ -31,6 +35,22 @@ class Fill:
     key: CacheKey
     started: float
     event: threading.Event | None = field(default=None, repr=False)
+    # Ends the fill's lock in a shared store, when it holds one (see Claim).
+    release: Callable[[], None] | None = field(default=None, repr=False)
+
+
+class Claim(NamedTuple):
+    """A shared store's answer to the request that leads its process's fill of a key:
+    ``fetch`` it from the app (holding the store's lock when ``release`` ends one), or not:
+    the ``entry`` another process stored meanwhile, or None when another process is
+    refreshing it."""
+
+    fetch: bool
+    entry: Entry | None = None
+    release: Callable[[], None] | None = None
+
+
+FETCH = Claim(True)  # ask the app: no other process is filling the key (or none can tell)
 
 
 class Flights:
@@ -71,6 +91,10 @@ class Flights:
                 del self._fills[fill.key]
         if fill.event is not None:
             fill.event.set()
+        release, fill.release = fill.release, None
+        if release is not None:
+            with contextlib.suppress(Exception):  # never fails: a shared store lets its lock expire
+                release()
 
     def abandon(self, fill: Fill) -> None:
         """End ``fill`` without taking the lock: for the finalizer of a response collected

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..settings import MB
 from .entry import Entry, intern_scheme, part_size
+from .flight import FETCH, Claim
 from .policy import CacheKey, key_host, key_query, key_route, variant_key
 from .remembered import RememberedKeys
 
@@ -70,6 +71,8 @@ class ResponseStore:
     or that is larger than the whole cache, is refused. Each kind of remembered key may take
     up to ``_REMEMBERED_SHARE`` of ``max_bytes``, within the same cap.
     Expired entries are dropped when looked up and swept at most every ``cleanup_interval_s``.
+    With ``keep_for_s``, none is kept longer than that after it is stored (copies of entries
+    that live elsewhere).
     """
 
     def __init__(
@@ -81,9 +84,11 @@ class ResponseStore:
         evict_fraction: float = 0.3,
         cleanup_interval_s: float = 120.0,
         uncacheable_ttl_s: float = 120.0,
+        keep_for_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_items = max_items
+        self.keep_for_s = keep_for_s
         self.max_bytes = max_bytes
         self.item_max_bytes = min(item_max_bytes, max_bytes)
         self.evict_fraction = evict_fraction
@@ -135,6 +140,21 @@ class ResponseStore:
             pass  # evicted meanwhile by another thread: still the caller's to send
         return key, entry
 
+    # This process's entries alone: here, all there is (a store with a level behind it
+    # inherits this binding, and still means its own).
+    lookup_local = lookup
+
+    def claim(
+        self,
+        base_key: CacheKey,
+        key: CacheKey,
+        environ: Mapping[str, object],
+        wait_s: float,
+        wait: bool = True,
+    ) -> Claim:
+        """Single flight beyond this process: none here, so the fill's leader fetches."""
+        return FETCH
+
     def put(self, entry: Entry, vary: tuple[str, ...] = ()) -> bool:
         """Store ``entry`` (replacing one under the same key); False when it is too large.
 
@@ -145,6 +165,8 @@ class ResponseStore:
         # "stored" promise of Cache-Status assumes; the whole entry must fit in the cache.
         if len(entry.body) > self.item_max_bytes:
             return False
+        if self.keep_for_s is not None:
+            entry.keep_until = min(entry.keep_until, self.clock() + self.keep_for_s)
         entry.size = entry.settle()
         with self._lock:
             entries = self._entries
@@ -258,6 +280,10 @@ class ResponseStore:
 
     def clear(self) -> tuple[int, int]:
         """Drop everything; returns ``(items, bytes)`` dropped."""
+        return self.clear_local()
+
+    def clear_local(self) -> tuple[int, int]:
+        """Drop everything this process holds; returns ``(items, bytes)`` dropped."""
         with self._lock:
             dropped = len(self._entries), self.bytes
             self._entries.clear()
@@ -290,6 +316,8 @@ class ResponseStore:
     def invalidate_uri(self, host: str, script_name: str, path_info: str, query: str) -> int:
         """Drop every entry of one URI (``host``, ``SCRIPT_NAME``, ``PATH_INFO``, ``query``),
         whatever its variants and keyed header values; returns how many."""
+        if not self._by_uri:
+            return 0  # most POSTs, in a cache that holds nothing of theirs
         path = script_name + path_info
         with self._lock:
             bucket = self._by_uri.get((host, path_info, query), ())
@@ -297,6 +325,14 @@ class ResponseStore:
             for entry in doomed:
                 self._remove(entry)
         return len(doomed)
+
+    def drop_key(self, key: CacheKey) -> bool:
+        """Drop the entry under ``key``, if any; whether there was one."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._remove(entry)
+        return entry is not None
 
     def entries(self) -> list[Entry]:
         """A snapshot of the stored entries, least recently used first."""

@@ -14,18 +14,18 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..settings import Settings
+from ..settings import Settings, shown_value
 from .common import UsageError
 
 if TYPE_CHECKING:
     from .common import Commands
 
-_SECRET_SETTINGS = frozenset({"api_token"})  # never printed
 _EMPTY = '""'  # how an empty list setting is shown
 
 _EPILOG = """\
 Each line reads 'name = value  (source)', the source being 'default', 'env' (a
-WSGI_MEMOPT_<NAME> variable) or 'explicit' (--set). Secrets such as api_token are hidden.
+WSGI_MEMOPT_<NAME> variable) or 'explicit' (--set). Secrets (api_token, cache_redis_secret, a
+Redis password) are hidden.
 
 examples:
   wsgi-memopt settings
@@ -86,10 +86,9 @@ def load_settings(assignments: Sequence[str]) -> Settings:
 
 
 def shown(name: str, value: Any) -> Any:
-    """``value`` as it may be printed: a secret setting that is set reads ``<hidden>``."""
-    if name in _SECRET_SETTINGS and value not in (None, "none"):
-        return "<hidden>"
-    return value
+    """``value`` as it may be printed: a secret setting that is set reads ``<hidden>``, a
+    Redis URL's password ``***``."""
+    return value if value == "none" else shown_value(name, value)
 
 
 def run(args: argparse.Namespace) -> int:

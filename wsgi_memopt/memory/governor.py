@@ -96,8 +96,9 @@ class GovernedCache(Protocol):
     def evict(self) -> int:
         """Drop a share of the entries, least recently used first; how many."""
 
-    def clear(self) -> tuple[int, int]:
-        """Drop every entry; ``(items, bytes)`` dropped."""
+    def clear_local(self) -> tuple[int, int]:
+        """Drop every entry this process holds (a store shared with other processes keeps
+        its own); ``(items, bytes)`` dropped."""
 
     def after_fork(self) -> None:
         """Make the store safe to use in a forked child (its locks made afresh)."""
@@ -495,7 +496,7 @@ class Governor:
 
     def _emergency(self, reason: str, before: MemorySample) -> Action:
         started = time.perf_counter()
-        items, cache_bytes = self.store.clear()
+        items, cache_bytes = self.store.clear_local()
         results = self.cleanups.run()
         # Only modules the registry judges unloadable go, and only what was measured is told.
         modules = self.lazy.unload_idle(_LAZY_IDLE_S) if self.lazy is not None else []

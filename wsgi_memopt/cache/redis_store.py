@@ -1,0 +1,415 @@
+"""The shared level of the cache: entries in Redis, for every process and machine that names it.
+
+Each entry is one record (:mod:`wsgi_memopt.cache.wire`) under ``<prefix>e:<digest of its
+key>``, with the entry's remaining life as its Redis TTL. A page that varies keeps a small
+marker under its base key naming the ``Vary`` request headers, and each variant under its own
+key. Each URI has a set of its records (``<prefix>u:<path> <digest>``), so that an unsafe
+method drops them all, and a path prefix finds them with SCAN. Single flight across
+processes takes ``<prefix>l:<digest>`` (SET NX with an expiry). Invalidations are published on
+``<prefix>invalidate`` for every process's own copies.
+
+Nothing here raises to the request: every call is bounded by ``cache_redis_timeout_s``, a
+failure counts as an error and answers as if Redis held nothing, and after repeated failures
+the :class:`~wsgi_memopt.cache.breaker.Breaker` stops asking for ``cache_redis_retry_s``.
+redis-py is imported when the first client is made, so the extra is needed only by those who
+use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import math
+import secrets
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..backend import BackendAddress, redacted
+from ..counting import Tally, read_count
+from . import wire
+from .breaker import Breaker
+from .entry import Entry
+from .policy import CacheKey, key_host, key_query, variant_key
+
+if TYPE_CHECKING:
+    import redis
+
+__all__ = ["RedisStore", "Unavailable", "connect"]
+
+T = TypeVar("T")
+
+log = logging.getLogger("wsgi_memopt")
+
+# Failures in a row that open the breaker: one lost packet is not an outage.
+_BREAKER_THRESHOLD = 3
+# SCAN's batch, and how many batches one report or invalidation reads at most.
+_SCAN_COUNT = 1000
+_SCAN_BATCHES = 100
+_RELEASE_SCRIPT = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+)
+
+
+def connect(address: BackendAddress, timeout_s: float) -> redis.Redis | Any:
+    """A redis-py client for ``address`` that fails fast: every wait bounded by
+    ``timeout_s``, no retry of its own (the breaker decides when to ask again)."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    common: dict[str, Any] = {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "username": address.username,
+        "password": address.password,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if address.kind == "cluster":
+        from redis.cluster import ClusterNode, RedisCluster
+
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in address.nodes],  # type: ignore[no-untyped-call]
+            ssl=address.tls,
+            cluster_error_retry_attempts=1,
+            **common,
+        )
+    if address.kind == "sentinel":
+        from redis.sentinel import Sentinel
+
+        sentinel = Sentinel(
+            list(address.nodes),
+            sentinel_kwargs={"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s},
+            **common,
+        )
+        return sentinel.master_for(address.service or "", db=address.db, ssl=address.tls)
+    return redis.Redis.from_url(address.url, **common)
+
+
+class RedisStore:
+    """Entries in Redis under ``prefix``; every method is safe to call when Redis is down."""
+
+    def __init__(
+        self,
+        address: BackendAddress,
+        *,
+        prefix: str,
+        timeout_s: float,
+        retry_s: float,
+        secret: str | None,
+        key_names: tuple[str, ...],
+        client: Any = None,
+    ) -> None:
+        self.address = address
+        self.prefix = prefix
+        self.channel = prefix + "invalidate"
+        self.timeout_s = timeout_s
+        self.secret = secret.encode() if secret is not None else None
+        self.key_names = key_names
+        self.breaker = Breaker(_BREAKER_THRESHOLD, retry_s)
+        self._client = client
+        self.hits = itertools.count()
+        self.misses = itertools.count()
+        self.stores = itertools.count()
+        self.errors = Tally()
+        self.refused = Tally()  # records read and not used: bad format, bad signature
+
+    @property
+    def client(self) -> Any:
+        """The redis-py client, made on first use (redis-py imported then)."""
+        if self._client is None:
+            self._client = connect(self.address, self.timeout_s)
+        return self._client
+
+    # -- keys
+
+    def key_text(self, key: CacheKey) -> str:
+        """``key`` as the text its record is filed and signed under."""
+        return wire.key_text(self.key_names, key)
+
+    def record_key(self, key_str: str) -> str:
+        return self.prefix + "e:" + _digest(key_str)
+
+    def uri_key(self, host: str, path: str, query: str) -> str:
+        # The path readable (percent-encoded: no SCAN pattern character survives), so that a
+        # path prefix finds its URIs; host and query digested.
+        return f"{self.prefix}u:{_quoted(path)} {_digest(json.dumps([host, query]))}"
+
+    # -- the request path
+
+    def get(
+        self, base_key: CacheKey, environ: Mapping[str, object], now: float
+    ) -> tuple[CacheKey, Entry | None, tuple[str, ...]]:
+        """The key of this request's variant, the entry Redis holds under it (None when it
+        holds none, or cannot be asked) and its ``Vary`` environ keys."""
+
+        def ask() -> tuple[CacheKey, Entry | None, tuple[str, ...]]:
+            key_str = self.key_text(base_key)
+            record = self.client.get(self.record_key(key_str))
+            if record is None:
+                return base_key, None, ()
+            entry, vary = self._decode(record, base_key, key_str, now)
+            if entry is not None or not vary:
+                return base_key, entry, vary
+            key = variant_key(base_key, vary, environ)
+            key_str = self.key_text(key)
+            record = self.client.get(self.record_key(key_str))
+            if record is None:
+                return key, None, ()
+            return (key, *self._decode(record, key, key_str, now))
+
+        found = self._ask("get", ask)
+        if found is None:
+            return base_key, None, ()
+        next(self.hits if found[1] is not None else self.misses)
+        return found
+
+    def _decode(
+        self, record: bytes, key: CacheKey, key_str: str, now: float
+    ) -> tuple[Entry | None, tuple[str, ...]]:
+        try:
+            return wire.decode(record, key, key_str, time.time(), now, self.secret)
+        except wire.BadRecord as error:
+            self.refused.add(str(error).partition(":")[0])
+            log.warning("[CACHE] refused a shared record: %s", error)
+            return None, ()
+
+    def put(self, entry: Entry, vary: tuple[str, ...], now: float) -> bool:
+        """Write ``entry`` for the rest of its life (its ``keep_until``); False when Redis
+        could not take it."""
+        ttl_ms = math.ceil((entry.keep_until - now) * 1000)
+        if ttl_ms <= 0:
+            return False
+
+        def ask() -> bool:
+            key_str = self.key_text(entry.key)
+            record = wire.encode(entry, vary, key_str, time.time(), now, self.secret)
+            own_key = self.record_key(key_str)
+            host = key_host(entry.base_key) or ""
+            uri = self.uri_key(host, entry.path, key_query(entry.base_key))
+            pipe = self.client.pipeline(transaction=False)
+            pipe.set(own_key, record, px=ttl_ms)
+            if vary:
+                base_str = self.key_text(entry.base_key)
+                base_record = self.record_key(base_str)
+                pipe.set(base_record, wire.vary_marker(vary, base_str, self.secret), keepttl=True)
+                _extend(pipe, base_record, ttl_ms)
+                pipe.sadd(uri, base_record)
+            pipe.sadd(uri, own_key)
+            _extend(pipe, uri, ttl_ms)
+            pipe.execute()
+            next(self.stores)
+            return True
+
+        return bool(self._ask("put", ask))
+
+    def delete(self, key: CacheKey) -> None:
+        """Drop the record under ``key``."""
+        self._ask("delete", lambda: self.client.unlink(self.record_key(self.key_text(key))))
+
+    def claim(self, key: CacheKey, ttl_s: float) -> str | None:
+        """Take the fill lock of ``key`` for at most ``ttl_s``: its token, or None when
+        another process holds it. Raises :class:`Unavailable` when Redis cannot be asked."""
+        token = secrets.token_hex(8)
+        ttl_ms = max(math.ceil(ttl_s * 1000), 1)
+        taken = self._ask(
+            "lock", lambda: bool(self.client.set(self._lock_key(key), token, nx=True, px=ttl_ms))
+        )
+        if taken is None:
+            raise Unavailable
+        return token if taken else None
+
+    def claimed(self, key: CacheKey) -> bool:
+        """Whether a process still holds ``key``'s fill lock (False when unknown)."""
+        return bool(self._ask("lock", lambda: self.client.exists(self._lock_key(key))))
+
+    def release(self, key: CacheKey, token: str) -> None:
+        """Let go of ``key``'s fill lock if it is still ours."""
+        self._ask("lock", lambda: self.client.eval(_RELEASE_SCRIPT, 1, self._lock_key(key), token))
+
+    def _lock_key(self, key: CacheKey) -> str:
+        return self.prefix + "l:" + _digest(self.key_text(key))
+
+    # -- invalidation
+
+    def invalidate_uri(self, host: str, path: str, query: str) -> int:
+        """Drop the records of one URI; how many."""
+        return (
+            self._ask("invalidate", lambda: self._drop_uris([self.uri_key(host, path, query)])) or 0
+        )
+
+    def invalidate(self, path_prefix: str) -> int:
+        """Drop the records at ``path_prefix`` and below (whole segments); how many."""
+        below = path_prefix if path_prefix.endswith("/") else path_prefix + "/"
+
+        def ask() -> int:
+            pattern = f"{self.prefix}u:{_quoted(path_prefix)}*"
+            uris = []
+            for uri in self._scan(pattern):
+                path = _unquoted_path(uri, self.prefix)
+                if path == path_prefix or path.startswith(below):
+                    uris.append(uri)
+            return self._drop_uris(uris)
+
+        return self._ask("invalidate", ask) or 0
+
+    def clear(self) -> int:
+        """Drop every record and URI set under the prefix; how many keys."""
+
+        def ask() -> int:
+            dropped = 0
+            batch: list[str] = []
+            for name in self._scan(self.prefix + "[eu]:*"):
+                batch.append(name)
+                if len(batch) >= _SCAN_COUNT:
+                    dropped += self.client.unlink(*batch)
+                    batch = []
+            if batch:
+                dropped += self.client.unlink(*batch)
+            return dropped
+
+        return self._ask("clear", ask) or 0
+
+    def _drop_uris(self, uris: list[str]) -> int:
+        dropped = 0
+        for uri in uris:
+            members = self.client.smembers(uri)
+            if members:
+                dropped += self.client.unlink(*members)
+            self.client.unlink(uri)
+        return dropped
+
+    def publish(self, message: Mapping[str, Any]) -> None:
+        """Tell every process's listener (see :mod:`wsgi_memopt.cache.listener`)."""
+        text = json.dumps(message, separators=(",", ":"))
+        self._ask("publish", lambda: self.client.publish(self.channel, text))
+
+    def _scan(self, pattern: str) -> Iterator[str]:
+        names = self.client.scan_iter(match=pattern, count=_SCAN_COUNT)
+        for seen, name in enumerate(names, 1):
+            yield name.decode() if isinstance(name, bytes) else name
+            if seen >= _SCAN_COUNT * _SCAN_BATCHES:
+                log.warning("[CACHE] stopped a Redis SCAN of %s after %d keys", pattern, seen)
+                return
+
+    # -- faults
+
+    def _ask(self, what: str, call: Callable[[], T]) -> T | None:
+        """``call()``'s result; None when the breaker is open or Redis failed (counted by
+        kind). Never raises a Redis error: a request goes on without Redis."""
+        if not self.breaker.allows():
+            self.errors.add("skipped")  # not Redis's error: a request that did not ask
+            return None
+        try:
+            result = call()
+        except Exception as error:  # redis-py's, and a socket's, whatever their class
+            kind = _error_kind(error)
+            self.errors.add(kind)
+            if kind in ("timeout", "connection"):
+                self.breaker.failed()
+            log.warning("[CACHE] Redis %s failed (%s): %s", what, kind, error)
+            return None
+        self.breaker.succeeded()
+        return result
+
+    # -- reports
+
+    def stats(self) -> dict[str, Any]:
+        """Its state, its own counts and, when Redis answers, what Redis holds."""
+        hits, misses = read_count(self.hits), read_count(self.misses)
+        errors = self.errors.snapshot()
+        skipped = errors.pop("skipped", 0)
+        report: dict[str, Any] = {
+            "backend": redacted(self.address.url),
+            "kind": self.address.kind,
+            "prefix": self.prefix,
+            "state": self.breaker.state,
+            "hits": hits,
+            "misses": misses,
+            "hit_rate": round(hits / (hits + misses), 4) if hits + misses else 0.0,
+            "stores": read_count(self.stores),
+            "errors": sum(errors.values()),
+            "errors_by_kind": errors,
+            "skipped": skipped,
+            "refused_records": self.refused.snapshot(),
+            "breaker_opened": self.breaker.opened,
+            "used_memory_bytes": None,
+            "maxmemory_bytes": None,
+            "keys": None,
+        }
+        figures = self._ask("stats", self._redis_figures)
+        if figures is not None:
+            report.update(figures)
+        return report
+
+    def _redis_figures(self) -> dict[str, Any]:
+        used, most = _memory(self.client.info("memory"))
+        keys = 0
+        for _ in self._scan(self.prefix + "e:*"):
+            keys += 1
+        return {
+            "used_memory_bytes": used,
+            "maxmemory_bytes": most,
+            # Past the SCAN's bound, more than one report would be spent counting: unknown.
+            "keys": keys if keys < _SCAN_COUNT * _SCAN_BATCHES else None,
+        }
+
+    def after_fork(self) -> None:
+        """In a forked child: new locks; redis-py makes new connections by itself."""
+        self.breaker.after_fork()
+        self.errors = Tally()._adopt(self.errors)
+        self.refused = Tally()._adopt(self.refused)
+
+
+class Unavailable(Exception):
+    """Redis could not be asked (down, slow, or the breaker is open)."""
+
+
+def _extend(pipe: Any, name: str, ttl_ms: int) -> None:
+    """Make ``name`` live at least ``ttl_ms`` more: set when it has no expiry, raised when
+    shorter (a page's variants and URI sets live as long as their longest member)."""
+    pipe.pexpire(name, ttl_ms, nx=True)
+    pipe.pexpire(name, ttl_ms, gt=True)
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+def _quoted(path: str) -> str:
+    return urllib.parse.quote(path.encode("utf-8", "surrogatepass"), safe="/")
+
+
+def _unquoted_path(uri_key: str, prefix: str) -> str:
+    quoted = uri_key[len(prefix) + 2 :].rpartition(" ")[0]
+    return urllib.parse.unquote(quoted, errors="surrogatepass")
+
+
+def _error_kind(error: Exception) -> str:
+    import redis
+
+    if isinstance(error, redis.TimeoutError | TimeoutError):
+        return "timeout"
+    if isinstance(error, redis.ConnectionError | ConnectionError | OSError):
+        return "connection"
+    if isinstance(error, redis.ResponseError) and str(error).startswith("OOM"):
+        return "out-of-memory"
+    if isinstance(error, redis.RedisError):
+        return "redis"
+    return "other"
+
+
+def _memory(info: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """``used_memory`` and ``maxmemory`` from INFO memory: one server's, or a cluster's
+    summed over its nodes (redis-py returns one mapping per node)."""
+    if "used_memory" in info:
+        return int(info["used_memory"]), int(info.get("maxmemory", 0)) or None
+    nodes = [value for value in info.values() if isinstance(value, Mapping)]
+    if not nodes:
+        return None, None
+    used = sum(int(node.get("used_memory", 0)) for node in nodes)
+    most = sum(int(node.get("maxmemory", 0)) for node in nodes)
+    return used, most or None
