@@ -144,6 +144,8 @@ class MemoryCollector:
             status,
             restart,
         ]
+        shared = self._shared_families(gauge, counter)
+        families.extend(shared)
         if not with_samples:
             return families
 
@@ -177,7 +179,28 @@ class MemoryCollector:
         for band in STATUSES:
             status.add_metric([band], 1 if sample.status == band else 0)
         restart.add_metric([], 1 if governor.restart_reason else 0)
+        if shared:
+            _shared_samples(shared, cache["shared"])
         return families
+
+    def _shared_families(self, gauge: Any, counter: Any) -> list[Any]:
+        """The shared store's families, when ``cache_backend`` names one."""
+        if self.parts.settings.cache_backend == "memory":
+            return []
+        return [
+            gauge("shared_cache_up", "1 while Redis answers (its circuit breaker closed), else 0."),
+            counter("shared_cache_hits_total", "Lookups this process answered from Redis."),
+            counter("shared_cache_misses_total", "Lookups Redis answered with nothing."),
+            counter("shared_cache_stores_total", "Responses this process wrote to Redis."),
+            counter("shared_cache_errors_total", "Redis calls that failed, by kind.", ("kind",)),
+            counter(
+                "shared_cache_invalidations_total",
+                "Invalidation messages this process published or received.",
+                ("direction",),
+            ),
+            gauge("shared_cache_redis_used_memory_bytes", "Redis's used_memory (INFO memory)."),
+            gauge("shared_cache_keys", "Entries under the cache's prefix in Redis."),
+        ]
 
 
 def memory_collector(parts: Parts) -> MemoryCollector:
@@ -202,3 +225,20 @@ def render_metrics(parts: Parts) -> tuple[bytes, str]:
     registry = CollectorRegistry()
     registry.register(collector)
     return generate_latest(registry), _CONTENT_TYPE
+
+
+def _shared_samples(families: list[Any], shared: dict[str, Any]) -> None:
+    """Fill the shared store's families (in :meth:`MemoryCollector._shared_families`' order)."""
+    up, hits, misses, stores, errors, invalidations, used, keys = families
+    up.add_metric([], 1 if shared["state"] == "closed" else 0)
+    hits.add_metric([], shared["hits"])
+    misses.add_metric([], shared["misses"])
+    stores.add_metric([], shared["stores"])
+    for kind, count in sorted(shared["errors_by_kind"].items()):
+        errors.add_metric([kind], count)
+    invalidations.add_metric(["published"], shared["invalidations_published"])
+    invalidations.add_metric(["received"], shared["invalidations_received"])
+    if shared["used_memory_bytes"] is not None:
+        used.add_metric([], shared["used_memory_bytes"])
+    if shared["keys"] is not None:
+        keys.add_metric([], shared["keys"])

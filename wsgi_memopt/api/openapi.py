@@ -17,6 +17,7 @@ _INTEGER = {"type": "integer"}
 _STRING = {"type": "string"}
 _NULLABLE_STRING = {"type": "string", "nullable": True}
 _COUNTS = {"type": "object", "additionalProperties": {"type": "integer"}}
+_NULLABLE_INTEGER = {"type": "integer", "nullable": True}
 
 
 def _object(required: dict[str, Any], **optional: Any) -> dict[str, Any]:
@@ -94,7 +95,45 @@ _HEALTH = _object(
         "type": "array",
         "items": {"$ref": "#/components/schemas/Recommendation"},
     },
+    shared_cache=_object(
+        {
+            "state": {"type": "string", "enum": ["closed", "open", "half-open"]},
+            "listening": {"type": "boolean"},
+            "errors": _INTEGER,
+            "breaker_opened": _INTEGER,
+        }
+    ),
 )
+# The store every process shares (cache_backend); null with the default, memory.
+_SHARED = {
+    "nullable": True,
+    **_object(
+        {
+            "backend": _STRING,
+            "kind": {"type": "string", "enum": ["single", "cluster", "sentinel"]},
+            "prefix": _STRING,
+            "state": {"type": "string", "enum": ["closed", "open", "half-open"]},
+            "hits": _INTEGER,
+            "misses": _INTEGER,
+            "hit_rate": _NUMBER,
+            "stores": _INTEGER,
+            "errors": _INTEGER,
+            "errors_by_kind": _COUNTS,
+            "skipped": _INTEGER,
+            "refused_records": _COUNTS,
+            "breaker_opened": _INTEGER,
+            "read_at": {"type": "number", "nullable": True},
+            "used_memory_bytes": _NULLABLE_INTEGER,
+            "maxmemory_bytes": _NULLABLE_INTEGER,
+            "keys": _NULLABLE_INTEGER,
+            "local_ttl_s": _NUMBER,
+            "listening": {"type": "boolean"},
+            "invalidations_published": _INTEGER,
+            "invalidations_received": _INTEGER,
+            "resubscribed": _INTEGER,
+        }
+    ),
+}
 _STATS = _object(
     {
         "memory": _object(
@@ -123,6 +162,7 @@ _STATS = _object(
                 "evictions": _INTEGER,
                 "rejected": _COUNTS,
                 "bypassed": _COUNTS,
+                "shared": _SHARED,
             }
         ),
         "gc": {"type": "object"},

@@ -66,6 +66,8 @@ def memory_stats(parts: Parts) -> dict[str, Any]:
             "evictions": cache["evictions"],
             "rejected": cache["rejected"],
             "bypassed": cache["bypassed"],
+            # The store every process shares (cache_backend), beside this process's own.
+            "shared": cache.get("shared"),
         },
         "gc": gc_stats,
         "modules": None
@@ -122,6 +124,12 @@ def health(parts: Parts) -> tuple[int, dict[str, Any]]:
         },
         "recommendations": advice,
     }
+    shared = parts.cache.stats().get("shared")
+    if shared is not None:
+        # Reported, never a failure: without Redis this worker still serves every request.
+        body["shared_cache"] = {
+            key: shared[key] for key in ("state", "listening", "errors", "breaker_opened")
+        }
     return (503 if reason else 200), body
 
 
@@ -146,6 +154,17 @@ def recommendations(parts: Parts, sample: MemorySample) -> list[dict[str, str]]:
                 "finding": f"cache at {cache['bytes'] / cache['max_bytes']:.0%} of cache_max_mb",
                 "action": "raise cache_max_mb if memory allows, or lower cache_ttl_s",
                 "setting": "cache_max_mb",
+            }
+        )
+    shared = cache.get("shared")
+    if shared is not None and shared["state"] != "closed":
+        advice.append(
+            {
+                "finding": f"the shared cache is {shared['state']} after {shared['errors']} "
+                "Redis errors: misses go to the app, each process caches for itself",
+                "action": "check that Redis answers within cache_redis_timeout_s; the cache "
+                "asks again every cache_redis_retry_s",
+                "setting": "cache_backend",
             }
         )
     if sample.status == "critical":

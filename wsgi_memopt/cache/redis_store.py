@@ -49,6 +49,7 @@ _BREAKER_THRESHOLD = 3
 # SCAN's batch, and how many batches one report or invalidation reads at most.
 _SCAN_COUNT = 1000
 _SCAN_BATCHES = 100
+_FIGURES_EVERY_S = 5.0  # how long what Redis said of itself (INFO, keys) is reported as is
 _RELEASE_SCRIPT = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 )
@@ -116,6 +117,8 @@ class RedisStore:
         self.stores = itertools.count()
         self.errors = Tally()
         self.refused = Tally()  # records read and not used: bad format, bad signature
+        self._figures: dict[str, Any] | None = None  # what Redis said of itself, and when
+        self._figures_until = -math.inf
 
     @property
     def client(self) -> Any:
@@ -141,10 +144,11 @@ class RedisStore:
     # -- the request path
 
     def get(
-        self, base_key: CacheKey, environ: Mapping[str, object], now: float
+        self, base_key: CacheKey, environ: Mapping[str, object], now: float, count: bool = True
     ) -> tuple[CacheKey, Entry | None, tuple[str, ...]]:
         """The key of this request's variant, the entry Redis holds under it (None when it
-        holds none, or cannot be asked) and its ``Vary`` environ keys."""
+        holds none, or cannot be asked) and its ``Vary`` environ keys; counted as a hit or a
+        miss unless ``count`` is False (a request looking again)."""
 
         def ask() -> tuple[CacheKey, Entry | None, tuple[str, ...]]:
             key_str = self.key_text(base_key)
@@ -164,7 +168,8 @@ class RedisStore:
         found = self._ask("get", ask)
         if found is None:
             return base_key, None, ()
-        next(self.hits if found[1] is not None else self.misses)
+        if count:
+            next(self.hits if found[1] is not None else self.misses)
         return found
 
     def _decode(
@@ -336,13 +341,18 @@ class RedisStore:
             "skipped": skipped,
             "refused_records": self.refused.snapshot(),
             "breaker_opened": self.breaker.opened,
+            "read_at": None,
             "used_memory_bytes": None,
             "maxmemory_bytes": None,
             "keys": None,
         }
-        figures = self._ask("stats", self._redis_figures)
-        if figures is not None:
-            report.update(figures)
+        now = time.monotonic()
+        if now >= self._figures_until:
+            # At most one INFO and SCAN per interval, however often the stats are polled.
+            self._figures = self._ask("stats", self._redis_figures)
+            self._figures_until = now + _FIGURES_EVERY_S
+        if self._figures is not None:
+            report.update(self._figures)
         return report
 
     def _redis_figures(self) -> dict[str, Any]:
@@ -351,6 +361,7 @@ class RedisStore:
         for _ in self._scan(self.prefix + "e:*"):
             keys += 1
         return {
+            "read_at": round(time.time(), 3),
             "used_memory_bytes": used,
             "maxmemory_bytes": most,
             # Past the SCAN's bound, more than one report would be spent counting: unknown.

@@ -123,7 +123,7 @@ class SharedStore(ResponseStore):
 
     def _fresh_shared(self, base_key: CacheKey, environ: Mapping[str, object]) -> Entry | None:
         now = self.clock()
-        _, entry, vary = self.shared.get(base_key, environ, now)
+        _, entry, vary = self.shared.get(base_key, environ, now, count=False)
         if entry is None or now >= entry.expires:
             return None
         self._keep(entry, vary)

@@ -32,14 +32,31 @@ log = logging.getLogger("wsgi_memopt")
 
 class Store(Protocol):
     """What the cache asks of a place that keeps responses: this module's in-process
-    :class:`ResponseStore`, and any store behind it (one shared over the network). Each keeps
-    its own byte accounting and reports it in :meth:`stats`."""
+    :class:`ResponseStore`, and :class:`~wsgi_memopt.cache.shared.SharedStore`, the same with
+    Redis behind it. Each keeps its own byte accounting and reports it in :meth:`stats`."""
 
     def lookup(
         self, base_key: CacheKey, environ: Mapping[str, object], now: float
     ) -> tuple[CacheKey, Entry | None]:
         """The full key of the request (its ``Vary`` variant) and the entry stored under it,
         fresh or stale, while it is of use at ``now``."""
+        ...
+
+    def lookup_local(
+        self, base_key: CacheKey, environ: Mapping[str, object], now: float
+    ) -> tuple[CacheKey, Entry | None]:
+        """:meth:`lookup` among this process's entries alone."""
+        ...
+
+    def claim(
+        self,
+        base_key: CacheKey,
+        key: CacheKey,
+        environ: Mapping[str, object],
+        wait_s: float,
+        wait: bool = True,
+    ) -> Claim:
+        """Single flight beyond this process, for the request that leads its fill of ``key``."""
         ...
 
     def put(self, entry: Entry, vary: tuple[str, ...] = ()) -> bool:
@@ -56,6 +73,10 @@ class Store(Protocol):
 
     def clear(self) -> tuple[int, int]:
         """Drop everything; ``(items, bytes)`` dropped."""
+        ...
+
+    def clear_local(self) -> tuple[int, int]:
+        """Drop everything this process holds; ``(items, bytes)`` dropped."""
         ...
 
     def stats(self) -> dict[str, Any]:
@@ -379,6 +400,10 @@ class ResponseStore:
                 "expirations": self.expirations,
             }
 
+    def close(self) -> None:
+        """Stop what the store runs beside the requests: nothing here (a shared store's
+        invalidation listener)."""
+
     def after_fork(self) -> None:
         """In a forked child: locks another thread held at the fork stay held for good, and
         the single-flight fills in progress belonged to threads that are gone."""
@@ -482,3 +507,6 @@ def _uri_of(entry: Entry) -> tuple[Any, str, str]:
 
 if TYPE_CHECKING:
     _IN_PROCESS_IS_A_STORE: type[Store] = ResponseStore
+    from .shared import SharedStore
+
+    _SHARED_IS_A_STORE: type[Store] = SharedStore

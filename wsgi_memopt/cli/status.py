@@ -279,8 +279,11 @@ def _summary(api: str, health: dict[str, Any], stats: dict[str, Any]) -> list[st
         f"status:      {_status_line(health, memory)}",
         f"rss:         {_rss_line(memory, _dict(stats.get('process')))}",
         f"cache:       {_cache_line(_dict(stats.get('cache')))}",
-        f"gc:          {_gc_line(_dict(stats.get('gc')))}",
     ]
+    shared = _dict(stats.get("cache")).get("shared")
+    if isinstance(shared, dict):
+        lines.append(f"shared:      {_shared_line(shared)}")
+    lines.append(f"gc:          {_gc_line(_dict(stats.get('gc')))}")
     modules = stats.get("modules")
     if isinstance(modules, dict):
         lines.append(
@@ -336,6 +339,23 @@ def _cache_line(cache: dict[str, Any]) -> str:
         f" of {_mb(cache.get('max_mb'), 'g')}, hit rate {hit_rate}"
         f" ({_fmt(hits, 'd')} hits, {_fmt(misses, 'd')} misses), "
         f"{_fmt(_number(cache.get('evictions')), 'd')} evictions"
+    )
+
+
+def _shared_line(shared: dict[str, Any]) -> str:
+    """The store every worker shares: where, its state, what Redis holds, this worker's
+    hits and misses there, and its errors."""
+    used = _number(shared.get("used_memory_bytes"))
+    keys = _number(shared.get("keys"))
+    held = "Redis not read" if used is None else f"Redis {used / (1 << 20):.1f} MB used"
+    if keys is not None:
+        held += f", {keys:.0f} entries under {_text(shared.get('prefix'))}"
+    hit_rate = _fmt(_number(shared.get("hit_rate")), ".0%")
+    return (
+        f"{_text(shared.get('backend'))} {_text(shared.get('state'))}; {held}; "
+        f"hit rate {hit_rate} ({_fmt(_number(shared.get('hits')), 'd')} hits, "
+        f"{_fmt(_number(shared.get('misses')), 'd')} misses), "
+        f"{_fmt(_number(shared.get('errors')), 'd')} errors"
     )
 
 
