@@ -63,10 +63,13 @@ from typing import Any
 
 import redis
 from _servers import HOST, child_env, control_socket_args, free_port, stop_process
-from _timing import interleaved, repeated, round_ratios
+from _timing import interleaved, repeated, round_ratios, serve
 from gunicorn_throughput import Server, calibrate, stop_server
 from leak_pool import WrkOutput, parse_wrk
+from werkzeug.test import EnvironBuilder
 
+from wsgi_memopt import MemoryOptimizer
+from wsgi_memopt.cache.shared import SharedStore
 from wsgi_memopt.settings import DEFAULT_API_PREFIX
 
 PATHS = 200
@@ -256,13 +259,19 @@ TARGETS = {
     FLASK_CACHING: "flask_caching_app:application",
     DJANGO: "django_site.wsgi:application",
 }
+# The requests are built in init, once wrk has set the Host header from the URL: built at the
+# top of the script, they would go without one.
 WRK_SCRIPT = textwrap.dedent(
     """\
     local requests = {{}}
-    for k = 0, {paths} - 1 do
-        requests[k + 1] = wrk.format("GET", "/page/" .. k)
-    end
     local i = 0
+
+    init = function(args)
+        for k = 0, {paths} - 1 do
+            requests[k + 1] = wrk.format("GET", "/page/" .. k)
+        end
+    end
+
     request = function()
         i = i % #requests + 1
         return requests[i]
@@ -332,27 +341,26 @@ class RedisServer:
             )
         deadline = time.monotonic() + REDIS_TIMEOUT_S
         while True:
-            try:
-                if self.client().ping():
+            with contextlib.suppress(redis.RedisError), self.client() as client:
+                if client.ping():
                     return
-            except redis.RedisError:
-                pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not start:\n{log_path.read_text()[-2000:]}")
             time.sleep(0.02)
 
     def client(self) -> redis.Redis:
-        """A fresh client with short timeouts (each call of this script is a small one)."""
+        """A fresh client with short timeouts, to be closed (``with``) after a call or two."""
         return redis.Redis(host=HOST, port=self.port, socket_timeout=2, socket_connect_timeout=2)
 
     def flush(self) -> None:
         """Empty it: every contender starts from cold."""
-        self.client().flushall()
+        with self.client() as client:
+            client.flushall()
 
     def memory(self) -> tuple[int, int]:
         """``used_memory`` (INFO memory) and the number of keys."""
-        client = self.client()
-        return int(client.info("memory")["used_memory"]), int(client.dbsize())
+        with self.client() as client:
+            return int(client.info("memory")["used_memory"]), int(client.dbsize())
 
     def kill(self) -> None:
         """SIGKILL by PID, as a crash would end it; returns once it is gone."""
@@ -535,22 +543,27 @@ def warm(port: int) -> Tally:
     return tally
 
 
+def read_stats(port: int) -> dict[str, Any]:
+    """``GET /stats`` on a connection of its own: the body of whichever worker answered."""
+    connection = http.client.HTTPConnection(HOST, port, timeout=REQUEST_TIMEOUT_S)
+    try:
+        connection.request("GET", STATS_PATH)
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise RuntimeError(f"{STATS_PATH}: HTTP {response.status}: {body[:300]!r}")
+    return dict(json.loads(body))
+
+
 def read_workers(server: Server, seconds: float = 10.0) -> dict[int, dict[str, Any]]:
-    """``GET /stats`` of every worker, by PID: each request lands on whichever worker the
-    kernel picks, so ask on fresh connections until every worker has answered (bounded)."""
+    """The stats of every worker, by PID: each request lands on whichever worker the kernel
+    picks, so ask on fresh connections until every worker has answered (bounded)."""
     seen: dict[int, dict[str, Any]] = {}
     deadline = time.monotonic() + seconds
     while len(seen) < WORKERS and time.monotonic() < deadline:
-        connection = http.client.HTTPConnection(HOST, server.port, timeout=REQUEST_TIMEOUT_S)
-        try:
-            connection.request("GET", STATS_PATH)
-            response = connection.getresponse()
-            body = response.read()
-        finally:
-            connection.close()
-        if response.status != 200:
-            raise RuntimeError(f"{STATS_PATH}: HTTP {response.status}: {body[:300]!r}")
-        stats = json.loads(body)
+        stats = read_stats(server.port)
         seen[int(stats["process"]["pid"])] = stats
         time.sleep(0.005)
     return seen
@@ -586,7 +599,7 @@ class MemoryRun:
     rss_mb: float  # the workers' RSS, summed
     redis_used_memory: int | None
     redis_keys: int | None
-    shared: list[dict[str, Any]] | None  # each worker's cache["shared"]
+    shared: list[dict[str, Any] | None] | None  # each worker's cache["shared"]
     seconds: float
     failure_samples: list[str]
     trouble: str | None
@@ -643,7 +656,7 @@ def cold_run(
         rss_mb=sum(float(stats["memory"]["rss_mb"]) for stats in workers.values()),
         redis_used_memory=used,
         redis_keys=keys,
-        shared=[cache["shared"] for cache in caches] if contender == OURS_SHARED else None,
+        shared=[cache.get("shared") for cache in caches] if contender == OURS_SHARED else None,
         seconds=seconds,
         failure_samples=total.failure_samples,
         trouble=trouble,
@@ -791,10 +804,6 @@ def in_process(
     Each contender is checked before it is timed: the hits call the app once (the first
     request), the L2 contender's hits are Redis's (its L2 hit count grows with each request).
     """
-    from werkzeug.test import EnvironBuilder
-
-    from wsgi_memopt import MemoryOptimizer
-
     # The module write_apps wrote: the route every contender serves, in this process.
     spec = importlib.util.spec_from_file_location("shared_bench_common", directory / "common.py")
     assert spec is not None
@@ -820,13 +829,11 @@ def in_process(
         cache_backend=redis_server.url,
         cache_local_ttl_s=1e-6,
         monitor_interval_s=0,
-        api_allow_networks="127.0.0.1/32",
     )
     l1 = MemoryOptimizer(
         common.make_flask("ours_l1", calls).wsgi_app,
         cache_backend=redis_server.url,
         monitor_interval_s=0,
-        api_allow_networks="127.0.0.1/32",
     )
 
     def environ(path: str) -> dict[str, Any]:
@@ -840,16 +847,19 @@ def in_process(
         "wsgi_memopt L1 hit": (l1, environ("/page/3")),
         "bare Flask route": (bare, environ("/page/4")),
     }
-    checks = check_in_process(contenders, l2, calls_dir, environ(STATS_PATH))
-    samples = interleaved(
-        {name: repeated(app, env, copy=True) for name, (app, env) in contenders.items()},
-        rounds=options.rounds_in_process,
-        seconds=0.02 if not options.quick else 0.01,
-    )
-    for optimizer in (l2, l1):
-        close = getattr(optimizer, "close", None)  # its Redis connections and listener, if any
-        if close is not None:
-            close()
+    try:
+        checks = check_in_process(contenders, l2, calls_dir)
+        samples = interleaved(
+            {name: repeated(app, env, copy=True) for name, (app, env) in contenders.items()},
+            rounds=options.rounds_in_process,
+            seconds=0.02 if not options.quick else 0.01,
+        )
+    finally:
+        for optimizer in (l2, l1):
+            # Their invalidation listeners would go on reconnecting while part 4 kills Redis.
+            store = optimizer.cache.store
+            assert isinstance(store, SharedStore)
+            store.close()
     base = samples["wsgi_memopt L2 hit"]
     rows = []
     for name, times in samples.items():
@@ -867,38 +877,18 @@ def in_process(
 
 
 def check_in_process(
-    contenders: dict[str, tuple[Any, dict[str, Any]]],
-    l2: Any,
-    calls_dir: Path,
-    stats_environ: dict[str, Any],
+    contenders: dict[str, tuple[Any, dict[str, Any]]], l2: Any, calls_dir: Path
 ) -> list[str]:
     """That each contender does what its row says; raises when one does not."""
-    from _timing import serve
 
-    def stats() -> dict[str, Any]:
-        chunks: list[bytes] = []
-        status_line: list[str] = []
-
-        def start_response(
-            status: str, headers: list[tuple[str, str]], exc_info: Any = None
-        ) -> Any:
-            status_line.append(status)
-            return chunks.append
-
-        result = l2(dict(stats_environ), start_response)
-        try:
-            chunks.extend(result)
-        finally:
-            getattr(result, "close", lambda: None)()
-        if not status_line[0].startswith("200"):
-            raise RuntimeError(f"in-process {STATS_PATH}: {status_line[0]}")
-        return dict(json.loads(b"".join(chunks))["cache"])
+    def l2_hits() -> int:
+        return int(l2.cache.stats()["shared"]["hits"])
 
     notes = []
     for name, (app, env) in contenders.items():
         before = app_calls(calls_dir)
         serve(app, [env], copy=True)()  # the first request: a miss, stored
-        shared_before = stats()["shared"]["hits"] if app is l2 else 0
+        hits_before = l2_hits() if app is l2 else 0
         time.sleep(0.01)  # past the L1 copy's microsecond
         serve(app, [env] * 20, copy=True)()
         calls = app_calls(calls_dir) - before
@@ -907,10 +897,10 @@ def check_in_process(
             raise RuntimeError(f"{name}: {calls} app calls for 21 requests, expected {expected}")
         note = f"{name}: {calls} app call(s) for 21 requests"
         if app is l2:
-            l2_hits = stats()["shared"]["hits"] - shared_before
-            if l2_hits < 20:
-                raise RuntimeError(f"{name}: {l2_hits} L2 hits for 20 L1 misses")
-            note += f", {l2_hits} L2 hits for the last 20"
+            hits = l2_hits() - hits_before
+            if hits < 20:
+                raise RuntimeError(f"{name}: {hits} Redis hits for 20 requests after the first")
+            note += f", {hits} Redis hits for the 20 after the first"
         notes.append(note)
     return notes
 
@@ -973,12 +963,9 @@ def fault_run(
 
         def poll_states() -> None:
             while time.monotonic() < end:
-                with contextlib.suppress(OSError, http.client.HTTPException, ValueError, KeyError):
-                    status, body = _stats_once(server.port)
-                    if status == 200:
-                        states.append(
-                            (time.monotonic() - started, body["cache"]["shared"]["state"])
-                        )
+                with contextlib.suppress(OSError, http.client.HTTPException, RuntimeError):
+                    state = read_stats(server.port)["cache"]["shared"]["state"]
+                    states.append((time.monotonic() - started, state))
                 time.sleep(0.25)
 
         load = threading.Thread(target=in_threads, args=(options.clients, client), daemon=True)
@@ -999,16 +986,6 @@ def fault_run(
     return fault_summary(
         events, states, tally, warmed, killed, back, seconds, workers, calls, trouble
     )
-
-
-def _stats_once(port: int) -> tuple[int, dict[str, Any]]:
-    connection = http.client.HTTPConnection(HOST, port, timeout=REQUEST_TIMEOUT_S)
-    try:
-        connection.request("GET", STATS_PATH)
-        response = connection.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        connection.close()
 
 
 def fault_summary(
@@ -1056,7 +1033,7 @@ def fault_summary(
             recovered_at = max(float(candidate.second), back)
             break
     recovery = None if recovered_at is None else recovered_at - back
-    errors = [int(stats["cache"]["shared"]["errors"]) for stats in workers.values()]
+    errors = [(stats["cache"].get("shared") or {}).get("errors") for stats in workers.values()]
     return {
         "seconds": seconds,
         "killed_at_s": killed,
@@ -1135,16 +1112,15 @@ def print_memory(
         if not v["all_workers_seen"]:
             print(f"  ! not every worker answered {STATS_PATH}: memory verdict withheld")
     for run in runs:
-        print(
+        line = (
             f"  {run.body_kb:g} KB, {run.contender}: {run.seconds:.1f} s; lookups per worker "
-            f"{'+'.join(map(str, run.lookups_per_worker))}"
-            + (
-                "; L2 per worker (hits/misses/errors): "
-                + ", ".join(f"{s['hits']}/{s['misses']}/{s['errors']}" for s in run.shared)
-                if run.shared
-                else ""
-            )
+            + "+".join(map(str, run.lookups_per_worker))
         )
+        if run.shared is not None:
+            line += "; Redis per worker (hits/misses/errors): " + ", ".join(
+                "?" if s is None else f"{s['hits']}/{s['misses']}/{s['errors']}" for s in run.shared
+            )
+        print(line)
         for sample in run.failure_samples:
             print(f"  ! {sample}")
         if run.trouble:
