@@ -1168,7 +1168,9 @@ def print_load(runs: list[LoadRun], summary: dict[str, Any], options: argparse.N
             print(f"! {run.contender} round {run.round}: {run.warm_failed} failed while warming")
     print(
         "app calls loaded: the route's calls while wrk ran (each contender's pages were stored "
-        "by the warm pass; the reference row keeps a cache per worker and no Redis)."
+        "by the warm pass; the reference row keeps a cache per worker and no Redis).\n"
+        "wrk keeps its connections busy (a closed loop): each p99 is taken at that contender's "
+        "own top rate, so a faster server is measured under more load on the same CPUs."
     )
 
 
