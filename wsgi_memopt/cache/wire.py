@@ -131,7 +131,7 @@ def decode(
             date=_optional_number(meta["modified"]),
         )
         return entry, _names(meta["vary"])
-    except (KeyError, TypeError, ValueError) as error:
+    except (KeyError, TypeError, ValueError, OverflowError) as error:  # an int past any float
         raise BadRecord(f"a malformed record: {error}") from None
 
 
@@ -182,7 +182,7 @@ def _unframe(record: bytes, key: str, secret: bytes | None) -> tuple[dict[str, A
         raise BadRecord("a truncated record")
     try:
         meta = json.loads(record[start : start + length])
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: arrays nested past the stack
         raise BadRecord("a record whose metadata is not JSON") from None
     if not isinstance(meta, dict):
         raise BadRecord("a record whose metadata is not an object")
