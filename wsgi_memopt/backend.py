@@ -14,6 +14,7 @@ shared store builds its client from what it returns.
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from dataclasses import dataclass
 
@@ -29,6 +30,8 @@ _SCHEMES = {
     "redis+sentinel": "sentinel",
     "rediss+sentinel": "sentinel",
 }
+# A password in the query, which redis-py reads as well as the one before the host.
+_QUERY_PASSWORD = re.compile(r"((?:^|&)password=)[^&]*")
 _DEFAULT_PORT = {"single": 6379, "cluster": 6379, "sentinel": 26379}
 RULE = (
     "expected 'memory', or a Redis URL: redis://host:port/db, rediss://..., unix:///path.sock, "
@@ -111,8 +114,11 @@ def redacted(url: str) -> str:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
         return "<unreadable URL>"
-    if parts.password is None:
-        return url
-    user, _, host = parts.netloc.rpartition("@")
-    name = user.partition(":")[0]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
+    shown = url
+    if parts.password is not None:
+        user, _, host = parts.netloc.rpartition("@")
+        name = user.partition(":")[0]
+        shown = urllib.parse.urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
+    # redis-py takes a password from the query too (?password=...).
+    base, mark, query = shown.partition("?")
+    return base + mark + _QUERY_PASSWORD.sub(r"\1***", query)
