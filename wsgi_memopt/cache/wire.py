@@ -103,9 +103,9 @@ def decode(
     environ keys of its ``Vary``; for a :func:`vary_marker`, None and the keys it names.
     Raises :class:`BadRecord`."""
     meta, body = _unframe(record, key_str, secret)
+    if meta.get("key") != key_str:  # before the try: its reason is not "malformed"
+        raise BadRecord("a record filed under another key")
     try:
-        if meta["key"] != key_str:
-            raise BadRecord("a record filed under another key")
         if "vary_on" in meta:
             return None, _names(meta["vary_on"])
         headers = tuple((_text(name), _text(value)) for name, value in meta["headers"])
