@@ -426,7 +426,7 @@ def _error_kind(error: Exception) -> str:
         return "timeout"
     if isinstance(error, redis.ConnectionError | ConnectionError | OSError):
         return "connection"
-    if isinstance(error, redis.ResponseError) and str(error).startswith("OOM"):
+    if isinstance(error, redis.exceptions.OutOfMemoryError):  # its message has lost "OOM"
         return "out-of-memory"
     if isinstance(error, redis.RedisError):
         return "redis"
