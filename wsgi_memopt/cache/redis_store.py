@@ -332,6 +332,8 @@ class RedisStore:
             self.errors.add(kind)
             if kind in ("timeout", "connection"):
                 self.breaker.failed()
+            else:
+                self.breaker.succeeded()  # Redis answered, with an error: up (a probe ends)
             log.warning("[CACHE] Redis %s failed (%s): %s", what, kind, error)
             return None
         self.breaker.succeeded()
