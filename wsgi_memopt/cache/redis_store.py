@@ -375,7 +375,9 @@ class RedisStore:
         return report
 
     def _redis_figures(self) -> dict[str, Any]:
-        used, most = _memory(self.client.info("memory"))
+        # A cluster client asks one node unless told: the store's memory is every primary's.
+        nodes = {"target_nodes": "primaries"} if self.address.kind == "cluster" else {}
+        used, most = _memory(self.client.info("memory", **nodes))
         keys = 0
         for _ in self._scan(self.prefix + "e:*"):
             keys += 1
