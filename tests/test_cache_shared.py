@@ -28,6 +28,7 @@ from helpers.shared import (
     listening,
     processes,
     redis_names,
+    wait_heard,
     wait_until,
 )
 from helpers.wsgi import get, open_, run_threads
@@ -210,7 +211,7 @@ def test_a_post_drops_the_page_in_redis_and_in_every_process(
         assert open_(a.client, "POST", "/page").status_code == 200
         assert len(redis_names(client, RECORDS)) == 1  # /other's
         for process, before in zip((b, c), heard, strict=True):
-            wait_until(lambda p=process, n=before: p.store.listener.received > n, "the POST")
+            wait_heard(process, before, "the POST")
             assert [entry.path for entry in process.store.entries()] == []
         calls = app.calls
         assert b.get("/page").data == b"body #%d" % (calls + 1)
@@ -229,7 +230,7 @@ def test_invalidate_drops_a_path_and_below_everywhere(redis_url: str, client: re
         listening(a, b)
         before = b.store.listener.received
         assert a.optimizer.cache.invalidate("/a") >= 3
-        wait_until(lambda: b.store.listener.received > before, "the invalidation")
+        wait_heard(b, before, "the invalidation")
         assert sorted(entry.path for entry in b.store.entries()) == ["/about", "/b"]
         assert sorted(entry.path for entry in a.store.entries()) == ["/about", "/b"]
         assert len(redis_names(client, RECORDS)) == 2
@@ -250,7 +251,7 @@ def test_clear_empties_redis_and_every_process(redis_url: str, client: redis.Red
         a.optimizer.cache.clear()
         assert client.keys(PREFIX + "*") == []
         for process, before in zip((b, c), heard, strict=True):
-            wait_until(lambda p=process, n=before: p.store.listener.received > n, "the clear")
+            wait_heard(process, before, "the clear")
             assert len(process.store) == 0
         assert c.get("/x").data == b"body #3"
 
@@ -326,6 +327,24 @@ def test_another_secret_never_serves_a_record(redis_url: str) -> None:
         assert a2.shared_stats()["refused_records"] != {}
 
 
+def test_with_a_secret_a_forged_invalidation_is_refused(
+    redis_url: str, client: redis.Redis
+) -> None:
+    app = CountingApp()
+    with processes(app, redis_url, cache_redis_secret="a-secret-of-sixteen+") as (a, b):
+        a.get("/page")
+        b.get("/page")
+        listening(a, b)
+        received = b.store.listener.received
+        client.publish(PREFIX + "invalidate", '{"op":"clear","origin":"forger"}')
+        wait_heard(b, received, "the forged message")
+        assert len(b.store) == 1
+        assert b.shared_stats()["refused_records"] == {"message": 1}
+        # a's own, sealed with the secret, is applied.
+        a.optimizer.cache.clear()
+        wait_until(lambda: len(b.store) == 0, "a's clear to reach b")
+
+
 def test_a_record_moved_under_another_key_is_refused(redis_url: str, client: redis.Redis) -> None:
     app = CountingApp()
     with processes(app, redis_url) as (a, b):
@@ -333,7 +352,9 @@ def test_a_record_moved_under_another_key_is_refused(redis_url: str, client: red
         (one,) = redis_names(client, RECORDS)
         a.get("/two")
         (two,) = set(redis_names(client, RECORDS)) - {one}
-        client.set(two, client.get(one), keepttl=True)
+        moved = client.get(one)
+        assert moved is not None
+        client.set(two, moved, keepttl=True)
         assert b.get("/two").data == b"body #3"
         assert b.shared_stats()["refused_records"] == {"a record filed under another key": 1}
 
@@ -445,7 +466,7 @@ def test_requests_go_on_while_redis_is_down_and_the_breaker_opens(
     own_redis: RedisServer,
 ) -> None:
     app = CountingApp()
-    settings = {"cache_redis_timeout_s": 0.5, "cache_redis_retry_s": 1.0}
+    settings: dict[str, Any] = {"cache_redis_timeout_s": 0.5, "cache_redis_retry_s": 1.0}
     with processes(app, own_redis.url, **settings) as (a, b):
         a.get("/before")
         own_redis.kill()
@@ -478,8 +499,8 @@ def test_requests_go_on_while_redis_is_down_and_the_breaker_opens(
 
 def test_a_hung_redis_costs_a_request_its_timeout_then_nothing(own_redis: RedisServer) -> None:
     app = CountingApp()
-    timeout_s = 0.5
-    settings = {"cache_redis_timeout_s": timeout_s, "cache_redis_retry_s": 1.0}
+    timeout_s = 0.3
+    settings: dict[str, Any] = {"cache_redis_timeout_s": timeout_s, "cache_redis_retry_s": 1.0}
     with processes(app, own_redis.url, 1, **settings) as (a,):
         a.get("/warm")  # connected, listening
         own_redis.pause()
@@ -502,7 +523,8 @@ def test_a_hung_redis_costs_a_request_its_timeout_then_nothing(own_redis: RedisS
 
         def stored() -> bool:
             a.get(f"/resumed/{next(attempts)}")
-            return a.shared_stats()["state"] == "closed" and a.shared_stats()["stores"] > 1
+            stats = a.shared_stats()
+            return bool(stats["state"] == "closed" and stats["stores"] > 1)
 
         wait_until(stored, "the breaker to close once Redis answers again")
 
@@ -523,7 +545,7 @@ def test_the_listener_resubscribes_after_a_restart_and_drops_local_copies(
         listening(a, b)
         received = b.store.listener.received
         a.optimizer.cache.invalidate("/")
-        wait_until(lambda: b.store.listener.received > received, "an invalidation after it")
+        wait_heard(b, received, "an invalidation after it")
 
 
 def fill_redis(server: RedisServer) -> None:
@@ -601,7 +623,7 @@ def test_a_cluster_shares_invalidates_and_clears_across_slots(
         listening(a, b)
         before = b.store.listener.received
         a.optimizer.cache.invalidate("/a")
-        wait_until(lambda: b.store.listener.received > before, "the invalidation")
+        wait_heard(b, before, "the invalidation")
         assert sorted(entry.path for entry in b.store.entries()) == paths[6:]
         stats = b.shared_stats()
         assert stats["keys"] == 6

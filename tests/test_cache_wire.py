@@ -261,9 +261,9 @@ def test_a_record_under_another_key_is_refused() -> None:
     record, _, _ = good_record()
     other = request_key("/other")
     # The reason is the first words of the message: what the shared store counts by.
-    with pytest.raises(wire.BadRecord, match="^a record filed under another key$"):
+    with pytest.raises(wire.BadRecord, match=r"^a record filed under another key$"):
         wire.decode(record, other, text_of(other), 1_000.0, 0.0, None)
-    with pytest.raises(wire.BadRecord, match="^a record filed under another key$"):
+    with pytest.raises(wire.BadRecord, match=r"^a record filed under another key$"):
         wire.decode(with_meta("key", GONE), other, text_of(other), 1_000.0, 0.0, None)
 
 
@@ -353,3 +353,40 @@ def test_a_pickle_is_refused_and_never_run(tmp_path: Path, protocol: int) -> Non
         with pytest.raises(wire.BadRecord):
             wire.decode(record, key, text_of(key), 0.0, 0.0, None)
     assert not trap.exists()
+
+
+# -- invalidation messages
+
+
+def test_a_message_is_sent_as_it_is_without_a_secret() -> None:
+    text = '{"op":"clear","origin":"a"}'
+    assert wire.seal_message(text, None) == text
+    assert wire.open_message(text.encode(), None) == text
+
+
+def test_a_sealed_message_opens_with_the_secret() -> None:
+    text = '{"op":"prefix","path":"/caf\u00e9"}'
+    sealed = wire.seal_message(text, SECRET)
+    assert sealed.endswith(" " + text)
+    assert wire.open_message(sealed.encode(), SECRET) == text
+    assert wire.open_message(sealed, SECRET) == text
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        pytest.param(lambda sealed: sealed.partition(" ")[2], id="unsigned"),
+        pytest.param(lambda sealed: "0" * 64 + " " + sealed.partition(" ")[2], id="zero-mac"),
+        pytest.param(lambda sealed: sealed.replace("/a", "/b"), id="body-changed"),
+        pytest.param(lambda sealed: sealed[:-1], id="truncated"),
+        pytest.param(lambda sealed: "", id="empty"),
+        pytest.param(
+            lambda sealed: wire.seal_message('{"op":"clear"}', b"another secret, as long"),
+            id="another-secret",
+        ),
+    ],
+)
+def test_with_a_secret_a_message_not_sealed_with_it_is_refused(spoil: Any) -> None:
+    sealed = wire.seal_message('{"op":"prefix","path":"/a"}', SECRET)
+    with pytest.raises(wire.BadRecord, match="not signed"):
+        wire.open_message(spoil(sealed).encode(), SECRET)

@@ -40,6 +40,7 @@ __all__ = [
     "processes",
     "redis_names",
     "subscribers",
+    "wait_heard",
     "wait_until",
 ]
 
@@ -108,6 +109,11 @@ def listening(*running: Process) -> None:
         lambda: subscribers(shared.client, shared.channel) >= len(running),
         f"{len(running)} listeners to subscribe",
     )
+
+
+def wait_heard(process: Process, before: int, what: str) -> None:
+    """Wait until ``process``'s listener has received more than ``before`` messages."""
+    wait_until(lambda: process.store.listener.received > before, what)
 
 
 def subscribers(client: redis.Redis | redis.RedisCluster, channel: str) -> int:
