@@ -94,8 +94,7 @@ def processes(app: WSGIApp, url: str, count: int = 2, **settings: Any) -> Iterat
         yield built
     finally:
         for process in built:
-            process.store.close()
-            process.optimizer.governor.stop()
+            process.optimizer.close()
 
 
 def listening(*running: Process) -> None:
