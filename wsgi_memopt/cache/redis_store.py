@@ -332,6 +332,8 @@ class RedisStore:
             self.errors.add(kind)
             if kind in ("timeout", "connection"):
                 self.breaker.failed()
+            else:
+                self.breaker.succeeded()  # Redis answered, if with an error: it is there
             log.warning("[CACHE] Redis %s failed (%s): %s", what, kind, error)
             return None
         self.breaker.succeeded()
@@ -426,7 +428,10 @@ def _error_kind(error: Exception) -> str:
         return "timeout"
     if isinstance(error, redis.ConnectionError | ConnectionError | OSError):
         return "connection"
-    if isinstance(error, redis.ResponseError) and str(error).startswith("OOM"):
+    # redis-py 5 and later raise OutOfMemoryError, its text without the "OOM" code; 4.x does not.
+    if isinstance(error, getattr(redis.exceptions, "OutOfMemoryError", ())) or (
+        isinstance(error, redis.ResponseError) and str(error).startswith("OOM")
+    ):
         return "out-of-memory"
     if isinstance(error, redis.RedisError):
         return "redis"
