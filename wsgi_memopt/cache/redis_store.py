@@ -428,7 +428,7 @@ def _error_kind(error: Exception) -> str:
         return "timeout"
     if isinstance(error, redis.ConnectionError | ConnectionError | OSError):
         return "connection"
-    # redis-py 5 and later raise OutOfMemoryError, its text without the "OOM" code; 4.x does not.
+    # redis-py 4.6+ raises OutOfMemoryError, its text without the "OOM" code; 4.5 does not.
     if isinstance(error, getattr(redis.exceptions, "OutOfMemoryError", ())) or (
         isinstance(error, redis.ResponseError) and str(error).startswith("OOM")
     ):
