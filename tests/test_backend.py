@@ -17,6 +17,11 @@ def test_memory_is_no_backend(url: str) -> None:
 
 ACCEPTED: list[Any] = [
     pytest.param(
+        "rediss://cache:6380/1?ssl_cert_reqs=required&ssl_ca_certs=/etc/ca.pem&client_name=web",
+        ("single", True, (("cache", 6380),), None, None, None, 1),
+        id="rediss-tls-options",
+    ),
+    pytest.param(
         "redis://localhost",
         ("single", False, (("localhost", 6379),), None, None, None, 0),
         id="redis-default-port",
@@ -137,6 +142,13 @@ REFUSED = [
     pytest.param("redis+sentinel://s:26379", id="sentinel-no-service"),
     pytest.param("redis+sentinel://s:26379/", id="sentinel-empty-service"),
     pytest.param("redis+sentinel://s/svc/1/2", id="sentinel-two-dbs"),
+    # Options that would undo the cache's own timeouts and retries, or say a db twice.
+    pytest.param("redis://cache/0?socket_timeout=30", id="query-socket-timeout"),
+    pytest.param("redis://cache/0?retry_on_timeout=yes", id="query-retry"),
+    pytest.param("redis://cache/0?health_check_interval=1", id="query-health-check"),
+    pytest.param("redis://cache/0?db=3", id="query-db-beside-the-path"),
+    pytest.param("redis+cluster://a:7000?ssl_cert_reqs=none", id="cluster-with-a-query"),
+    pytest.param("redis+sentinel://s/svc?client_name=x", id="sentinel-with-a-query"),
 ]
 
 

@@ -233,6 +233,7 @@ BAD_FIELDS: list[Any] = [
     pytest.param("headers", "text", id="headers-text"),
     pytest.param("headers", 5, id="headers-a-number"),
     pytest.param("headers", [["a", "b", "c"]], id="header-of-three"),
+    pytest.param("headers", ["ab"], id="header-a-two-letter-string"),
     pytest.param("headers", [["X-A", 5]], id="header-value-a-number"),
     pytest.param("age", "1", id="age-text"),
     pytest.param("age", True, id="age-a-boolean"),

@@ -68,10 +68,11 @@ def parse_backend(url: str) -> BackendAddress | None:
         username = urllib.parse.unquote(parts.username) if parts.username else None
         password = urllib.parse.unquote(parts.password) if parts.password is not None else None
         netloc = parts.netloc.rpartition("@")[2]
+        query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+        _check_options(query, kind, scheme)
         if scheme == "unix":
             if not parts.path or netloc:
                 raise ValueError(text)
-            query = urllib.parse.parse_qs(parts.query)
             db = int(query.get("db", ["0"])[0])
             return BackendAddress(kind, text, False, (), username, password, None, _db(db))
         nodes = tuple(_node(node, _DEFAULT_PORT[kind]) for node in netloc.split(","))
@@ -89,6 +90,16 @@ def parse_backend(url: str) -> BackendAddress | None:
     except (KeyError, ValueError, IndexError):
         raise ValueError(RULE) from None
     return BackendAddress(kind, text, tls, nodes, username, password, service, db)
+
+
+def _check_options(query: dict[str, list[str]], kind: str, scheme: str) -> None:
+    """A URL's query may carry TLS options (``ssl_*``), a ``client_name``, a ``password``
+    and, on a socket, ``db``; nothing that would undo the cache's own timeouts and retries,
+    and nothing at all for a cluster or Sentinel, whose clients are built from the parts."""
+    for name in query:
+        allowed = name.startswith("ssl_") or name in ("client_name", "password")
+        if kind != "single" or not (allowed or (name == "db" and scheme == "unix")):
+            raise ValueError(name)
 
 
 def _node(text: str, default_port: int) -> tuple[str, int]:

@@ -72,12 +72,11 @@ def connect(address: BackendAddress, timeout_s: float) -> redis.Redis | Any:
     if address.kind == "cluster":
         from redis.cluster import ClusterNode, RedisCluster
 
-        return RedisCluster(
-            startup_nodes=[ClusterNode(host, port) for host, port in address.nodes],  # type: ignore[no-untyped-call]
-            ssl=address.tls,
-            cluster_error_retry_attempts=1,
-            **common,
-        )
+        if int(redis.__version__.split(".")[0]) < 6:
+            # Before redis-py 6 the cluster retried on its own count (later: ``retry``'s).
+            common["cluster_error_retry_attempts"] = 1
+        nodes = [ClusterNode(host, port) for host, port in address.nodes]  # type: ignore[no-untyped-call]
+        return RedisCluster(startup_nodes=nodes, ssl=address.tls, **common)
     if address.kind == "sentinel":
         from redis.sentinel import Sentinel
 
@@ -303,7 +302,7 @@ class RedisStore:
         not signed with the secret."""
         try:
             message = json.loads(wire.open_message(data, self.secret))
-        except (wire.BadRecord, ValueError) as error:
+        except (wire.BadRecord, ValueError, RecursionError) as error:
             self.refused.add("message")
             log.warning("[CACHE] refused an invalidation message: %s", error)
             return None

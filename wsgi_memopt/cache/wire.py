@@ -108,7 +108,7 @@ def decode(
     try:
         if "vary_on" in meta:
             return None, _names(meta["vary_on"])
-        headers = tuple((_text(name), _text(value)) for name, value in meta["headers"])
+        headers = tuple(map(_header, meta["headers"]))
         age = _number(meta["age"]) + max(wall_now - _number(meta["written"]), 0.0)
         lifetime, keep = _number(meta["lifetime"]), _number(meta["keep"])
         etag, last_modified = _optional_text(meta["etag"]), _optional_number(meta["last_modified"])
@@ -215,6 +215,12 @@ def _number(value: object) -> float:
 
 def _optional_number(value: object) -> float | None:
     return None if value is None else _number(value)
+
+
+def _header(pair: object) -> tuple[str, str]:
+    if not isinstance(pair, list) or len(pair) != 2:
+        raise TypeError("expected a [name, value] pair")
+    return _text(pair[0]), _text(pair[1])
 
 
 def _names(value: object) -> tuple[str, ...]:
