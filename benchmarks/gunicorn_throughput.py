@@ -148,7 +148,17 @@ class Server:
             self.children |= {c.pid for c in psutil.Process(self.proc.pid).children(True)}
 
 
-def start_server(directory: Path, target: str, label: str, extra: tuple[str, ...]) -> Server:
+def start_server(
+    directory: Path,
+    target: str,
+    label: str,
+    extra: tuple[str, ...],
+    *,
+    workers: int = WORKERS,
+    env: dict[str, str] | None = None,
+) -> Server:
+    """gunicorn serving ``target`` from ``directory`` with ``workers`` gthread workers of
+    ``THREADS`` threads, in its own session, logging to a file; ``env`` added to the child's."""
     port = free_port()
     log_path = directory / f"gunicorn-{label}-{port}.log"
     command = [
@@ -158,7 +168,7 @@ def start_server(directory: Path, target: str, label: str, extra: tuple[str, ...
         "--bind",
         f"{HOST}:{port}",
         "--workers",
-        str(WORKERS),
+        str(workers),
         "--worker-class",
         "gthread",
         "--threads",
@@ -180,14 +190,14 @@ def start_server(directory: Path, target: str, label: str, extra: tuple[str, ...
             command,
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            env=child_env(),
+            env={**child_env(), **(env or {})},
             start_new_session=True,
         )
     return Server(proc, port, log_path)
 
 
-def wait_ready(server: Server) -> None:
-    """Until every worker has booted and the server answers an HTTP request."""
+def wait_ready(server: Server, workers: int = WORKERS) -> None:
+    """Until every one of ``workers`` has booted and the server answers an HTTP request."""
     deadline = time.monotonic() + BOOT_TIMEOUT_S
     while True:
         if server.proc.poll() is not None:
@@ -196,7 +206,7 @@ def wait_ready(server: Server) -> None:
             )
         if time.monotonic() > deadline:
             raise RuntimeError(f"gunicorn not ready after {BOOT_TIMEOUT_S:g} s")
-        if server.log().count("Booting worker with pid") >= WORKERS:
+        if server.log().count("Booting worker with pid") >= workers:
             try:
                 connection = http.client.HTTPConnection(HOST, server.port, timeout=2)
                 try:

@@ -61,10 +61,11 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import gunicorn_throughput
 import redis
-from _servers import HOST, child_env, control_socket_args, free_port, stop_process
+from _servers import HOST, control_socket_args, free_port, stop_process
 from _timing import interleaved, repeated, round_ratios, serve
-from gunicorn_throughput import Server, calibrate, stop_server
+from gunicorn_throughput import Server, calibrate, start_server, stop_server, wait_ready
 from leak_pool import WrkOutput, parse_wrk
 from werkzeug.test import EnvironBuilder
 
@@ -73,11 +74,10 @@ from wsgi_memopt.settings import DEFAULT_API_PREFIX
 
 PATHS = 200
 WORKERS = 4
-THREADS = 4
+THREADS = gunicorn_throughput.THREADS  # the same gthread workers as the other server benchmark
 WORK_MS = 5.0
 MAX_AGE_S = 600
 STATS_PATH = DEFAULT_API_PREFIX + "/stats"
-BOOT_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 REQUEST_TIMEOUT_S = 10.0
 REDIS_TIMEOUT_S = 10.0
@@ -381,62 +381,14 @@ class RedisServer:
 def gunicorn(directory: Path, contender: str, label: str, env: dict[str, str]) -> Iterator[Server]:
     """A gunicorn of ``WORKERS`` gthread workers serving ``contender``, once every worker has
     booted and it answers; stopped by PID (its workers too) on the way out."""
-    port = free_port()
-    log_path = directory / f"gunicorn-{label}-{port}.log"
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--bind",
-        f"{HOST}:{port}",
-        "--workers",
-        str(WORKERS),
-        "--worker-class",
-        "gthread",
-        "--threads",
-        str(THREADS),
-        "--graceful-timeout",
-        "5",
-        "--chdir",
-        str(directory),
-        "--error-logfile",
-        "-",
-        *control_socket_args(),
-        TARGETS[contender],
-    ]
-    with log_path.open("wb") as log_file:
-        # Its own session: were the master ever SIGKILLed, its workers can be found by PID.
-        proc = subprocess.Popen(
-            command,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env={**child_env(), **env},
-            start_new_session=True,
-        )
-    server = Server(proc, port, log_path)
+    server = start_server(
+        directory, TARGETS[contender], label, control_socket_args(), workers=WORKERS, env=env
+    )
     try:
-        _wait_ready(server)
+        wait_ready(server, workers=WORKERS)
         yield server
     finally:
         stop_server(server)
-
-
-def _wait_ready(server: Server) -> None:
-    deadline = time.monotonic() + BOOT_TIMEOUT_S
-    while True:
-        if server.proc.poll() is not None:
-            raise RuntimeError(
-                f"gunicorn exited ({server.proc.returncode}) while booting:\n{server.log()[-3000:]}"
-            )
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"gunicorn not ready after {BOOT_TIMEOUT_S:g} s")
-        if server.log().count("Booting worker with pid") >= WORKERS:
-            with contextlib.suppress(OSError, http.client.HTTPException):
-                get(server.port, "/ready")  # a 404, outside the measured paths
-                server.note_children()
-                if len(server.children) >= WORKERS:
-                    return
-        time.sleep(0.05)
 
 
 def log_trouble(server: Server) -> str | None:
