@@ -1,0 +1,98 @@
+"""An attacker, and a hostile environment, against the shared cache on Redis.
+
+Each test stands for one way a Redis shared by many processes could leak a page, poison one,
+run code, exhaust a worker's memory, hang or fail requests, leak a secret or lose an
+invalidation. Two middlewares on one redis-server stand for two processes (or machines);
+what an attacker writes goes straight into Redis with a client of its own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from helpers.apps import CountingApp
+from helpers.redis import RedisServer
+from helpers.wsgi import get, wrap
+from werkzeug.test import Client, EnvironBuilder
+
+from wsgi_memopt import MemoryOptimizer
+from wsgi_memopt.cache.redis_store import RedisStore
+from wsgi_memopt.cache.shared import SharedStore
+
+SECRET = "a-secret-of-sixteen-or-more"
+
+Make = Callable[..., tuple[MemoryOptimizer, Client]]
+
+
+@pytest.fixture
+def processes() -> Iterator[Make]:
+    """``make(app, **settings)``: a middleware on ``app`` (a process of its own); every one
+    made stops its invalidation listener when the test ends."""
+    made: list[MemoryOptimizer] = []
+
+    def make(app: Any, **settings: Any) -> tuple[MemoryOptimizer, Client]:
+        optimizer, client = wrap(app, **settings)
+        made.append(optimizer)
+        return optimizer, client
+
+    yield make
+    for optimizer in made:
+        optimizer.cache.store.close()
+
+
+def shared_of(optimizer: MemoryOptimizer) -> SharedStore:
+    """The optimizer's two-level store."""
+    store = optimizer.cache.store
+    assert isinstance(store, SharedStore)
+    return store
+
+
+def redis_of(optimizer: MemoryOptimizer) -> RedisStore:
+    """The optimizer's Redis level."""
+    return shared_of(optimizer).shared
+
+
+def record_key_of(optimizer: MemoryOptimizer, path: str, host: str = "localhost") -> str:
+    """The Redis key of the record of a plain GET of ``path`` (as werkzeug's client sends it)."""
+    environ = EnvironBuilder(path, base_url=f"http://{host}/").get_environ()
+    store = redis_of(optimizer)
+    return store.record_key(store.key_text(optimizer.cache.key(environ)))
+
+
+def is_hit(response: Any) -> bool:
+    """Whether a response was served from the cache (either level)."""
+    return str(response.headers["Cache-Status"]).startswith("wsgi-memopt; hit")
+
+
+# -- the circuit breaker
+
+
+def test_a_probe_answered_with_a_redis_error_does_not_leave_the_breaker_open(
+    processes: Make, own_redis: RedisServer
+) -> None:
+    """After an outage, the probe that finds Redis back but gets one of Redis's own errors
+    (here WRONGTYPE on a key someone else wrote) must not leave the process without Redis
+    for good."""
+    app = CountingApp()
+    optimizer, client = processes(
+        app, cache_backend=own_redis.url, cache_redis_timeout_s=0.2, cache_redis_retry_s=0.05
+    )
+    _, other_client = processes(app, cache_backend=own_redis.url)
+    store = redis_of(optimizer)
+    own_redis.kill()
+    for path in ("/a", "/b", "/c"):
+        get(client, path)
+    assert store.breaker.state != "closed"
+    own_redis.restart()
+    with own_redis.client() as attacker:
+        attacker.hset(record_key_of(optimizer, "/probe"), "field", "value")
+    time.sleep(0.1)
+    get(client, "/probe")  # the probe: Redis answers WRONGTYPE
+    assert store.errors.snapshot().get("redis") == 1
+    get(other_client, "/page")  # stored in Redis by another process
+    time.sleep(0.1)
+    assert is_hit(get(client, "/page")), store.stats()
+    assert store.breaker.state == "closed"
