@@ -9,6 +9,7 @@ what an attacker writes goes straight into Redis with a client of its own.
 from __future__ import annotations
 
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -96,3 +97,27 @@ def test_a_probe_answered_with_a_redis_error_does_not_leave_the_breaker_open(
     time.sleep(0.1)
     assert is_hit(get(client, "/page")), store.stats()
     assert store.breaker.state == "closed"
+
+
+# -- what a worker reads from Redis
+
+
+def test_a_huge_value_under_a_record_key_is_not_read_whole(processes: Make, redis_url: str) -> None:
+    """Whoever can write to Redis (even without the secret, when they "can only delete") puts
+    a value far larger than any entry under a page's key (its name is no secret): the worker
+    refuses it without holding all of it."""
+    app = CountingApp()
+    optimizer, client = processes(app, cache_backend=redis_url, cache_redis_secret=SECRET)
+    huge = 32 << 20
+    with redis_of(optimizer).client as attacker:
+        attacker.set(record_key_of(optimizer, "/"), b"WMC\x01\x01" + bytes(huge))
+    tracemalloc.start()
+    try:
+        response = get(client, "/")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert response.status_code == 200
+    assert app.calls == 1  # a miss
+    assert peak < huge // 2, f"the request allocated {peak / 2**20:.1f} MiB at its peak"
+    assert redis_of(optimizer).refused.snapshot()

@@ -116,6 +116,9 @@ class RedisStore:
         self.breaker = Breaker(_BREAKER_THRESHOLD, retry_s)
         self._client = client
         self._made_client = client is None  # ours to make again in a forked child
+        # The largest body a record may carry (the process's item limit, set by its
+        # SharedStore): a longer value is not read past that.
+        self.body_max_bytes = 2 << 20
         self.hits = itertools.count()
         self.misses = itertools.count()
         self.stores = itertools.count()
@@ -156,7 +159,7 @@ class RedisStore:
 
         def ask() -> tuple[CacheKey, Entry | None, tuple[str, ...]]:
             key_str = self.key_text(base_key)
-            record = self.client.get(self.record_key(key_str))
+            record = self._read(self.record_key(key_str))
             if record is None:
                 return base_key, None, ()
             entry, vary = self._decode(record, base_key, key_str, now)
@@ -164,7 +167,7 @@ class RedisStore:
                 return base_key, entry, vary
             key = variant_key(base_key, vary, environ)
             key_str = self.key_text(key)
-            record = self.client.get(self.record_key(key_str))
+            record = self._read(self.record_key(key_str))
             if record is None:
                 return key, None, ()
             return (key, *self._decode(record, key, key_str, now))
@@ -175,6 +178,20 @@ class RedisStore:
         if count:
             next(self.hits if found[1] is not None else self.misses)
         return found
+
+    def _read(self, name: str) -> bytes | None:
+        """The record under ``name``, or None: none there, or longer than any of ours (the
+        name of a page's record is no secret: whoever can write to Redis could make every
+        worker that asks read a huge value whole)."""
+        limit = self.body_max_bytes + wire.OVERHEAD
+        record: bytes = self.client.getrange(name, 0, limit)  # at most limit + 1 bytes
+        if not record:
+            return None  # no key (or an empty value, not a record either)
+        if len(record) > limit:
+            self.refused.add("a record larger than any entry")
+            log.warning("[CACHE] refused a shared record over %d bytes", limit)
+            return None
+        return record
 
     def _decode(
         self, record: bytes, key: CacheKey, key_str: str, now: float

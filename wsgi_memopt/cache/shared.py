@@ -46,6 +46,7 @@ class SharedStore(ResponseStore):
     def __init__(self, shared: RedisStore, *, local_ttl_s: float, **local: Any) -> None:
         super().__init__(keep_for_s=local_ttl_s, **local)
         self.shared = shared
+        shared.body_max_bytes = self.item_max_bytes
         self._origin = secrets.token_hex(8)  # this process, in the messages it publishes
         self.listener = Listener(lambda: shared.client, shared.channel, self._apply)
         self.published = 0

@@ -27,6 +27,7 @@ from .entry import Entry
 from .policy import CacheKey
 
 __all__ = [
+    "OVERHEAD",
     "VERSION",
     "BadRecord",
     "decode",
@@ -43,6 +44,8 @@ _SIGNED = 1
 _DIGEST = 32
 _LENGTH = struct.Struct(">I")
 _META_MAX = 1 << 20  # headers and key: a larger record is not one of ours
+# The most a record holds beside its body: a reader refuses anything longer unread.
+OVERHEAD = len(_MAGIC) + 2 + _DIGEST + _LENGTH.size + _META_MAX
 
 
 class BadRecord(ValueError):
