@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from helpers.apps import CountingApp
 from helpers.redis import RedisServer
-from helpers.wsgi import get, wrap
+from helpers.wsgi import get, open_, wrap
 from werkzeug.test import Client, EnvironBuilder
 
 from wsgi_memopt import MemoryOptimizer
@@ -121,3 +121,63 @@ def test_a_huge_value_under_a_record_key_is_not_read_whole(processes: Make, redi
     assert app.calls == 1  # a miss
     assert peak < huge // 2, f"the request allocated {peak / 2**20:.1f} MiB at its peak"
     assert redis_of(optimizer).refused.snapshot()
+
+
+def fill_set(client: Any, name: str, members: int, prefix: str) -> None:
+    """``members`` names under ``prefix`` added to the set ``name``, in batches."""
+    batch = 10_000
+    for start in range(0, members, batch):
+        stop = min(start + batch, members)
+        client.sadd(name, *(f"{prefix}e:{n:032x}" for n in range(start, stop)))
+
+
+def test_an_invalidation_reads_a_huge_uri_set_in_bounded_batches(
+    processes: Make, redis_url: str
+) -> None:
+    """A page's URI set grows by one member for each variant ever stored (a ``Vary`` on a
+    header the client picks freely), and its members outlive their records. A POST then
+    must still drop the page everywhere, without a worker holding the whole set at once."""
+    app = CountingApp()
+    first, first_client = processes(app, cache_backend=redis_url)
+    _, second_client = processes(app, cache_backend=redis_url)
+    get(first_client, "/page")
+    store = redis_of(first)
+    members = 100_000
+    with store.client as attacker:
+        fill_set(attacker, store.uri_key("localhost", "/page", ""), members, store.prefix)
+    tracemalloc.start()
+    try:
+        started = time.monotonic()
+        assert open_(first_client, "POST", "/page").status_code == 200
+        took = time.monotonic() - started
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert store.errors.snapshot() == {}
+    assert peak < 8 << 20, f"the POST allocated {peak / 2**20:.1f} MiB at its peak ({took:.2f} s)"
+    calls = app.calls
+    assert not is_hit(get(second_client, "/page"))  # dropped from Redis too
+    assert app.calls == calls + 1
+
+
+def test_an_invalidation_deletes_only_the_cache_s_own_records(
+    processes: Make, redis_url: str
+) -> None:
+    """A name outside the cache's records slipped into a URI set (by whoever can write to the
+    prefix) is not deleted by the next POST: the cache's user may reach more than the
+    prefix."""
+    app = CountingApp()
+    optimizer, client = processes(app, cache_backend=redis_url)
+    get(client, "/page")
+    store = redis_of(optimizer)
+    with store.client as attacker:
+        attacker.set("someone-else:precious", b"1")
+        attacker.set(store.prefix + "l:precious", b"1")
+        attacker.sadd(
+            store.uri_key("localhost", "/page", ""),
+            "someone-else:precious",
+            store.prefix + "l:precious",
+        )
+        assert open_(client, "POST", "/page").status_code == 200
+        assert attacker.exists("someone-else:precious", store.prefix + "l:precious") == 2
+        assert attacker.exists(record_key_of(optimizer, "/page")) == 0

@@ -49,6 +49,7 @@ _BREAKER_THRESHOLD = 3
 # SCAN's batch, and how many batches one report or invalidation reads at most.
 _SCAN_COUNT = 1000
 _SCAN_BATCHES = 100
+_SET_BATCH = 10_000  # members of a URI's set taken at once: about a megabyte in a worker
 _FIGURES_EVERY_S = 5.0  # how long what Redis said of itself (INFO, keys) is reported as is
 _RELEASE_SCRIPT = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
@@ -300,12 +301,20 @@ class RedisStore:
         return self._ask("clear", ask) or 0
 
     def _drop_uris(self, uris: list[str]) -> int:
+        # A URI's set keeps the names of variants long gone (a Vary on a header clients pick
+        # freely stores one per value): taken in batches, never whole. SPOP also empties it
+        # (an empty set is no key), and shares the work with a concurrent invalidation.
+        records = self.prefix + "e:"
         dropped = 0
         for uri in uris:
-            members = self.client.smembers(uri)
-            if members:
-                dropped += self.client.unlink(*members)
-            self.client.unlink(uri)
+            while True:
+                batch = self.client.spop(uri, _SET_BATCH) or []
+                # Only our records: a name written there by anyone else is not deleted.
+                names = [name for name in batch if _text(name).startswith(records)]
+                if names:
+                    dropped += self.client.unlink(*names)
+                if len(batch) < _SET_BATCH:
+                    break
         return dropped
 
     def publish(self, message: Mapping[str, Any]) -> None:
@@ -424,6 +433,10 @@ def _extend(pipe: Any, name: str, ttl_ms: int) -> None:
     shorter (a page's variants and URI sets live as long as their longest member)."""
     pipe.pexpire(name, ttl_ms, nx=True)
     pipe.pexpire(name, ttl_ms, gt=True)
+
+
+def _text(name: bytes | str) -> str:
+    return name.decode("utf-8", "surrogateescape") if isinstance(name, bytes) else name
 
 
 def _digest(text: str) -> str:
