@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 from helpers.apps import CountingApp
 from helpers.redis import RedisServer
 from helpers.wsgi import get, open_, wrap
@@ -109,7 +110,7 @@ def test_a_huge_value_under_a_record_key_is_not_read_whole(processes: Make, redi
     app = CountingApp()
     optimizer, client = processes(app, cache_backend=redis_url, cache_redis_secret=SECRET)
     huge = 32 << 20
-    with redis_of(optimizer).client as attacker:
+    with redis.Redis.from_url(redis_url) as attacker:
         attacker.set(record_key_of(optimizer, "/"), b"WMC\x01\x01" + bytes(huge))
     tracemalloc.start()
     try:
@@ -143,7 +144,7 @@ def test_an_invalidation_reads_a_huge_uri_set_in_bounded_batches(
     get(first_client, "/page")
     store = redis_of(first)
     members = 100_000
-    with store.client as attacker:
+    with redis.Redis.from_url(redis_url) as attacker:
         fill_set(attacker, store.uri_key("localhost", "/page", ""), members, store.prefix)
     tracemalloc.start()
     try:
@@ -170,7 +171,7 @@ def test_an_invalidation_deletes_only_the_cache_s_own_records(
     optimizer, client = processes(app, cache_backend=redis_url)
     get(client, "/page")
     store = redis_of(optimizer)
-    with store.client as attacker:
+    with redis.Redis.from_url(redis_url) as attacker:
         attacker.set("someone-else:precious", b"1")
         attacker.set(store.prefix + "l:precious", b"1")
         attacker.sadd(
@@ -181,3 +182,29 @@ def test_an_invalidation_deletes_only_the_cache_s_own_records(
         assert open_(client, "POST", "/page").status_code == 200
         assert attacker.exists("someone-else:precious", store.prefix + "l:precious") == 2
         assert attacker.exists(record_key_of(optimizer, "/page")) == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a URI's set is a plain set whose TTL each store extends: the names of expired "
+    "variants stay as long as the page keeps being stored (a fix: a sorted set scored by each "
+    "record's expiry, pruned on each store; it changes the key's type, so the lead decides)",
+)
+def test_a_uri_set_does_not_keep_the_names_of_expired_variants(
+    processes: Make, redis_url: str
+) -> None:
+    """Each value of a header the page varies on stores one more variant; once they have
+    expired, their names must not pile up in the page's set (every client can send a new
+    value, and every POST reads the set)."""
+    app = CountingApp(headers=[("Cache-Control", "max-age=1"), ("Vary", "Accept-Language")])
+    optimizer, client = processes(app, cache_backend=redis_url)
+    for batch in ("a", "b"):
+        for n in range(25):
+            get(client, "/page", headers={"Accept-Language": f"{batch}-{n}"})
+        time.sleep(0.7)  # the first batch expired (in Redis too) while the second lives
+    store = redis_of(optimizer)
+    with redis.Redis.from_url(redis_url) as redis_client:
+        live = len(list(redis_client.scan_iter(store.prefix + "e:*")))
+        names = redis_client.scard(store.uri_key("localhost", "/page", ""))
+    assert live == 26  # the Vary marker and the second batch
+    assert names <= live
