@@ -21,8 +21,10 @@ from helpers.wsgi import get, open_, wrap
 from werkzeug.test import Client, EnvironBuilder
 
 from wsgi_memopt import MemoryOptimizer
-from wsgi_memopt.cache.redis_store import RedisStore
+from wsgi_memopt.backend import parse_backend
+from wsgi_memopt.cache.redis_store import RedisStore, connect
 from wsgi_memopt.cache.shared import SharedStore
+from wsgi_memopt.settings import shown_value
 
 SECRET = "a-secret-of-sixteen-or-more"
 
@@ -208,3 +210,27 @@ def test_a_uri_set_does_not_keep_the_names_of_expired_variants(
         names = redis_client.scard(store.uri_key("localhost", "/page", ""))
     assert live == 26  # the Vary marker and the second batch
     assert names <= live
+
+
+# -- secrets
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="backend.redacted hides a URL's password but not redis-py's ?password= query "
+    "argument (backend.py is not this branch's to change: redact every query value named "
+    "password, or refuse the argument in parse_backend)",
+)
+def test_a_password_given_as_a_query_argument_is_hidden_too() -> None:
+    """redis-py reads ``?password=`` in a URL as the password: the settings printout and the
+    stats must hide it as they hide ``redis://:password@host``."""
+    url = "redis://127.0.0.1:9/0?password=hunter2-hunter2"
+    address = parse_backend(url)
+    assert address is not None
+    client = connect(address, 0.1)
+    assert client.connection_pool.connection_kwargs["password"] == "hunter2-hunter2"
+    store = RedisStore(
+        address, prefix="p:", timeout_s=0.1, retry_s=1.0, secret=None, key_names=(), client=client
+    )
+    assert "hunter2" not in str(shown_value("cache_backend", url))
+    assert "hunter2" not in str(store.stats())
