@@ -8,6 +8,7 @@ what an attacker writes goes straight into Redis with a client of its own.
 
 from __future__ import annotations
 
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -234,3 +235,51 @@ def test_a_password_given_as_a_query_argument_is_hidden_too() -> None:
     )
     assert "hunter2" not in str(shown_value("cache_backend", url))
     assert "hunter2" not in str(store.stats())
+
+
+# -- requests that hang
+
+
+def test_a_fill_lock_that_never_expires_does_not_hold_requests(
+    processes: Make, redis_url: str
+) -> None:
+    """A fill lock without expiry (or one longer than any of ours) was not taken by a
+    process of this cache: whoever wrote it must not make each miss of the page wait out
+    ``cache_lock_timeout_s``."""
+    app = CountingApp()
+    optimizer, client = processes(
+        app, cache_backend=redis_url, cache_redis_secret=SECRET, cache_lock_timeout_s=3.0
+    )
+    store = redis_of(optimizer)
+    with redis.Redis.from_url(redis_url) as attacker:
+        for path, expiry in (("/forever", None), ("/a-day", 86400)):
+            key = optimizer.cache.key(EnvironBuilder(path).get_environ())
+            attacker.set(store._lock_key(key), "not ours", ex=expiry)
+            started = time.monotonic()
+            assert get(client, path).status_code == 200
+            took = time.monotonic() - started
+            assert took < 1.0, f"{path} waited {took:.1f} s"
+    assert app.calls == 2
+
+
+def test_a_fill_lock_of_another_process_is_still_waited_for(
+    processes: Make, redis_url: str
+) -> None:
+    """The other side of the test above: a lock another process of this cache took (with
+    the same ``cache_lock_timeout_s``) holds this process's miss until it goes."""
+    app = CountingApp()
+    settings = {"cache_backend": redis_url, "cache_lock_timeout_s": 3.0}
+    first, _ = processes(app, **settings)
+    _, second_client = processes(app, **settings)
+    key = first.cache.key(EnvironBuilder("/page").get_environ())
+    token = redis_of(first).claim(key, 3.0)
+    assert token is not None
+    releasing = threading.Timer(0.4, redis_of(first).release, (key, token))
+    releasing.start()
+    try:
+        started = time.monotonic()
+        assert get(second_client, "/page").status_code == 200
+        took = time.monotonic() - started
+    finally:
+        releasing.join()
+    assert 0.3 < took < 2.0

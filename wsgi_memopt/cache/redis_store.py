@@ -249,9 +249,13 @@ class RedisStore:
             raise Unavailable
         return token if taken else None
 
-    def claimed(self, key: CacheKey) -> bool:
-        """Whether a process still holds ``key``'s fill lock (False when unknown)."""
-        return bool(self._ask("lock", lambda: self.client.exists(self._lock_key(key))))
+    def claimed(self, key: CacheKey, ttl_s: float) -> bool:
+        """Whether a process still holds ``key``'s fill lock, taken for at most ``ttl_s``
+        (False when unknown). A lock without expiry, or with a longer one, was not taken by
+        a process of this cache: nobody waits for it."""
+        most_ms = max(math.ceil(ttl_s * 1000), 1)
+        left_ms = self._ask("lock", lambda: self.client.pttl(self._lock_key(key)))
+        return left_ms is not None and 0 < left_ms <= most_ms
 
     def release(self, key: CacheKey, token: str) -> None:
         """Let go of ``key``'s fill lock if it is still ours."""

@@ -116,7 +116,7 @@ class SharedStore(ResponseStore):
             entry = self._fresh_shared(base_key, environ)
             if entry is not None:
                 return Claim(False, entry)
-            if not self.shared.claimed(key):
+            if not self.shared.claimed(key, wait_s):
                 break  # its fill ended and stored nothing (or Redis went away)
         return FETCH
 
