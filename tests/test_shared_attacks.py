@@ -283,3 +283,80 @@ def test_a_fill_lock_of_another_process_is_still_waited_for(
     finally:
         releasing.join()
     assert 0.3 < took < 2.0
+
+
+def fill_keys(client: Any, names: Iterator[str], value: bytes = b"x") -> None:
+    """Every name in ``names`` set to ``value``, in batches."""
+    batch: dict[str, bytes] = {}
+    for name in names:
+        batch[name] = value
+        if len(batch) >= 20_000:
+            client.mset(batch)
+            batch = {}
+    if batch:
+        client.mset(batch)
+
+
+def scan_calls(client: Any) -> int:
+    """How many SCAN commands the server has run."""
+    return int(client.info("commandstats").get("cmdstat_scan", {}).get("calls", 0))
+
+
+def test_the_stats_ask_a_bounded_number_of_scans_of_a_large_database(
+    processes: Make, redis_url: str
+) -> None:
+    """A Redis shared with other applications may hold millions of keys: the stats (which
+    /health, /metrics and every /stats read) count the cache's records with a bounded number
+    of SCAN calls, and say ``keys: null`` when that did not reach the end."""
+    optimizer, client = processes(CountingApp(), cache_backend=redis_url)
+    get(client, "/page")
+    with redis.Redis.from_url(redis_url) as other:
+        fill_keys(other, (f"another-app:{n}" for n in range(300_000)))
+        before = scan_calls(other)
+        shared = redis_of(optimizer).stats()
+        calls = scan_calls(other) - before
+    assert shared["keys"] is None
+    assert calls <= 101, f"{calls} SCAN calls for one report"
+
+
+def test_the_stats_still_count_the_records_of_a_small_database(
+    processes: Make, redis_url: str
+) -> None:
+    """The other side: a database the bounded SCAN goes through has its records counted."""
+    optimizer, client = processes(CountingApp(), cache_backend=redis_url)
+    for path in ("/a", "/b", "/c"):
+        get(client, path)
+    with redis.Redis.from_url(redis_url) as other:
+        fill_keys(other, (f"another-app:{n}" for n in range(5_000)))
+    assert redis_of(optimizer).stats()["keys"] == 3
+
+
+def test_clear_drops_every_record_however_many(processes: Make, redis_url: str) -> None:
+    """``cache.clear()`` (the API's cache/clear) promises every entry gone, in Redis too: not
+    the first hundred thousand."""
+    optimizer, client = processes(CountingApp(), cache_backend=redis_url)
+    get(client, "/page")
+    store = redis_of(optimizer)
+    with redis.Redis.from_url(redis_url) as other:
+        fill_keys(other, (f"{store.prefix}e:{n:032x}" for n in range(101_000)))
+        optimizer.cache.clear()
+        left = sum(1 for _ in other.scan_iter(store.prefix + "e:*", count=10_000))
+    assert left == 0
+
+
+def test_invalidating_a_prefix_drops_every_uri_below_it(processes: Make, redis_url: str) -> None:
+    """``cache.invalidate("/")`` drops every URI's records in Redis, however many URIs."""
+    optimizer, _ = processes(CountingApp(), cache_backend=redis_url)
+    store = redis_of(optimizer)
+    with redis.Redis.from_url(redis_url) as other:
+        pipe = other.pipeline(transaction=False)
+        for n in range(101_000):
+            name = f"{store.prefix}e:{n:032x}"
+            pipe.set(name, b"x")
+            pipe.sadd(store.uri_key("localhost", f"/item/{n}", ""), name)
+            if n % 10_000 == 9_999:
+                pipe.execute()
+        pipe.execute()
+        optimizer.cache.invalidate("/")
+        left = sum(1 for _ in other.scan_iter(store.prefix + "e:*", count=10_000))
+    assert left == 0

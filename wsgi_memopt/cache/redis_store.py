@@ -46,7 +46,8 @@ log = logging.getLogger("wsgi_memopt")
 
 # Failures in a row that open the breaker: one lost packet is not an outage.
 _BREAKER_THRESHOLD = 3
-# SCAN's batch, and how many batches one report or invalidation reads at most.
+# SCAN's batch, and how many SCAN calls (on each node) one report makes at most: a Redis
+# shared with others may hold millions of keys, and /health reads the report.
 _SCAN_COUNT = 1000
 _SCAN_BATCHES = 100
 _SET_BATCH = 10_000  # members of a URI's set taken at once: about a megabyte in a worker
@@ -278,12 +279,15 @@ class RedisStore:
 
         def ask() -> int:
             pattern = f"{self.prefix}u:{_quoted(path_prefix)}*"
-            uris = []
-            for uri in self._scan(pattern):
-                path = _unquoted_path(uri, self.prefix)
-                if path == path_prefix or path.startswith(below):
-                    uris.append(uri)
-            return self._drop_uris(uris)
+            dropped = 0
+            for names in self._scan(pattern):
+                uris = []
+                for uri in names:
+                    path = _unquoted_path(uri, self.prefix)
+                    if path == path_prefix or path.startswith(below):
+                        uris.append(uri)
+                dropped += self._drop_uris(uris)
+            return dropped
 
         return self._ask("invalidate", ask) or 0
 
@@ -292,33 +296,30 @@ class RedisStore:
 
         def ask() -> int:
             dropped = 0
-            batch: list[str] = []
-            for name in self._scan(self.prefix + "[eu]:*"):
-                batch.append(name)
-                if len(batch) >= _SCAN_COUNT:
-                    dropped += self.client.unlink(*batch)
-                    batch = []
-            if batch:
-                dropped += self.client.unlink(*batch)
+            for names in self._scan(self.prefix + "[eu]:*"):
+                dropped += self.client.unlink(*names)
             return dropped
 
         return self._ask("clear", ask) or 0
 
     def _drop_uris(self, uris: list[str]) -> int:
         # A URI's set keeps the names of variants long gone (a Vary on a header clients pick
-        # freely stores one per value): taken in batches, never whole. SPOP also empties it
-        # (an empty set is no key), and shares the work with a concurrent invalidation.
+        # freely stores one per value): taken in batches, never whole, every URI's at once.
+        # SPOP also empties it (an empty set is no key), and shares the work with a
+        # concurrent invalidation.
         records = self.prefix + "e:"
         dropped = 0
-        for uri in uris:
-            while True:
-                batch = self.client.spop(uri, _SET_BATCH) or []
-                # Only our records: a name written there by anyone else is not deleted.
-                names = [name for name in batch if _text(name).startswith(records)]
-                if names:
-                    dropped += self.client.unlink(*names)
-                if len(batch) < _SET_BATCH:
-                    break
+        while uris:
+            each = max(_SET_BATCH // len(uris), 1)
+            pipe = self.client.pipeline(transaction=False)
+            for uri in uris:
+                pipe.spop(uri, each)
+            batches = [batch or [] for batch in pipe.execute()]
+            # Only our records: a name written there by anyone else is not deleted.
+            names = [name for batch in batches for name in batch if _text(name).startswith(records)]
+            if names:
+                dropped += self.client.unlink(*names)
+            uris = [uri for uri, batch in zip(uris, batches, strict=True) if len(batch) >= each]
         return dropped
 
     def publish(self, message: Mapping[str, Any]) -> None:
@@ -338,13 +339,33 @@ class RedisStore:
             return None
         return message if isinstance(message, dict) else None
 
-    def _scan(self, pattern: str) -> Iterator[str]:
-        names = self.client.scan_iter(match=pattern, count=_SCAN_COUNT)
-        for seen, name in enumerate(names, 1):
-            yield name.decode() if isinstance(name, bytes) else name
-            if seen >= _SCAN_COUNT * _SCAN_BATCHES:
-                log.warning("[CACHE] stopped a Redis SCAN of %s after %d keys", pattern, seen)
-                return
+    def _scan(self, pattern: str) -> Iterator[list[str]]:
+        """Every name matching ``pattern``, in batches (what is dropped must all go)."""
+        batch = []
+        for name in self.client.scan_iter(match=pattern, count=_SCAN_COUNT):
+            batch.append(_text(name))
+            if len(batch) >= _SCAN_COUNT:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def _count(self, pattern: str) -> int | None:
+        """How many names match ``pattern``; None when :data:`_SCAN_BATCHES` SCAN calls on a
+        node did not go through its keys."""
+        nodes = self.client.get_primaries() if self.address.kind == "cluster" else [None]
+        found = 0
+        for node in nodes:
+            client = self.client if node is None else self.client.get_redis_connection(node)
+            cursor = 0
+            for _ in range(_SCAN_BATCHES):
+                cursor, names = client.scan(cursor, match=pattern, count=_SCAN_COUNT)
+                found += len(names)
+                if not cursor:
+                    break
+            else:
+                return None
+        return found
 
     # -- faults
 
@@ -407,15 +428,12 @@ class RedisStore:
         # A cluster client asks one node unless told: the store's memory is every primary's.
         nodes = {"target_nodes": "primaries"} if self.address.kind == "cluster" else {}
         used, most = _memory(self.client.info("memory", **nodes))
-        keys = 0
-        for _ in self._scan(self.prefix + "e:*"):
-            keys += 1
         return {
             "read_at": round(time.time(), 3),
             "used_memory_bytes": used,
             "maxmemory_bytes": most,
             # Past the SCAN's bound, more than one report would be spent counting: unknown.
-            "keys": keys if keys < _SCAN_COUNT * _SCAN_BATCHES else None,
+            "keys": self._count(self.prefix + "e:*"),
         }
 
     def after_fork(self) -> None:
