@@ -360,3 +360,19 @@ def test_invalidating_a_prefix_drops_every_uri_below_it(processes: Make, redis_u
         optimizer.cache.invalidate("/")
         left = sum(1 for _ in other.scan_iter(store.prefix + "e:*", count=10_000))
     assert left == 0
+
+
+def test_a_planted_key_of_another_type_does_not_stop_an_invalidation(
+    processes: Make, redis_url: str
+) -> None:
+    """A string written where a URI's set belongs (by whoever can write to the prefix) is
+    passed over: the other URIs under the invalidated prefix are still dropped."""
+    app = CountingApp()
+    optimizer, client = processes(app, cache_backend=redis_url)
+    get(client, "/docs/page")
+    store = redis_of(optimizer)
+    with redis.Redis.from_url(redis_url) as attacker:
+        for n in range(20):
+            attacker.set(store.uri_key("localhost", f"/docs/{n}", ""), b"not a set")
+        optimizer.cache.invalidate("/docs")
+        assert attacker.exists(record_key_of(optimizer, "/docs/page")) == 0

@@ -314,7 +314,9 @@ class RedisStore:
             pipe = self.client.pipeline(transaction=False)
             for uri in uris:
                 pipe.spop(uri, each)
-            batches = [batch or [] for batch in pipe.execute()]
+            # A key of another type planted there is passed over, not a stop to the others.
+            replies = pipe.execute(raise_on_error=False)
+            batches = [batch if isinstance(batch, list | set) else [] for batch in replies]
             # Only our records: a name written there by anyone else is not deleted.
             names = [name for batch in batches for name in batch if _text(name).startswith(records)]
             if names:
