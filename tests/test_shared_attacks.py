@@ -407,3 +407,68 @@ def test_a_post_drops_the_page_even_when_redis_evicted_its_uri_set(
     calls = app.calls
     assert not is_hit(get(second_client, "/hot"))  # the page as the POST left it
     assert app.calls == calls + 1
+
+
+# -- what Redis and its channel learn
+
+
+def readable(client: Any, name: bytes) -> bytes:
+    """A key's name and what it holds, as whoever reads Redis sees it."""
+    if client.type(name) == b"set":
+        return b" ".join([name, *sorted(client.smembers(name))])
+    return name + b" " + (client.get(name) or b"")
+
+
+def test_a_session_cookie_a_page_varies_on_is_not_written_to_redis_in_clear(
+    processes: Make, redis_url: str
+) -> None:
+    """A public page that varies on ``Cookie`` (Django's sessions add ``Vary: Cookie``) is
+    stored per cookie: whoever can read Redis or its channel must not find the session
+    cookie there, ready to be replayed."""
+    cookie = "sessionid=s3cr3t-session-token"
+    app = CountingApp(headers=[("Cache-Control", "public, max-age=60"), ("Vary", "Cookie")])
+    optimizer, client = processes(app, cache_backend=redis_url, cache_redis_secret=SECRET)
+    with redis.Redis.from_url(redis_url) as reader:
+        channel = reader.pubsub(ignore_subscribe_messages=True)
+        channel.subscribe(redis_of(optimizer).channel)
+        response = get(client, "/account", headers={"Cookie": cookie})
+        assert "stored" in response.headers["Cache-Status"]
+        seen = [readable(reader, name) for name in reader.scan_iter("*")]
+        shared_of(optimizer).discard(optimizer.cache.entries()[0])  # one message published
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            message = channel.get_message(timeout=0.1)
+            if message is not None:
+                seen.append(message["data"])
+                break
+        channel.close()
+    assert len(seen) >= 4  # the record, the Vary marker, the URI set, the message
+    assert not [value for value in seen if b"s3cr3t-session-token" in value]
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 3.0) -> bool:
+    """Whether ``condition()`` came true within ``timeout_s`` (polled)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_a_discarded_variant_still_leaves_every_process(processes: Make, redis_url: str) -> None:
+    """The message that drops one key everywhere names it by digest: the other process
+    still finds its own copy by it (a variant here, a plain page beside it stays)."""
+    app = CountingApp(headers=[("Cache-Control", "public, max-age=60"), ("Vary", "Cookie")])
+    settings = {"cache_backend": redis_url, "cache_redis_secret": SECRET}
+    first, first_client = processes(app, **settings)
+    second, second_client = processes(app, **settings)
+    for client in (first_client, second_client):
+        get(client, "/account", headers={"Cookie": "a=1"})
+        get(client, "/account", headers={"Cookie": "a=2"})
+    assert len(second.cache.entries()) == 2
+    assert wait_for(lambda: shared_of(second).listener.connected)
+    entry = next(e for e in first.cache.entries() if "a=1" in str(e.key))
+    shared_of(first).discard(entry)
+    assert wait_for(lambda: len(second.cache.entries()) == 1)
+    assert "a=2" in str(second.cache.entries()[0].key)

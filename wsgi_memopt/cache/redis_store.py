@@ -17,7 +17,6 @@ use it.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
@@ -141,6 +140,11 @@ class RedisStore:
     def key_text(self, key: CacheKey) -> str:
         """``key`` as the text its record is filed and signed under."""
         return wire.key_text(self.key_names, key)
+
+    def key_id(self, key: CacheKey) -> str:
+        """The digest that names ``key`` in Redis and in the messages (never its text: it
+        holds the values of the request headers the key is made of)."""
+        return wire.key_id(self.key_text(key))
 
     def record_key(self, key_str: str) -> str:
         return self.prefix + "e:" + _digest(key_str)
@@ -464,7 +468,7 @@ def _text(name: bytes | str) -> str:
 
 
 def _digest(text: str) -> str:
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    return wire.key_id(text)
 
 
 def _quoted(path: str) -> str:

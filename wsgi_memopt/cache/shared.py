@@ -16,7 +16,6 @@ Without Redis every process fills for itself, as without a shared store.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import secrets
 import time
@@ -134,7 +133,7 @@ class SharedStore(ResponseStore):
         """Drop ``entry`` here, in Redis and in every process."""
         super().discard(entry)
         self.shared.delete(entry.key)
-        self._publish("key", key=self.shared.key_text(entry.key))
+        self._publish("key", id=self.shared.key_id(entry.key))
 
     def invalidate_uri(self, host: str, script_name: str, path_info: str, query: str) -> int:
         """Drop one URI's entries here, in Redis and in every process; how many here and in
@@ -185,9 +184,12 @@ class SharedStore(ResponseStore):
         elif op == "clear":
             self.clear_local()
         elif op == "key":
-            names, key = json.loads(str(message["key"]))
-            if tuple(names) == self.shared.key_names:
-                self.drop_key(_as_tuple(key))
+            # Named by its digest alone: the entry here whose key has it (a rare message,
+            # and this process's own level is small).
+            wanted = str(message["id"])
+            for entry in self.entries():
+                if self.shared.key_id(entry.key) == wanted:
+                    self.drop_key(entry.key)
 
     # -- reports and housekeeping
 
@@ -215,8 +217,3 @@ class SharedStore(ResponseStore):
     def close(self) -> None:
         """Stop listening (for tests and embedders that build many)."""
         self.listener.stop()
-
-
-def _as_tuple(value: object) -> Any:
-    """A key read back from JSON: its lists were tuples."""
-    return tuple(map(_as_tuple, value)) if isinstance(value, list) else value

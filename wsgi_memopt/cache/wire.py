@@ -2,7 +2,9 @@
 
 Whoever can write to the shared store must not get code run in the workers that read it, so
 an entry is plain data: JSON for the status, headers, key and cache metadata, then the body's
-bytes as they are. With a secret, each record carries an HMAC-SHA256 of its key and content;
+bytes as they are. The key is there as a digest: its text holds the values of the request
+headers it is made of (a session cookie a page varies on), which whoever reads Redis must
+not learn. With a secret, each record carries an HMAC-SHA256 of its key and content;
 a reader with the secret refuses every record without a valid one (written by anything else,
 or moved under another key). Invalidation messages are signed the same way.
 
@@ -32,13 +34,14 @@ __all__ = [
     "BadRecord",
     "decode",
     "encode",
+    "key_id",
     "key_text",
     "open_message",
     "seal_message",
     "vary_marker",
 ]
 
-VERSION = 1
+VERSION = 2  # 2: the key as a digest (1 held its text)
 _MAGIC = b"WMC"
 _SIGNED = 1
 _DIGEST = 32
@@ -58,6 +61,11 @@ def key_text(names: tuple[str, ...], key: CacheKey) -> str:
     return json.dumps([names, key], ensure_ascii=False, separators=(",", ":"), default=repr)
 
 
+def key_id(key: str) -> str:
+    """The digest that names a key (its :func:`key_text`) in a record, a message and Redis."""
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
 def encode(
     entry: Entry,
     vary: tuple[str, ...],
@@ -69,7 +77,7 @@ def encode(
     """The record of ``entry`` stored under ``key`` (its :func:`key_text`) at ``now`` on the
     store's monotonic clock, ``wall_now`` on the wall clock."""
     meta = {
-        "key": key,
+        "key": key_id(key),
         "status": entry.status,
         "headers": entry.headers,
         "vary": vary,
@@ -90,7 +98,7 @@ def encode(
 
 def vary_marker(names: tuple[str, ...], key: str, secret: bytes | None) -> bytes:
     """The record under a base key whose page varies: the environ keys its ``Vary`` names."""
-    meta = json.dumps({"key": key, "vary_on": names}, separators=(",", ":")).encode()
+    meta = json.dumps({"key": key_id(key), "vary_on": names}, separators=(",", ":")).encode()
     return _frame(meta, b"", key, secret)
 
 
@@ -106,7 +114,7 @@ def decode(
     environ keys of its ``Vary``; for a :func:`vary_marker`, None and the keys it names.
     Raises :class:`BadRecord`."""
     meta, body = _unframe(record, key_str, secret)
-    if meta.get("key") != key_str:  # before the try: its reason is not "malformed"
+    if meta.get("key") != key_id(key_str):  # before the try: its reason is not "malformed"
         raise BadRecord("a record filed under another key")
     try:
         if "vary_on" in meta:
