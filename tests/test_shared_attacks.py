@@ -23,6 +23,7 @@ from werkzeug.test import Client, EnvironBuilder
 
 from wsgi_memopt import MemoryOptimizer
 from wsgi_memopt.backend import parse_backend
+from wsgi_memopt.cache import wire
 from wsgi_memopt.cache.redis_store import RedisStore, connect
 from wsgi_memopt.cache.shared import SharedStore
 from wsgi_memopt.settings import shown_value
@@ -472,3 +473,58 @@ def test_a_discarded_variant_still_leaves_every_process(processes: Make, redis_u
     shared_of(first).discard(entry)
     assert wait_for(lambda: len(second.cache.entries()) == 1)
     assert "a=2" in str(second.cache.entries()[0].key)
+
+
+# -- crafted records and messages
+
+
+def frame(meta: bytes, body: bytes = b"") -> bytes:
+    """An unsigned record of this version around ``meta`` (JSON) and ``body``."""
+    return b"WMC" + bytes((wire.VERSION, 0)) + len(meta).to_bytes(4, "big") + meta + body
+
+
+def test_a_record_nested_past_the_parser_s_depth_is_refused_as_a_record(
+    processes: Make, redis_url: str
+) -> None:
+    """Without a secret anyone may write a record: one whose JSON nests deeper than the
+    parser goes is a bad record (refused, counted as such), not a failure of Redis."""
+    app = CountingApp()
+    optimizer, client = processes(app, cache_backend=redis_url)
+    with redis.Redis.from_url(redis_url) as attacker:
+        attacker.set(record_key_of(optimizer, "/"), frame(b"[" * 100_000 + b"]" * 100_000))
+    assert get(client, "/").status_code == 200
+    assert app.calls == 1
+    store = redis_of(optimizer)
+    assert store.errors.snapshot() == {}
+    assert sum(store.refused.snapshot().values()) == 1
+
+
+def test_malformed_messages_leave_the_listener_applying_the_next_one(
+    processes: Make, redis_url: str
+) -> None:
+    """Without a secret anyone may publish on the channel: messages nested past the parser's
+    depth, not objects, missing their fields or of unknown kinds are passed over, and the
+    listener still applies the next real invalidation."""
+    app = CountingApp()
+    _, first_client = processes(app, cache_backend=redis_url)
+    second, second_client = processes(app, cache_backend=redis_url)
+    get(first_client, "/page")
+    get(second_client, "/page")  # a copy in the second process too
+    listener = shared_of(second).listener
+    assert wait_for(lambda: listener.connected)
+    junk = [
+        b"[" * 100_000 + b"]" * 100_000,
+        b'"a string"',
+        b'{"op": "uri"}',
+        b'{"op": "key", "id": ["not", "text"]}',
+        b'{"op": "nonsense"}',
+        b"\xff\xfe not even text",
+    ]
+    with redis.Redis.from_url(redis_url) as attacker:
+        for message in junk:
+            attacker.publish(redis_of(second).channel, message)
+    assert wait_for(lambda: listener.received == len(junk))
+    assert len(second.cache.entries()) == 1
+    assert open_(first_client, "POST", "/page").status_code == 200
+    assert wait_for(lambda: len(second.cache.entries()) == 0)
+    assert redis_of(second).refused.snapshot() == {"message": 5}

@@ -343,7 +343,11 @@ class RedisStore:
             self.refused.add("message")
             log.warning("[CACHE] refused an invalidation message: %s", error)
             return None
-        return message if isinstance(message, dict) else None
+        if not isinstance(message, dict):
+            self.refused.add("message")
+            log.warning("[CACHE] refused an invalidation message that is not an object")
+            return None
+        return message
 
     def _scan(self, pattern: str) -> Iterator[list[str]]:
         """Every name matching ``pattern``, in batches (what is dropped must all go)."""

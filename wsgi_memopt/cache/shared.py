@@ -37,6 +37,12 @@ log = logging.getLogger("wsgi_memopt")
 # page may take milliseconds), then at most this often.
 _FIRST_LOOK_S = 0.002
 _LOOK_EVERY_S = 0.05
+# The text fields of each kind of invalidation message, in the order they are applied.
+_FIELDS = {
+    "uri": ("host", "script_name", "path_info", "query"),
+    "prefix": ("path",),
+    "key": ("id",),
+}
 
 
 class SharedStore(ResponseStore):
@@ -172,23 +178,27 @@ class SharedStore(ResponseStore):
         if message is None or message.get("origin") == self._origin:
             return  # done here already
         op = message.get("op")
-        if op == "uri":
-            super().invalidate_uri(
-                str(message["host"]),
-                str(message["script_name"]),
-                str(message["path_info"]),
-                str(message["query"]),
-            )
-        elif op == "prefix":
-            super().invalidate(str(message["path"]))
-        elif op == "clear":
+        if op == "clear":
             self.clear_local()
-        elif op == "key":
-            # Named by its digest alone: the entry here whose key has it (a rare message,
-            # and this process's own level is small).
-            wanted = str(message["id"])
+            return
+        names = _FIELDS.get(str(op))
+        if names is None:
+            return  # a kind of message this version does not know
+        fields = [field for field in map(message.get, names) if isinstance(field, str)]
+        if len(fields) < len(names):
+            # Anyone may publish without a secret: one line for it, never a traceback.
+            self.shared.refused.add("message")
+            log.warning("[CACHE] refused an invalidation message %r without its fields", op)
+            return
+        if op == "uri":
+            super().invalidate_uri(*fields)
+        elif op == "prefix":
+            super().invalidate(*fields)
+        else:
+            # A key named by its digest alone: the entry here whose key has it (a rare
+            # message, and this process's own level is small).
             for entry in self.entries():
-                if self.shared.key_id(entry.key) == wanted:
+                if self.shared.key_id(entry.key) == fields[0]:
                     self.drop_key(entry.key)
 
     # -- reports and housekeeping
