@@ -558,3 +558,53 @@ def test_a_post_while_redis_was_out_of_reach_still_drops_the_page_there(
     calls = app.calls
     assert not is_hit(get(second_client, "/page"))
     assert app.calls == calls + 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a signature says who wrote a record, not that it is still current: a record "
+    "saved before an invalidation and written back is served until its own life ends. The "
+    "docs' 'with one, they can only delete' needs 'or put back a record the cache wrote, "
+    "within its life'; refusing it would take a per-URI generation read on every lookup",
+)
+def test_a_signed_record_put_back_after_a_post_is_not_served(
+    processes: Make, redis_url: str
+) -> None:
+    """Whoever can read and write Redis, without the secret, saves a page's record, lets a
+    POST drop it, and writes it back."""
+    app = CountingApp()
+    settings = {"cache_backend": redis_url, "cache_redis_secret": SECRET}
+    first, first_client = processes(app, **settings)
+    _, second_client = processes(app, **settings)
+    get(first_client, "/page")
+    name = record_key_of(first, "/page")
+    with redis.Redis.from_url(redis_url) as attacker:
+        saved = attacker.get(name)
+        assert open_(first_client, "POST", "/page").status_code == 200
+        assert attacker.exists(name) == 0
+        attacker.set(name, saved)
+    assert not is_hit(get(second_client, "/page"))
+
+
+def test_a_signed_record_put_back_keeps_its_age_and_its_end(
+    processes: Make, redis_url: str
+) -> None:
+    """What the attacker above cannot do: make the page it put back younger, or live longer
+    (the age travels in the signed record, with the writer's wall clock)."""
+    app = CountingApp(headers=[("Cache-Control", "max-age=2")])
+    settings = {"cache_backend": redis_url, "cache_redis_secret": SECRET}
+    first, first_client = processes(app, **settings)
+    _, second_client = processes(app, **settings)
+    get(first_client, "/page")
+    name = record_key_of(first, "/page")
+    with redis.Redis.from_url(redis_url) as attacker:
+        saved = attacker.get(name)
+        time.sleep(1.1)
+        attacker.set(name, saved)  # without expiry, and after a second
+        response = get(second_client, "/page")
+        assert is_hit(response)
+        assert int(response.headers["Age"]) >= 1
+        time.sleep(1.0)
+        attacker.set(name, saved)
+    assert not is_hit(get(second_client, "/page"))  # past its two seconds: stale, refetched
+    assert app.calls == 2
