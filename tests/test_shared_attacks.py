@@ -8,6 +8,7 @@ what an attacker writes goes straight into Redis with a client of its own.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import tracemalloc
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 import redis
 from helpers.apps import CountingApp
+from helpers.openapi import PREFIX
 from helpers.redis import RedisServer
 from helpers.wsgi import get, open_, wrap
 from werkzeug.test import Client, EnvironBuilder
@@ -26,7 +28,7 @@ from wsgi_memopt.backend import parse_backend
 from wsgi_memopt.cache import wire
 from wsgi_memopt.cache.redis_store import RedisStore, connect
 from wsgi_memopt.cache.shared import SharedStore
-from wsgi_memopt.settings import shown_value
+from wsgi_memopt.settings import Settings, shown_value
 
 SECRET = "a-secret-of-sixteen-or-more"
 
@@ -608,3 +610,48 @@ def test_a_signed_record_put_back_keeps_its_age_and_its_end(
         attacker.set(name, saved)
     assert not is_hit(get(second_client, "/page"))  # past its two seconds: stale, refetched
     assert app.calls == 2
+
+
+def test_neither_the_redis_password_nor_the_secret_shows_anywhere(
+    processes: Make, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis password in the URL (wrong here, so that Redis's refusal is logged too) and
+    the signing secret appear in no report, no metric and no log line."""
+    password = "pw-hunter2-hunter2"
+    url = redis_url.replace("redis://", f"redis://cache:{password}@")  # no such user
+    optimizer, client = processes(
+        CountingApp(),
+        cache_backend=url,
+        cache_redis_secret=SECRET,
+        api_allow_networks="127.0.0.1/32",
+    )
+    caplog.set_level(logging.DEBUG, logger="wsgi_memopt")
+    get(client, "/page")
+    shown = [caplog.text]
+    for endpoint in ("stats", "health", "metrics"):
+        response = get(client, f"{PREFIX}/{endpoint}", environ_base={"REMOTE_ADDR": "127.0.0.1"})
+        assert response.status_code == 200
+        shown.append(response.get_data(as_text=True))
+    assert redis_of(optimizer).errors.snapshot()  # Redis refused the password: logged
+    assert "127.0.0.1" in shown[1]  # the stats name the backend
+    for text in shown:
+        assert password not in text
+        assert SECRET not in text
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Settings is a dataclass whose repr shows every field: cache_redis_secret, the "
+    "password in cache_backend (and api_token). An error reporter that records locals "
+    "(Sentry's default) or a log of the settings prints them; settings.py is the lead's: "
+    "repr=False on the secrets and the URL through redacted() in a __repr__",
+)
+def test_the_settings_repr_hides_the_secret_and_the_redis_password() -> None:
+    """``repr(settings)`` is what a traceback with locals, or a debug log, shows."""
+    settings = Settings(
+        cache_backend="redis://cache:pw-hunter2-hunter2@127.0.0.1:6379/0",
+        cache_redis_secret=SECRET,
+    )
+    shown = repr(settings)
+    assert "pw-hunter2-hunter2" not in shown
+    assert SECRET not in shown
