@@ -8,11 +8,14 @@ what an attacker writes goes straight into Redis with a client of its own.
 
 from __future__ import annotations
 
+import json
 import logging
+import pickle
 import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -655,3 +658,73 @@ def test_the_settings_repr_hides_the_secret_and_the_redis_password() -> None:
     shown = repr(settings)
     assert "pw-hunter2-hunter2" not in shown
     assert SECRET not in shown
+
+
+class _Boom:
+    """What a pickle-reading cache would run: it leaves a file behind."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (self.path, "w"))
+
+
+def test_a_pickle_in_redis_runs_nothing(processes: Make, redis_url: str, tmp_path: Path) -> None:
+    """A pickle under a page's key (bare, or after a record's header) is refused as a bad
+    record, and nothing in it runs."""
+    app = CountingApp()
+    optimizer, client = processes(app, cache_backend=redis_url)
+    marker = tmp_path / "ran"
+    payload = pickle.dumps(_Boom(str(marker)))
+    with redis.Redis.from_url(redis_url) as attacker:
+        attacker.set(record_key_of(optimizer, "/a"), payload)
+        attacker.set(record_key_of(optimizer, "/b"), frame(payload))
+    for path in ("/a", "/b"):
+        assert not is_hit(get(client, path))
+    assert not marker.exists()
+    assert sum(redis_of(optimizer).refused.snapshot().values()) == 2
+    assert app.calls == 2
+
+
+@pytest.mark.parametrize("secret", [None, SECRET])
+def test_a_record_moved_under_another_key_is_refused(
+    processes: Make, redis_url: str, secret: str | None
+) -> None:
+    """A real record (an admin's public page, say) copied under another page's key, or a
+    page's Vary marker copied under another page, is refused, signed or not."""
+    app = CountingApp(headers=[("Cache-Control", "public, max-age=60"), ("Vary", "Cookie")])
+    optimizer, client = processes(app, cache_backend=redis_url, cache_redis_secret=secret)
+    plain = CountingApp()
+    other, other_client = processes(plain, cache_backend=redis_url, cache_redis_secret=secret)
+    get(other_client, "/admin")
+    get(client, "/varies", headers={"Cookie": "a=1"})
+    with redis.Redis.from_url(redis_url) as attacker:
+        attacker.copy(record_key_of(other, "/admin"), record_key_of(other, "/home"))
+        attacker.copy(record_key_of(optimizer, "/varies"), record_key_of(optimizer, "/home2"))
+    assert not is_hit(get(other_client, "/home"))
+    assert not is_hit(get(client, "/home2", headers={"Cookie": "a=1"}))
+    # Signed, the key is in the signature; unsigned, in the record.
+    reason = "a record filed under another key" if secret is None else "a record not signed"
+    for store in (redis_of(optimizer), redis_of(other)):
+        assert [name for name in store.refused.snapshot() if name.startswith(reason)] != []
+
+
+@pytest.mark.parametrize("signer", [None, "another-secret-of-sixteen"])
+def test_with_a_secret_a_message_not_signed_with_it_changes_nothing(
+    processes: Make, redis_url: str, signer: str | None
+) -> None:
+    """With a secret, a ``clear`` published without it (or with another) is refused: every
+    process keeps its copies."""
+    app = CountingApp()
+    optimizer, client = processes(app, cache_backend=redis_url, cache_redis_secret=SECRET)
+    get(client, "/page")
+    store = redis_of(optimizer)
+    assert wait_for(lambda: shared_of(optimizer).listener.connected)
+    text = json.dumps({"op": "clear", "origin": "attacker"})
+    message = wire.seal_message(text, None if signer is None else signer.encode())
+    with redis.Redis.from_url(redis_url) as attacker:
+        attacker.publish(store.channel, message)
+    assert wait_for(lambda: shared_of(optimizer).listener.received == 1)
+    assert len(optimizer.cache.entries()) == 1
+    assert store.refused.snapshot() == {"message": 1}
