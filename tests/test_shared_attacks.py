@@ -728,3 +728,49 @@ def test_with_a_secret_a_message_not_signed_with_it_changes_nothing(
     assert wait_for(lambda: shared_of(optimizer).listener.received == 1)
     assert len(optimizer.cache.entries()) == 1
     assert store.refused.snapshot() == {"message": 1}
+
+
+# -- one user's page, another's request
+
+
+def test_credentials_decide_alike_whichever_process_stored_the_page(
+    processes: Make, redis_url: str
+) -> None:
+    """A page not marked public is never served from Redis to a request with credentials,
+    and a response to one is never written there; a public one is shared."""
+    app = CountingApp(echo="HTTP_COOKIE")
+    public = CountingApp(headers=[("Cache-Control", "public, max-age=60")])
+    first, first_client = processes(app, cache_backend=redis_url)
+    _, second_client = processes(app, cache_backend=redis_url)
+    _, third_client = processes(public, cache_backend=redis_url)
+    _, fourth_client = processes(public, cache_backend=redis_url)
+
+    private = get(second_client, "/mine", headers={"Cookie": "user=alice"})
+    assert b"alice" in private.data
+    with redis.Redis.from_url(redis_url) as reader:
+        assert reader.exists(record_key_of(first, "/mine")) == 0
+    assert b"alice" not in get(first_client, "/mine").data  # nobody else gets it
+
+    get(first_client, "/page")  # stored by an anonymous request
+    for headers in ({"Cookie": "user=bob"}, {"Authorization": "Bearer bob"}):
+        assert not is_hit(get(second_client, "/page", headers=headers))
+
+    get(third_client, "/public")
+    assert is_hit(get(fourth_client, "/public", headers={"Cookie": "user=bob"}))
+
+
+def test_a_forwarding_header_never_puts_its_page_before_a_plain_request(
+    processes: Make, redis_url: str
+) -> None:
+    """``X-Forwarded-Proto`` is in the key, ``X-Forwarded-Host`` passes the request through:
+    a page built for either never reaches another process's plain request."""
+    for header in ("X-Forwarded-Proto", "X-Forwarded-Host"):
+        app = CountingApp(echo="HTTP_" + header.upper().replace("-", "_"))
+        _, first_client = processes(app, cache_backend=redis_url)
+        _, second_client = processes(app, cache_backend=redis_url)
+        path = "/" + header.lower()
+        get(first_client, path, headers={header: "evil.example"})
+        response = get(second_client, path)
+        assert not is_hit(response)
+        assert b"evil" not in response.data
+        assert is_hit(get(first_client, path))  # the plain page, stored by the second
