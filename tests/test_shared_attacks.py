@@ -774,3 +774,69 @@ def test_a_forwarding_header_never_puts_its_page_before_a_plain_request(
         assert not is_hit(response)
         assert b"evil" not in response.data
         assert is_hit(get(first_client, path))  # the plain page, stored by the second
+
+
+def crafted_record(status: str, headers: list[list[str]], body: bytes = b"poisoned") -> bytes:
+    """An unsigned record of a page, as whoever writes Redis without the secret makes one;
+    its key digest filled in by :func:`file_record`."""
+    meta = {
+        "key": "",
+        "status": status,
+        "headers": headers,
+        "vary": [],
+        "age": 0,
+        "written": time.time(),
+        "lifetime": 600,
+        "swr": 0,
+        "sie": 0,
+        "keep": 0,
+        "must_revalidate": False,
+        "shared_with_credentials": True,
+        "etag": None,
+        "last_modified": None,
+        "modified": None,
+    }
+    return json.dumps(meta).encode() + b"\0" + body
+
+
+def file_record(optimizer: MemoryOptimizer, path: str, crafted: bytes) -> tuple[str, bytes]:
+    """The Redis key of ``path``'s record, and ``crafted`` framed for it."""
+    store = redis_of(optimizer)
+    key_str = store.key_text(optimizer.cache.key(EnvironBuilder(path).get_environ()))
+    meta, _, body = crafted.partition(b"\0")
+    document = json.loads(meta)
+    document["key"] = wire.key_id(key_str)
+    return store.record_key(key_str), frame(json.dumps(document).encode(), body)
+
+
+def test_a_crafted_record_cannot_split_the_response(processes: Make, redis_url: str) -> None:
+    """Without a secret, whoever writes Redis can put a page; a status or header carrying a
+    line break (a second response smuggled to a proxy in front) or a header name that is no
+    token is refused as a bad record: the app's own page is served."""
+    app = CountingApp()
+    optimizer, client = processes(app, cache_backend=redis_url)
+    crafted = {
+        "/status": crafted_record("200 OK\r\nSet-Cookie: x=1", []),
+        "/value": crafted_record("200 OK", [["X-Note", "a\r\n\r\nHTTP/1.1 200 OK"]]),
+        "/name": crafted_record("200 OK", [["X Note:", "a"]]),
+        "/code": crafted_record("2000 OK", []),
+    }
+    with redis.Redis.from_url(redis_url) as attacker:
+        for path, record in crafted.items():
+            attacker.set(*file_record(optimizer, path, record))
+    for path in crafted:
+        response = get(client, path)
+        assert response.data.startswith(b"body #"), path
+    assert sum(redis_of(optimizer).refused.snapshot().values()) == len(crafted)
+
+
+def test_a_crafted_record_of_a_plain_page_is_served_without_a_secret(
+    processes: Make, redis_url: str
+) -> None:
+    """The documented limit, so that the test above proves its point: without a secret a
+    well-formed record written by anyone is a page like any other."""
+    optimizer, client = processes(CountingApp(), cache_backend=redis_url)
+    with redis.Redis.from_url(redis_url) as attacker:
+        record = crafted_record("200 OK", [["Content-Type", "text/plain"]])
+        attacker.set(*file_record(optimizer, "/page", record))
+    assert get(client, "/page").data == b"poisoned"

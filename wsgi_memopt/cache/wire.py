@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import json
 import math
+import re
 import struct
 from typing import Any
 
@@ -47,6 +48,11 @@ _SIGNED = 1
 _DIGEST = 32
 _LENGTH = struct.Struct(">I")
 _META_MAX = 1 << 20  # headers and key: a larger record is not one of ours
+# What a server may send (RFC 9110 §5.1, §5.5; RFC 9112 §4): a record read back is held to
+# it, as the app's response was, so that no line break in it splits the response.
+_STATUS = re.compile(r"[1-9][0-9]{2} [\t\x20-\x7e\x80-\xff]*")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 # The most a record holds beside its body: a reader refuses anything longer unread.
 OVERHEAD = len(_MAGIC) + 2 + _DIGEST + _LENGTH.size + _META_MAX
 
@@ -126,7 +132,7 @@ def decode(
         entry = Entry(
             key,
             key if type(key[0]) is str else key[0],
-            _text(meta["status"]),
+            _status(meta["status"]),
             headers,
             body,
             now,
@@ -214,6 +220,27 @@ def _text(value: object) -> str:
     return value
 
 
+def _status(value: object) -> str:
+    text = _text(value)
+    if not _STATUS.fullmatch(text):
+        raise ValueError("a status that is not a code and a reason")
+    return text
+
+
+def _token(value: object) -> str:
+    text = _text(value)
+    if not _TOKEN.fullmatch(text):
+        raise ValueError("a header name that is not a token")
+    return text
+
+
+def _field_value(value: object) -> str:
+    text = _text(value)
+    if not _FIELD_VALUE.fullmatch(text):
+        raise ValueError("a header value with a control character")
+    return text
+
+
 def _optional_text(value: object) -> str | None:
     return None if value is None else _text(value)
 
@@ -231,7 +258,7 @@ def _optional_number(value: object) -> float | None:
 def _header(pair: object) -> tuple[str, str]:
     if not isinstance(pair, list) or len(pair) != 2:
         raise TypeError("expected a [name, value] pair")
-    return _text(pair[0]), _text(pair[1])
+    return _token(pair[0]), _field_value(pair[1])
 
 
 def _names(value: object) -> tuple[str, ...]:
