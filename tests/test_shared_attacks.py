@@ -840,3 +840,31 @@ def test_a_crafted_record_of_a_plain_page_is_served_without_a_secret(
         record = crafted_record("200 OK", [["Content-Type", "text/plain"]])
         attacker.set(*file_record(optimizer, "/page", record))
     assert get(client, "/page").data == b"poisoned"
+
+
+# -- coherence within one process
+
+
+def test_a_request_between_the_two_levels_of_a_post_keeps_no_old_copy(
+    processes: Make, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GET of the page that runs in this process while its POST is dropping it in Redis
+    must not leave the old page here (the process skips its own message, so nothing else
+    would drop that copy before cache_local_ttl_s)."""
+    app = CountingApp()
+    optimizer, client = processes(app, cache_backend=redis_url)
+    get(client, "/page")
+    store = redis_of(optimizer)
+    dropping = store.invalidate_uri
+    seen: list[bool] = []
+
+    def meanwhile(host: str, path: str, query: str) -> int:
+        seen.append(is_hit(get(client, "/page")))  # another thread's request, as it lands
+        return dropping(host, path, query)
+
+    monkeypatch.setattr(store, "invalidate_uri", meanwhile)
+    assert open_(client, "POST", "/page").status_code == 200
+    assert seen == [True]
+    calls = app.calls
+    assert not is_hit(get(client, "/page"))
+    assert app.calls == calls + 1

@@ -134,18 +134,22 @@ class SharedStore(ResponseStore):
         return entry
 
     # -- invalidation, here and everywhere
+    #
+    # Redis first, then here: a request of this process that looks in between finds its
+    # copy here still, and does not fetch the old entry back from Redis after this process
+    # dropped its own (it skips its own message, so nothing would drop that one).
 
     def discard(self, entry: Entry) -> None:
         """Drop ``entry`` here, in Redis and in every process."""
-        super().discard(entry)
         self.shared.delete(entry.key)
+        super().discard(entry)
         self._publish("key", id=self.shared.key_id(entry.key))
 
     def invalidate_uri(self, host: str, script_name: str, path_info: str, query: str) -> int:
         """Drop one URI's entries here, in Redis and in every process; how many here and in
         Redis."""
-        dropped = super().invalidate_uri(host, script_name, path_info, query)
-        dropped += self.shared.invalidate_uri(host, script_name + path_info, query)
+        dropped = self.shared.invalidate_uri(host, script_name + path_info, query)
+        dropped += super().invalidate_uri(host, script_name, path_info, query)
         self._publish("uri", host=host, script_name=script_name, path_info=path_info, query=query)
         return dropped
 
@@ -156,15 +160,16 @@ class SharedStore(ResponseStore):
     def invalidate(self, path_prefix: str) -> int:
         """Drop the entries at ``path_prefix`` and below here, in Redis and in every
         process; how many here and in Redis."""
-        dropped = super().invalidate(path_prefix) + self.shared.invalidate(path_prefix)
+        dropped = self.shared.invalidate(path_prefix)
+        dropped += super().invalidate(path_prefix)
         self._publish("prefix", path=path_prefix)
         return dropped
 
     def clear(self) -> tuple[int, int]:
         """Drop every entry here, in Redis (under the prefix) and in every process;
         ``(items, bytes)`` dropped here."""
-        dropped = self.clear_local()
         self.shared.clear()
+        dropped = self.clear_local()
         self._publish("clear")
         return dropped
 
