@@ -868,3 +868,38 @@ def test_a_request_between_the_two_levels_of_a_post_keeps_no_old_copy(
     calls = app.calls
     assert not is_hit(get(client, "/page"))
     assert app.calls == calls + 1
+
+
+def test_a_copy_that_missed_its_invalidation_lives_at_most_the_local_ttl(
+    processes: Make, redis_url: str
+) -> None:
+    """An invalidation whose message never reached a process (dropped in Redis alone here)
+    leaves that process's copy for ``cache_local_ttl_s`` at most, fast path included."""
+    app = CountingApp()
+    first, first_client = processes(app, cache_backend=redis_url, cache_local_ttl_s=0.3)
+    get(first_client, "/page")
+    assert is_hit(get(first_client, "/page"))
+    redis_of(first).invalidate_uri("localhost", "/page", "")  # no message
+    assert is_hit(get(first_client, "/page"))  # the copy here, within its bound
+    time.sleep(0.35)
+    assert not is_hit(get(first_client, "/page"))
+    assert app.calls == 2
+
+
+def test_the_age_of_a_page_travels_to_the_other_process(processes: Make, redis_url: str) -> None:
+    """A response that arrived 30 s old is served by another process at least that old, and
+    stale at its own end, not 60 s after that process first read it."""
+    app = CountingApp(headers=[("Cache-Control", "max-age=31"), ("Age", "30")])
+    _, first_client = processes(app, cache_backend=redis_url)
+    _, second_client = processes(app, cache_backend=redis_url)
+    get(first_client, "/page")
+    time.sleep(0.5)
+    response = get(second_client, "/page")
+    assert is_hit(response)
+    assert 30 <= int(response.headers["Age"]) <= 31
+    assert response.headers["Cache-Status"] in (
+        "wsgi-memopt; hit; ttl=1",
+        "wsgi-memopt; hit; ttl=0",
+    )
+    time.sleep(0.6)
+    assert not is_hit(get(second_client, "/page"))
