@@ -903,3 +903,31 @@ def test_the_age_of_a_page_travels_to_the_other_process(processes: Make, redis_u
     )
     time.sleep(0.6)
     assert not is_hit(get(second_client, "/page"))
+
+
+def test_a_flood_of_refused_messages_and_records_is_counted_not_logged_line_by_line(
+    processes: Make, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whoever can publish on the channel, or write one bad record under a busy page, must
+    not make each worker write a log line per message or per request: the stats count
+    them all."""
+    app = CountingApp(headers=[("Cache-Control", "no-store")])  # the bad record stays
+    optimizer, client = processes(app, cache_backend=redis_url, cache_redis_secret=SECRET)
+    get(client, "/warm")  # starts the listener
+    store = redis_of(optimizer)
+    assert wait_for(lambda: shared_of(optimizer).listener.connected)
+    caplog.set_level(logging.WARNING, logger="wsgi_memopt")
+    with redis.Redis.from_url(redis_url) as attacker:
+        pipe = attacker.pipeline(transaction=False)
+        for n in range(300):
+            pipe.publish(store.channel, json.dumps({"op": "clear", "origin": str(n)}))
+        pipe.execute()
+        attacker.set(record_key_of(optimizer, "/busy"), b"WMC junk")
+    assert wait_for(lambda: shared_of(optimizer).listener.received == 300)
+    for _ in range(50):
+        get(client, "/busy")
+    refused = store.refused.snapshot()
+    assert refused["message"] == 300
+    assert sum(refused.values()) == 300 + 50
+    lines = [record for record in caplog.records if "refused" in record.getMessage()]
+    assert len(lines) <= 4, [record.getMessage() for record in lines[:6]]

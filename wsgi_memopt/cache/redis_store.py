@@ -50,6 +50,9 @@ _BREAKER_THRESHOLD = 3
 _SCAN_COUNT = 1000
 _SCAN_BATCHES = 100
 _SET_BATCH = 10_000  # members of a URI's set taken at once: about a megabyte in a worker
+# How often a refusal (a bad record, a message not ours) is logged: whoever writes them could
+# otherwise have every worker log a line per request or message; the stats count them all.
+_REFUSALS_LOGGED_EVERY_S = 60.0
 _FIGURES_EVERY_S = 5.0  # how long what Redis said of itself (INFO, keys) is reported as is
 _RELEASE_SCRIPT = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
@@ -125,6 +128,7 @@ class RedisStore:
         self.stores = itertools.count()
         self.errors = Tally()
         self.refused = Tally()  # records read and not used: bad format, bad signature
+        self._next_refusal_log = -math.inf
         self._figures: dict[str, Any] | None = None  # what Redis said of itself, and when
         self._figures_until = -math.inf
 
@@ -194,8 +198,7 @@ class RedisStore:
         if not record:
             return None  # no key (or an empty value, not a record either)
         if len(record) > limit:
-            self.refused.add("a record larger than any entry")
-            log.warning("[CACHE] refused a shared record over %d bytes", limit)
+            self.refuse("a record larger than any entry", f"a record over {limit} bytes")
             return None
         return record
 
@@ -205,8 +208,7 @@ class RedisStore:
         try:
             return wire.decode(record, key, key_str, time.time(), now, self.secret)
         except wire.BadRecord as error:
-            self.refused.add(str(error).partition(":")[0])
-            log.warning("[CACHE] refused a shared record: %s", error)
+            self.refuse(str(error).partition(":")[0], f"a shared record: {error}")
             return None, ()
 
     def put(self, entry: Entry, vary: tuple[str, ...], now: float) -> bool:
@@ -340,14 +342,26 @@ class RedisStore:
         try:
             message = json.loads(wire.open_message(data, self.secret))
         except (wire.BadRecord, ValueError, RecursionError) as error:
-            self.refused.add("message")
-            log.warning("[CACHE] refused an invalidation message: %s", error)
+            self.refuse("message", f"an invalidation message: {error}")
             return None
         if not isinstance(message, dict):
-            self.refused.add("message")
-            log.warning("[CACHE] refused an invalidation message that is not an object")
+            self.refuse("message", "an invalidation message that is not an object")
             return None
         return message
+
+    def refuse(self, kind: str, what: str) -> None:
+        """Count a record or message not used, by ``kind``; log ``what`` at most once per
+        interval."""
+        self.refused.add(kind)
+        now = time.monotonic()
+        if now >= self._next_refusal_log:
+            self._next_refusal_log = now + _REFUSALS_LOGGED_EVERY_S
+            log.warning(
+                "[CACHE] refused %s (those in the next %g s are counted in refused_records, "
+                "not logged)",
+                what,
+                _REFUSALS_LOGGED_EVERY_S,
+            )
 
     def _scan(self, pattern: str) -> Iterator[list[str]]:
         """Every name matching ``pattern``, in batches (what is dropped must all go)."""

@@ -191,9 +191,8 @@ class SharedStore(ResponseStore):
             return  # a kind of message this version does not know
         fields = [field for field in map(message.get, names) if isinstance(field, str)]
         if len(fields) < len(names):
-            # Anyone may publish without a secret: one line for it, never a traceback.
-            self.shared.refused.add("message")
-            log.warning("[CACHE] refused an invalidation message %r without its fields", op)
+            # Anyone may publish without a secret: counted, never a traceback.
+            self.shared.refuse("message", f"an invalidation message {op!r} without its fields")
             return
         if op == "uri":
             super().invalidate_uri(*fields)
