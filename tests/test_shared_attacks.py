@@ -931,3 +931,29 @@ def test_a_flood_of_refused_messages_and_records_is_counted_not_logged_line_by_l
     assert sum(refused.values()) == 300 + 50
     lines = [record for record in caplog.records if "refused" in record.getMessage()]
     assert len(lines) <= 4, [record.getMessage() for record in lines[:6]]
+
+
+def test_a_crafted_record_with_a_huge_header_list_is_refused(
+    processes: Make, redis_url: str
+) -> None:
+    """A record's JSON is bounded (a megabyte), but within it a crafted record could list a
+    hundred thousand headers, each request building them all (and the server sending them):
+    more headers than any response has is a bad record. So is a Vary list as long."""
+    app = CountingApp()
+    optimizer, client = processes(app, cache_backend=redis_url)
+    many = [["X-Many", "y"]] * 5_000
+    crafted = {
+        "/headers": crafted_record("200 OK", many),
+        "/varies": crafted_record("200 OK", []).replace(
+            b'"vary": []',
+            json.dumps({"vary": [f"HTTP_X_{n}" for n in range(5_000)]})[1:-1].encode(),
+        ),
+    }
+    with redis.Redis.from_url(redis_url) as attacker:
+        for path, record in crafted.items():
+            attacker.set(*file_record(optimizer, path, record))
+    for path in crafted:
+        response = get(client, path)
+        assert response.data.startswith(b"body #"), path
+        assert len(response.headers) < 20
+    assert sum(redis_of(optimizer).refused.snapshot().values()) == len(crafted)

@@ -53,6 +53,9 @@ _META_MAX = 1 << 20  # headers and key: a larger record is not one of ours
 _STATUS = re.compile(r"[1-9][0-9]{2} [\t\x20-\x7e\x80-\xff]*")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+# More header fields (or Vary names) than any response has: within the metadata's bound a
+# crafted record could list a hundred thousand, each request building them all.
+_FIELDS_MAX = 1000
 # The most a record holds beside its body: a reader refuses anything longer unread.
 OVERHEAD = len(_MAGIC) + 2 + _DIGEST + _LENGTH.size + _META_MAX
 
@@ -125,7 +128,7 @@ def decode(
     try:
         if "vary_on" in meta:
             return None, _names(meta["vary_on"])
-        headers = tuple(map(_header, meta["headers"]))
+        headers = tuple(map(_header, _bounded(meta["headers"])))
         age = _number(meta["age"]) + max(wall_now - _number(meta["written"]), 0.0)
         lifetime, keep = _number(meta["lifetime"]), _number(meta["keep"])
         etag, last_modified = _optional_text(meta["etag"]), _optional_number(meta["last_modified"])
@@ -261,7 +264,13 @@ def _header(pair: object) -> tuple[str, str]:
     return _token(pair[0]), _field_value(pair[1])
 
 
+def _bounded(value: object) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError("expected a list")
+    if len(value) > _FIELDS_MAX:
+        raise ValueError(f"a list of {len(value)} fields")
+    return value
+
+
 def _names(value: object) -> tuple[str, ...]:
-    if not isinstance(value, list | tuple):
-        raise TypeError("expected a list of names")
-    return tuple(_text(name) for name in value)
+    return tuple(_text(name) for name in _bounded(value))
