@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import re
 import threading
 import time
 import tracemalloc
@@ -957,3 +958,39 @@ def test_a_crafted_record_with_a_huge_header_list_is_refused(
         assert response.data.startswith(b"body #"), path
         assert len(response.headers) < 20
     assert sum(redis_of(optimizer).refused.snapshot().values()) == len(crafted)
+
+
+# -- what the docs promise
+
+
+def test_the_documented_acl_lets_the_cache_do_everything_and_nothing_more(
+    processes: Make, own_redis: RedisServer
+) -> None:
+    """docs/shared-cache.md gives a Redis user limited to the prefix: every command the cache
+    sends (a page stored and read by another process, single flight, a POST, a prefix, a
+    clear, the stats, the listener) works with it, and it cannot touch another key."""
+    docs = (Path(__file__).parents[1] / "docs" / "shared-cache.md").read_text()
+    found = re.search(r"`(ACL SETUSER memopt [^`]+)`", docs)
+    assert found is not None
+    with own_redis.client() as admin:
+        admin.execute_command(*found[1].replace(">password", ">pw-memopt-memopt").split())
+        admin.set("someone-else:key", b"1")
+    url = own_redis.url.replace("redis://", "redis://memopt:pw-memopt-memopt@")
+    app = CountingApp()
+    settings = {"cache_backend": url, "cache_redis_secret": SECRET, "cache_lock_timeout_s": 1.0}
+    first, first_client = processes(app, **settings)
+    second, second_client = processes(app, **settings)
+    get(first_client, "/a/page")
+    assert is_hit(get(second_client, "/a/page"))
+    get(second_client, "/b/page")
+    assert open_(first_client, "POST", "/a/page").status_code == 200
+    assert wait_for(lambda: shared_of(second).listener.received >= 1)
+    first.cache.invalidate("/b")
+    first.cache.clear()
+    stats = redis_of(first).stats()
+    for optimizer in (first, second):
+        assert redis_of(optimizer).errors.snapshot() == {}
+    assert stats["keys"] == 0
+    assert stats["used_memory_bytes"]
+    with redis.Redis.from_url(url) as limited, pytest.raises(redis.exceptions.NoPermissionError):
+        limited.get("someone-else:key")
