@@ -29,7 +29,7 @@ from werkzeug.test import Client, EnvironBuilder
 
 from wsgi_memopt import MemoryOptimizer
 from wsgi_memopt.backend import parse_backend
-from wsgi_memopt.cache import wire
+from wsgi_memopt.cache import redis_store, wire
 from wsgi_memopt.cache.redis_store import RedisStore, connect
 from wsgi_memopt.cache.shared import SharedStore
 from wsgi_memopt.settings import Settings, shown_value
@@ -994,3 +994,38 @@ def test_the_documented_acl_lets_the_cache_do_everything_and_nothing_more(
     assert stats["used_memory_bytes"]
     with redis.Redis.from_url(url) as limited, pytest.raises(redis.exceptions.NoPermissionError):
         limited.get("someone-else:key")
+
+
+def test_an_invalidation_stops_draining_a_set_someone_keeps_filling(
+    processes: Make, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever adds names to a URI's set faster than a POST takes them out must not hold the
+    POST for as long as they keep at it: after a bounded number of batches the set goes
+    whole (the batch is made small here, so that one thread outpaces it)."""
+    monkeypatch.setattr(redis_store, "_SET_BATCH", 10)
+    app = CountingApp()
+    optimizer, client = processes(app, cache_backend=redis_url)
+    get(client, "/page")
+    store = redis_of(optimizer)
+    uri = store.uri_key("localhost", "/page", "")
+    stop = threading.Event()
+
+    def fill() -> None:
+        with redis.Redis.from_url(redis_url) as attacker:
+            while not stop.is_set():
+                fill_set(attacker, uri, 2_000, store.prefix)
+
+    filling = threading.Thread(target=fill)
+    filling.start()
+    stopping = threading.Timer(4.0, stop.set)  # the attacker gives up after a while
+    stopping.start()
+    try:
+        time.sleep(0.1)
+        started = time.monotonic()
+        assert open_(client, "POST", "/page").status_code == 200
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        stopping.cancel()
+        filling.join(10.0)
+    assert took < 2.0

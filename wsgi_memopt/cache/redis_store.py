@@ -315,7 +315,9 @@ class RedisStore:
         # concurrent invalidation.
         records = self.prefix + "e:"
         dropped = 0
-        while uris:
+        for _ in range(_SCAN_BATCHES):
+            if not uris:
+                return dropped
             each = max(_SET_BATCH // len(uris), 1)
             pipe = self.client.pipeline(transaction=False)
             for uri in uris:
@@ -328,6 +330,13 @@ class RedisStore:
             if names:
                 dropped += self.client.unlink(*names)
             uris = [uri for uri, batch in zip(uris, batches, strict=True) if len(batch) >= each]
+        # Still full after all those batches: someone keeps filling it. It goes whole (its
+        # records, if any are ours, end with their TTL) rather than hold the request.
+        if uris:
+            self.client.unlink(*uris)
+            log.warning(
+                "[CACHE] dropped %d URI sets still full after %d batches", len(uris), _SCAN_BATCHES
+            )
         return dropped
 
     def publish(self, message: Mapping[str, Any]) -> None:
