@@ -1033,3 +1033,17 @@ def test_an_invalidation_stops_draining_a_set_someone_keeps_filling(
         stopping.cancel()
         filling.join(10.0)
     assert took < 2.0
+
+
+def test_a_number_too_large_for_a_float_is_a_bad_record(processes: Make, redis_url: str) -> None:
+    """JSON integers have no bound: an age of 10**400 is refused as a bad record, not
+    counted as a failure of Redis."""
+    app = CountingApp()
+    optimizer, client = processes(app, cache_backend=redis_url)
+    record = crafted_record("200 OK", []).replace(b'"age": 0', b'"age": 1' + b"0" * 400)
+    with redis.Redis.from_url(redis_url) as attacker:
+        attacker.set(*file_record(optimizer, "/page", record))
+    assert not is_hit(get(client, "/page"))
+    store = redis_of(optimizer)
+    assert store.errors.snapshot() == {}
+    assert sum(store.refused.snapshot().values()) == 1
