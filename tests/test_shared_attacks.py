@@ -781,9 +781,12 @@ def test_a_forwarding_header_never_puts_its_page_before_a_plain_request(
         assert is_hit(get(first_client, path))  # the plain page, stored by the second
 
 
-def crafted_record(status: str, headers: list[list[str]], body: bytes = b"poisoned") -> bytes:
-    """An unsigned record of a page, as whoever writes Redis without the secret makes one;
-    its key digest filled in by :func:`file_record`."""
+def crafted_record(
+    status: str, headers: list[list[str]], body: bytes = b"poisoned", **fields: Any
+) -> bytes:
+    """An unsigned record of a page, as whoever writes Redis without the secret makes one
+    (``fields`` replace those of a plain one); its key digest filled in by
+    :func:`file_record`."""
     meta = {
         "key": "",
         "status": status,
@@ -800,6 +803,7 @@ def crafted_record(status: str, headers: list[list[str]], body: bytes = b"poison
         "etag": None,
         "last_modified": None,
         "modified": None,
+        **fields,
     }
     return json.dumps(meta).encode() + b"\0" + body
 
@@ -949,10 +953,7 @@ def test_a_crafted_record_with_a_huge_header_list_is_refused(
     many = [["X-Many", "y"]] * 5_000
     crafted = {
         "/headers": crafted_record("200 OK", many),
-        "/varies": crafted_record("200 OK", []).replace(
-            b'"vary": []',
-            json.dumps({"vary": [f"HTTP_X_{n}" for n in range(5_000)]})[1:-1].encode(),
-        ),
+        "/varies": crafted_record("200 OK", [], vary=[f"HTTP_X_{n}" for n in range(5_000)]),
     }
     with redis.Redis.from_url(redis_url) as attacker:
         for path, record in crafted.items():
@@ -1040,10 +1041,34 @@ def test_a_number_too_large_for_a_float_is_a_bad_record(processes: Make, redis_u
     counted as a failure of Redis."""
     app = CountingApp()
     optimizer, client = processes(app, cache_backend=redis_url)
-    record = crafted_record("200 OK", []).replace(b'"age": 0', b'"age": 1' + b"0" * 400)
+    record = crafted_record("200 OK", [], age=10**400)
     with redis.Redis.from_url(redis_url) as attacker:
         attacker.set(*file_record(optimizer, "/page", record))
     assert not is_hit(get(client, "/page"))
     store = redis_of(optimizer)
     assert store.errors.snapshot() == {}
     assert sum(store.refused.snapshot().values()) == 1
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"age": -1e308, "lifetime": 1e308},
+        {"lifetime": 1e308, "swr": 1e308},
+        {"lifetime": 1e308, "keep": 1e308, "etag": '"v"'},
+        {"age": 1e308},
+    ],
+)
+def test_a_record_with_extreme_times_does_not_fail_the_request(
+    processes: Make, redis_url: str, fields: dict[str, Any]
+) -> None:
+    """Finite but extreme ages, lifetimes and windows (their sums past a float) must not fail
+    the request: the record is refused, or served as a page like any other."""
+    app = CountingApp()
+    optimizer, client = processes(app, cache_backend=redis_url)
+    record = crafted_record("200 OK", [["Content-Type", "text/plain"]], **fields)
+    with redis.Redis.from_url(redis_url) as attacker:
+        attacker.set(*file_record(optimizer, "/page", record))
+    for _ in range(2):
+        assert get(client, "/page").status_code == 200
+    assert redis_of(optimizer).errors.snapshot() == {}

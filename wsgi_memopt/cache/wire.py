@@ -150,6 +150,9 @@ def decode(
             revalidate_for=keep if etag is not None or last_modified is not None else 0.0,
             date=_optional_number(meta["modified"]),
         )
+        # Each number finite, their sums maybe not (an age of -1e308 with a lifetime of 1e308).
+        if not (math.isfinite(entry.expires) and math.isfinite(entry.keep_until)):
+            raise ValueError("times past a float's range")
         return entry, _names(meta["vary"])
     except (KeyError, TypeError, ValueError, OverflowError) as error:  # an int past any float
         raise BadRecord(f"a malformed record: {error}") from None
