@@ -1072,3 +1072,18 @@ def test_a_record_with_extreme_times_does_not_fail_the_request(
     for _ in range(2):
         assert get(client, "/page").status_code == 200
     assert redis_of(optimizer).errors.snapshot() == {}
+
+
+def test_a_page_built_for_another_host_never_reaches_this_one(
+    processes: Make, redis_url: str
+) -> None:
+    """The Host is in the key: a page asked for under a Host an attacker picks (an app that
+    builds its links from it) is stored apart, and never served under the real name."""
+    app = CountingApp(echo="HTTP_HOST")
+    _, first_client = processes(app, cache_backend=redis_url)
+    _, second_client = processes(app, cache_backend=redis_url)
+    get(first_client, "/", headers={"Host": "evil.example"})
+    response = get(second_client, "/")
+    assert not is_hit(response)
+    assert b"evil" not in response.data
+    assert is_hit(get(second_client, "/", headers={"Host": "evil.example"}))
