@@ -42,7 +42,7 @@ __all__ = [
     "vary_marker",
 ]
 
-VERSION = 2  # 2: the key as a digest (1 held its text)
+VERSION = 1
 _MAGIC = b"WMC"
 _SIGNED = 1
 _DIGEST = 32
