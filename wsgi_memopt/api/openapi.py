@@ -122,6 +122,7 @@ _SHARED = {
             "skipped": _INTEGER,
             "refused_records": _COUNTS,
             "breaker_opened": _INTEGER,
+            "pending_invalidations": _NULLABLE_INTEGER,
             "read_at": {"type": "number", "nullable": True},
             "used_memory_bytes": _NULLABLE_INTEGER,
             "maxmemory_bytes": _NULLABLE_INTEGER,

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import secrets
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
@@ -32,7 +33,7 @@ from ..counting import Tally, read_count
 from . import wire
 from .breaker import Breaker
 from .entry import Entry
-from .policy import CacheKey, key_host, key_query, variant_key
+from .policy import CacheKey, key_host, key_path, key_query, variant_key
 
 if TYPE_CHECKING:
     import redis
@@ -54,6 +55,7 @@ _SET_BATCH = 10_000  # members of a URI's set taken at once: about a megabyte in
 # otherwise have every worker log a line per request or message; the stats count them all.
 _REFUSALS_LOGGED_EVERY_S = 60.0
 _FIGURES_EVERY_S = 5.0  # how long what Redis said of itself (INFO, keys) is reported as is
+_PENDING_MAX = 1000  # invalidations kept while Redis is out of reach; past it, a clear
 _RELEASE_SCRIPT = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 )
@@ -119,6 +121,7 @@ class RedisStore:
         self.key_names = key_names
         self.breaker = Breaker(_BREAKER_THRESHOLD, retry_s)
         self._client = client
+        self._client_lock = threading.Lock()
         self._made_client = client is None  # ours to make again in a forked child
         # The largest body a record may carry (the process's item limit, set by its
         # SharedStore): a longer value is not read past that.
@@ -131,12 +134,22 @@ class RedisStore:
         self._next_refusal_log = -math.inf
         self._figures: dict[str, Any] | None = None  # what Redis said of itself, and when
         self._figures_until = -math.inf
+        # Invalidations Redis could not take, sent before anything else once it answers
+        # again (else the old page would be served from Redis for the rest of its life);
+        # past the bound, everything under the prefix goes instead.
+        self._pending: list[Callable[[], object]] = []
+        self._pending_overflowed = False
+        self._pending_lock = threading.Lock()
 
     @property
     def client(self) -> Any:
         """The redis-py client, made on first use (redis-py imported then)."""
         if self._client is None:
-            self._client = connect(self.address, self.timeout_s)
+            # Once: the listener's thread asks too, and a second client would close the
+            # first one's connections when it is collected, under a request using them.
+            with self._client_lock:
+                if self._client is None:
+                    self._client = connect(self.address, self.timeout_s)
         return self._client
 
     # -- keys
@@ -169,7 +182,10 @@ class RedisStore:
 
         def ask() -> tuple[CacheKey, Entry | None, tuple[str, ...]]:
             key_str = self.key_text(base_key)
-            record = self._read(self.record_key(key_str))
+            # The URI's set is touched with every read: Redis evicting least recently used
+            # keys must not evict it before its records, or a POST would miss them.
+            uri = self.uri_key(key_host(base_key) or "", key_path(base_key), key_query(base_key))
+            record = self._read(self.record_key(key_str), touch=uri)
             if record is None:
                 return base_key, None, ()
             entry, vary = self._decode(record, base_key, key_str, now)
@@ -189,12 +205,19 @@ class RedisStore:
             next(self.hits if found[1] is not None else self.misses)
         return found
 
-    def _read(self, name: str) -> bytes | None:
+    def _read(self, name: str, touch: str | None = None) -> bytes | None:
         """The record under ``name``, or None: none there, or longer than any of ours (the
         name of a page's record is no secret: whoever can write to Redis could make every
-        worker that asks read a huge value whole)."""
+        worker that asks read a huge value whole). ``touch``: a key to mark used, in the
+        same round trip."""
         limit = self.body_max_bytes + wire.OVERHEAD
-        record: bytes = self.client.getrange(name, 0, limit)  # at most limit + 1 bytes
+        if touch is None:
+            record: bytes = self.client.getrange(name, 0, limit)  # at most limit + 1 bytes
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.getrange(name, 0, limit)
+            pipe.touch(touch)
+            record = pipe.execute()[0]
         if not record:
             return None  # no key (or an empty value, not a record either)
         if len(record) > limit:
@@ -224,6 +247,10 @@ class RedisStore:
             own_key = self.record_key(key_str)
             host = key_host(entry.base_key) or ""
             uri = self.uri_key(host, entry.path, key_query(entry.base_key))
+            # The URI's records, each scored by when it ends: the ended ones go at each store,
+            # so a page varying on a header clients choose freely keeps only its live names.
+            wall_ms = time.time() * 1000
+            ends = {own_key: wall_ms + ttl_ms}
             pipe = self.client.pipeline(transaction=False)
             pipe.set(own_key, record, px=ttl_ms)
             if vary:
@@ -231,8 +258,10 @@ class RedisStore:
                 base_record = self.record_key(base_str)
                 pipe.set(base_record, wire.vary_marker(vary, base_str, self.secret), keepttl=True)
                 _extend(pipe, base_record, ttl_ms)
-                pipe.sadd(uri, base_record)
-            pipe.sadd(uri, own_key)
+                ends[base_record] = wall_ms + ttl_ms
+            pipe.zadd(uri, ends, gt=True)
+            pipe.zadd(uri, ends, nx=True)
+            pipe.zremrangebyscore(uri, "-inf", wall_ms)
             _extend(pipe, uri, ttl_ms)
             pipe.execute()
             next(self.stores)
@@ -242,7 +271,8 @@ class RedisStore:
 
     def delete(self, key: CacheKey) -> None:
         """Drop the record under ``key``."""
-        self._ask("delete", lambda: self.client.unlink(self.record_key(self.key_text(key))))
+        name = self.record_key(self.key_text(key))
+        self._ask("delete", lambda: self.client.unlink(name), invalidation=True)
 
     def claim(self, key: CacheKey, ttl_s: float) -> str | None:
         """Take the fill lock of ``key`` for at most ``ttl_s``: its token, or None when
@@ -275,9 +305,8 @@ class RedisStore:
 
     def invalidate_uri(self, host: str, path: str, query: str) -> int:
         """Drop the records of one URI; how many."""
-        return (
-            self._ask("invalidate", lambda: self._drop_uris([self.uri_key(host, path, query)])) or 0
-        )
+        uri = self.uri_key(host, path, query)
+        return self._ask("invalidate", lambda: self._drop_uris([uri]), invalidation=True) or 0
 
     def invalidate(self, path_prefix: str) -> int:
         """Drop the records at ``path_prefix`` and below (whole segments); how many."""
@@ -295,24 +324,22 @@ class RedisStore:
                 dropped += self._drop_uris(uris)
             return dropped
 
-        return self._ask("invalidate", ask) or 0
+        return self._ask("invalidate", ask, invalidation=True) or 0
 
     def clear(self) -> int:
         """Drop every record and URI set under the prefix; how many keys."""
+        return self._ask("clear", self._drop_everything, invalidation=True) or 0
 
-        def ask() -> int:
-            dropped = 0
-            for names in self._scan(self.prefix + "[eu]:*"):
-                dropped += self.client.unlink(*names)
-            return dropped
-
-        return self._ask("clear", ask) or 0
+    def _drop_everything(self) -> int:
+        dropped = 0
+        for names in self._scan(self.prefix + "[eu]:*"):
+            dropped += self.client.unlink(*names)
+        return dropped
 
     def _drop_uris(self, uris: list[str]) -> int:
-        # A URI's set keeps the names of variants long gone (a Vary on a header clients pick
-        # freely stores one per value): taken in batches, never whole, every URI's at once.
-        # SPOP also empties it (an empty set is no key), and shares the work with a
-        # concurrent invalidation.
+        # A URI's set may be large (whoever can write to Redis can fill it): taken in batches,
+        # never whole, every URI's at once. ZPOPMIN also empties it (an empty set is no key),
+        # and shares the work with a concurrent invalidation.
         records = self.prefix + "e:"
         dropped = 0
         for _ in range(_SCAN_BATCHES):
@@ -321,12 +348,14 @@ class RedisStore:
             each = max(_SET_BATCH // len(uris), 1)
             pipe = self.client.pipeline(transaction=False)
             for uri in uris:
-                pipe.spop(uri, each)
+                pipe.zpopmin(uri, each)
             # A key of another type planted there is passed over, not a stop to the others.
             replies = pipe.execute(raise_on_error=False)
-            batches = [batch if isinstance(batch, list | set) else [] for batch in replies]
+            batches = [batch if isinstance(batch, list) else [] for batch in replies]
             # Only our records: a name written there by anyone else is not deleted.
-            names = [name for batch in batches for name in batch if _text(name).startswith(records)]
+            names = [
+                name for batch in batches for name, _ in batch if _text(name).startswith(records)
+            ]
             if names:
                 dropped += self.client.unlink(*names)
             uris = [uri for uri, batch in zip(uris, batches, strict=True) if len(batch) >= each]
@@ -402,13 +431,18 @@ class RedisStore:
 
     # -- faults
 
-    def _ask(self, what: str, call: Callable[[], T]) -> T | None:
+    def _ask(self, what: str, call: Callable[[], T], invalidation: bool = False) -> T | None:
         """``call()``'s result; None when the breaker is open or Redis failed (counted by
-        kind). Never raises a Redis error: a request goes on without Redis."""
+        kind). Never raises a Redis error: a request goes on without Redis. An
+        ``invalidation`` that fails is kept, and sent before the next call that gets through."""
         if not self.breaker.allows():
             self.errors.add("skipped")  # not Redis's error: a request that did not ask
+            if invalidation:
+                self._keep_pending([call])
             return None
         try:
+            if self._pending or self._pending_overflowed:
+                self._send_pending()
             result = call()
         except Exception as error:  # redis-py's, and a socket's, whatever their class
             kind = _error_kind(error)
@@ -418,9 +452,36 @@ class RedisStore:
             else:
                 self.breaker.succeeded()  # Redis answered, with an error: up (a probe ends)
             log.warning("[CACHE] Redis %s failed (%s): %s", what, kind, error)
+            if invalidation:
+                self._keep_pending([call])
             return None
         self.breaker.succeeded()
         return result
+
+    def _keep_pending(self, calls: list[Callable[[], object]], overflowed: bool = False) -> None:
+        with self._pending_lock:
+            self._pending[:0] = calls  # the older ones first
+            if overflowed or len(self._pending) > _PENDING_MAX:
+                self._pending_overflowed = True
+                self._pending.clear()
+
+    def _send_pending(self) -> None:
+        """The invalidations Redis missed, oldest first (raises what the first failure
+        raised, keeping those not sent)."""
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+            overflowed, self._pending_overflowed = self._pending_overflowed, False
+        try:
+            if overflowed:
+                self._drop_everything()
+            else:
+                while pending:
+                    pending[0]()
+                    pending.pop(0)
+        except Exception:
+            self._keep_pending(pending, overflowed)
+            raise
+        log.info("[CACHE] Redis answers again: sent the invalidations it missed")
 
     # -- reports
 
@@ -443,6 +504,9 @@ class RedisStore:
             "skipped": skipped,
             "refused_records": self.refused.snapshot(),
             "breaker_opened": self.breaker.opened,
+            # Invalidations waiting for Redis to answer again (None: so many that everything
+            # under the prefix will go).
+            "pending_invalidations": None if self._pending_overflowed else len(self._pending),
             "read_at": None,
             "used_memory_bytes": None,
             "maxmemory_bytes": None,
@@ -474,6 +538,7 @@ class RedisStore:
         the parent's: two processes reading one connection read each other's replies)."""
         if self._made_client:
             self._client = None
+        self._client_lock = threading.Lock()
         self.breaker.after_fork()
         self.errors = Tally()._adopt(self.errors)
         self.refused = Tally()._adopt(self.refused)
