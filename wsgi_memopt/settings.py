@@ -628,6 +628,13 @@ class Settings:
         sources.update(dict.fromkeys(changes, "explicit"))
         return self._with_sources(values, sources)
 
+    def __repr__(self) -> str:
+        # What a traceback with locals or a debug log shows: secrets hidden, as everywhere.
+        shown = ", ".join(
+            f"{name}={shown_value(name, getattr(self, name))!r}" for name in self.NAMES
+        )
+        return f"Settings({shown})"
+
     def source_of(self, name: str) -> str:
         """Where a setting's value came from: ``default``, ``env``, ``explicit`` or an origin."""
         _known_name(name, name, None)

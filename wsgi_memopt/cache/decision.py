@@ -529,7 +529,7 @@ class ResponseCache:
         script = str(environ.get("SCRIPT_NAME", ""))
         path_info = str(environ.get("PATH_INFO", ""))
         query = str(environ.get("QUERY_STRING", ""))
-        dropped = self.store.invalidate_uri(host, script, path_info, query)
+        dropped = self.store.invalidate_uri(host, script, path_info, query, self.key(environ))
         here = f"{environ.get('wsgi.url_scheme', 'http')}://{host}"
         base = here + urllib.parse.quote(script + path_info)
         for name, value in headers:

@@ -303,10 +303,17 @@ class RedisStore:
 
     # -- invalidation
 
-    def invalidate_uri(self, host: str, path: str, query: str) -> int:
-        """Drop the records of one URI; how many."""
+    def invalidate_uri(self, host: str, path: str, query: str, key: CacheKey | None = None) -> int:
+        """Drop the records of one URI, and the record under ``key`` (the request's own
+        base key: with it goes a page's Vary marker, and its variants with it, should the
+        URI's set have been evicted); how many."""
         uri = self.uri_key(host, path, query)
-        return self._ask("invalidate", lambda: self._drop_uris([uri]), invalidation=True) or 0
+        own = [] if key is None else [self.record_key(self.key_text(key))]
+
+        def ask() -> int:
+            return self._drop_uris([uri]) + (self.client.unlink(*own) if own else 0)
+
+        return self._ask("invalidate", ask, invalidation=True) or 0
 
     def invalidate(self, path_prefix: str) -> int:
         """Drop the records at ``path_prefix`` and below (whole segments); how many."""

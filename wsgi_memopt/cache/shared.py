@@ -145,10 +145,17 @@ class SharedStore(ResponseStore):
         super().discard(entry)
         self._publish("key", id=self.shared.key_id(entry.key))
 
-    def invalidate_uri(self, host: str, script_name: str, path_info: str, query: str) -> int:
+    def invalidate_uri(
+        self,
+        host: str,
+        script_name: str,
+        path_info: str,
+        query: str,
+        key: CacheKey | None = None,
+    ) -> int:
         """Drop one URI's entries here, in Redis and in every process; how many here and in
-        Redis."""
-        dropped = self.shared.invalidate_uri(host, script_name + path_info, query)
+        Redis. ``key``: the base key of the request that invalidates, when it is for this URI."""
+        dropped = self.shared.invalidate_uri(host, script_name + path_info, query, key)
         dropped += super().invalidate_uri(host, script_name, path_info, query)
         self._publish("uri", host=host, script_name=script_name, path_info=path_info, query=query)
         return dropped
@@ -195,7 +202,7 @@ class SharedStore(ResponseStore):
             self.shared.refuse("message", f"an invalidation message {op!r} without its fields")
             return
         if op == "uri":
-            super().invalidate_uri(*fields)
+            super().invalidate_uri(fields[0], fields[1], fields[2], fields[3])
         elif op == "prefix":
             super().invalidate(*fields)
         else:

@@ -334,9 +334,17 @@ class ResponseStore:
             self._private.forget_under(path_prefix, below)
         return len(doomed)
 
-    def invalidate_uri(self, host: str, script_name: str, path_info: str, query: str) -> int:
+    def invalidate_uri(
+        self,
+        host: str,
+        script_name: str,
+        path_info: str,
+        query: str,
+        key: CacheKey | None = None,
+    ) -> int:
         """Drop every entry of one URI (``host``, ``SCRIPT_NAME``, ``PATH_INFO``, ``query``),
-        whatever its variants and keyed header values; returns how many."""
+        whatever its variants and keyed header values; returns how many. (``key``, the
+        request's base key, is for a store whose URI index may lose records: not this one.)"""
         path = script_name + path_info
         with self._lock:
             bucket = self._by_uri.get((host, path_info, query), ())
