@@ -3,11 +3,14 @@ password."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
 
+from wsgi_memopt import MemoryOptimizer
 from wsgi_memopt.backend import BackendAddress, parse_backend, redacted
+from wsgi_memopt.settings import SettingsError
 
 
 @pytest.mark.parametrize("url", ["memory", "MEMORY", " memory "])
@@ -182,3 +185,17 @@ def test_redacted_hides_the_password(url: str, shown: str) -> None:
 
 def test_redacted_hides_an_unreadable_url_whole() -> None:
     assert "pw" not in redacted("redis://:pw@[::1")
+
+
+def test_a_redis_backend_without_redis_py_is_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # redis-py is imported when the middleware is built (before a fork), so a missing extra
+    # shows at start-up, as one error naming the setting, never at the first request.
+    monkeypatch.setitem(sys.modules, "redis.cluster", None)
+    with pytest.raises(
+        SettingsError, match=r"needs redis-py: pip install 'wsgi-memopt\[redis\]'"
+    ) as info:
+        MemoryOptimizer(lambda environ, start: [], cache_backend="redis://:pw@127.0.0.1:1/0")
+    assert info.value.setting == "cache_backend"
+    assert "pw" not in str(info.value)

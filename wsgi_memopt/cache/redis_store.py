@@ -122,6 +122,8 @@ class RedisStore:
         self.breaker = Breaker(_BREAKER_THRESHOLD, retry_s)
         self._client = client
         self._client_lock = threading.Lock()
+        if client is None:
+            _import_redis_py(address)
         self._made_client = client is None  # ours to make again in a forked child
         # The largest body a record may carry (the process's item limit, set by its
         # SharedStore): a longer value is not read past that.
@@ -549,6 +551,23 @@ class RedisStore:
         self.breaker.after_fork()
         self.errors = Tally()._adopt(self.errors)
         self.refused = Tally()._adopt(self.refused)
+
+
+def _import_redis_py(address: BackendAddress) -> None:
+    """Import redis-py now, not at the first request: built before the fork (gunicorn
+    --preload), every worker shares its pages instead of a copy each. Without it, the one
+    clear error a setting gets."""
+    try:
+        import redis.cluster
+        import redis.sentinel  # noqa: F401
+    except ImportError:
+        from ..settings import SettingsError
+
+        raise SettingsError(
+            "cache_backend",
+            address.url,
+            "a Redis backend needs redis-py: pip install 'wsgi-memopt[redis]'",
+        ) from None
 
 
 class Unavailable(Exception):
