@@ -3,16 +3,17 @@
 Each entry is one record (:mod:`wsgi_memopt.cache.wire`) under ``<prefix>e:<digest of its
 key>``, with the entry's remaining life as its Redis TTL. A page that varies keeps a small
 marker under its base key naming the ``Vary`` request headers, and each variant under its own
-key. Each URI has a set of its records (``<prefix>u:<path> <digest>``), so that an unsafe
-method drops them all, and a path prefix finds them with SCAN. Single flight across
+key. Each URI has a sorted set of its records, scored by their ends (``<prefix>u:<path>
+<digest>``), so that an unsafe method drops them all, and a path prefix finds them with SCAN;
+it is touched with each read, so that Redis never evicts it before them. Single flight across
 processes takes ``<prefix>l:<digest>`` (SET NX with an expiry). Invalidations are published on
 ``<prefix>invalidate`` for every process's own copies.
 
 Nothing here raises to the request: every call is bounded by ``cache_redis_timeout_s``, a
 failure counts as an error and answers as if Redis held nothing, and after repeated failures
-the :class:`~wsgi_memopt.cache.breaker.Breaker` stops asking for ``cache_redis_retry_s``.
-redis-py is imported when the first client is made, so the extra is needed only by those who
-use it.
+the :class:`~wsgi_memopt.cache.breaker.Breaker` stops asking for ``cache_redis_retry_s``;
+an invalidation Redis missed is sent once it answers again. redis-py is imported when a
+:class:`RedisStore` is built (only with a Redis ``cache_backend``), before any fork.
 """
 
 from __future__ import annotations
