@@ -28,6 +28,7 @@ from .backend import MEMORY, RULE, parse_backend, redacted
 __all__ = [
     "DEFAULT_API_PREFIX",
     "ENV_PREFIX",
+    "FIELD_NAME",
     "MB",
     "SECRET_SETTINGS",
     "SHARED_LOCAL_MAX_MB",
@@ -49,7 +50,7 @@ _NONE = frozenset({"", "none", "null"})
 # Sources that are not where a value was written (an env variable, an ini key).
 _PLAIN_SOURCES = frozenset({None, "default", "explicit", "mapping", "env"})
 _LOOPBACK = ("127.0.0.0/8", "::1/128")
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # an HTTP field name (RFC 9110 §5.1)
+FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP field name (RFC 9110 §5.1)
 # What a client writes in a path without percent-encoding (RFC 3986: unreserved, sub-delims,
 # ":" and "@"). PATH_INFO carries the URL's bytes as latin-1, so a prefix of anything else
 # ("/mémoire" arrives as "/mÃ©moire") would never be reached.
@@ -205,7 +206,7 @@ def _globs(value: object) -> tuple[str, ...]:
 
 def _header_names(value: object) -> tuple[str, ...]:
     names = _items(value)
-    if not all(isinstance(name, str) and _TOKEN.fullmatch(name) for name in names):
+    if not all(isinstance(name, str) and FIELD_NAME.fullmatch(name) for name in names):
         raise _Invalid("expected HTTP header names, e.g. 'X-Forwarded-Host, Accept-Language'")
     return tuple(sorted({str(name).lower() for name in names}))
 
@@ -213,7 +214,7 @@ def _header_names(value: object) -> tuple[str, ...]:
 def _ordered_header_names(value: object) -> tuple[str, ...]:
     # An empty value is allowed: no header at all.
     names = [] if value in ("", "none") else _items(value)
-    if not all(isinstance(name, str) and _TOKEN.fullmatch(name) for name in names):
+    if not all(isinstance(name, str) and FIELD_NAME.fullmatch(name) for name in names):
         raise _Invalid("expected HTTP header names in order, e.g. 'CDN-Cache-Control', or none")
     return tuple(dict.fromkeys(str(name).lower() for name in names))
 

@@ -24,8 +24,10 @@ import json
 import math
 import re
 import struct
+from collections.abc import Callable
 from typing import Any
 
+from ..settings import FIELD_NAME
 from .entry import Entry
 from .policy import CacheKey
 
@@ -51,7 +53,6 @@ _META_MAX = 1 << 20  # headers and key: a larger record is not one of ours
 # What a server may send (RFC 9110 §5.1, §5.5; RFC 9112 §4): a record read back is held to
 # it, as the app's response was, so that no line break in it splits the response.
 _STATUS = re.compile(r"[1-9][0-9]{2} [\t\x20-\x7e\x80-\xff]*")
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 # More header fields (or Vary names) than any response has: within the metadata's bound a
 # crafted record could list a hundred thousand, each request building them all.
@@ -226,25 +227,21 @@ def _text(value: object) -> str:
     return value
 
 
-def _status(value: object) -> str:
-    text = _text(value)
-    if not _STATUS.fullmatch(text):
-        raise ValueError("a status that is not a code and a reason")
-    return text
+def _matching(pattern: re.Pattern[str], refusal: str) -> Callable[[object], str]:
+    """A reader of text that ``pattern`` matches whole; ``refusal`` says what else is."""
+
+    def read(value: object) -> str:
+        text = _text(value)
+        if not pattern.fullmatch(text):
+            raise ValueError(refusal)
+        return text
+
+    return read
 
 
-def _token(value: object) -> str:
-    text = _text(value)
-    if not _TOKEN.fullmatch(text):
-        raise ValueError("a header name that is not a token")
-    return text
-
-
-def _field_value(value: object) -> str:
-    text = _text(value)
-    if not _FIELD_VALUE.fullmatch(text):
-        raise ValueError("a header value with a control character")
-    return text
+_status = _matching(_STATUS, "a status that is not a code and a reason")
+_token = _matching(FIELD_NAME, "a header name that is not a token")
+_field_value = _matching(_FIELD_VALUE, "a header value with a control character")
 
 
 def _optional_text(value: object) -> str | None:
