@@ -83,7 +83,7 @@ class SharedStore(ResponseStore):
     def put(self, entry: Entry, vary: tuple[str, ...] = ()) -> bool:
         """Store ``entry`` in Redis for its whole life, and here for at most
         ``cache_local_ttl_s``; False when it does not fit here."""
-        if len(entry.body) > self.item_max_bytes:
+        if not self.takes(entry):
             return False
         # Redis first: the copy kept here has its life cut short.
         self.shared.put(entry, vary, self.clock())
@@ -210,7 +210,7 @@ class SharedStore(ResponseStore):
             # message, and this process's own level is small).
             for entry in self.entries():
                 if self.shared.key_id(entry.key) == fields[0]:
-                    self.drop_key(entry.key)
+                    super().discard(entry)
 
     # -- reports and housekeeping
 

@@ -161,6 +161,12 @@ class ResponseStore:
             pass  # evicted meanwhile by another thread: still the caller's to send
         return key, entry
 
+    def takes(self, entry: Entry) -> bool:
+        """Whether ``entry`` is within the item limit. The limit bounds the body, as the
+        capture does while streaming and as the "stored" promise of Cache-Status assumes
+        (the whole entry must also fit in the cache)."""
+        return len(entry.body) <= self.item_max_bytes
+
     # This process's entries alone: here, all there is (a store with a level behind it
     # inherits this binding, and still means its own).
     lookup_local = lookup
@@ -182,9 +188,7 @@ class ResponseStore:
         ``vary`` holds the environ keys of the response's ``Vary`` headers: they name the
         request values that select this variant of ``entry.base_key``.
         """
-        # The item limit bounds the body, as the capture does while streaming and as the
-        # "stored" promise of Cache-Status assumes; the whole entry must fit in the cache.
-        if len(entry.body) > self.item_max_bytes:
+        if not self.takes(entry):
             return False
         if self.keep_for_s is not None:
             entry.keep_until = min(entry.keep_until, self.clock() + self.keep_for_s)
@@ -352,14 +356,6 @@ class ResponseStore:
             for entry in doomed:
                 self._remove(entry)
         return len(doomed)
-
-    def drop_key(self, key: CacheKey) -> bool:
-        """Drop the entry under ``key``, if any; whether there was one."""
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                self._remove(entry)
-        return entry is not None
 
     def may_hold_uris(self) -> bool:
         """Whether an invalidation could find anything to drop (False: an empty store, so
