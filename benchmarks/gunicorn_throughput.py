@@ -352,6 +352,20 @@ def run_load(
     return total, split
 
 
+def read_stats(port: int) -> dict[str, Any]:
+    """``GET /stats`` on a connection of its own: the body of whichever worker answered."""
+    connection = http.client.HTTPConnection(HOST, port, timeout=REQUEST_TIMEOUT_S)
+    try:
+        connection.request("GET", STATS_PATH)
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise RuntimeError(f"{STATS_PATH}: HTTP {response.status}: {body[:300]!r}")
+    return dict(json.loads(body))
+
+
 def read_cache_stats(port: int, attempts: int = 64) -> list[dict[str, Any]]:
     """The cache counters of every worker that answered one of ``attempts`` fresh connections.
 
@@ -360,16 +374,7 @@ def read_cache_stats(port: int, attempts: int = 64) -> list[dict[str, Any]]:
     """
     seen: dict[tuple[int, int, int], dict[str, Any]] = {}
     for _ in range(attempts):
-        connection = http.client.HTTPConnection(HOST, port, timeout=REQUEST_TIMEOUT_S)
-        try:
-            connection.request("GET", STATS_PATH)
-            response = connection.getresponse()
-            body = response.read()
-        finally:
-            connection.close()
-        if response.status != 200:
-            raise RuntimeError(f"{STATS_PATH}: HTTP {response.status}: {body[:300]!r}")
-        cache = json.loads(body)["cache"]
+        cache = read_stats(port)["cache"]
         seen[(cache["hits"], cache["misses"], cache["stores"])] = cache
         if len(seen) >= WORKERS:
             break

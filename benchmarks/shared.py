@@ -65,7 +65,14 @@ import gunicorn_throughput
 import redis
 from _servers import HOST, control_socket_args, free_port, stop_process
 from _timing import interleaved, repeated, round_ratios, serve
-from gunicorn_throughput import Server, calibrate, start_server, stop_server, wait_ready
+from gunicorn_throughput import (
+    Server,
+    calibrate,
+    read_stats,
+    start_server,
+    stop_server,
+    wait_ready,
+)
 from leak_pool import WrkOutput, parse_wrk
 from werkzeug.test import EnvironBuilder
 
@@ -492,20 +499,6 @@ def warm(port: int) -> Tally:
     for n in range(PATHS):
         tally.ask(port, f"/page/{n}")
     return tally
-
-
-def read_stats(port: int) -> dict[str, Any]:
-    """``GET /stats`` on a connection of its own: the body of whichever worker answered."""
-    connection = http.client.HTTPConnection(HOST, port, timeout=REQUEST_TIMEOUT_S)
-    try:
-        connection.request("GET", STATS_PATH)
-        response = connection.getresponse()
-        body = response.read()
-    finally:
-        connection.close()
-    if response.status != 200:
-        raise RuntimeError(f"{STATS_PATH}: HTTP {response.status}: {body[:300]!r}")
-    return dict(json.loads(body))
 
 
 def read_workers(server: Server, seconds: float = 10.0) -> dict[int, dict[str, Any]]:
