@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from ..backend import MEMORY
 from ..settings import MB
 from .report import current_sample
 
@@ -185,7 +186,7 @@ class MemoryCollector:
 
     def _shared_families(self, gauge: Any, counter: Any) -> list[Any]:
         """The shared store's families, when ``cache_backend`` names one."""
-        if self.parts.settings.cache_backend == "memory":
+        if self.parts.settings.cache_backend == MEMORY:
             return []
         return [
             gauge("shared_cache_up", "1 while Redis answers (its circuit breaker closed), else 0."),
