@@ -97,7 +97,8 @@ def health(parts: Parts) -> tuple[int, dict[str, Any]]:
     """``(status code, body)`` of the ``health`` endpoint: 503 when the worker needs a restart
     nothing here can do (no master to respawn it)."""
     sample = current_sample(parts)
-    advice = recommendations(parts, sample)
+    cache = parts.cache.stats()
+    advice = recommendations(parts, sample, cache)
     alert = None
     if sample.status in ("warning", "critical"):
         alert = {
@@ -124,7 +125,7 @@ def health(parts: Parts) -> tuple[int, dict[str, Any]]:
         },
         "recommendations": advice,
     }
-    shared = parts.cache.stats().get("shared")
+    shared = cache.get("shared")
     if shared is not None:
         # Reported, never a failure: without Redis this worker still serves every request.
         body["shared_cache"] = {
@@ -133,10 +134,14 @@ def health(parts: Parts) -> tuple[int, dict[str, Any]]:
     return (503 if reason else 200), body
 
 
-def recommendations(parts: Parts, sample: MemorySample) -> list[dict[str, str]]:
-    """Advice derived from the current figures, each naming the setting or endpoint to use."""
+def recommendations(
+    parts: Parts, sample: MemorySample, cache: dict[str, Any] | None = None
+) -> list[dict[str, str]]:
+    """Advice derived from the current figures, each naming the setting or endpoint to use
+    (``cache``: the cache's stats, when the caller has them already)."""
     settings = parts.settings
-    cache = parts.cache.stats()
+    if cache is None:
+        cache = parts.cache.stats()
     advice: list[dict[str, str]] = []
     lookups = cache["hits"] + cache["misses"]
     if lookups >= 100 and cache["hit_rate"] < 0.2:
